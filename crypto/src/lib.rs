@@ -1,0 +1,1 @@
+//! Parley client-side cryptography (being built).
