@@ -1,0 +1,135 @@
+//! The error body every failed request returns, and the stable error codes.
+//!
+//! HTTP: status from [`ErrorCode::status`], body [`ErrorBody`].
+//! WebSocket: a [`crate::ws::ServerFrame::Error`] frame with the same code.
+
+use serde::{Deserialize, Serialize};
+
+/// Machine-readable error codes. Stable: clients match on them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// The body or frame is not valid JSON for this endpoint.
+    BadJson,
+    /// A field is present but its value is invalid (bad id, empty list, …).
+    InvalidParam,
+    /// No or malformed `Authorization: Bearer` token.
+    MissingToken,
+    /// The token is unknown or was revoked (logout, device removed).
+    UnknownToken,
+    /// Wrong username or password.
+    InvalidCredentials,
+    /// The username is taken.
+    UserExists,
+    /// The user does not exist.
+    UnknownUser,
+    /// The chat does not exist, or the caller cannot know it exists.
+    UnknownChat,
+    /// The device does not exist (or is not the caller's).
+    UnknownDevice,
+    /// The caller is not a member of the chat.
+    NotMember,
+    /// The payload or body exceeds the server's limit.
+    TooLarge,
+    /// The request is not allowed (e.g. a chat with oneself).
+    Forbidden,
+    /// Too many requests or connections; retry later.
+    RateLimited,
+    /// No such endpoint.
+    NotFound,
+    /// Method not allowed on this path.
+    MethodNotAllowed,
+    /// The server failed; nothing was changed. Retrying is safe.
+    Internal,
+}
+
+impl ErrorCode {
+    /// The HTTP status that carries this code.
+    pub fn status(self) -> u16 {
+        match self {
+            ErrorCode::BadJson | ErrorCode::InvalidParam => 400,
+            ErrorCode::MissingToken | ErrorCode::UnknownToken | ErrorCode::InvalidCredentials => {
+                401
+            }
+            ErrorCode::NotMember | ErrorCode::Forbidden => 403,
+            ErrorCode::UnknownUser
+            | ErrorCode::UnknownChat
+            | ErrorCode::UnknownDevice
+            | ErrorCode::NotFound => 404,
+            ErrorCode::MethodNotAllowed => 405,
+            ErrorCode::UserExists => 409,
+            ErrorCode::TooLarge => 413,
+            ErrorCode::RateLimited => 429,
+            ErrorCode::Internal => 500,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::BadJson => "bad_json",
+            ErrorCode::InvalidParam => "invalid_param",
+            ErrorCode::MissingToken => "missing_token",
+            ErrorCode::UnknownToken => "unknown_token",
+            ErrorCode::InvalidCredentials => "invalid_credentials",
+            ErrorCode::UserExists => "user_exists",
+            ErrorCode::UnknownUser => "unknown_user",
+            ErrorCode::UnknownChat => "unknown_chat",
+            ErrorCode::UnknownDevice => "unknown_device",
+            ErrorCode::NotMember => "not_member",
+            ErrorCode::TooLarge => "too_large",
+            ErrorCode::Forbidden => "forbidden",
+            ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::NotFound => "not_found",
+            ErrorCode::MethodNotAllowed => "method_not_allowed",
+            ErrorCode::Internal => "internal",
+        }
+    }
+}
+
+/// `{"error": "<code>", "message": "<human text>"}`
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: ErrorCode,
+    pub message: String,
+}
+
+impl ErrorBody {
+    pub fn new(error: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            error,
+            message: message.into(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn as_str_matches_serde() {
+        for code in [
+            ErrorCode::BadJson,
+            ErrorCode::InvalidParam,
+            ErrorCode::MissingToken,
+            ErrorCode::UnknownToken,
+            ErrorCode::InvalidCredentials,
+            ErrorCode::UserExists,
+            ErrorCode::UnknownUser,
+            ErrorCode::UnknownChat,
+            ErrorCode::UnknownDevice,
+            ErrorCode::NotMember,
+            ErrorCode::TooLarge,
+            ErrorCode::Forbidden,
+            ErrorCode::RateLimited,
+            ErrorCode::NotFound,
+            ErrorCode::MethodNotAllowed,
+            ErrorCode::Internal,
+        ] {
+            assert_eq!(
+                serde_json::to_value(code).unwrap(),
+                serde_json::Value::String(code.as_str().into())
+            );
+        }
+    }
+}

@@ -1,0 +1,172 @@
+//! Chats: create, list, leave; send events; history; receipts.
+
+use serde::{Deserialize, Serialize};
+
+use crate::ids::{ChatId, DeviceId, UserId};
+use crate::payload::Payload;
+
+/// Create a chat. With one other member it is a 1:1 chat, and asking again for the same
+/// pair returns the existing chat (`200`) instead of creating one (`201`).
+pub mod create {
+    use super::*;
+    pub const METHOD: crate::http::Method = crate::http::Method::Post;
+    pub const PATH: &str = "/v1/chats";
+
+    #[derive(Debug, Clone, Serialize, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct Request {
+        /// The other members (the caller is added). Exactly one for a 1:1 chat.
+        pub members: Vec<UserId>,
+    }
+
+    pub type Response = super::ChatSummary;
+}
+
+/// List the caller's chats, most recently active first.
+pub mod list {
+    use super::*;
+    pub const METHOD: crate::http::Method = crate::http::Method::Get;
+    pub const PATH: &str = "/v1/chats";
+
+    #[derive(Debug, Clone, Serialize, Deserialize)]
+    pub struct Response {
+        pub chats: Vec<super::ChatSummary>,
+    }
+}
+
+/// Leave a chat: the caller's devices stop receiving its events. `204 No Content`.
+pub mod leave {
+    pub const METHOD: crate::http::Method = crate::http::Method::Post;
+    pub const PATH: &str = "/v1/chats/{chat_id}/leave";
+}
+
+/// Send an event. The server assigns the chat's next sequence number, commits, then
+/// answers (✓ sent). Resending the same `client_msg_id` from the same device returns the
+/// first result with `duplicate: true` and stores nothing.
+pub mod send {
+    use super::*;
+    pub const METHOD: crate::http::Method = crate::http::Method::Post;
+    pub const PATH: &str = "/v1/chats/{chat_id}/events";
+
+    #[derive(Debug, Clone, Serialize, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct Request {
+        /// Chosen by the client, unique per sending device: 1–128 printable ASCII.
+        pub client_msg_id: String,
+        pub payload: Payload,
+    }
+
+    pub type Response = super::SendAck;
+}
+
+/// Read a chat's stored events after a sequence number (the server keeps events for its
+/// retention period only).
+pub mod history {
+    use super::*;
+    pub const METHOD: crate::http::Method = crate::http::Method::Get;
+    pub const PATH: &str = "/v1/chats/{chat_id}/events";
+
+    #[derive(Debug, Clone, Default, Serialize, Deserialize)]
+    pub struct Query {
+        /// Events with `seq > after`. Default 0.
+        #[serde(default)]
+        pub after: i64,
+        /// At most this many (1–500, default 100).
+        #[serde(default)]
+        pub limit: Option<u32>,
+    }
+
+    #[derive(Debug, Clone, Serialize, Deserialize)]
+    pub struct Response {
+        pub events: Vec<super::ChatEvent>,
+    }
+}
+
+/// Every member's receipt state in a chat.
+pub mod receipts {
+    use super::*;
+    pub const METHOD: crate::http::Method = crate::http::Method::Get;
+    pub const PATH: &str = "/v1/chats/{chat_id}/receipts";
+
+    #[derive(Debug, Clone, Serialize, Deserialize)]
+    pub struct Response {
+        pub chat_id: ChatId,
+        pub last_seq: i64,
+        pub receipts: Vec<super::Receipt>,
+    }
+}
+
+/// Mark everything up to `seq` read. `204 No Content`.
+pub mod mark_read {
+    use super::*;
+    pub const METHOD: crate::http::Method = crate::http::Method::Post;
+    pub const PATH: &str = "/v1/chats/{chat_id}/read";
+
+    #[derive(Debug, Clone, Serialize, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct Request {
+        pub seq: i64,
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ChatKind {
+    Direct,
+    Group,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChatSummary {
+    pub chat_id: ChatId,
+    pub kind: ChatKind,
+    pub members: Vec<UserId>,
+    /// The chat's latest sequence number (0: no events yet).
+    pub last_seq: i64,
+    /// What the caller has marked read.
+    pub read_seq: i64,
+    /// Events from others after `read_seq`.
+    pub unread_count: i64,
+    /// Milliseconds since the Unix epoch.
+    pub created_at: i64,
+}
+
+/// The server's acknowledgement of a send: the event is durably committed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SendAck {
+    pub chat_id: ChatId,
+    pub client_msg_id: String,
+    pub seq: i64,
+    /// Server time of the first acceptance, ms since the Unix epoch.
+    pub ts: i64,
+    /// True when this answers a resend of an already stored event.
+    pub duplicate: bool,
+}
+
+/// One event of a chat, as stored by its hub.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChatEvent {
+    pub chat_id: ChatId,
+    pub seq: i64,
+    pub sender: UserId,
+    pub sender_device: DeviceId,
+    pub client_msg_id: String,
+    /// Ms since the Unix epoch.
+    pub ts: i64,
+    pub payload: Payload,
+}
+
+/// One member's receipts in a chat; `n` covers every event up to `n`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Receipt {
+    pub user_id: UserId,
+    /// Highest seq one of the member's devices acknowledged (✓✓ delivered).
+    pub delivered_seq: i64,
+    /// Highest seq the member marked read.
+    pub read_seq: i64,
+}
+
+/// Validates a client message id: 1–128 bytes of printable ASCII.
+pub fn valid_client_msg_id(id: &str) -> bool {
+    !id.is_empty() && id.len() <= 128 && id.bytes().all(|b| (0x21..0x7f).contains(&b))
+}

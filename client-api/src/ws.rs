@@ -1,0 +1,123 @@
+//! The device WebSocket: `GET /v1/ws`, one per device.
+//!
+//! Authenticate with `Authorization: Bearer <token>` or `?access_token=<token>`. On
+//! connect the server sends the device's inbox in order, then [`ServerFrame::Synced`],
+//! then live events. Every inbox item carries a stream `id`; the device acknowledges
+//! items with [`ClientFrame::Ack`], and only acknowledged items are removed. Items are
+//! never sent twice on one connection; after a reconnect, unacknowledged ones come again
+//! (clients deduplicate by `(chat_id, seq)`).
+//!
+//! Frames are JSON text messages tagged by `"type"`.
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::ErrorCode;
+use crate::http::chats::{ChatEvent, Receipt};
+use crate::ids::ChatId;
+use crate::payload::Payload;
+
+pub const METHOD: crate::http::Method = crate::http::Method::Get;
+pub const PATH: &str = "/v1/ws";
+
+/// The largest frame a server accepts from a client, in bytes, beyond the payload limit.
+pub const FRAME_OVERHEAD: usize = 4096;
+/// The most ids one `ack` frame may carry.
+pub const MAX_ACK_IDS: usize = 1024;
+
+/// Frames a device sends.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ClientFrame {
+    /// Send an event; answered by [`ServerFrame::Sent`] or an error with the same
+    /// `client_msg_id`. Same semantics as `POST /v1/chats/{chat_id}/events`.
+    Send {
+        chat_id: ChatId,
+        client_msg_id: String,
+        payload: Payload,
+    },
+    /// Acknowledge inbox items: they are removed, and delivered receipts go out.
+    Ack { ids: Vec<i64> },
+    /// Mark everything up to `seq` read.
+    Read { chat_id: ChatId, seq: i64 },
+    /// Keep-alive; answered by [`ServerFrame::Pong`].
+    Ping,
+}
+
+/// Frames the server sends.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ServerFrame {
+    /// A chat event for this device (inbox item `id`).
+    Event {
+        id: i64,
+        event: ChatEvent,
+    },
+    /// A member's receipts changed (inbox item `id`).
+    Receipt {
+        id: i64,
+        chat_id: ChatId,
+        #[serde(flatten)]
+        receipt: Receipt,
+    },
+    /// The inbox replay is complete; what follows is live.
+    Synced,
+    /// A `send` frame was committed (✓ sent).
+    Sent {
+        #[serde(flatten)]
+        ack: crate::http::chats::SendAck,
+    },
+    /// A frame was refused; nothing was changed.
+    Error {
+        code: ErrorCode,
+        message: String,
+        /// Set when the refused frame was a `send`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        client_msg_id: Option<String>,
+    },
+    Pong,
+}
+
+impl ServerFrame {
+    /// The inbox id of an item that must be acknowledged.
+    pub fn inbox_id(&self) -> Option<i64> {
+        match self {
+            ServerFrame::Event { id, .. } | ServerFrame::Receipt { id, .. } => Some(*id),
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_round_trip() {
+        let f: ClientFrame = serde_json::from_str(
+            r#"{"type":"send","chat_id":"!abc:x.org","client_msg_id":"m1","payload":"aGk="}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            f,
+            ClientFrame::Send {
+                chat_id: ChatId::try_from("!abc:x.org").unwrap(),
+                client_msg_id: "m1".into(),
+                payload: Payload(b"hi".to_vec()),
+            }
+        );
+        assert!(serde_json::from_str::<ClientFrame>(r#"{"type":"nope"}"#).is_err());
+        assert!(serde_json::from_str::<ClientFrame>(r#"{"type":"ack","ids":[1],"x":1}"#).is_err());
+        let r = ServerFrame::Receipt {
+            id: 7,
+            chat_id: ChatId::try_from("!abc:x.org").unwrap(),
+            receipt: Receipt {
+                user_id: "@a:x.org".try_into().unwrap(),
+                delivered_seq: 3,
+                read_seq: 2,
+            },
+        };
+        let s = serde_json::to_string(&r).unwrap();
+        assert_eq!(serde_json::from_str::<ServerFrame>(&s).unwrap(), r);
+        assert_eq!(r.inbox_id(), Some(7));
+    }
+}
