@@ -46,8 +46,8 @@ pub mod login {
     pub type Response = super::Session;
 }
 
-/// Revoke the calling device's token. Its inbox is kept (the device id stays listed) so
-/// that nothing is lost; remove the device to drop it. `204 No Content`.
+/// Log the calling device out: the same as removing it (its token stops working, its
+/// inbox is dropped, its socket closes). `204 No Content`.
 pub mod logout {
     pub const METHOD: crate::http::Method = crate::http::Method::Post;
     pub const PATH: &str = "/v1/logout";
@@ -86,8 +86,6 @@ pub struct DeviceInfo {
     pub display_name: Option<String>,
     /// Milliseconds since the Unix epoch.
     pub created_at: i64,
-    /// Whether the device can still authenticate (false after logout).
-    pub active: bool,
     /// True for the device making the request.
     pub current: bool,
 }

@@ -1,0 +1,236 @@
+//! Configuration: defaults, then a TOML file (`--config`), then environment variables
+//! (`PARLEY_*`), then command-line flags. Loaded once in `main` and passed down.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use clap::Parser;
+use parley_client_api::ServerName;
+use serde::Deserialize;
+
+/// Command-line flags; each also reads an environment variable.
+#[derive(Debug, Parser)]
+#[command(name = "parley-homeserver", version, about = "The Parley homeserver")]
+pub struct Cli {
+    /// A TOML configuration file.
+    #[arg(long, env = "PARLEY_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Address to listen on (default 127.0.0.1:8008).
+    #[arg(long, env = "PARLEY_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// This server's name, as in `@alice:<server_name>` (default: localhost:<port>).
+    #[arg(long, env = "PARLEY_SERVER_NAME")]
+    pub server_name: Option<String>,
+    /// `postgres://…` or `sqlite://path` (default: sqlite in the data directory).
+    #[arg(long, env = "PARLEY_DATABASE_URL")]
+    pub database_url: Option<String>,
+    /// Where the server keeps its files (default ./parley-data).
+    #[arg(long, env = "PARLEY_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Log format: `text` or `json`.
+    #[arg(long, env = "PARLEY_LOG_FORMAT")]
+    pub log_format: Option<LogFormat>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+/// Limits; every one bounds a resource.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    /// Largest event payload, in bytes.
+    pub max_payload_bytes: usize,
+    /// Most open device WebSockets.
+    pub max_connections: usize,
+    /// Inbox rows and stored events older than this are deleted.
+    pub retention_days: u32,
+    /// Most sends committed in one transaction.
+    pub max_batch: usize,
+    /// Concurrent send writers (Postgres; SQLite always uses one).
+    pub writers: usize,
+    /// Database connections (Postgres).
+    pub db_connections: u32,
+    /// Per-connection queue of frames waiting for a slow socket; a device that falls
+    /// further behind is disconnected and resumes from its inbox.
+    pub socket_queue: usize,
+    /// Items sent on one socket and not yet acknowledged, before it is closed.
+    pub max_unacked: usize,
+    /// Sends of one socket awaiting their commit at once.
+    pub max_inflight_sends: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_payload_bytes: 64 * 1024,
+            max_connections: 10_000,
+            retention_days: 30,
+            max_batch: 512,
+            writers: 4,
+            db_connections: 16,
+            socket_queue: 4096,
+            max_unacked: 100_000,
+            max_inflight_sends: 256,
+        }
+    }
+}
+
+/// The configuration file's shape.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct FileConfig {
+    server_name: Option<String>,
+    listen: Option<SocketAddr>,
+    database_url: Option<String>,
+    data_dir: Option<PathBuf>,
+    log_format: Option<LogFormat>,
+    limits: Limits,
+}
+
+/// The resolved configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub server_name: ServerName,
+    pub listen: SocketAddr,
+    pub database_url: String,
+    pub data_dir: PathBuf,
+    pub log_format: LogFormat,
+    pub limits: Limits,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid config file {path}: {source}")]
+    Parse {
+        path: PathBuf,
+        source: Box<toml::de::Error>,
+    },
+    #[error("invalid server_name {0:?}: {1}")]
+    ServerName(String, parley_client_api::IdError),
+    #[error("invalid limit: {0}")]
+    Limit(&'static str),
+}
+
+impl Config {
+    /// Resolves flags (with their environment variables) over the file over defaults.
+    pub fn load(cli: Cli) -> Result<Self, ConfigError> {
+        let file = match &cli.config {
+            Some(path) => read_file(path)?,
+            None => FileConfig::default(),
+        };
+        let listen = cli
+            .listen
+            .or(file.listen)
+            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8008)));
+        let data_dir = cli
+            .data_dir
+            .or(file.data_dir)
+            .unwrap_or_else(|| PathBuf::from("parley-data"));
+        let server_name = cli
+            .server_name
+            .or(file.server_name)
+            .unwrap_or_else(|| format!("localhost:{}", listen.port()));
+        let server_name = ServerName::try_from(server_name.as_str())
+            .map_err(|e| ConfigError::ServerName(server_name.clone(), e))?;
+        let database_url = cli
+            .database_url
+            .or(file.database_url)
+            .unwrap_or_else(|| format!("sqlite://{}", data_dir.join("parley.db").display()));
+        let limits = file.limits;
+        if limits.max_batch == 0 || limits.writers == 0 || limits.socket_queue == 0 {
+            return Err(ConfigError::Limit(
+                "max_batch, writers and socket_queue must be > 0",
+            ));
+        }
+        if limits.max_payload_bytes == 0 || limits.max_payload_bytes > 16 * 1024 * 1024 {
+            return Err(ConfigError::Limit("max_payload_bytes must be 1..=16 MiB"));
+        }
+        Ok(Self {
+            server_name,
+            listen,
+            database_url,
+            data_dir,
+            log_format: cli.log_format.or(file.log_format).unwrap_or_default(),
+            limits,
+        })
+    }
+
+    /// The database URL with any password hidden, for logs.
+    pub fn database_url_redacted(&self) -> String {
+        match (self.database_url.find("://"), self.database_url.rfind('@')) {
+            (Some(scheme), Some(at)) if at > scheme => {
+                let creds = &self.database_url[scheme + 3..at];
+                let user = creds.split(':').next().unwrap_or("");
+                format!(
+                    "{}{user}:***{}",
+                    &self.database_url[..scheme + 3],
+                    &self.database_url[at..]
+                )
+            }
+            _ => self.database_url.clone(),
+        }
+    }
+}
+
+fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    toml::from_str(&text).map_err(|source| ConfigError::Parse {
+        path: path.to_owned(),
+        source: Box::new(source),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cli(args: &[&str]) -> Cli {
+        Cli::parse_from(std::iter::once("parley-homeserver").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn flags_override_file_override_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(
+            &path,
+            "server_name = \"chat.example.org\"\nlisten = \"127.0.0.1:9000\"\n[limits]\nmax_payload_bytes = 1000\n",
+        )
+        .unwrap();
+        let c = Config::load(cli(&[
+            "--config",
+            path.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:9001",
+        ]))
+        .unwrap();
+        assert_eq!(c.server_name.as_str(), "chat.example.org");
+        assert_eq!(c.listen.port(), 9001);
+        assert_eq!(c.limits.max_payload_bytes, 1000);
+        assert_eq!(c.limits.retention_days, 30);
+        assert!(c.database_url.starts_with("sqlite://"));
+    }
+
+    #[test]
+    fn rejects_bad_values_and_redacts_passwords() {
+        assert!(Config::load(cli(&["--server-name", "bad name"])).is_err());
+        let mut c = Config::load(cli(&[])).unwrap();
+        assert_eq!(c.server_name.as_str(), "localhost:8008");
+        c.database_url = "postgres://u:secret@db/parley".into();
+        assert_eq!(c.database_url_redacted(), "postgres://u:***@db/parley");
+    }
+}

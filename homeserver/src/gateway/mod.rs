@@ -1,0 +1,231 @@
+//! The socket registry: one task owns the map from connected devices to their bounded
+//! queues; everything else talks to it through a [`Gateway`] handle.
+//!
+//! Invariant: the registry never waits on a socket. A device whose queue is full is
+//! disconnected (it resumes from its inbox, where everything it missed still is).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use parley_client_api::DeviceId;
+use tokio::sync::{mpsc, oneshot};
+
+/// What the registry hands a connection to write.
+#[derive(Debug, Clone)]
+pub enum Outbound {
+    /// A chat event for inbox item `id`; `event_json` is the serialized `ChatEvent`,
+    /// shared by every recipient.
+    Event { id: i64, event_json: Arc<str> },
+    /// A fully serialized frame (receipts).
+    Frame { id: i64, json: String },
+    /// Close the connection, with the reason sent to the client.
+    Close(CloseReason),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseReason {
+    /// Another connection of the same device took over.
+    Replaced,
+    /// The device fell too far behind; reconnect and resume from the inbox.
+    Lagged,
+    /// The device was removed or logged out.
+    DeviceRemoved,
+    /// The server is shutting down.
+    Shutdown,
+}
+
+impl CloseReason {
+    /// WebSocket close code and reason (4000–4999 are application codes).
+    pub fn code(self) -> (u16, &'static str) {
+        match self {
+            CloseReason::Replaced => (4001, "replaced"),
+            CloseReason::Lagged => (4002, "lagged"),
+            CloseReason::DeviceRemoved => (4003, "device_removed"),
+            CloseReason::Shutdown => (1001, "shutdown"),
+        }
+    }
+}
+
+enum Command {
+    Register {
+        device: DeviceId,
+        tx: mpsc::Sender<Outbound>,
+        done: oneshot::Sender<u64>,
+    },
+    Unregister {
+        device: DeviceId,
+        conn: u64,
+    },
+    Deliver(Vec<(DeviceId, Outbound)>),
+    Kick(DeviceId, CloseReason),
+    Count(oneshot::Sender<usize>),
+}
+
+/// A handle to the registry task. Cheap to clone.
+#[derive(Clone)]
+pub struct Gateway {
+    tx: mpsc::Sender<Command>,
+    queue: usize,
+}
+
+/// A registered connection: its queue and its registration id.
+pub struct Registration {
+    pub rx: mpsc::Receiver<Outbound>,
+    pub conn: u64,
+}
+
+impl Gateway {
+    /// Starts the registry task. `queue` bounds each connection's queue.
+    pub fn spawn(queue: usize) -> Self {
+        let (tx, rx) = mpsc::channel(16 * 1024);
+        tokio::spawn(run(rx));
+        Self { tx, queue }
+    }
+
+    /// Registers a device's connection, replacing (and closing) an older one. Once this
+    /// returns, every later delivery for the device reaches the returned queue.
+    pub async fn register(&self, device: DeviceId) -> Option<Registration> {
+        let (tx, rx) = mpsc::channel(self.queue);
+        let (done, wait) = oneshot::channel();
+        self.tx
+            .send(Command::Register { device, tx, done })
+            .await
+            .ok()?;
+        let conn = wait.await.ok()?;
+        Some(Registration { rx, conn })
+    }
+
+    pub async fn unregister(&self, device: DeviceId, conn: u64) {
+        let _ = self.tx.send(Command::Unregister { device, conn }).await;
+    }
+
+    /// Hands items to connected devices; devices not connected are skipped (the items
+    /// are in their inboxes).
+    pub async fn deliver(&self, items: Vec<(DeviceId, Outbound)>) {
+        if !items.is_empty() {
+            let _ = self.tx.send(Command::Deliver(items)).await;
+        }
+    }
+
+    /// Closes a device's connection, if any.
+    pub async fn kick(&self, device: DeviceId, reason: CloseReason) {
+        let _ = self.tx.send(Command::Kick(device, reason)).await;
+    }
+
+    /// Connected devices.
+    pub async fn connected(&self) -> usize {
+        let (tx, rx) = oneshot::channel();
+        if self.tx.send(Command::Count(tx)).await.is_err() {
+            return 0;
+        }
+        rx.await.unwrap_or(0)
+    }
+}
+
+async fn run(mut rx: mpsc::Receiver<Command>) {
+    let mut conns: HashMap<DeviceId, (u64, mpsc::Sender<Outbound>)> = HashMap::new();
+    let mut next_conn: u64 = 0;
+    while let Some(cmd) = rx.recv().await {
+        match cmd {
+            Command::Register { device, tx, done } => {
+                next_conn += 1;
+                if let Some((_, old)) = conns.insert(device, (next_conn, tx)) {
+                    let _ = old.try_send(Outbound::Close(CloseReason::Replaced));
+                }
+                let _ = done.send(next_conn);
+            }
+            Command::Unregister { device, conn } => {
+                if conns.get(&device).is_some_and(|(c, _)| *c == conn) {
+                    conns.remove(&device);
+                }
+            }
+            Command::Deliver(items) => {
+                for (device, item) in items {
+                    let Some((_, tx)) = conns.get(&device) else {
+                        continue;
+                    };
+                    if tx.try_send(item).is_err() {
+                        // Full or gone: drop the sender; the connection sees its queue
+                        // end and closes as lagged. Its inbox still holds everything.
+                        tracing::debug!(%device, "socket queue full, disconnecting");
+                        conns.remove(&device);
+                    }
+                }
+            }
+            Command::Kick(device, reason) => {
+                if let Some((_, tx)) = conns.remove(&device) {
+                    let _ = tx.try_send(Outbound::Close(reason));
+                }
+            }
+            Command::Count(reply) => {
+                let _ = reply.send(conns.len());
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn d(s: &str) -> DeviceId {
+        DeviceId::try_from(s).unwrap()
+    }
+
+    #[tokio::test]
+    async fn delivers_replaces_and_disconnects_laggards() {
+        let gw = Gateway::spawn(2);
+        let mut a = gw.register(d("A")).await.unwrap();
+        let json: Arc<str> = Arc::from("{}");
+        gw.deliver(vec![
+            (
+                d("A"),
+                Outbound::Event {
+                    id: 1,
+                    event_json: json.clone(),
+                },
+            ),
+            (
+                d("B"),
+                Outbound::Event {
+                    id: 2,
+                    event_json: json.clone(),
+                },
+            ),
+        ])
+        .await;
+        assert!(matches!(
+            a.rx.recv().await,
+            Some(Outbound::Event { id: 1, .. })
+        ));
+        assert_eq!(gw.connected().await, 1);
+
+        // A second connection replaces the first, which is told so.
+        let mut a2 = gw.register(d("A")).await.unwrap();
+        assert!(matches!(
+            a.rx.recv().await,
+            Some(Outbound::Close(CloseReason::Replaced))
+        ));
+        // The old connection's unregister does not remove the new one.
+        gw.unregister(d("A"), a.conn).await;
+        assert_eq!(gw.connected().await, 1);
+
+        // Overflowing the queue (2) disconnects the device.
+        let items = (0..3)
+            .map(|i| {
+                (
+                    d("A"),
+                    Outbound::Event {
+                        id: i,
+                        event_json: json.clone(),
+                    },
+                )
+            })
+            .collect();
+        gw.deliver(items).await;
+        assert_eq!(gw.connected().await, 0);
+        assert!(a2.rx.recv().await.is_some());
+        assert!(a2.rx.recv().await.is_some());
+        assert!(a2.rx.recv().await.is_none());
+    }
+}

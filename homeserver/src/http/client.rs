@@ -1,0 +1,197 @@
+//! Client API handlers (`/v1/…`).
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use parley_client_api::http::accounts::{self, DeviceInfo, Session as WireSession};
+use parley_client_api::http::chats::{self, ChatSummary};
+use parley_client_api::{ChatId, DeviceId};
+
+use super::AppState;
+use super::error::ApiError;
+use super::extract::{ApiJson, ApiPath, ApiQuery, Auth};
+use crate::service::accounts::LoggedIn;
+use crate::store::ChatListRow;
+
+type ApiResult<T> = Result<T, ApiError>;
+
+fn session(l: LoggedIn) -> WireSession {
+    WireSession {
+        user_id: l.session.user_id,
+        device_id: l.session.device_id,
+        access_token: l.access_token,
+    }
+}
+
+fn summary(c: ChatListRow) -> ChatSummary {
+    ChatSummary {
+        chat_id: c.chat_id,
+        kind: c.kind,
+        members: c.members,
+        last_seq: c.last_seq,
+        read_seq: c.read_seq,
+        unread_count: c.unread_count,
+        created_at: c.created_at,
+    }
+}
+
+pub async fn register(
+    State(st): State<AppState>,
+    ApiJson(req): ApiJson<accounts::register::Request>,
+) -> ApiResult<Response> {
+    let l = st
+        .services
+        .accounts
+        .register(&req.username, &req.password, req.device_name)
+        .await?;
+    tracing::info!(user = %l.session.user_id, device = %l.session.device_id, "registered");
+    Ok((StatusCode::CREATED, Json(session(l))).into_response())
+}
+
+pub async fn login(
+    State(st): State<AppState>,
+    ApiJson(req): ApiJson<accounts::login::Request>,
+) -> ApiResult<Json<accounts::login::Response>> {
+    let l = st
+        .services
+        .accounts
+        .login(&req.username, &req.password, req.device_name)
+        .await?;
+    Ok(Json(session(l)))
+}
+
+pub async fn logout(State(st): State<AppState>, Auth(me): Auth) -> ApiResult<StatusCode> {
+    st.services
+        .accounts
+        .remove_device(&me.user_id, &me.device_id)
+        .await?;
+    st.services
+        .gateway
+        .kick(me.device_id, crate::gateway::CloseReason::DeviceRemoved)
+        .await;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+pub async fn list_devices(
+    State(st): State<AppState>,
+    Auth(me): Auth,
+) -> ApiResult<Json<accounts::list_devices::Response>> {
+    let devices = st.services.accounts.devices(&me.user_id).await?;
+    Ok(Json(accounts::list_devices::Response {
+        devices: devices
+            .into_iter()
+            .map(|d| DeviceInfo {
+                current: d.device_id == me.device_id,
+                device_id: d.device_id,
+                display_name: d.display_name,
+                created_at: d.created_at,
+            })
+            .collect(),
+    }))
+}
+
+pub async fn delete_device(
+    State(st): State<AppState>,
+    Auth(me): Auth,
+    ApiPath(device_id): ApiPath<DeviceId>,
+) -> ApiResult<StatusCode> {
+    st.services
+        .accounts
+        .remove_device(&me.user_id, &device_id)
+        .await?;
+    st.services
+        .gateway
+        .kick(device_id, crate::gateway::CloseReason::DeviceRemoved)
+        .await;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+pub async fn create_chat(
+    State(st): State<AppState>,
+    Auth(me): Auth,
+    ApiJson(req): ApiJson<chats::create::Request>,
+) -> ApiResult<Response> {
+    let (row, created) = st.services.chats.create(&me, req.members).await?;
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(summary(row))).into_response())
+}
+
+pub async fn list_chats(
+    State(st): State<AppState>,
+    Auth(me): Auth,
+) -> ApiResult<Json<chats::list::Response>> {
+    let rows = st.services.chats.list(&me.user_id).await?;
+    Ok(Json(chats::list::Response {
+        chats: rows.into_iter().map(summary).collect(),
+    }))
+}
+
+pub async fn leave_chat(
+    State(st): State<AppState>,
+    Auth(me): Auth,
+    ApiPath(chat_id): ApiPath<ChatId>,
+) -> ApiResult<StatusCode> {
+    st.services.chats.leave(&chat_id, &me.user_id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+pub async fn send(
+    State(st): State<AppState>,
+    Auth(me): Auth,
+    ApiPath(chat_id): ApiPath<ChatId>,
+    ApiJson(req): ApiJson<chats::send::Request>,
+) -> ApiResult<Response> {
+    let ack = st
+        .services
+        .chats
+        .send(&me, chat_id, req.client_msg_id, req.payload.0)
+        .await?;
+    let status = if ack.duplicate {
+        StatusCode::OK
+    } else {
+        StatusCode::CREATED
+    };
+    Ok((status, Json(ack)).into_response())
+}
+
+pub async fn history(
+    State(st): State<AppState>,
+    Auth(me): Auth,
+    ApiPath(chat_id): ApiPath<ChatId>,
+    ApiQuery(q): ApiQuery<chats::history::Query>,
+) -> ApiResult<Json<chats::history::Response>> {
+    let events = st
+        .services
+        .chats
+        .history(&chat_id, &me.user_id, q.after, q.limit.unwrap_or(100))
+        .await?;
+    Ok(Json(chats::history::Response { events }))
+}
+
+pub async fn receipts(
+    State(st): State<AppState>,
+    Auth(me): Auth,
+    ApiPath(chat_id): ApiPath<ChatId>,
+) -> ApiResult<Json<chats::receipts::Response>> {
+    let (last_seq, receipts) = st.services.chats.receipts(&chat_id, &me.user_id).await?;
+    Ok(Json(chats::receipts::Response {
+        chat_id,
+        last_seq,
+        receipts,
+    }))
+}
+
+pub async fn mark_read(
+    State(st): State<AppState>,
+    Auth(me): Auth,
+    ApiPath(chat_id): ApiPath<ChatId>,
+    ApiJson(req): ApiJson<chats::mark_read::Request>,
+) -> ApiResult<StatusCode> {
+    st.services.chats.mark_read(&me, &chat_id, req.seq).await?;
+    Ok(StatusCode::NO_CONTENT)
+}

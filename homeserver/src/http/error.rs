@@ -1,0 +1,62 @@
+//! The one boundary where failures become protocol errors: an HTTP status, a stable
+//! machine-readable code and a message. Internal details are logged, never returned.
+
+use axum::Json;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use parley_client_api::{ErrorBody, ErrorCode};
+
+use crate::service::ServiceError;
+
+#[derive(Debug)]
+pub struct ApiError {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+        }
+    }
+
+    pub fn body(&self) -> ErrorBody {
+        ErrorBody::new(self.code, self.message.clone())
+    }
+}
+
+impl From<ServiceError> for ApiError {
+    fn from(e: ServiceError) -> Self {
+        let code = match &e {
+            ServiceError::InvalidParam(_) => ErrorCode::InvalidParam,
+            ServiceError::UserExists => ErrorCode::UserExists,
+            ServiceError::InvalidCredentials => ErrorCode::InvalidCredentials,
+            ServiceError::UnknownToken => ErrorCode::UnknownToken,
+            ServiceError::UnknownUser(_) => ErrorCode::UnknownUser,
+            ServiceError::UnknownChat => ErrorCode::UnknownChat,
+            ServiceError::UnknownDevice => ErrorCode::UnknownDevice,
+            ServiceError::NotMember => ErrorCode::NotMember,
+            ServiceError::TooLarge { .. } => ErrorCode::TooLarge,
+            ServiceError::Forbidden(_) => ErrorCode::Forbidden,
+            ServiceError::Unavailable => ErrorCode::RateLimited,
+            ServiceError::Store(_) | ServiceError::Internal(_) => {
+                tracing::error!(error = %e, "request failed");
+                return ApiError::new(
+                    ErrorCode::Internal,
+                    "internal server error; nothing was changed",
+                );
+            }
+        };
+        ApiError::new(code, e.to_string())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status =
+            StatusCode::from_u16(self.code.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        (status, Json(self.body())).into_response()
+    }
+}

@@ -1,0 +1,340 @@
+//! The device WebSocket (`GET /v1/ws`): inbox replay, then live delivery; sends, acks
+//! and read markers from the device.
+//!
+//! Invariant: one connection never sends the same inbox item twice. It registers with
+//! the gateway *before* reading the inbox, holds live items back until the replay is
+//! done, and skips any item it already sent — so a reconnecting device sees its whole
+//! inbox in order, then the live stream, with no gap and no duplicate.
+
+use std::collections::HashSet;
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use axum::response::{IntoResponse, Response};
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use parley_client_api::ErrorCode;
+use parley_client_api::http::chats::SendAck;
+use parley_client_api::ws::{ClientFrame, FRAME_OVERHEAD, MAX_ACK_IDS, ServerFrame};
+use tokio::sync::OwnedSemaphorePermit;
+use tokio::sync::oneshot;
+
+use super::AppState;
+use super::error::ApiError;
+use super::extract::Auth;
+use crate::gateway::{CloseReason, Outbound};
+use crate::service::ServiceError;
+use crate::service::accounts::Session;
+use crate::store::InboxItem;
+
+/// Inbox items read per replay query.
+const REPLAY_PAGE: u32 = 500;
+/// Keep-alive ping interval; a socket silent for three of them is closed.
+const PING_EVERY: Duration = Duration::from_secs(30);
+
+pub async fn upgrade(
+    State(st): State<AppState>,
+    Auth(me): Auth,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Response {
+    let ws = match ws {
+        Ok(ws) => ws,
+        Err(e) => {
+            return ApiError::new(
+                ErrorCode::InvalidParam,
+                format!("expected a WebSocket upgrade: {e}"),
+            )
+            .into_response();
+        }
+    };
+    let Ok(permit) = st.sockets.clone().try_acquire_owned() else {
+        return ApiError::new(
+            ErrorCode::RateLimited,
+            "too many open connections; retry later",
+        )
+        .into_response();
+    };
+    let max = st.services.config.limits.max_payload_bytes / 3 * 4 + FRAME_OVERHEAD;
+    ws.max_message_size(max)
+        .max_frame_size(max)
+        .on_upgrade(move |socket| connection(st, me, socket, permit))
+}
+
+type SendFuture = Pin<Box<dyn Future<Output = (String, Result<SendAck, ServiceError>)> + Send>>;
+type PageFuture = Pin<Box<dyn Future<Output = Result<Vec<InboxItem>, ServiceError>> + Send>>;
+
+struct Conn {
+    st: AppState,
+    me: Session,
+    socket: WebSocket,
+    /// Items sent on this connection and not acknowledged yet.
+    sent: HashSet<i64>,
+    /// The last acknowledgement handed to the ack writer (FIFO: awaiting it awaits all).
+    last_ack: Option<oneshot::Receiver<()>>,
+}
+
+enum End {
+    Client,
+    Closed(CloseReason),
+    Protocol(&'static str),
+}
+
+async fn connection(st: AppState, me: Session, socket: WebSocket, _permit: OwnedSemaphorePermit) {
+    let gateway = st.services.gateway.clone();
+    let Some(mut reg) = gateway.register(me.device_id.clone()).await else {
+        return;
+    };
+    tracing::debug!(user = %me.user_id, device = %me.device_id, "socket open");
+    let device = me.device_id.clone();
+    let mut conn = Conn {
+        st,
+        me,
+        socket,
+        sent: HashSet::new(),
+        last_ack: None,
+    };
+    let end = conn.run(&mut reg.rx).await;
+    gateway.unregister(device.clone(), reg.conn).await;
+    // Acknowledgements received before the close are committed before we finish, so a
+    // quick reconnect does not see them again.
+    if let Some(ack) = conn.last_ack.take() {
+        let _ = tokio::time::timeout(Duration::from_secs(5), ack).await;
+    }
+    let close = match end {
+        Ok(End::Client) | Err(_) => None,
+        Ok(End::Closed(reason)) => Some(reason.code()),
+        Ok(End::Protocol(why)) => Some((1008, why)),
+    };
+    if let Some((code, reason)) = close {
+        let _ = conn
+            .socket
+            .send(Message::Close(Some(CloseFrame {
+                code,
+                reason: reason.into(),
+            })))
+            .await;
+    }
+    tracing::debug!(%device, "socket closed");
+}
+
+impl Conn {
+    async fn run(
+        &mut self,
+        rx: &mut tokio::sync::mpsc::Receiver<Outbound>,
+    ) -> Result<End, axum::Error> {
+        let limits = self.st.services.config.limits.clone();
+        let shutdown = self.st.shutdown.clone();
+        let mut sends: FuturesUnordered<SendFuture> = FuturesUnordered::new();
+        let mut replaying = true;
+        let mut replay_after = 0i64;
+        let mut page: Option<PageFuture> = Some(self.page(0));
+        let mut held: Vec<Outbound> = Vec::new();
+        let mut ping = tokio::time::interval(PING_EVERY);
+        ping.tick().await;
+        let mut silent_ticks = 0u32;
+
+        loop {
+            tokio::select! {
+                biased;
+                () = shutdown.cancelled() => return Ok(End::Closed(CloseReason::Shutdown)),
+                incoming = self.socket.recv(), if sends.len() < limits.max_inflight_sends => {
+                    silent_ticks = 0;
+                    let Some(msg) = incoming else { return Ok(End::Client) };
+                    match msg? {
+                        Message::Text(text) => {
+                            if let Some(fut) = self.on_frame(text.as_str()).await? {
+                                sends.push(fut);
+                            }
+                        }
+                        Message::Binary(_) => {
+                            self.error(ErrorCode::BadJson, "frames are JSON text messages", None).await?;
+                        }
+                        Message::Close(_) => return Ok(End::Client),
+                        Message::Ping(_) | Message::Pong(_) => {}
+                    }
+                }
+                Some((client_msg_id, result)) = sends.next(), if !sends.is_empty() => {
+                    match result {
+                        Ok(ack) => self.write(&ServerFrame::Sent { ack }).await?,
+                        Err(e) => {
+                            let e = ApiError::from(e);
+                            self.error(e.code, &e.message, Some(client_msg_id)).await?;
+                        }
+                    }
+                }
+                items = async { match page.as_mut() { Some(p) => p.await, None => std::future::pending().await } }, if page.is_some() => {
+                    page = None;
+                    let items = items.map_err(|e| axum::Error::new(e))?;
+                    let full = items.len() as u32 == REPLAY_PAGE;
+                    for item in items {
+                        replay_after = replay_after.max(item.id());
+                        if self.sent.insert(item.id()) {
+                            self.write(&inbox_frame(item)).await?;
+                        }
+                    }
+                    if full {
+                        if self.sent.len() >= limits.max_unacked {
+                            return Ok(End::Protocol("too many unacknowledged items"));
+                        }
+                        page = Some(self.page(replay_after));
+                    } else {
+                        replaying = false;
+                        self.write(&ServerFrame::Synced).await?;
+                        for item in std::mem::take(&mut held) {
+                            if let Some(end) = self.outbound(item).await? {
+                                return Ok(end);
+                            }
+                        }
+                    }
+                }
+                item = rx.recv() => {
+                    let Some(item) = item else { return Ok(End::Closed(CloseReason::Lagged)) };
+                    if replaying {
+                        if held.len() >= limits.max_unacked {
+                            return Ok(End::Closed(CloseReason::Lagged));
+                        }
+                        held.push(item);
+                    } else if let Some(end) = self.outbound(item).await? {
+                        return Ok(end);
+                    }
+                }
+                _ = ping.tick() => {
+                    silent_ticks += 1;
+                    if silent_ticks > 3 {
+                        return Ok(End::Protocol("no traffic; timed out"));
+                    }
+                    self.socket.send(Message::Ping(Default::default())).await?;
+                }
+            }
+        }
+    }
+
+    fn page(&self, after: i64) -> PageFuture {
+        let inbox = self.st.services.inbox.clone();
+        let device = self.me.device_id.clone();
+        Box::pin(async move { inbox.page(&device, after, REPLAY_PAGE).await })
+    }
+
+    /// Writes a live item unless this connection already sent it.
+    async fn outbound(&mut self, item: Outbound) -> Result<Option<End>, axum::Error> {
+        match item {
+            Outbound::Close(reason) => return Ok(Some(End::Closed(reason))),
+            Outbound::Event { id, event_json } => {
+                if self.sent.insert(id) {
+                    let text = format!(r#"{{"type":"event","id":{id},"event":{event_json}}}"#);
+                    self.socket.send(Message::Text(text.into())).await?;
+                }
+            }
+            Outbound::Frame { id, json } => {
+                if self.sent.insert(id) {
+                    self.socket.send(Message::Text(json.into())).await?;
+                }
+            }
+        }
+        if self.sent.len() > self.st.services.config.limits.max_unacked {
+            return Ok(Some(End::Protocol("too many unacknowledged items")));
+        }
+        Ok(None)
+    }
+
+    async fn on_frame(&mut self, text: &str) -> Result<Option<SendFuture>, axum::Error> {
+        let frame: ClientFrame = match serde_json::from_str(text) {
+            Ok(f) => f,
+            Err(e) => {
+                self.error(ErrorCode::BadJson, &format!("invalid frame: {e}"), None)
+                    .await?;
+                return Ok(None);
+            }
+        };
+        match frame {
+            ClientFrame::Send {
+                chat_id,
+                client_msg_id,
+                payload,
+            } => {
+                let chats = self.st.services.chats.clone();
+                let me = self.me.clone();
+                return Ok(Some(Box::pin(async move {
+                    let r = chats
+                        .send(&me, chat_id, client_msg_id.clone(), payload.0)
+                        .await;
+                    (client_msg_id, r)
+                })));
+            }
+            ClientFrame::Ack { ids } => {
+                if ids.is_empty() || ids.len() > MAX_ACK_IDS {
+                    let msg = format!("ack: 1 to {MAX_ACK_IDS} ids");
+                    self.error(ErrorCode::InvalidParam, &msg, None).await?;
+                    return Ok(None);
+                }
+                for id in &ids {
+                    self.sent.remove(id);
+                }
+                match self
+                    .st
+                    .services
+                    .inbox
+                    .ack(self.me.user_id.clone(), self.me.device_id.clone(), ids)
+                    .await
+                {
+                    Ok(done) => self.last_ack = Some(done),
+                    Err(e) => {
+                        let e = ApiError::from(e);
+                        self.error(e.code, &e.message, None).await?;
+                    }
+                }
+            }
+            ClientFrame::Read { chat_id, seq } => {
+                if let Err(e) = self
+                    .st
+                    .services
+                    .chats
+                    .mark_read(&self.me, &chat_id, seq)
+                    .await
+                {
+                    let e = ApiError::from(e);
+                    self.error(e.code, &e.message, None).await?;
+                }
+            }
+            ClientFrame::Ping => self.write(&ServerFrame::Pong).await?,
+        }
+        Ok(None)
+    }
+
+    async fn write(&mut self, frame: &ServerFrame) -> Result<(), axum::Error> {
+        let text = serde_json::to_string(frame).map_err(axum::Error::new)?;
+        self.socket.send(Message::Text(text.into())).await
+    }
+
+    async fn error(
+        &mut self,
+        code: ErrorCode,
+        message: &str,
+        client_msg_id: Option<String>,
+    ) -> Result<(), axum::Error> {
+        self.write(&ServerFrame::Error {
+            code,
+            message: message.to_owned(),
+            client_msg_id,
+        })
+        .await
+    }
+}
+
+fn inbox_frame(item: InboxItem) -> ServerFrame {
+    match item {
+        InboxItem::Event { id, event } => ServerFrame::Event { id, event },
+        InboxItem::Receipt {
+            id,
+            chat_id,
+            receipt,
+        } => ServerFrame::Receipt {
+            id,
+            chat_id,
+            receipt,
+        },
+    }
+}

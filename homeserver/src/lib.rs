@@ -1,0 +1,66 @@
+//! The Parley homeserver.
+//!
+//! Layers, each only calling the next: [`http`] (handlers, WebSocket) → [`service`]
+//! (behaviour) → [`store`] (trait) → `pg` | `sqlite`. The [`gateway`] task owns the map
+//! of connected devices. `main` is a thin wrapper around [`run`].
+
+pub mod clock;
+pub mod config;
+pub mod gateway;
+pub mod http;
+pub mod service;
+pub mod store;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+use config::Config;
+use http::AppState;
+use service::Services;
+use store::{AnyStore, Store};
+
+/// Runs the server on `listener` until `shutdown` resolves.
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    if let Some(path) = config.database_url.strip_prefix("sqlite://") {
+        if let Some(dir) = std::path::Path::new(path).parent() {
+            if !dir.as_os_str().is_empty() {
+                std::fs::create_dir_all(dir)?;
+            }
+        }
+    }
+    let config = Arc::new(config);
+    let store = AnyStore::connect(&config.database_url, config.limits.db_connections).await?;
+    tracing::info!(
+        backend = store.backend(),
+        database = %config.database_url_redacted(),
+        "store ready"
+    );
+    let services = Services::start(config.clone(), store);
+    let cancel = CancellationToken::new();
+    let state = AppState {
+        services,
+        sockets: Arc::new(Semaphore::new(config.limits.max_connections)),
+        shutdown: cancel.clone(),
+    };
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, server_name = %config.server_name, "listening");
+    // The harnesses wait for this exact line.
+    println!("parley-homeserver listening on {addr}");
+    let app = http::app(state);
+    let stop = cancel.clone();
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            stop.cancel();
+        })
+        .await?;
+    Ok(())
+}

@@ -1,0 +1,124 @@
+//! Device inboxes: acknowledgements (batched, like sends), replay pages, receipts, and
+//! the janitor that enforces the retention limit.
+
+use std::time::Duration;
+
+use parley_client_api::ws::ServerFrame;
+use parley_client_api::{DeviceId, UserId};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::clock::now_ms;
+use crate::gateway::{Gateway, Outbound};
+use crate::store::{AckRequest, AnyStore, InboxItem, ReceiptNotice, Store};
+
+use super::ServiceError;
+
+struct AckJob {
+    ack: AckRequest,
+    done: oneshot::Sender<()>,
+}
+
+#[derive(Clone)]
+pub struct Inbox {
+    store: AnyStore,
+    acks: mpsc::Sender<AckJob>,
+}
+
+impl Inbox {
+    pub fn spawn(store: AnyStore, gateway: Gateway, max_batch: usize) -> Self {
+        let (acks, rx) = mpsc::channel(max_batch * 4);
+        tokio::spawn(run_ack_writer(store.clone(), gateway, rx, max_batch));
+        Self { store, acks }
+    }
+
+    /// Queues an acknowledgement; the returned receiver fires once it is committed.
+    pub async fn ack(
+        &self,
+        user_id: UserId,
+        device_id: DeviceId,
+        ids: Vec<i64>,
+    ) -> Result<oneshot::Receiver<()>, ServiceError> {
+        let (done, wait) = oneshot::channel();
+        self.acks
+            .send(AckJob {
+                ack: AckRequest {
+                    user_id,
+                    device_id,
+                    ids,
+                },
+                done,
+            })
+            .await
+            .map_err(|_| ServiceError::Unavailable)?;
+        Ok(wait)
+    }
+
+    pub async fn page(
+        &self,
+        device_id: &DeviceId,
+        after: i64,
+        limit: u32,
+    ) -> Result<Vec<InboxItem>, ServiceError> {
+        Ok(self.store.inbox_page(device_id, after, limit).await?)
+    }
+}
+
+/// The frame for a receipt change.
+pub fn receipt_frame(n: ReceiptNotice) -> (parley_client_api::DeviceId, Outbound) {
+    let frame = ServerFrame::Receipt {
+        id: n.id,
+        chat_id: n.chat_id,
+        receipt: n.receipt,
+    };
+    let json = serde_json::to_string(&frame).unwrap_or_default();
+    (n.device_id, Outbound::Frame { id: n.id, json })
+}
+
+async fn push_receipts(gateway: &Gateway, notices: Vec<ReceiptNotice>) {
+    gateway
+        .deliver(notices.into_iter().map(receipt_frame).collect())
+        .await;
+}
+
+async fn run_ack_writer(
+    store: AnyStore,
+    gateway: Gateway,
+    mut rx: mpsc::Receiver<AckJob>,
+    max_batch: usize,
+) {
+    let mut jobs = Vec::with_capacity(max_batch);
+    while rx.recv_many(&mut jobs, max_batch).await > 0 {
+        let batch: Vec<AckRequest> = jobs.iter().map(|j| j.ack.clone()).collect();
+        match store.commit_acks(&batch, now_ms()).await {
+            Ok(notices) => push_receipts(&gateway, notices).await,
+            // Unacknowledged items stay in the inbox and are sent again on reconnect:
+            // safe, only late.
+            Err(e) => tracing::error!(error = %e, "committing acknowledgements failed"),
+        }
+        for job in jobs.drain(..) {
+            let _ = job.done.send(());
+        }
+    }
+}
+
+/// Deletes what is older than the retention limit, at start and then hourly.
+pub fn spawn_janitor(store: AnyStore, retention_days: u32) {
+    tokio::spawn(async move {
+        let retention_ms = i64::from(retention_days) * 24 * 3600 * 1000;
+        let mut tick = tokio::time::interval(Duration::from_secs(3600));
+        loop {
+            tick.tick().await;
+            match store.purge_expired(now_ms() - retention_ms).await {
+                Ok(p) if p.inbox_rows + p.events > 0 => {
+                    tracing::info!(
+                        inbox_rows = p.inbox_rows,
+                        events = p.events,
+                        "retention purge"
+                    );
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "retention purge failed"),
+            }
+        }
+    });
+}

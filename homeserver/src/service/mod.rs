@@ -1,0 +1,83 @@
+//! Services: the homeserver's behaviour, between the HTTP/WS handlers and the store.
+//! Handlers never touch SQL; services never see HTTP.
+
+pub mod accounts;
+pub mod chats;
+pub mod inbox;
+pub mod sequencer;
+
+use std::sync::Arc;
+
+use crate::config::Config;
+use crate::gateway::Gateway;
+use crate::store::{AnyStore, StoreError};
+
+/// What a service operation can fail with. Mapped to protocol errors in one place
+/// (`http::error`).
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    #[error("{0}")]
+    InvalidParam(String),
+    #[error("username is taken")]
+    UserExists,
+    #[error("wrong username or password")]
+    InvalidCredentials,
+    #[error("unknown or revoked access token")]
+    UnknownToken,
+    #[error("no such user: {0}")]
+    UnknownUser(String),
+    #[error("no such chat")]
+    UnknownChat,
+    #[error("no such device")]
+    UnknownDevice,
+    #[error("not a member of this chat")]
+    NotMember,
+    #[error("payload is {size} bytes; the limit is {limit}")]
+    TooLarge { size: usize, limit: usize },
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("the server is shutting down or overloaded")]
+    Unavailable,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("internal: {0}")]
+    Internal(String),
+}
+
+/// The services, built once and shared through axum's state.
+#[derive(Clone)]
+pub struct Services {
+    pub config: Arc<Config>,
+    pub store: AnyStore,
+    pub gateway: Gateway,
+    pub accounts: accounts::Accounts,
+    pub chats: chats::Chats,
+    pub inbox: inbox::Inbox,
+}
+
+impl Services {
+    /// Starts the background tasks (writers, registry, janitor) and returns the handles.
+    pub fn start(config: Arc<Config>, store: AnyStore) -> Self {
+        let gateway = Gateway::spawn(config.limits.socket_queue);
+        let writers = match store {
+            AnyStore::Sqlite(_) => 1,
+            AnyStore::Postgres(_) => config.limits.writers,
+        };
+        let sequencer = sequencer::Sequencer::spawn(
+            store.clone(),
+            gateway.clone(),
+            writers,
+            config.limits.max_batch,
+        );
+        let inbox = inbox::Inbox::spawn(store.clone(), gateway.clone(), config.limits.max_batch);
+        inbox::spawn_janitor(store.clone(), config.limits.retention_days);
+        Self {
+            accounts: accounts::Accounts::new(store.clone(), config.server_name.clone()),
+            chats: chats::Chats::new(store.clone(), config.clone(), sequencer, gateway.clone()),
+            inbox,
+            gateway,
+            store,
+            config,
+        }
+    }
+}

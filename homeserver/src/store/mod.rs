@@ -1,0 +1,362 @@
+//! Storage: one [`Store`] interface, two backends ([`pg`] for production, [`sqlite`] as
+//! the zero-setup default), each with its own migrations under `migrations/`.
+//!
+//! Backends only translate: the decisions a batch needs (duplicates, membership, which
+//! sequence numbers, which inbox rows, which receipts changed) are made by the pure
+//! functions in [`plan`], which both backends call with what they read inside the
+//! transaction. Nothing here is acknowledged to anyone before its transaction commits.
+
+pub mod pg;
+pub mod plan;
+pub mod sqlite;
+
+use std::future::Future;
+
+use parley_client_api::http::chats::{ChatEvent, ChatKind, Receipt};
+use parley_client_api::{ChatId, DeviceId, UserId};
+
+pub use plan::{AckedRow, SendOutcome};
+
+/// Storage failures. Constraint conflicts the services expect are typed; the rest is
+/// the database's own error, which the API boundary logs and reports as `internal`.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("already exists: {0}")]
+    Conflict(&'static str),
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("migration: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("corrupt row: {0}")]
+    Corrupt(String),
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+#[derive(Debug, Clone)]
+pub struct NewUser {
+    pub user_id: UserId,
+    pub localpart: String,
+    pub password_hash: String,
+    pub created_at: i64,
+}
+
+#[derive(Debug, Clone)]
+pub struct NewDevice {
+    pub device_id: DeviceId,
+    pub user_id: UserId,
+    pub display_name: Option<String>,
+    pub token_hash: [u8; 32],
+    pub created_at: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceRow {
+    pub device_id: DeviceId,
+    pub display_name: Option<String>,
+    pub created_at: i64,
+}
+
+#[derive(Debug, Clone)]
+pub struct NewChat {
+    pub chat_id: ChatId,
+    pub kind: ChatKind,
+    /// Set for direct chats: the two members, sorted, so a pair has one direct chat.
+    pub direct_key: Option<String>,
+    pub created_by: UserId,
+    /// Every member, the creator included.
+    pub members: Vec<UserId>,
+    pub created_at: i64,
+}
+
+/// What a member sees of a chat in their chat list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChatListRow {
+    pub chat_id: ChatId,
+    pub kind: ChatKind,
+    pub members: Vec<UserId>,
+    pub last_seq: i64,
+    pub last_ts: i64,
+    pub read_seq: i64,
+    pub unread_count: i64,
+    pub created_at: i64,
+}
+
+/// A send, as the sequencer hands it to the store.
+#[derive(Debug, Clone)]
+pub struct SendRequest {
+    pub chat_id: ChatId,
+    pub sender: UserId,
+    pub sender_device: DeviceId,
+    pub client_msg_id: String,
+    pub payload: Vec<u8>,
+    /// Server time of acceptance (ms).
+    pub ts: i64,
+}
+
+/// One item of a device's inbox, as replayed on reconnect.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum InboxItem {
+    Event {
+        id: i64,
+        event: ChatEvent,
+    },
+    Receipt {
+        id: i64,
+        chat_id: ChatId,
+        receipt: Receipt,
+    },
+}
+
+impl InboxItem {
+    pub fn id(&self) -> i64 {
+        match self {
+            InboxItem::Event { id, .. } | InboxItem::Receipt { id, .. } => *id,
+        }
+    }
+}
+
+/// One device's acknowledgement of inbox items.
+#[derive(Debug, Clone)]
+pub struct AckRequest {
+    pub user_id: UserId,
+    pub device_id: DeviceId,
+    pub ids: Vec<i64>,
+}
+
+/// A receipt change written into a device's inbox (to push it live after commit).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReceiptNotice {
+    pub device_id: DeviceId,
+    pub id: i64,
+    pub chat_id: ChatId,
+    pub receipt: Receipt,
+}
+
+/// What removing expired data removed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Purged {
+    pub inbox_rows: u64,
+    pub events: u64,
+}
+
+/// The homeserver's storage interface. Every method is one transaction.
+pub trait Store: Send + Sync + 'static {
+    /// Which backend, for logs: `"postgres"` or `"sqlite"`.
+    fn backend(&self) -> &'static str;
+
+    // --- accounts -------------------------------------------------------------------
+    /// Fails with `Conflict("user")` when the user id or localpart is taken.
+    fn create_user(&self, user: &NewUser) -> impl Future<Output = Result<()>> + Send;
+    /// `(user_id, password_hash)` for a localpart.
+    fn user_password(
+        &self,
+        localpart: &str,
+    ) -> impl Future<Output = Result<Option<(UserId, String)>>> + Send;
+    fn user_exists(&self, user_id: &UserId) -> impl Future<Output = Result<bool>> + Send;
+    fn create_device(&self, device: &NewDevice) -> impl Future<Output = Result<()>> + Send;
+    /// The device a token hash belongs to.
+    fn device_by_token(
+        &self,
+        token_hash: &[u8; 32],
+    ) -> impl Future<Output = Result<Option<(UserId, DeviceId)>>> + Send;
+    fn list_devices(&self, user_id: &UserId)
+    -> impl Future<Output = Result<Vec<DeviceRow>>> + Send;
+    /// Removes a device, its token and its inbox. False if it is not that user's.
+    fn delete_device(
+        &self,
+        user_id: &UserId,
+        device_id: &DeviceId,
+    ) -> impl Future<Output = Result<bool>> + Send;
+
+    // --- chats ----------------------------------------------------------------------
+    /// Creates the chat, or returns the existing direct chat of the same pair
+    /// (`(chat_id, created)`).
+    fn create_chat(&self, chat: &NewChat) -> impl Future<Output = Result<(ChatId, bool)>> + Send;
+    /// Current members of a chat; `None` if the chat does not exist.
+    fn chat_members(
+        &self,
+        chat_id: &ChatId,
+    ) -> impl Future<Output = Result<Option<Vec<UserId>>>> + Send;
+    /// The chats a user is a member of, most recently active first.
+    fn list_chats(&self, user_id: &UserId)
+    -> impl Future<Output = Result<Vec<ChatListRow>>> + Send;
+    /// False if the user was not a member.
+    fn leave_chat(
+        &self,
+        chat_id: &ChatId,
+        user_id: &UserId,
+        at: i64,
+    ) -> impl Future<Output = Result<bool>> + Send;
+    /// Commits a batch of sends in one transaction: sequence numbers, events, inbox rows.
+    /// Outcomes are index-aligned with `batch`.
+    fn commit_sends(
+        &self,
+        batch: &[SendRequest],
+    ) -> impl Future<Output = Result<Vec<SendOutcome>>> + Send;
+    /// Events with `seq > after`, at most `limit`, in order.
+    fn history(
+        &self,
+        chat_id: &ChatId,
+        after: i64,
+        limit: u32,
+    ) -> impl Future<Output = Result<Vec<ChatEvent>>> + Send;
+
+    // --- inbox and receipts ---------------------------------------------------------
+    /// A device's inbox items with `id > after`, at most `limit`, by id.
+    fn inbox_page(
+        &self,
+        device_id: &DeviceId,
+        after: i64,
+        limit: u32,
+    ) -> impl Future<Output = Result<Vec<InboxItem>>> + Send;
+    /// Removes acknowledged items, raises delivered receipts and writes the receipt
+    /// changes into the senders' inboxes, all in one transaction.
+    fn commit_acks(
+        &self,
+        batch: &[AckRequest],
+        at: i64,
+    ) -> impl Future<Output = Result<Vec<ReceiptNotice>>> + Send;
+    /// Raises a member's read (and delivered) receipt to `seq` (capped at the chat's
+    /// last seq) and notifies the senders of newly read events and the member's other
+    /// devices. `None` if not a member.
+    fn mark_read(
+        &self,
+        chat_id: &ChatId,
+        user_id: &UserId,
+        device_id: &DeviceId,
+        seq: i64,
+        at: i64,
+    ) -> impl Future<Output = Result<Option<Vec<ReceiptNotice>>>> + Send;
+    /// Every member's receipts and the chat's last seq; `None` if the chat is unknown.
+    fn receipts(
+        &self,
+        chat_id: &ChatId,
+    ) -> impl Future<Output = Result<Option<(i64, Vec<Receipt>)>>> + Send;
+    /// Deletes inbox rows and events older than `before` (ms).
+    fn purge_expired(&self, before: i64) -> impl Future<Output = Result<Purged>> + Send;
+}
+
+/// The configured backend. Dispatches to the concrete store.
+#[derive(Clone)]
+pub enum AnyStore {
+    Postgres(pg::PgStore),
+    Sqlite(sqlite::SqliteStore),
+}
+
+impl AnyStore {
+    /// Connects to `url` (`postgres://…` or `sqlite://…`) and runs the migrations.
+    pub async fn connect(url: &str, max_connections: u32) -> Result<Self> {
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Ok(AnyStore::Postgres(
+                pg::PgStore::connect(url, max_connections).await?,
+            ))
+        } else {
+            Ok(AnyStore::Sqlite(sqlite::SqliteStore::connect(url).await?))
+        }
+    }
+}
+
+macro_rules! dispatch {
+    ($self:ident, $s:ident => $e:expr) => {
+        match $self {
+            AnyStore::Postgres($s) => $e,
+            AnyStore::Sqlite($s) => $e,
+        }
+    };
+}
+
+impl Store for AnyStore {
+    fn backend(&self) -> &'static str {
+        dispatch!(self, s => s.backend())
+    }
+    async fn create_user(&self, user: &NewUser) -> Result<()> {
+        dispatch!(self, s => s.create_user(user).await)
+    }
+    async fn user_password(&self, localpart: &str) -> Result<Option<(UserId, String)>> {
+        dispatch!(self, s => s.user_password(localpart).await)
+    }
+    async fn user_exists(&self, user_id: &UserId) -> Result<bool> {
+        dispatch!(self, s => s.user_exists(user_id).await)
+    }
+    async fn create_device(&self, device: &NewDevice) -> Result<()> {
+        dispatch!(self, s => s.create_device(device).await)
+    }
+    async fn device_by_token(&self, token_hash: &[u8; 32]) -> Result<Option<(UserId, DeviceId)>> {
+        dispatch!(self, s => s.device_by_token(token_hash).await)
+    }
+    async fn list_devices(&self, user_id: &UserId) -> Result<Vec<DeviceRow>> {
+        dispatch!(self, s => s.list_devices(user_id).await)
+    }
+    async fn delete_device(&self, user_id: &UserId, device_id: &DeviceId) -> Result<bool> {
+        dispatch!(self, s => s.delete_device(user_id, device_id).await)
+    }
+    async fn create_chat(&self, chat: &NewChat) -> Result<(ChatId, bool)> {
+        dispatch!(self, s => s.create_chat(chat).await)
+    }
+    async fn chat_members(&self, chat_id: &ChatId) -> Result<Option<Vec<UserId>>> {
+        dispatch!(self, s => s.chat_members(chat_id).await)
+    }
+    async fn list_chats(&self, user_id: &UserId) -> Result<Vec<ChatListRow>> {
+        dispatch!(self, s => s.list_chats(user_id).await)
+    }
+    async fn leave_chat(&self, chat_id: &ChatId, user_id: &UserId, at: i64) -> Result<bool> {
+        dispatch!(self, s => s.leave_chat(chat_id, user_id, at).await)
+    }
+    async fn commit_sends(&self, batch: &[SendRequest]) -> Result<Vec<SendOutcome>> {
+        dispatch!(self, s => s.commit_sends(batch).await)
+    }
+    async fn history(&self, chat_id: &ChatId, after: i64, limit: u32) -> Result<Vec<ChatEvent>> {
+        dispatch!(self, s => s.history(chat_id, after, limit).await)
+    }
+    async fn inbox_page(
+        &self,
+        device_id: &DeviceId,
+        after: i64,
+        limit: u32,
+    ) -> Result<Vec<InboxItem>> {
+        dispatch!(self, s => s.inbox_page(device_id, after, limit).await)
+    }
+    async fn commit_acks(&self, batch: &[AckRequest], at: i64) -> Result<Vec<ReceiptNotice>> {
+        dispatch!(self, s => s.commit_acks(batch, at).await)
+    }
+    async fn mark_read(
+        &self,
+        chat_id: &ChatId,
+        user_id: &UserId,
+        device_id: &DeviceId,
+        seq: i64,
+        at: i64,
+    ) -> Result<Option<Vec<ReceiptNotice>>> {
+        dispatch!(self, s => s.mark_read(chat_id, user_id, device_id, seq, at).await)
+    }
+    async fn receipts(&self, chat_id: &ChatId) -> Result<Option<(i64, Vec<Receipt>)>> {
+        dispatch!(self, s => s.receipts(chat_id).await)
+    }
+    async fn purge_expired(&self, before: i64) -> Result<Purged> {
+        dispatch!(self, s => s.purge_expired(before).await)
+    }
+}
+
+pub(crate) fn kind_to_i16(kind: ChatKind) -> i16 {
+    match kind {
+        ChatKind::Direct => 0,
+        ChatKind::Group => 1,
+    }
+}
+
+pub(crate) fn kind_from_i16(v: i16) -> Result<ChatKind> {
+    match v {
+        0 => Ok(ChatKind::Direct),
+        1 => Ok(ChatKind::Group),
+        other => Err(StoreError::Corrupt(format!("chat kind {other}"))),
+    }
+}
+
+/// Parses an id column.
+pub(crate) fn id<T: TryFrom<String, Error = parley_client_api::IdError>>(s: String) -> Result<T> {
+    T::try_from(s).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+pub(crate) const INBOX_EVENT: i16 = 0;
+pub(crate) const INBOX_RECEIPT: i16 = 1;

@@ -1,0 +1,780 @@
+//! The Postgres backend. Batches use `UNNEST` so a batch of any size is a handful of
+//! statements; chat heads are locked in `chat_id` order so concurrent batches (several
+//! writers, several nodes) never deadlock.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use parley_client_api::http::chats::{ChatEvent, Receipt};
+use parley_client_api::{ChatId, DeviceId, Payload, UserId};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{PgPool, Postgres, Row, Transaction};
+
+use super::plan::{self, AckedRow, ChatState, ReceiptRow, SendOutcome};
+use super::{
+    AckRequest, ChatListRow, DeviceRow, INBOX_RECEIPT, InboxItem, NewChat, NewDevice, NewUser,
+    Purged, ReceiptNotice, Result, SendRequest, Store, StoreError, id, kind_from_i16, kind_to_i16,
+};
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
+
+#[derive(Clone)]
+pub struct PgStore {
+    pool: PgPool,
+}
+
+impl PgStore {
+    pub async fn connect(url: &str, max_connections: u32) -> Result<Self> {
+        let options: PgConnectOptions = url.parse()?;
+        let pool = PgPoolOptions::new()
+            .max_connections(max_connections)
+            .connect_with(options)
+            .await?;
+        MIGRATOR.run(&pool).await?;
+        Ok(Self { pool })
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+}
+
+fn is_unique_violation(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(db) if db.code().as_deref() == Some("23505"))
+}
+
+fn strs<T: AsRef<str>>(v: impl IntoIterator<Item = T>) -> Vec<String> {
+    v.into_iter().map(|s| s.as_ref().to_owned()).collect()
+}
+
+/// Devices of the given users.
+async fn devices_of(
+    tx: &mut Transaction<'_, Postgres>,
+    users: &BTreeSet<UserId>,
+) -> Result<HashMap<UserId, Vec<DeviceId>>> {
+    let mut out: HashMap<UserId, Vec<DeviceId>> = HashMap::new();
+    if users.is_empty() {
+        return Ok(out);
+    }
+    let rows = sqlx::query(
+        "SELECT user_id, device_id FROM devices WHERE user_id = ANY($1) ORDER BY device_id",
+    )
+    .bind(strs(users))
+    .fetch_all(&mut **tx)
+    .await?;
+    for r in rows {
+        out.entry(id(r.get("user_id"))?)
+            .or_default()
+            .push(id(r.get("device_id"))?);
+    }
+    Ok(out)
+}
+
+/// Writes receipt changes into inboxes, replacing an unacknowledged older change of the
+/// same member (which then takes a new, later id).
+async fn upsert_receipts(
+    tx: &mut Transaction<'_, Postgres>,
+    rows: Vec<ReceiptRow>,
+    now: i64,
+) -> Result<Vec<ReceiptNotice>> {
+    if rows.is_empty() {
+        return Ok(Vec::new());
+    }
+    // One row per (device, chat, member) in a statement: keep the last.
+    let mut dedup: BTreeMap<(DeviceId, ChatId, UserId), Receipt> = BTreeMap::new();
+    for r in rows {
+        dedup.insert(
+            (r.device_id, r.chat_id, r.receipt.user_id.clone()),
+            r.receipt,
+        );
+    }
+    let (mut dev, mut chat, mut user, mut del, mut read) = (vec![], vec![], vec![], vec![], vec![]);
+    for ((d, c, u), r) in &dedup {
+        dev.push(d.to_string());
+        chat.push(c.to_string());
+        user.push(u.to_string());
+        del.push(r.delivered_seq);
+        read.push(r.read_seq);
+    }
+    let returned = sqlx::query(
+        "INSERT INTO inbox (device_id, chat_id, kind, seq, sender, delivered_seq, read_seq, created_at)
+         SELECT d, c, 1, 0, u, ds, rs, $6
+         FROM UNNEST($1::text[], $2::text[], $3::text[], $4::bigint[], $5::bigint[]) AS v(d, c, u, ds, rs)
+         ON CONFLICT (device_id, chat_id, sender) WHERE kind = 1 DO UPDATE
+            SET id = nextval(pg_get_serial_sequence('inbox', 'id')),
+                delivered_seq = GREATEST(inbox.delivered_seq, EXCLUDED.delivered_seq),
+                read_seq = GREATEST(inbox.read_seq, EXCLUDED.read_seq),
+                created_at = EXCLUDED.created_at
+         RETURNING id, device_id, chat_id, sender, delivered_seq, read_seq",
+    )
+    .bind(dev)
+    .bind(chat)
+    .bind(user)
+    .bind(del)
+    .bind(read)
+    .bind(now)
+    .fetch_all(&mut **tx)
+    .await?;
+    returned
+        .into_iter()
+        .map(|r| {
+            Ok(ReceiptNotice {
+                id: r.get("id"),
+                device_id: id(r.get("device_id"))?,
+                chat_id: id(r.get("chat_id"))?,
+                receipt: Receipt {
+                    user_id: id(r.get("sender"))?,
+                    delivered_seq: r.get("delivered_seq"),
+                    read_seq: r.get("read_seq"),
+                },
+            })
+        })
+        .collect()
+}
+
+impl Store for PgStore {
+    fn backend(&self) -> &'static str {
+        "postgres"
+    }
+
+    async fn create_user(&self, user: &NewUser) -> Result<()> {
+        let res = sqlx::query(
+            "INSERT INTO users (user_id, localpart, password_hash, created_at) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(user.user_id.as_str())
+        .bind(&user.localpart)
+        .bind(&user.password_hash)
+        .bind(user.created_at)
+        .execute(&self.pool)
+        .await;
+        match res {
+            Ok(_) => Ok(()),
+            Err(e) if is_unique_violation(&e) => Err(StoreError::Conflict("user")),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn user_password(&self, localpart: &str) -> Result<Option<(UserId, String)>> {
+        let row = sqlx::query("SELECT user_id, password_hash FROM users WHERE localpart = $1")
+            .bind(localpart)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| Ok((id(r.get("user_id"))?, r.get("password_hash"))))
+            .transpose()
+    }
+
+    async fn user_exists(&self, user_id: &UserId) -> Result<bool> {
+        let row = sqlx::query("SELECT 1 FROM users WHERE user_id = $1")
+            .bind(user_id.as_str())
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.is_some())
+    }
+
+    async fn create_device(&self, device: &NewDevice) -> Result<()> {
+        let res = sqlx::query(
+            "INSERT INTO devices (device_id, user_id, display_name, token_hash, created_at)
+             VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(device.device_id.as_str())
+        .bind(device.user_id.as_str())
+        .bind(&device.display_name)
+        .bind(&device.token_hash[..])
+        .bind(device.created_at)
+        .execute(&self.pool)
+        .await;
+        match res {
+            Ok(_) => Ok(()),
+            Err(e) if is_unique_violation(&e) => Err(StoreError::Conflict("device")),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn device_by_token(&self, token_hash: &[u8; 32]) -> Result<Option<(UserId, DeviceId)>> {
+        let row = sqlx::query("SELECT user_id, device_id FROM devices WHERE token_hash = $1")
+            .bind(&token_hash[..])
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| Ok((id(r.get("user_id"))?, id(r.get("device_id"))?)))
+            .transpose()
+    }
+
+    async fn list_devices(&self, user_id: &UserId) -> Result<Vec<DeviceRow>> {
+        let rows = sqlx::query(
+            "SELECT device_id, display_name, created_at FROM devices WHERE user_id = $1
+             ORDER BY created_at, device_id",
+        )
+        .bind(user_id.as_str())
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|r| {
+                Ok(DeviceRow {
+                    device_id: id(r.get("device_id"))?,
+                    display_name: r.get("display_name"),
+                    created_at: r.get("created_at"),
+                })
+            })
+            .collect()
+    }
+
+    async fn delete_device(&self, user_id: &UserId, device_id: &DeviceId) -> Result<bool> {
+        let mut tx = self.pool.begin().await?;
+        let gone = sqlx::query("DELETE FROM devices WHERE device_id = $1 AND user_id = $2")
+            .bind(device_id.as_str())
+            .bind(user_id.as_str())
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        if gone == 1 {
+            sqlx::query("DELETE FROM inbox WHERE device_id = $1")
+                .bind(device_id.as_str())
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(gone == 1)
+    }
+
+    async fn create_chat(&self, chat: &NewChat) -> Result<(ChatId, bool)> {
+        let mut tx = self.pool.begin().await?;
+        let inserted = sqlx::query(
+            "INSERT INTO chats (chat_id, kind, direct_key, created_by, created_at, last_ts)
+             VALUES ($1, $2, $3, $4, $5, $5) ON CONFLICT (direct_key) DO NOTHING",
+        )
+        .bind(chat.chat_id.as_str())
+        .bind(kind_to_i16(chat.kind))
+        .bind(&chat.direct_key)
+        .bind(chat.created_by.as_str())
+        .bind(chat.created_at)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if inserted == 0 {
+            let existing: String =
+                sqlx::query_scalar("SELECT chat_id FROM chats WHERE direct_key = $1")
+                    .bind(&chat.direct_key)
+                    .fetch_one(&mut *tx)
+                    .await?;
+            // Someone who left a direct chat and starts it again rejoins it.
+            sqlx::query(
+                "UPDATE chat_members SET left_at = NULL WHERE chat_id = $1 AND user_id = ANY($2)",
+            )
+            .bind(&existing)
+            .bind(strs(&chat.members))
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            return Ok((id(existing)?, false));
+        }
+        sqlx::query(
+            "INSERT INTO chat_members (chat_id, user_id, joined_at)
+             SELECT $1, u, $3 FROM UNNEST($2::text[]) AS u",
+        )
+        .bind(chat.chat_id.as_str())
+        .bind(strs(&chat.members))
+        .bind(chat.created_at)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok((chat.chat_id.clone(), true))
+    }
+
+    async fn chat_members(&self, chat_id: &ChatId) -> Result<Option<Vec<UserId>>> {
+        let rows = sqlx::query(
+            "SELECT m.user_id FROM chats c
+             LEFT JOIN chat_members m ON m.chat_id = c.chat_id AND m.left_at IS NULL
+             WHERE c.chat_id = $1 ORDER BY m.user_id",
+        )
+        .bind(chat_id.as_str())
+        .fetch_all(&self.pool)
+        .await?;
+        if rows.is_empty() {
+            return Ok(None);
+        }
+        let mut members = Vec::new();
+        for r in rows {
+            if let Some(u) = r.get::<Option<String>, _>("user_id") {
+                members.push(id(u)?);
+            }
+        }
+        Ok(Some(members))
+    }
+
+    async fn list_chats(&self, user_id: &UserId) -> Result<Vec<ChatListRow>> {
+        let rows = sqlx::query(
+            "SELECT c.chat_id, c.kind, c.last_seq, c.last_ts, c.created_at, m.read_seq,
+                    (SELECT array_agg(o.user_id ORDER BY o.user_id) FROM chat_members o
+                      WHERE o.chat_id = c.chat_id AND o.left_at IS NULL) AS members,
+                    (SELECT count(*) FROM events e
+                      WHERE e.chat_id = c.chat_id AND e.seq > m.read_seq AND e.sender <> m.user_id) AS unread
+             FROM chat_members m JOIN chats c ON c.chat_id = m.chat_id
+             WHERE m.user_id = $1 AND m.left_at IS NULL
+             ORDER BY c.last_ts DESC, c.chat_id",
+        )
+        .bind(user_id.as_str())
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|r| {
+                let members: Vec<String> = r
+                    .get::<Option<Vec<String>>, _>("members")
+                    .unwrap_or_default();
+                Ok(ChatListRow {
+                    chat_id: id(r.get("chat_id"))?,
+                    kind: kind_from_i16(r.get("kind"))?,
+                    members: members.into_iter().map(id).collect::<Result<_>>()?,
+                    last_seq: r.get("last_seq"),
+                    last_ts: r.get("last_ts"),
+                    read_seq: r.get("read_seq"),
+                    unread_count: r.get("unread"),
+                    created_at: r.get("created_at"),
+                })
+            })
+            .collect()
+    }
+
+    async fn leave_chat(&self, chat_id: &ChatId, user_id: &UserId, at: i64) -> Result<bool> {
+        let n = sqlx::query(
+            "UPDATE chat_members SET left_at = $3 WHERE chat_id = $1 AND user_id = $2 AND left_at IS NULL",
+        )
+        .bind(chat_id.as_str())
+        .bind(user_id.as_str())
+        .bind(at)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(n == 1)
+    }
+
+    async fn commit_sends(&self, batch: &[SendRequest]) -> Result<Vec<SendOutcome>> {
+        let mut tx = self.pool.begin().await?;
+        let chat_ids: Vec<String> = batch
+            .iter()
+            .map(|r| r.chat_id.to_string())
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        // Lock the heads first, in a fixed order.
+        let heads = sqlx::query(
+            "SELECT chat_id, last_seq FROM chats WHERE chat_id = ANY($1) ORDER BY chat_id FOR UPDATE",
+        )
+        .bind(&chat_ids)
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut chats: HashMap<ChatId, ChatState> = HashMap::new();
+        for r in heads {
+            chats.insert(
+                id(r.get("chat_id"))?,
+                ChatState {
+                    last_seq: r.get("last_seq"),
+                    members: BTreeMap::new(),
+                },
+            );
+        }
+        let members = sqlx::query(
+            "SELECT m.chat_id, m.user_id, d.device_id FROM chat_members m
+             LEFT JOIN devices d ON d.user_id = m.user_id
+             WHERE m.chat_id = ANY($1) AND m.left_at IS NULL",
+        )
+        .bind(&chat_ids)
+        .fetch_all(&mut *tx)
+        .await?;
+        for r in members {
+            let chat: ChatId = id(r.get("chat_id"))?;
+            let Some(state) = chats.get_mut(&chat) else {
+                continue;
+            };
+            let devices = state.members.entry(id(r.get("user_id"))?).or_default();
+            if let Some(d) = r.get::<Option<String>, _>("device_id") {
+                devices.push(id(d)?);
+            }
+        }
+        let existing_rows = sqlx::query(
+            "SELECT e.chat_id, e.sender_device, e.client_msg_id, e.seq, e.ts FROM events e
+             JOIN UNNEST($1::text[], $2::text[], $3::text[]) AS k(c, d, m)
+               ON e.chat_id = k.c AND e.sender_device = k.d AND e.client_msg_id = k.m",
+        )
+        .bind(
+            batch
+                .iter()
+                .map(|r| r.chat_id.to_string())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            batch
+                .iter()
+                .map(|r| r.sender_device.to_string())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            batch
+                .iter()
+                .map(|r| r.client_msg_id.clone())
+                .collect::<Vec<_>>(),
+        )
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut existing = HashMap::new();
+        for r in existing_rows {
+            existing.insert(
+                (
+                    id(r.get("chat_id"))?,
+                    id(r.get("sender_device"))?,
+                    r.get::<String, _>("client_msg_id"),
+                ),
+                (r.get::<i64, _>("seq"), r.get::<i64, _>("ts")),
+            );
+        }
+
+        let plan = plan::plan_sends(batch, &existing, &chats);
+        if plan.events.is_empty() {
+            tx.commit().await?;
+            return Ok(plan.finish(batch, []));
+        }
+        sqlx::query(
+            "UPDATE chats SET last_seq = v.s, last_ts = v.t
+             FROM UNNEST($1::text[], $2::bigint[], $3::bigint[]) AS v(c, s, t)
+             WHERE chats.chat_id = v.c",
+        )
+        .bind(
+            plan.heads
+                .iter()
+                .map(|h| h.0.to_string())
+                .collect::<Vec<_>>(),
+        )
+        .bind(plan.heads.iter().map(|h| h.1).collect::<Vec<_>>())
+        .bind(plan.heads.iter().map(|h| h.2).collect::<Vec<_>>())
+        .execute(&mut *tx)
+        .await?;
+        let ev = |f: fn(&SendRequest) -> String| -> Vec<String> {
+            plan.events.iter().map(|(i, _)| f(&batch[*i])).collect()
+        };
+        sqlx::query(
+            "INSERT INTO events (chat_id, seq, sender, sender_device, client_msg_id, ts, payload)
+             SELECT * FROM UNNEST($1::text[], $2::bigint[], $3::text[], $4::text[], $5::text[], $6::bigint[], $7::bytea[])",
+        )
+        .bind(ev(|r| r.chat_id.to_string()))
+        .bind(plan.events.iter().map(|(_, s)| *s).collect::<Vec<_>>())
+        .bind(ev(|r| r.sender.to_string()))
+        .bind(ev(|r| r.sender_device.to_string()))
+        .bind(ev(|r| r.client_msg_id.clone()))
+        .bind(plan.events.iter().map(|(i, _)| batch[*i].ts).collect::<Vec<_>>())
+        .bind(plan.events.iter().map(|(i, _)| batch[*i].payload.clone()).collect::<Vec<_>>())
+        .execute(&mut *tx)
+        .await?;
+        let now = batch.iter().map(|r| r.ts).max().unwrap_or_default();
+        let ids = if plan.inbox.is_empty() {
+            Vec::new()
+        } else {
+            sqlx::query(
+                "INSERT INTO inbox (device_id, chat_id, kind, seq, sender, created_at)
+                 SELECT d, c, 0, s, u, $5
+                 FROM UNNEST($1::text[], $2::text[], $3::bigint[], $4::text[]) AS v(d, c, s, u)
+                 RETURNING id, device_id, chat_id, seq",
+            )
+            .bind(
+                plan.inbox
+                    .iter()
+                    .map(|r| r.device_id.to_string())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                plan.inbox
+                    .iter()
+                    .map(|r| r.chat_id.to_string())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(plan.inbox.iter().map(|r| r.seq).collect::<Vec<_>>())
+            .bind(
+                plan.inbox
+                    .iter()
+                    .map(|r| r.sender.to_string())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(now)
+            .fetch_all(&mut *tx)
+            .await?
+        };
+        tx.commit().await?;
+        let ids = ids
+            .into_iter()
+            .map(|r| {
+                Ok((
+                    r.get::<i64, _>("id"),
+                    id(r.get("device_id"))?,
+                    id(r.get("chat_id"))?,
+                    r.get::<i64, _>("seq"),
+                ))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(plan.finish(batch, ids))
+    }
+
+    async fn history(&self, chat_id: &ChatId, after: i64, limit: u32) -> Result<Vec<ChatEvent>> {
+        let rows = sqlx::query(
+            "SELECT chat_id, seq, sender, sender_device, client_msg_id, ts, payload FROM events
+             WHERE chat_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
+        )
+        .bind(chat_id.as_str())
+        .bind(after)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter().map(event_from_row).collect()
+    }
+
+    async fn inbox_page(
+        &self,
+        device_id: &DeviceId,
+        after: i64,
+        limit: u32,
+    ) -> Result<Vec<InboxItem>> {
+        let rows = sqlx::query(
+            "SELECT i.id, i.kind, i.chat_id, i.seq, i.sender, i.delivered_seq, i.read_seq,
+                    e.sender_device, e.client_msg_id, e.ts, e.payload
+             FROM inbox i
+             LEFT JOIN events e ON i.kind = 0 AND e.chat_id = i.chat_id AND e.seq = i.seq
+             WHERE i.device_id = $1 AND i.id > $2 ORDER BY i.id LIMIT $3",
+        )
+        .bind(device_id.as_str())
+        .bind(after)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        let mut items = Vec::with_capacity(rows.len());
+        for r in rows {
+            let item_id: i64 = r.get("id");
+            let kind: i16 = r.get("kind");
+            let chat_id: ChatId = id(r.get("chat_id"))?;
+            if kind == INBOX_RECEIPT {
+                items.push(InboxItem::Receipt {
+                    id: item_id,
+                    chat_id,
+                    receipt: Receipt {
+                        user_id: id(r.get("sender"))?,
+                        delivered_seq: r.get("delivered_seq"),
+                        read_seq: r.get("read_seq"),
+                    },
+                });
+                continue;
+            }
+            // An event purged by retention leaves nothing to deliver.
+            let Some(payload) = r.get::<Option<Vec<u8>>, _>("payload") else {
+                continue;
+            };
+            items.push(InboxItem::Event {
+                id: item_id,
+                event: ChatEvent {
+                    chat_id,
+                    seq: r.get("seq"),
+                    sender: id(r.get("sender"))?,
+                    sender_device: id(r
+                        .get::<Option<String>, _>("sender_device")
+                        .unwrap_or_default())?,
+                    client_msg_id: r
+                        .get::<Option<String>, _>("client_msg_id")
+                        .unwrap_or_default(),
+                    ts: r.get::<Option<i64>, _>("ts").unwrap_or_default(),
+                    payload: Payload(payload),
+                },
+            });
+        }
+        Ok(items)
+    }
+
+    async fn commit_acks(&self, batch: &[AckRequest], at: i64) -> Result<Vec<ReceiptNotice>> {
+        let (mut devs, mut ids) = (Vec::new(), Vec::new());
+        let mut owner: HashMap<String, UserId> = HashMap::new();
+        for ack in batch {
+            owner.insert(ack.device_id.to_string(), ack.user_id.clone());
+            for i in &ack.ids {
+                devs.push(ack.device_id.to_string());
+                ids.push(*i);
+            }
+        }
+        let mut tx = self.pool.begin().await?;
+        let deleted = sqlx::query(
+            "DELETE FROM inbox i USING UNNEST($1::text[], $2::bigint[]) AS k(d, id)
+             WHERE i.device_id = k.d AND i.id = k.id
+             RETURNING i.device_id, i.chat_id, i.kind, i.seq, i.sender",
+        )
+        .bind(devs)
+        .bind(ids)
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut rows = Vec::with_capacity(deleted.len());
+        for r in deleted {
+            let device: String = r.get("device_id");
+            let Some(user) = owner.get(&device) else {
+                continue;
+            };
+            rows.push(AckedRow {
+                user_id: user.clone(),
+                chat_id: id(r.get("chat_id"))?,
+                kind: r.get("kind"),
+                seq: r.get("seq"),
+                sender: id(r.get("sender"))?,
+            });
+        }
+        let plan = plan::plan_acks(&rows);
+        if plan.delivered.is_empty() {
+            tx.commit().await?;
+            return Ok(Vec::new());
+        }
+        let changed = sqlx::query(
+            "UPDATE chat_members m SET delivered_seq = v.s
+             FROM UNNEST($1::text[], $2::text[], $3::bigint[]) AS v(c, u, s)
+             WHERE m.chat_id = v.c AND m.user_id = v.u AND m.delivered_seq < v.s
+             RETURNING m.chat_id, m.user_id, m.delivered_seq, m.read_seq",
+        )
+        .bind(
+            plan.delivered
+                .keys()
+                .map(|k| k.0.to_string())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            plan.delivered
+                .keys()
+                .map(|k| k.1.to_string())
+                .collect::<Vec<_>>(),
+        )
+        .bind(plan.delivered.values().copied().collect::<Vec<_>>())
+        .fetch_all(&mut *tx)
+        .await?;
+        let changed = receipts_from_rows(changed)?;
+        let users: BTreeSet<UserId> = plan.notify.values().flatten().cloned().collect();
+        let devices = devices_of(&mut tx, &users).await?;
+        let notices = upsert_receipts(
+            &mut tx,
+            plan::receipt_rows(&changed, &plan.notify, &devices, None),
+            at,
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(notices)
+    }
+
+    async fn mark_read(
+        &self,
+        chat_id: &ChatId,
+        user_id: &UserId,
+        device_id: &DeviceId,
+        seq: i64,
+        at: i64,
+    ) -> Result<Option<Vec<ReceiptNotice>>> {
+        let mut tx = self.pool.begin().await?;
+        let old = sqlx::query(
+            "SELECT m.read_seq, c.last_seq FROM chat_members m JOIN chats c ON c.chat_id = m.chat_id
+             WHERE m.chat_id = $1 AND m.user_id = $2 AND m.left_at IS NULL FOR UPDATE OF m",
+        )
+        .bind(chat_id.as_str())
+        .bind(user_id.as_str())
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(old) = old else {
+            return Ok(None);
+        };
+        let (old_read, last): (i64, i64) = (old.get("read_seq"), old.get("last_seq"));
+        let new_read = seq.min(last);
+        if new_read <= old_read {
+            tx.commit().await?;
+            return Ok(Some(Vec::new()));
+        }
+        let row = sqlx::query(
+            "UPDATE chat_members SET read_seq = $3, delivered_seq = GREATEST(delivered_seq, $3)
+             WHERE chat_id = $1 AND user_id = $2 RETURNING chat_id, user_id, delivered_seq, read_seq",
+        )
+        .bind(chat_id.as_str())
+        .bind(user_id.as_str())
+        .bind(new_read)
+        .fetch_all(&mut *tx)
+        .await?;
+        let changed = receipts_from_rows(row)?;
+        let senders: Vec<String> = sqlx::query_scalar(
+            "SELECT DISTINCT sender FROM events WHERE chat_id = $1 AND seq > $2 AND seq <= $3 AND sender <> $4",
+        )
+        .bind(chat_id.as_str())
+        .bind(old_read)
+        .bind(new_read)
+        .bind(user_id.as_str())
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut notify_users: BTreeSet<UserId> =
+            senders.into_iter().map(id).collect::<Result<_>>()?;
+        notify_users.insert(user_id.clone());
+        let devices = devices_of(&mut tx, &notify_users).await?;
+        let notify = BTreeMap::from([((chat_id.clone(), user_id.clone()), notify_users)]);
+        let notices = upsert_receipts(
+            &mut tx,
+            plan::receipt_rows(&changed, &notify, &devices, Some(device_id)),
+            at,
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(Some(notices))
+    }
+
+    async fn receipts(&self, chat_id: &ChatId) -> Result<Option<(i64, Vec<Receipt>)>> {
+        let last: Option<i64> = sqlx::query_scalar("SELECT last_seq FROM chats WHERE chat_id = $1")
+            .bind(chat_id.as_str())
+            .fetch_optional(&self.pool)
+            .await?;
+        let Some(last) = last else {
+            return Ok(None);
+        };
+        let rows = sqlx::query(
+            "SELECT chat_id, user_id, delivered_seq, read_seq FROM chat_members
+             WHERE chat_id = $1 AND left_at IS NULL ORDER BY user_id",
+        )
+        .bind(chat_id.as_str())
+        .fetch_all(&self.pool)
+        .await?;
+        let receipts = receipts_from_rows(rows)?
+            .into_iter()
+            .map(|(_, r)| r)
+            .collect();
+        Ok(Some((last, receipts)))
+    }
+
+    async fn purge_expired(&self, before: i64) -> Result<Purged> {
+        let inbox_rows = sqlx::query("DELETE FROM inbox WHERE created_at < $1")
+            .bind(before)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+        let events = sqlx::query("DELETE FROM events WHERE ts < $1")
+            .bind(before)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+        Ok(Purged { inbox_rows, events })
+    }
+}
+
+fn receipts_from_rows(rows: Vec<sqlx::postgres::PgRow>) -> Result<Vec<(ChatId, Receipt)>> {
+    rows.into_iter()
+        .map(|r| {
+            Ok((
+                id(r.get("chat_id"))?,
+                Receipt {
+                    user_id: id(r.get("user_id"))?,
+                    delivered_seq: r.get("delivered_seq"),
+                    read_seq: r.get("read_seq"),
+                },
+            ))
+        })
+        .collect()
+}
+
+fn event_from_row(r: sqlx::postgres::PgRow) -> Result<ChatEvent> {
+    Ok(ChatEvent {
+        chat_id: id(r.get("chat_id"))?,
+        seq: r.get("seq"),
+        sender: id(r.get("sender"))?,
+        sender_device: id(r.get("sender_device"))?,
+        client_msg_id: r.get("client_msg_id"),
+        ts: r.get("ts"),
+        payload: Payload(r.get("payload")),
+    })
+}

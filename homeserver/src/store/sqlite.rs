@@ -1,0 +1,708 @@
+//! The SQLite backend: the zero-setup default. One file, WAL, `synchronous = FULL` (an
+//! acknowledged event survives power loss), write transactions `BEGIN IMMEDIATE` so
+//! writers queue on the database lock instead of failing on upgrade. Variable-length
+//! lists are bound as JSON arrays and read with `json_each`.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::str::FromStr;
+use std::time::Duration;
+
+use parley_client_api::http::chats::{ChatEvent, Receipt};
+use parley_client_api::{ChatId, DeviceId, Payload, UserId};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
+};
+use sqlx::{Row, Sqlite, SqlitePool, Transaction};
+
+use super::plan::{self, AckedRow, ChatState, ReceiptRow, SendOutcome};
+use super::{
+    AckRequest, ChatListRow, DeviceRow, INBOX_RECEIPT, InboxItem, NewChat, NewDevice, NewUser,
+    Purged, ReceiptNotice, Result, SendRequest, Store, StoreError, id, kind_from_i16, kind_to_i16,
+};
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+
+#[derive(Clone)]
+pub struct SqliteStore {
+    pool: SqlitePool,
+}
+
+impl SqliteStore {
+    /// Opens (creating if missing) the database at `url` (`sqlite://path` or a path).
+    pub async fn connect(url: &str) -> Result<Self> {
+        let url = if url.starts_with("sqlite:") {
+            url.to_owned()
+        } else {
+            format!("sqlite://{url}")
+        };
+        let options = SqliteConnectOptions::from_str(&url)?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .busy_timeout(Duration::from_secs(30))
+            .foreign_keys(true);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(options)
+            .await?;
+        MIGRATOR.run(&pool).await?;
+        Ok(Self { pool })
+    }
+
+    async fn write_tx(&self) -> Result<Transaction<'static, Sqlite>> {
+        Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?)
+    }
+}
+
+fn json_list<T: AsRef<str>>(v: impl IntoIterator<Item = T>) -> String {
+    serde_json::Value::Array(
+        v.into_iter()
+            .map(|s| serde_json::Value::String(s.as_ref().to_owned()))
+            .collect(),
+    )
+    .to_string()
+}
+
+fn is_unique_violation(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(db) if db.is_unique_violation())
+}
+
+async fn devices_of(
+    tx: &mut Transaction<'_, Sqlite>,
+    users: &BTreeSet<UserId>,
+) -> Result<HashMap<UserId, Vec<DeviceId>>> {
+    let mut out: HashMap<UserId, Vec<DeviceId>> = HashMap::new();
+    if users.is_empty() {
+        return Ok(out);
+    }
+    let rows = sqlx::query(
+        "SELECT user_id, device_id FROM devices
+         WHERE user_id IN (SELECT value FROM json_each(?1)) ORDER BY device_id",
+    )
+    .bind(json_list(users))
+    .fetch_all(&mut **tx)
+    .await?;
+    for r in rows {
+        out.entry(id(r.get("user_id"))?)
+            .or_default()
+            .push(id(r.get("device_id"))?);
+    }
+    Ok(out)
+}
+
+/// Writes receipt changes into inboxes, replacing an unacknowledged older change of the
+/// same member; the replacement takes a new, later id.
+async fn upsert_receipts(
+    tx: &mut Transaction<'_, Sqlite>,
+    rows: Vec<ReceiptRow>,
+    now: i64,
+) -> Result<Vec<ReceiptNotice>> {
+    let mut dedup: BTreeMap<(DeviceId, ChatId, UserId), Receipt> = BTreeMap::new();
+    for r in rows {
+        dedup.insert(
+            (r.device_id, r.chat_id, r.receipt.user_id.clone()),
+            r.receipt,
+        );
+    }
+    let mut notices = Vec::with_capacity(dedup.len());
+    for ((device_id, chat_id, user), receipt) in dedup {
+        let old = sqlx::query(
+            "DELETE FROM inbox WHERE device_id = ?1 AND chat_id = ?2 AND sender = ?3 AND kind = 1
+             RETURNING delivered_seq, read_seq",
+        )
+        .bind(device_id.as_str())
+        .bind(chat_id.as_str())
+        .bind(user.as_str())
+        .fetch_optional(&mut **tx)
+        .await?;
+        let (old_d, old_r) = old
+            .map(|r| {
+                (
+                    r.get::<i64, _>("delivered_seq"),
+                    r.get::<i64, _>("read_seq"),
+                )
+            })
+            .unwrap_or_default();
+        let receipt = Receipt {
+            user_id: user,
+            delivered_seq: receipt.delivered_seq.max(old_d),
+            read_seq: receipt.read_seq.max(old_r),
+        };
+        let new_id: i64 = sqlx::query_scalar(
+            "INSERT INTO inbox (device_id, chat_id, kind, seq, sender, delivered_seq, read_seq, created_at)
+             VALUES (?1, ?2, 1, 0, ?3, ?4, ?5, ?6) RETURNING id",
+        )
+        .bind(device_id.as_str())
+        .bind(chat_id.as_str())
+        .bind(receipt.user_id.as_str())
+        .bind(receipt.delivered_seq)
+        .bind(receipt.read_seq)
+        .bind(now)
+        .fetch_one(&mut **tx)
+        .await?;
+        notices.push(ReceiptNotice {
+            device_id,
+            id: new_id,
+            chat_id,
+            receipt,
+        });
+    }
+    Ok(notices)
+}
+
+fn receipt_from_row(r: &SqliteRow) -> Result<(ChatId, Receipt)> {
+    Ok((
+        id(r.get("chat_id"))?,
+        Receipt {
+            user_id: id(r.get("user_id"))?,
+            delivered_seq: r.get("delivered_seq"),
+            read_seq: r.get("read_seq"),
+        },
+    ))
+}
+
+fn event_from_row(r: &SqliteRow) -> Result<ChatEvent> {
+    Ok(ChatEvent {
+        chat_id: id(r.get("chat_id"))?,
+        seq: r.get("seq"),
+        sender: id(r.get("sender"))?,
+        sender_device: id(r.get("sender_device"))?,
+        client_msg_id: r.get("client_msg_id"),
+        ts: r.get("ts"),
+        payload: Payload(r.get("payload")),
+    })
+}
+
+impl Store for SqliteStore {
+    fn backend(&self) -> &'static str {
+        "sqlite"
+    }
+
+    async fn create_user(&self, user: &NewUser) -> Result<()> {
+        let res = sqlx::query(
+            "INSERT INTO users (user_id, localpart, password_hash, created_at) VALUES (?1, ?2, ?3, ?4)",
+        )
+        .bind(user.user_id.as_str())
+        .bind(&user.localpart)
+        .bind(&user.password_hash)
+        .bind(user.created_at)
+        .execute(&self.pool)
+        .await;
+        match res {
+            Ok(_) => Ok(()),
+            Err(e) if is_unique_violation(&e) => Err(StoreError::Conflict("user")),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn user_password(&self, localpart: &str) -> Result<Option<(UserId, String)>> {
+        let row = sqlx::query("SELECT user_id, password_hash FROM users WHERE localpart = ?1")
+            .bind(localpart)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| Ok((id(r.get("user_id"))?, r.get("password_hash"))))
+            .transpose()
+    }
+
+    async fn user_exists(&self, user_id: &UserId) -> Result<bool> {
+        let row = sqlx::query("SELECT 1 FROM users WHERE user_id = ?1")
+            .bind(user_id.as_str())
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.is_some())
+    }
+
+    async fn create_device(&self, device: &NewDevice) -> Result<()> {
+        let res = sqlx::query(
+            "INSERT INTO devices (device_id, user_id, display_name, token_hash, created_at)
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+        )
+        .bind(device.device_id.as_str())
+        .bind(device.user_id.as_str())
+        .bind(&device.display_name)
+        .bind(&device.token_hash[..])
+        .bind(device.created_at)
+        .execute(&self.pool)
+        .await;
+        match res {
+            Ok(_) => Ok(()),
+            Err(e) if is_unique_violation(&e) => Err(StoreError::Conflict("device")),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn device_by_token(&self, token_hash: &[u8; 32]) -> Result<Option<(UserId, DeviceId)>> {
+        let row = sqlx::query("SELECT user_id, device_id FROM devices WHERE token_hash = ?1")
+            .bind(&token_hash[..])
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| Ok((id(r.get("user_id"))?, id(r.get("device_id"))?)))
+            .transpose()
+    }
+
+    async fn list_devices(&self, user_id: &UserId) -> Result<Vec<DeviceRow>> {
+        let rows = sqlx::query(
+            "SELECT device_id, display_name, created_at FROM devices WHERE user_id = ?1
+             ORDER BY created_at, device_id",
+        )
+        .bind(user_id.as_str())
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(DeviceRow {
+                    device_id: id(r.get("device_id"))?,
+                    display_name: r.get("display_name"),
+                    created_at: r.get("created_at"),
+                })
+            })
+            .collect()
+    }
+
+    async fn delete_device(&self, user_id: &UserId, device_id: &DeviceId) -> Result<bool> {
+        let mut tx = self.write_tx().await?;
+        let gone = sqlx::query("DELETE FROM devices WHERE device_id = ?1 AND user_id = ?2")
+            .bind(device_id.as_str())
+            .bind(user_id.as_str())
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        if gone == 1 {
+            sqlx::query("DELETE FROM inbox WHERE device_id = ?1")
+                .bind(device_id.as_str())
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(gone == 1)
+    }
+
+    async fn create_chat(&self, chat: &NewChat) -> Result<(ChatId, bool)> {
+        let mut tx = self.write_tx().await?;
+        if let Some(key) = &chat.direct_key {
+            let existing: Option<String> =
+                sqlx::query_scalar("SELECT chat_id FROM chats WHERE direct_key = ?1")
+                    .bind(key)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+            if let Some(existing) = existing {
+                sqlx::query(
+                    "UPDATE chat_members SET left_at = NULL
+                     WHERE chat_id = ?1 AND user_id IN (SELECT value FROM json_each(?2))",
+                )
+                .bind(&existing)
+                .bind(json_list(&chat.members))
+                .execute(&mut *tx)
+                .await?;
+                tx.commit().await?;
+                return Ok((id(existing)?, false));
+            }
+        }
+        sqlx::query(
+            "INSERT INTO chats (chat_id, kind, direct_key, created_by, created_at, last_ts)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?5)",
+        )
+        .bind(chat.chat_id.as_str())
+        .bind(kind_to_i16(chat.kind))
+        .bind(&chat.direct_key)
+        .bind(chat.created_by.as_str())
+        .bind(chat.created_at)
+        .execute(&mut *tx)
+        .await?;
+        for member in &chat.members {
+            sqlx::query(
+                "INSERT INTO chat_members (chat_id, user_id, joined_at) VALUES (?1, ?2, ?3)",
+            )
+            .bind(chat.chat_id.as_str())
+            .bind(member.as_str())
+            .bind(chat.created_at)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok((chat.chat_id.clone(), true))
+    }
+
+    async fn chat_members(&self, chat_id: &ChatId) -> Result<Option<Vec<UserId>>> {
+        let rows = sqlx::query(
+            "SELECT m.user_id FROM chats c
+             LEFT JOIN chat_members m ON m.chat_id = c.chat_id AND m.left_at IS NULL
+             WHERE c.chat_id = ?1 ORDER BY m.user_id",
+        )
+        .bind(chat_id.as_str())
+        .fetch_all(&self.pool)
+        .await?;
+        if rows.is_empty() {
+            return Ok(None);
+        }
+        let mut members = Vec::new();
+        for r in rows {
+            if let Some(u) = r.get::<Option<String>, _>("user_id") {
+                members.push(id(u)?);
+            }
+        }
+        Ok(Some(members))
+    }
+
+    async fn list_chats(&self, user_id: &UserId) -> Result<Vec<ChatListRow>> {
+        let rows = sqlx::query(
+            "SELECT c.chat_id, c.kind, c.last_seq, c.last_ts, c.created_at, m.read_seq,
+                    (SELECT json_group_array(user_id) FROM (SELECT o.user_id FROM chat_members o
+                      WHERE o.chat_id = c.chat_id AND o.left_at IS NULL ORDER BY o.user_id)) AS members,
+                    (SELECT count(*) FROM events e
+                      WHERE e.chat_id = c.chat_id AND e.seq > m.read_seq AND e.sender <> m.user_id) AS unread
+             FROM chat_members m JOIN chats c ON c.chat_id = m.chat_id
+             WHERE m.user_id = ?1 AND m.left_at IS NULL
+             ORDER BY c.last_ts DESC, c.chat_id",
+        )
+        .bind(user_id.as_str())
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let members: Vec<String> = serde_json::from_str(r.get("members"))
+                    .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                Ok(ChatListRow {
+                    chat_id: id(r.get("chat_id"))?,
+                    kind: kind_from_i16(r.get("kind"))?,
+                    members: members.into_iter().map(id).collect::<Result<_>>()?,
+                    last_seq: r.get("last_seq"),
+                    last_ts: r.get("last_ts"),
+                    read_seq: r.get("read_seq"),
+                    unread_count: r.get("unread"),
+                    created_at: r.get("created_at"),
+                })
+            })
+            .collect()
+    }
+
+    async fn leave_chat(&self, chat_id: &ChatId, user_id: &UserId, at: i64) -> Result<bool> {
+        let n = sqlx::query(
+            "UPDATE chat_members SET left_at = ?3 WHERE chat_id = ?1 AND user_id = ?2 AND left_at IS NULL",
+        )
+        .bind(chat_id.as_str())
+        .bind(user_id.as_str())
+        .bind(at)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(n == 1)
+    }
+
+    async fn commit_sends(&self, batch: &[SendRequest]) -> Result<Vec<SendOutcome>> {
+        let mut tx = self.write_tx().await?;
+        let chat_ids: BTreeSet<&str> = batch.iter().map(|r| r.chat_id.as_str()).collect();
+        let mut chats: HashMap<ChatId, ChatState> = HashMap::new();
+        let heads = sqlx::query(
+            "SELECT chat_id, last_seq FROM chats WHERE chat_id IN (SELECT value FROM json_each(?1))",
+        )
+        .bind(json_list(&chat_ids))
+        .fetch_all(&mut *tx)
+        .await?;
+        for r in &heads {
+            chats.insert(
+                id(r.get("chat_id"))?,
+                ChatState {
+                    last_seq: r.get("last_seq"),
+                    members: BTreeMap::new(),
+                },
+            );
+        }
+        let members = sqlx::query(
+            "SELECT m.chat_id, m.user_id, d.device_id FROM chat_members m
+             LEFT JOIN devices d ON d.user_id = m.user_id
+             WHERE m.chat_id IN (SELECT value FROM json_each(?1)) AND m.left_at IS NULL",
+        )
+        .bind(json_list(&chat_ids))
+        .fetch_all(&mut *tx)
+        .await?;
+        for r in &members {
+            let chat: ChatId = id(r.get("chat_id"))?;
+            let Some(state) = chats.get_mut(&chat) else {
+                continue;
+            };
+            let devices = state.members.entry(id(r.get("user_id"))?).or_default();
+            if let Some(d) = r.get::<Option<String>, _>("device_id") {
+                devices.push(id(d)?);
+            }
+        }
+        let mut existing = HashMap::new();
+        for req in batch {
+            let row = sqlx::query(
+                "SELECT seq, ts FROM events WHERE chat_id = ?1 AND sender_device = ?2 AND client_msg_id = ?3",
+            )
+            .bind(req.chat_id.as_str())
+            .bind(req.sender_device.as_str())
+            .bind(&req.client_msg_id)
+            .fetch_optional(&mut *tx)
+            .await?;
+            if let Some(r) = row {
+                existing.insert(plan::send_key(req), (r.get("seq"), r.get("ts")));
+            }
+        }
+
+        let plan = plan::plan_sends(batch, &existing, &chats);
+        for (chat, seq, ts) in &plan.heads {
+            sqlx::query("UPDATE chats SET last_seq = ?2, last_ts = ?3 WHERE chat_id = ?1")
+                .bind(chat.as_str())
+                .bind(seq)
+                .bind(ts)
+                .execute(&mut *tx)
+                .await?;
+        }
+        for (i, seq) in &plan.events {
+            let r = &batch[*i];
+            sqlx::query(
+                "INSERT INTO events (chat_id, seq, sender, sender_device, client_msg_id, ts, payload)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            )
+            .bind(r.chat_id.as_str())
+            .bind(seq)
+            .bind(r.sender.as_str())
+            .bind(r.sender_device.as_str())
+            .bind(&r.client_msg_id)
+            .bind(r.ts)
+            .bind(&r.payload)
+            .execute(&mut *tx)
+            .await?;
+        }
+        let now = batch.iter().map(|r| r.ts).max().unwrap_or_default();
+        let mut ids = Vec::with_capacity(plan.inbox.len());
+        for row in &plan.inbox {
+            let new_id: i64 = sqlx::query_scalar(
+                "INSERT INTO inbox (device_id, chat_id, kind, seq, sender, created_at)
+                 VALUES (?1, ?2, 0, ?3, ?4, ?5) RETURNING id",
+            )
+            .bind(row.device_id.as_str())
+            .bind(row.chat_id.as_str())
+            .bind(row.seq)
+            .bind(row.sender.as_str())
+            .bind(now)
+            .fetch_one(&mut *tx)
+            .await?;
+            ids.push((new_id, row.device_id.clone(), row.chat_id.clone(), row.seq));
+        }
+        tx.commit().await?;
+        Ok(plan.finish(batch, ids))
+    }
+
+    async fn history(&self, chat_id: &ChatId, after: i64, limit: u32) -> Result<Vec<ChatEvent>> {
+        let rows = sqlx::query(
+            "SELECT chat_id, seq, sender, sender_device, client_msg_id, ts, payload FROM events
+             WHERE chat_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
+        )
+        .bind(chat_id.as_str())
+        .bind(after)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(event_from_row).collect()
+    }
+
+    async fn inbox_page(
+        &self,
+        device_id: &DeviceId,
+        after: i64,
+        limit: u32,
+    ) -> Result<Vec<InboxItem>> {
+        let rows = sqlx::query(
+            "SELECT i.id, i.kind, i.chat_id, i.seq, i.sender, i.delivered_seq, i.read_seq,
+                    e.sender_device, e.client_msg_id, e.ts, e.payload
+             FROM inbox i
+             LEFT JOIN events e ON i.kind = 0 AND e.chat_id = i.chat_id AND e.seq = i.seq
+             WHERE i.device_id = ?1 AND i.id > ?2 ORDER BY i.id LIMIT ?3",
+        )
+        .bind(device_id.as_str())
+        .bind(after)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        let mut items = Vec::with_capacity(rows.len());
+        for r in &rows {
+            let item_id: i64 = r.get("id");
+            let chat_id: ChatId = id(r.get("chat_id"))?;
+            if r.get::<i16, _>("kind") == INBOX_RECEIPT {
+                items.push(InboxItem::Receipt {
+                    id: item_id,
+                    chat_id,
+                    receipt: Receipt {
+                        user_id: id(r.get("sender"))?,
+                        delivered_seq: r.get("delivered_seq"),
+                        read_seq: r.get("read_seq"),
+                    },
+                });
+                continue;
+            }
+            let Some(payload) = r.get::<Option<Vec<u8>>, _>("payload") else {
+                continue;
+            };
+            items.push(InboxItem::Event {
+                id: item_id,
+                event: ChatEvent {
+                    chat_id,
+                    seq: r.get("seq"),
+                    sender: id(r.get("sender"))?,
+                    sender_device: id(r
+                        .get::<Option<String>, _>("sender_device")
+                        .unwrap_or_default())?,
+                    client_msg_id: r
+                        .get::<Option<String>, _>("client_msg_id")
+                        .unwrap_or_default(),
+                    ts: r.get::<Option<i64>, _>("ts").unwrap_or_default(),
+                    payload: Payload(payload),
+                },
+            });
+        }
+        Ok(items)
+    }
+
+    async fn commit_acks(&self, batch: &[AckRequest], at: i64) -> Result<Vec<ReceiptNotice>> {
+        let mut tx = self.write_tx().await?;
+        let mut rows = Vec::new();
+        for ack in batch {
+            for item in &ack.ids {
+                let deleted = sqlx::query(
+                    "DELETE FROM inbox WHERE device_id = ?1 AND id = ?2 RETURNING chat_id, kind, seq, sender",
+                )
+                .bind(ack.device_id.as_str())
+                .bind(item)
+                .fetch_optional(&mut *tx)
+                .await?;
+                if let Some(r) = deleted {
+                    rows.push(AckedRow {
+                        user_id: ack.user_id.clone(),
+                        chat_id: id(r.get("chat_id"))?,
+                        kind: r.get("kind"),
+                        seq: r.get("seq"),
+                        sender: id(r.get("sender"))?,
+                    });
+                }
+            }
+        }
+        let plan = plan::plan_acks(&rows);
+        let mut changed = Vec::new();
+        for ((chat, user), seq) in &plan.delivered {
+            let row = sqlx::query(
+                "UPDATE chat_members SET delivered_seq = ?3
+                 WHERE chat_id = ?1 AND user_id = ?2 AND delivered_seq < ?3
+                 RETURNING chat_id, user_id, delivered_seq, read_seq",
+            )
+            .bind(chat.as_str())
+            .bind(user.as_str())
+            .bind(seq)
+            .fetch_optional(&mut *tx)
+            .await?;
+            if let Some(r) = row {
+                changed.push(receipt_from_row(&r)?);
+            }
+        }
+        let users: BTreeSet<UserId> = plan.notify.values().flatten().cloned().collect();
+        let devices = devices_of(&mut tx, &users).await?;
+        let notices = upsert_receipts(
+            &mut tx,
+            plan::receipt_rows(&changed, &plan.notify, &devices, None),
+            at,
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(notices)
+    }
+
+    async fn mark_read(
+        &self,
+        chat_id: &ChatId,
+        user_id: &UserId,
+        device_id: &DeviceId,
+        seq: i64,
+        at: i64,
+    ) -> Result<Option<Vec<ReceiptNotice>>> {
+        let mut tx = self.write_tx().await?;
+        let old = sqlx::query(
+            "SELECT m.read_seq, c.last_seq FROM chat_members m JOIN chats c ON c.chat_id = m.chat_id
+             WHERE m.chat_id = ?1 AND m.user_id = ?2 AND m.left_at IS NULL",
+        )
+        .bind(chat_id.as_str())
+        .bind(user_id.as_str())
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(old) = old else {
+            return Ok(None);
+        };
+        let (old_read, last): (i64, i64) = (old.get("read_seq"), old.get("last_seq"));
+        let new_read = seq.min(last);
+        if new_read <= old_read {
+            tx.commit().await?;
+            return Ok(Some(Vec::new()));
+        }
+        let row = sqlx::query(
+            "UPDATE chat_members SET read_seq = ?3, delivered_seq = max(delivered_seq, ?3)
+             WHERE chat_id = ?1 AND user_id = ?2 RETURNING chat_id, user_id, delivered_seq, read_seq",
+        )
+        .bind(chat_id.as_str())
+        .bind(user_id.as_str())
+        .bind(new_read)
+        .fetch_one(&mut *tx)
+        .await?;
+        let changed = vec![receipt_from_row(&row)?];
+        let senders: Vec<String> = sqlx::query_scalar(
+            "SELECT DISTINCT sender FROM events WHERE chat_id = ?1 AND seq > ?2 AND seq <= ?3 AND sender <> ?4",
+        )
+        .bind(chat_id.as_str())
+        .bind(old_read)
+        .bind(new_read)
+        .bind(user_id.as_str())
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut notify_users: BTreeSet<UserId> =
+            senders.into_iter().map(id).collect::<Result<_>>()?;
+        notify_users.insert(user_id.clone());
+        let devices = devices_of(&mut tx, &notify_users).await?;
+        let notify = BTreeMap::from([((chat_id.clone(), user_id.clone()), notify_users)]);
+        let notices = upsert_receipts(
+            &mut tx,
+            plan::receipt_rows(&changed, &notify, &devices, Some(device_id)),
+            at,
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(Some(notices))
+    }
+
+    async fn receipts(&self, chat_id: &ChatId) -> Result<Option<(i64, Vec<Receipt>)>> {
+        let last: Option<i64> = sqlx::query_scalar("SELECT last_seq FROM chats WHERE chat_id = ?1")
+            .bind(chat_id.as_str())
+            .fetch_optional(&self.pool)
+            .await?;
+        let Some(last) = last else {
+            return Ok(None);
+        };
+        let rows = sqlx::query(
+            "SELECT chat_id, user_id, delivered_seq, read_seq FROM chat_members
+             WHERE chat_id = ?1 AND left_at IS NULL ORDER BY user_id",
+        )
+        .bind(chat_id.as_str())
+        .fetch_all(&self.pool)
+        .await?;
+        let receipts = rows
+            .iter()
+            .map(|r| receipt_from_row(r).map(|(_, r)| r))
+            .collect::<Result<_>>()?;
+        Ok(Some((last, receipts)))
+    }
+
+    async fn purge_expired(&self, before: i64) -> Result<Purged> {
+        let mut tx = self.write_tx().await?;
+        let inbox_rows = sqlx::query("DELETE FROM inbox WHERE created_at < ?1")
+            .bind(before)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        let events = sqlx::query("DELETE FROM events WHERE ts < ?1")
+            .bind(before)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        tx.commit().await?;
+        Ok(Purged { inbox_rows, events })
+    }
+}
