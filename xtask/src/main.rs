@@ -43,9 +43,16 @@ fn main() -> ExitCode {
 }
 
 /// The workspace root (this crate lives in `<root>/xtask`).
+///
+/// `cargo run` and `cargo test` set `CARGO_MANIFEST_DIR` at run time too; that is
+/// preferred to the compile-time value, which is wrong when a target directory shared by
+/// two checkouts hands one of them the other's binary.
 fn project_root() -> PathBuf {
-    let manifest_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
-    manifest_dir.parent().unwrap_or(manifest_dir).to_path_buf()
+    let manifest_dir = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from);
+    manifest_dir
+        .parent()
+        .map_or_else(|| manifest_dir.clone(), Path::to_path_buf)
 }
 
 /// The cargo that runs us (`CARGO`), else `cargo` from `PATH`.
