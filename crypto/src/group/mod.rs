@@ -34,15 +34,16 @@ pub use key_packages::{
     KeyPackageBatch, ValidatedKeyPackage, generate_key_packages, validate_key_package,
 };
 
+use openmls::framing::errors::{MessageDecryptionError, SecretTreeError};
 use openmls::group::{
     MIXED_PLAINTEXT_WIRE_FORMAT_POLICY, MlsGroup, MlsGroupCreateConfig, MlsGroupJoinConfig,
     StagedWelcome,
 };
 use openmls::prelude::tls_codec::{Deserialize as _, Serialize as _};
 use openmls::prelude::{
-    Capabilities, Ciphersuite, CommitBuilderStageError, CreateCommitError, GroupId, LeafNodeIndex,
-    LeafNodeParameters, Member, MlsGroupStateError, MlsMessageBodyIn, MlsMessageIn, MlsMessageOut,
-    ProcessMessageError, ProcessedMessageContent, Proposal, ProtocolMessage, Sender,
+    Capabilities, Ciphersuite, CommitBuilderStageError, CreateCommitError, ExtensionType, GroupId,
+    LeafNodeIndex, LeafNodeParameters, Member, MlsGroupStateError, MlsMessageBodyIn, MlsMessageIn,
+    MlsMessageOut, ProcessMessageError, ProcessedMessageContent, Proposal, ProtocolMessage, Sender,
     SenderRatchetConfiguration, StageCommitError, ValidationError, WelcomeError, WireFormat,
 };
 use openmls_traits::OpenMlsProvider;
@@ -66,7 +67,14 @@ pub const OUT_OF_ORDER_TOLERANCE: u32 = 100;
 const MAXIMUM_FORWARD_DISTANCE: u32 = 1000;
 
 pub(crate) fn leaf_capabilities() -> Capabilities {
-    Capabilities::new(None, Some(&[CIPHERSUITE]), None, None, None)
+    // The last-resort extension must be listed for last-resort KeyPackages.
+    Capabilities::new(
+        None,
+        Some(&[CIPHERSUITE]),
+        Some(&[ExtensionType::LastResort]),
+        None,
+        None,
+    )
 }
 
 fn join_config() -> MlsGroupJoinConfig {
@@ -794,6 +802,14 @@ fn map_process_error<E: std::fmt::Display>(
             ValidationError::UnencryptedApplicationMessage | ValidationError::WrongWireFormat => {
                 ProcessError::WrongWireFormat
             }
+            // Secrets for an earlier epoch are gone (or were never held:
+            // the epoch precedes this device's join).
+            ValidationError::UnableToDecrypt(MessageDecryptionError::SecretTreeError(
+                SecretTreeError::TooDistantInThePast,
+            )) if message_epoch < group_epoch => ProcessError::WrongEpoch {
+                message_epoch,
+                group_epoch,
+            },
             ValidationError::UnableToDecrypt(_) | ValidationError::InvalidSignature => {
                 ProcessError::DecryptionFailed
             }

@@ -1,1 +1,4 @@
-//! Integration tests for parley-crypto.
+//! Integration tests for parley-crypto (one harness, see style.md).
+
+mod groups;
+mod support;
