@@ -77,6 +77,11 @@ impl<S: StorageProvider<CURRENT_VERSION>> Provider<S> {
         }
     }
 
+    /// The storage (also reachable through [`OpenMlsProvider::storage`]).
+    pub fn storage(&self) -> &S {
+        &self.storage
+    }
+
     /// Gives the storage back (e.g. to commit the transaction it borrows).
     pub fn into_storage(self) -> S {
         self.storage

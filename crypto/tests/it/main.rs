@@ -1,4 +1,8 @@
 //! Integration tests for parley-crypto (one harness, see style.md).
 
+mod envelope;
 mod groups;
+mod media;
+mod persistence;
 mod support;
+mod vectors;
