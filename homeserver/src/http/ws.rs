@@ -167,7 +167,7 @@ impl Conn {
                 }
                 items = async { match page.as_mut() { Some(p) => p.await, None => std::future::pending().await } }, if page.is_some() => {
                     page = None;
-                    let items = items.map_err(|e| axum::Error::new(e))?;
+                    let items = items.map_err(axum::Error::new)?;
                     let full = items.len() as u32 == REPLAY_PAGE;
                     for item in items {
                         replay_after = replay_after.max(item.id());

@@ -135,11 +135,11 @@ impl SendPlan {
             by_event.entry((chat, seq)).or_default().push((device, id));
         }
         for (i, seq) in &self.events {
-            if let SendOutcome::Committed { recipients, .. } = &mut self.outcomes[*i] {
-                if let Some(mut r) = by_event.remove(&(batch[*i].chat_id.clone(), *seq)) {
-                    r.sort_by_key(|(_, id)| *id);
-                    *recipients = r;
-                }
+            if let SendOutcome::Committed { recipients, .. } = &mut self.outcomes[*i]
+                && let Some(mut r) = by_event.remove(&(batch[*i].chat_id.clone(), *seq))
+            {
+                r.sort_by_key(|(_, id)| *id);
+                *recipients = r;
             }
         }
         self.outcomes

@@ -1,1 +1,13 @@
+#![allow(unreachable_pub)] // a test binary has no public API
 
+//! The homeserver's integration tests: real `parley-homeserver` processes, real HTTP and
+//! WebSocket clients, on both backends (SQLite file; Postgres from `DATABASE_URL` or a
+//! throwaway cluster). Plus the generic store suite, run against both stores directly.
+
+mod harness;
+
+mod accounts;
+mod crash;
+mod delivery;
+mod errors;
+mod store_suite;

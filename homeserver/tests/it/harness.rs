@@ -1,0 +1,332 @@
+//! Shared helpers: start a server on a backend, talk HTTP and WebSocket to it.
+
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use futures_util::{SinkExt, StreamExt};
+use parley_client_api::http::accounts::Session;
+use parley_client_api::http::chats::ChatSummary;
+use parley_client_api::ws::{ClientFrame, ServerFrame};
+use parley_client_api::{ChatId, Payload, UserId};
+use parley_testkit::{PgDatabase, ServerProcess};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+pub const SERVER_NAME: &str = "parley.test";
+pub const PASSWORD: &str = "correct horse battery";
+/// How long a test waits for a frame it expects.
+pub const WAIT: Duration = Duration::from_secs(15);
+
+/// Runs one async test body on both backends, as `sqlite::<name>` and `postgres::<name>`.
+#[macro_export]
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name($crate::harness::Backend::Sqlite).await.unwrap();
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name($crate::harness::Backend::Postgres).await.unwrap();
+                }
+            )*
+        }
+    };
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// A homeserver process with its own database.
+pub struct Server {
+    pub process: ServerProcess,
+    pub base: String,
+    database_url: String,
+    data_dir: tempfile::TempDir,
+    _pg: Option<PgDatabase>,
+    http: reqwest::Client,
+}
+
+impl Server {
+    pub async fn start(backend: Backend) -> Result<Self> {
+        let data_dir = tempfile::tempdir()?;
+        let (database_url, pg) = match backend {
+            Backend::Sqlite => (
+                format!("sqlite://{}", data_dir.path().join("parley.db").display()),
+                None,
+            ),
+            Backend::Postgres => {
+                let db = parley_testkit::postgres().await?;
+                (db.url().to_owned(), Some(db))
+            }
+        };
+        let process = spawn(&database_url, data_dir.path()).await?;
+        let base = format!("http://{}", process.addr());
+        Ok(Self {
+            process,
+            base,
+            database_url,
+            data_dir,
+            _pg: pg,
+            http: reqwest::Client::new(),
+        })
+    }
+
+    /// Kills the process with SIGKILL (no shutdown of any kind) and starts a new one on
+    /// the same database.
+    pub async fn crash_and_restart(&mut self) -> Result<()> {
+        self.process.kill_hard().await?;
+        self.process = spawn(&self.database_url, self.data_dir.path()).await?;
+        self.base = format!("http://{}", self.process.addr());
+        Ok(())
+    }
+
+    pub fn ws_url(&self) -> String {
+        format!("ws://{}/v1/ws", self.process.addr())
+    }
+
+    /// A raw request; returns the status and the JSON body (Null when empty).
+    pub async fn request(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> Result<(StatusCode, Value)> {
+        let mut req = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await?;
+        let status = resp.status();
+        let bytes = resp.bytes().await?;
+        let value = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes)
+                .with_context(|| format!("non-JSON body: {}", String::from_utf8_lossy(&bytes)))?
+        };
+        Ok((status, value))
+    }
+
+    pub async fn post(
+        &self,
+        path: &str,
+        token: Option<&str>,
+        body: Value,
+    ) -> Result<(StatusCode, Value)> {
+        self.request(reqwest::Method::POST, path, token, Some(body))
+            .await
+    }
+
+    pub async fn get(&self, path: &str, token: &str) -> Result<(StatusCode, Value)> {
+        self.request(reqwest::Method::GET, path, Some(token), None)
+            .await
+    }
+
+    pub async fn register(&self, username: &str) -> Result<User> {
+        let (status, body) = self
+            .post(
+                "/v1/register",
+                None,
+                json!({"username": username, "password": PASSWORD}),
+            )
+            .await?;
+        if status != StatusCode::CREATED {
+            bail!("register {username}: {status} {body}");
+        }
+        Ok(User::from(serde_json::from_value::<Session>(body)?))
+    }
+
+    /// Logs in another device of an existing user.
+    pub async fn login(&self, username: &str) -> Result<User> {
+        let (status, body) = self
+            .post(
+                "/v1/login",
+                None,
+                json!({"username": username, "password": PASSWORD}),
+            )
+            .await?;
+        if status != StatusCode::OK {
+            bail!("login {username}: {status} {body}");
+        }
+        Ok(User::from(serde_json::from_value::<Session>(body)?))
+    }
+
+    pub async fn create_chat(&self, me: &User, others: &[&User]) -> Result<ChatId> {
+        let members: Vec<&str> = others.iter().map(|u| u.user_id.as_str()).collect();
+        let (status, body) = self
+            .post("/v1/chats", Some(&me.token), json!({"members": members}))
+            .await?;
+        if !status.is_success() {
+            bail!("create chat: {status} {body}");
+        }
+        Ok(serde_json::from_value::<ChatSummary>(body)?.chat_id)
+    }
+
+    /// Sends over HTTP; returns `(status, body)`.
+    pub async fn send(
+        &self,
+        me: &User,
+        chat: &ChatId,
+        msg_id: &str,
+        payload: &[u8],
+    ) -> Result<(StatusCode, Value)> {
+        self.post(
+            &format!("/v1/chats/{chat}/events"),
+            Some(&me.token),
+            json!({"client_msg_id": msg_id, "payload": Payload(payload.to_vec())}),
+        )
+        .await
+    }
+
+    pub async fn chats(&self, me: &User) -> Result<Vec<ChatSummary>> {
+        let (status, body) = self.get("/v1/chats", &me.token).await?;
+        if status != StatusCode::OK {
+            bail!("list chats: {status} {body}");
+        }
+        Ok(serde_json::from_value(body["chats"].clone())?)
+    }
+
+    pub async fn connect(&self, me: &User) -> Result<Ws> {
+        Ws::connect(&self.ws_url(), &me.token).await
+    }
+}
+
+async fn spawn(database_url: &str, data_dir: &std::path::Path) -> Result<ServerProcess> {
+    ServerProcess::spawn(
+        env!("CARGO_BIN_EXE_parley-homeserver"),
+        [
+            "--listen",
+            "127.0.0.1:0",
+            "--server-name",
+            SERVER_NAME,
+            "--database-url",
+            database_url,
+            "--data-dir",
+            &data_dir.display().to_string(),
+        ],
+        [("PARLEY_LOG", "info,parley_homeserver=debug")],
+    )
+    .await
+}
+
+#[derive(Debug, Clone)]
+pub struct User {
+    pub user_id: UserId,
+    pub device_id: String,
+    pub token: String,
+}
+
+impl From<Session> for User {
+    fn from(s: Session) -> Self {
+        Self {
+            user_id: s.user_id,
+            device_id: s.device_id.to_string(),
+            token: s.access_token,
+        }
+    }
+}
+
+/// A device's WebSocket.
+pub struct Ws {
+    stream: WebSocketStream<MaybeTlsStream<TcpStream>>,
+}
+
+impl Ws {
+    pub async fn connect(url: &str, token: &str) -> Result<Self> {
+        let (stream, _) = tokio_tungstenite::connect_async(format!("{url}?access_token={token}"))
+            .await
+            .context("websocket connect")?;
+        Ok(Self { stream })
+    }
+
+    pub async fn send(&mut self, frame: &ClientFrame) -> Result<()> {
+        self.send_text(serde_json::to_string(frame)?).await
+    }
+
+    pub async fn send_text(&mut self, text: String) -> Result<()> {
+        self.stream.send(Message::Text(text.into())).await?;
+        Ok(())
+    }
+
+    /// The next server frame (skipping pings), or an error after `WAIT`.
+    pub async fn next(&mut self) -> Result<ServerFrame> {
+        self.next_within(WAIT)
+            .await?
+            .context("no frame within the wait")
+    }
+
+    /// The next frame within `d`, or None if none came.
+    pub async fn next_within(&mut self, d: Duration) -> Result<Option<ServerFrame>> {
+        let deadline = tokio::time::Instant::now() + d;
+        loop {
+            let msg = match tokio::time::timeout_at(deadline, self.stream.next()).await {
+                Err(_) => return Ok(None),
+                Ok(None) => bail!("socket closed"),
+                Ok(Some(m)) => m?,
+            };
+            match msg {
+                Message::Text(t) => {
+                    return Ok(Some(
+                        serde_json::from_str(t.as_str())
+                            .with_context(|| format!("bad server frame {t}"))?,
+                    ));
+                }
+                Message::Close(f) => bail!("socket closed by server: {f:?}"),
+                _ => continue,
+            }
+        }
+    }
+
+    /// Frames up to and including `synced`.
+    pub async fn until_synced(&mut self) -> Result<Vec<ServerFrame>> {
+        let mut frames = Vec::new();
+        loop {
+            match self.next().await? {
+                ServerFrame::Synced => return Ok(frames),
+                f => frames.push(f),
+            }
+        }
+    }
+
+    /// Waits for `n` event frames (other frames are collected in `others`).
+    pub async fn events(
+        &mut self,
+        n: usize,
+    ) -> Result<Vec<(i64, parley_client_api::http::chats::ChatEvent)>> {
+        let mut out = Vec::new();
+        while out.len() < n {
+            if let ServerFrame::Event { id, event } = self.next().await? {
+                out.push((id, event));
+            }
+        }
+        Ok(out)
+    }
+
+    pub async fn ack(&mut self, ids: Vec<i64>) -> Result<()> {
+        self.send(&ClientFrame::Ack { ids }).await
+    }
+
+    /// Closes the socket cleanly and waits for the server's close.
+    pub async fn close(mut self) -> Result<()> {
+        self.stream.close(None).await?;
+        while let Some(Ok(_)) = self.stream.next().await {}
+        Ok(())
+    }
+}
