@@ -1,1 +1,223 @@
-fn main() {}
+//! `parley-bench`: N pairs of WebSocket clients in 1:1 chats against a real homeserver on
+//! loopback. Prints messages/s sustained, send → recipient latency (p50/p99/p999),
+//! send → `sent` ack latency, server RSS and CPU.
+//!
+//! Two modes, each a list of runs against one server:
+//! - throughput (`--window W[,W…]`): closed loop, every sender keeps `W` sends in flight;
+//! - latency (`--rate R[,R…]`): open loop, `R` messages/s in total, spread over the pairs.
+//!
+//! The bench talks only HTTP and WebSocket (the types of `parley-client-api`), never to
+//! the server's internals or database. See bench/README.md for the figures.
+
+mod load;
+mod procfs;
+mod report;
+mod run;
+mod server;
+mod setup;
+mod stats;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Result, bail};
+use clap::Parser;
+
+use run::{Options, Spec};
+use server::Server;
+
+#[derive(Debug, Parser)]
+#[command(name = "parley-bench", version, about)]
+struct Args {
+    /// Spawn this homeserver binary [default: parley-homeserver next to this executable].
+    #[arg(long, conflicts_with_all = ["url", "pid"])]
+    spawn: Option<PathBuf>,
+    /// Database of the spawned server: `postgres://…` naming an EMPTY, throwaway database
+    /// (the bench leaves its users and chats there), or `sqlite://…` [default: SQLite in
+    /// a temporary directory].
+    #[arg(long, conflicts_with = "url")]
+    database_url: Option<String>,
+    /// Use a server already running at this loopback URL (`http://127.0.0.1:PORT`).
+    #[arg(long)]
+    url: Option<String>,
+    /// With --url: the server's pid, for RSS and CPU figures.
+    #[arg(long, requires = "url")]
+    pid: Option<u32>,
+    /// With --url: the label of its store in the output (e.g. `postgres`).
+    #[arg(long, requires = "url")]
+    backend: Option<String>,
+    /// Pairs (sender + recipient, one chat each); a list runs each in turn.
+    #[arg(long, value_delimiter = ',', default_value = "20")]
+    pairs: Vec<usize>,
+    /// Throughput runs: sends each sender keeps in flight [default: 32 unless --rate].
+    #[arg(long, value_delimiter = ',')]
+    window: Option<Vec<u32>>,
+    /// Latency runs: offered messages/s over all pairs (open loop).
+    #[arg(long, value_delimiter = ',')]
+    rate: Option<Vec<f64>>,
+    /// Seconds measured per run.
+    #[arg(long, default_value_t = 10.0)]
+    duration: f64,
+    /// Seconds of load before measuring.
+    #[arg(long, default_value_t = 2.0)]
+    warmup: f64,
+    /// Bytes per message payload (at least 16: the send stamp).
+    #[arg(long, default_value_t = 256)]
+    payload_size: usize,
+    /// Latency runs: sends one sender may have unanswered before it skips sends.
+    #[arg(long, default_value_t = 1024)]
+    max_inflight: usize,
+    /// Seconds to wait after the window for in-flight messages to arrive.
+    #[arg(long, default_value_t = 10.0)]
+    drain_timeout: f64,
+    /// Clients acknowledge inbox items in batches of this many…
+    #[arg(long, default_value_t = 64)]
+    ack_batch: usize,
+    /// …or this many milliseconds after the first unacknowledged one.
+    #[arg(long, default_value_t = 5)]
+    ack_delay_ms: u64,
+    /// Registrations in parallel (argon2id is slow on purpose).
+    #[arg(long, default_value_t = 4)]
+    setup_concurrency: usize,
+    /// Print one JSON object per run on stdout instead of the table.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Bounds on every input, so a run is bounded in count and time.
+const MAX_PAIRS: usize = 4000;
+const MAX_WINDOW: u32 = 256;
+const MAX_SECONDS: f64 = 3600.0;
+const MAX_RATE: f64 = 1_000_000.0;
+const MAX_PAYLOAD: usize = 60 * 1024;
+
+impl Args {
+    fn validate(&self) -> Result<()> {
+        if self.pairs.iter().any(|&p| p == 0 || p > MAX_PAIRS) {
+            bail!("--pairs: 1 to {MAX_PAIRS}");
+        }
+        if let Some(w) = &self.window
+            && w.iter().any(|&w| w == 0 || w > MAX_WINDOW)
+        {
+            bail!("--window: 1 to {MAX_WINDOW} (the server's per-socket limit is 256)");
+        }
+        if let Some(r) = &self.rate
+            && r.iter().any(|&r| !(r > 0.0 && r <= MAX_RATE))
+        {
+            bail!("--rate: more than 0, at most {MAX_RATE}");
+        }
+        for (name, v, min) in [
+            ("--duration", self.duration, 0.1),
+            ("--warmup", self.warmup, 0.0),
+            ("--drain-timeout", self.drain_timeout, 0.0),
+        ] {
+            if !(v >= min && v <= MAX_SECONDS) {
+                bail!("{name}: {min} to {MAX_SECONDS} seconds");
+            }
+        }
+        if !(stats::STAMP_LEN..=MAX_PAYLOAD).contains(&self.payload_size) {
+            bail!("--payload-size: {} to {MAX_PAYLOAD}", stats::STAMP_LEN);
+        }
+        if !(1..=parley_client_api::ws::MAX_ACK_IDS).contains(&self.ack_batch) {
+            bail!("--ack-batch: 1 to {}", parley_client_api::ws::MAX_ACK_IDS);
+        }
+        if self.ack_delay_ms > 1000 || self.max_inflight == 0 || self.max_inflight > 100_000 {
+            bail!("--ack-delay-ms: at most 1000; --max-inflight: 1 to 100000");
+        }
+        if !(1..=64).contains(&self.setup_concurrency) {
+            bail!("--setup-concurrency: 1 to 64");
+        }
+        Ok(())
+    }
+
+    fn specs(&self) -> Vec<Spec> {
+        let windows = self.window.clone().unwrap_or_else(|| {
+            if self.rate.is_some() {
+                Vec::new()
+            } else {
+                vec![32]
+            }
+        });
+        let throughput = windows
+            .into_iter()
+            .map(|window| Spec::Throughput { window });
+        let latency = self
+            .rate
+            .iter()
+            .flatten()
+            .map(|&rate| Spec::Latency { rate });
+        throughput.chain(latency).collect()
+    }
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let args = Args::parse();
+    args.validate()?;
+    let server = match &args.url {
+        Some(url) => Server::attach(url, args.pid, args.backend.clone())?,
+        None => {
+            let binary = match &args.spawn {
+                Some(path) => path.clone(),
+                None => server::default_binary()?,
+            };
+            Server::spawn(&binary, args.database_url.as_deref()).await?
+        }
+    };
+    eprintln!(
+        "server {} ({}), pid {}",
+        server.url,
+        server.backend,
+        server.pid.map_or("unknown".into(), |p| p.to_string())
+    );
+    let result = bench(&args, &server).await;
+    server.stop().await?;
+    result
+}
+
+async fn bench(args: &Args, server: &Server) -> Result<()> {
+    let max_pairs = args.pairs.iter().copied().max().unwrap_or(1);
+    eprintln!(
+        "registering {} users and creating {max_pairs} chats",
+        2 * max_pairs
+    );
+    let started = std::time::Instant::now();
+    let pairs = setup::pairs(&server.url, max_pairs, args.setup_concurrency).await?;
+    eprintln!("set up in {:.1} s", started.elapsed().as_secs_f64());
+    let opts = Options {
+        warmup: Duration::from_secs_f64(args.warmup),
+        duration: Duration::from_secs_f64(args.duration),
+        payload_size: args.payload_size,
+        drain_timeout: Duration::from_secs_f64(args.drain_timeout),
+        ack_batch: args.ack_batch,
+        ack_delay: Duration::from_millis(args.ack_delay_ms),
+        max_inflight: args.max_inflight,
+        connect_concurrency: 16,
+        clock_ticks: procfs::clock_ticks(),
+    };
+    let mut reports = Vec::new();
+    let mut index = 0;
+    for &n in &args.pairs {
+        for spec in args.specs() {
+            index += 1;
+            let r = run::run(server, &pairs[..n], spec, &opts, index).await?;
+            if args.json {
+                println!("{}", serde_json::to_string(&r)?);
+            } else {
+                eprintln!("{}", report::table_row(&r));
+            }
+            reports.push(r);
+        }
+    }
+    if !args.json {
+        println!("{}", report::header());
+        for r in &reports {
+            println!("{}", report::table_row(r));
+        }
+        println!(
+            "latencies in ms; CPU in % of one core over the window ({} cores); errors = error frames + socket errors + lost + skipped",
+            reports.first().map_or(0, |r| r.cores)
+        );
+    }
+    Ok(())
+}
