@@ -5,6 +5,7 @@
 
 pub mod accounts;
 pub mod chats;
+pub mod keys;
 
 /// An HTTP method, as the endpoints name it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -6,7 +6,8 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use parley_client_api::http::accounts::{self, DeviceInfo, Session as WireSession};
 use parley_client_api::http::chats::{self, ChatSummary};
-use parley_client_api::{ChatId, DeviceId};
+use parley_client_api::http::keys::{self, ClaimedKeyPackage, KeyPackageCount};
+use parley_client_api::{ChatId, DeviceId, Payload, UserId};
 
 use super::AppState;
 use super::error::ApiError;
@@ -194,4 +195,63 @@ pub async fn mark_read(
 ) -> ApiResult<StatusCode> {
     st.services.chats.mark_read(&me, &chat_id, req.seq).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+fn kp_count(c: crate::store::KeyPackageCount) -> KeyPackageCount {
+    KeyPackageCount {
+        one_time: c.one_time,
+        has_last_resort: c.has_last_resort,
+    }
+}
+
+pub async fn upload_keys(
+    State(st): State<AppState>,
+    Auth(me): Auth,
+    ApiJson(req): ApiJson<keys::upload::Request>,
+) -> ApiResult<Json<keys::upload::Response>> {
+    let count = st
+        .services
+        .keys
+        .upload(
+            &me.device_id,
+            req.key_packages.into_iter().map(|p| p.0).collect(),
+            req.last_resort.map(|p| p.0),
+        )
+        .await?;
+    Ok(Json(kp_count(count)))
+}
+
+pub async fn count_keys(
+    State(st): State<AppState>,
+    Auth(me): Auth,
+) -> ApiResult<Json<keys::count::Response>> {
+    Ok(Json(kp_count(st.services.keys.count(&me.device_id).await?)))
+}
+
+pub async fn claim_keys(
+    State(st): State<AppState>,
+    Auth(_me): Auth,
+    ApiJson(req): ApiJson<keys::claim::Request>,
+) -> ApiResult<Json<keys::claim::Response>> {
+    let claimed = st.services.keys.claim(&req.user_id).await?;
+    Ok(Json(keys::claim::Response {
+        user_id: req.user_id,
+        devices: claimed
+            .into_iter()
+            .map(|c| ClaimedKeyPackage {
+                device_id: c.device_id,
+                key_package: Payload(c.data),
+                last_resort: c.last_resort,
+            })
+            .collect(),
+    }))
+}
+
+pub async fn user_devices(
+    State(st): State<AppState>,
+    Auth(_me): Auth,
+    ApiPath(user_id): ApiPath<UserId>,
+) -> ApiResult<Json<keys::user_devices::Response>> {
+    let devices = st.services.keys.devices(&user_id).await?;
+    Ok(Json(keys::user_devices::Response { user_id, devices }))
 }

@@ -12,7 +12,7 @@ use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{delete, get, post};
 use parley_client_api::ErrorCode;
-use parley_client_api::http::{accounts, chats};
+use parley_client_api::http::{accounts, chats, keys};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
@@ -47,6 +47,12 @@ pub fn app(state: AppState) -> Router {
         .route(chats::send::PATH, post(client::send).get(client::history))
         .route(chats::receipts::PATH, get(client::receipts))
         .route(chats::mark_read::PATH, post(client::mark_read))
+        .route(
+            keys::upload::PATH,
+            post(client::upload_keys).get(client::count_keys),
+        )
+        .route(keys::claim::PATH, post(client::claim_keys))
+        .route(keys::user_devices::PATH, get(client::user_devices))
         .route(parley_client_api::ws::PATH, get(ws::upgrade))
         .route("/health", get(|| async { "ok" }))
         .fallback(|| async { ApiError::new(ErrorCode::NotFound, "no such endpoint") })

@@ -4,6 +4,7 @@
 pub mod accounts;
 pub mod chats;
 pub mod inbox;
+pub mod keys;
 pub mod sequencer;
 
 use std::sync::Arc;
@@ -53,6 +54,7 @@ pub struct Services {
     pub accounts: accounts::Accounts,
     pub chats: chats::Chats,
     pub inbox: inbox::Inbox,
+    pub keys: keys::Keys,
 }
 
 impl Services {
@@ -75,6 +77,7 @@ impl Services {
             accounts: accounts::Accounts::new(store.clone(), config.server_name.clone()),
             chats: chats::Chats::new(store.clone(), config.clone(), sequencer, gateway.clone()),
             inbox,
+            keys: keys::Keys::new(store.clone(), config.server_name.clone()),
             gateway,
             store,
             config,

@@ -235,6 +235,41 @@ pub trait Store: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Option<(i64, Vec<Receipt>)>>> + Send;
     /// Deletes inbox rows and events older than `before` (ms).
     fn purge_expired(&self, before: i64) -> impl Future<Output = Result<Purged>> + Send;
+
+    // --- key packages ---------------------------------------------------------------
+    /// Adds one-time KeyPackages and replaces the last-resort one, unless the device would
+    /// then hold more than `max_stored` one-time ones (`Conflict("key_packages")`).
+    fn upload_key_packages(
+        &self,
+        device_id: &DeviceId,
+        one_time: &[Vec<u8>],
+        last_resort: Option<&[u8]>,
+        max_stored: u32,
+    ) -> impl Future<Output = Result<KeyPackageCount>> + Send;
+    fn key_package_count(
+        &self,
+        device_id: &DeviceId,
+    ) -> impl Future<Output = Result<KeyPackageCount>> + Send;
+    /// For each device of `user_id`: removes and returns one one-time KeyPackage, or
+    /// returns (without removing) the last-resort one.
+    fn claim_key_packages(
+        &self,
+        user_id: &UserId,
+    ) -> impl Future<Output = Result<Vec<ClaimedKeyPackage>>> + Send;
+}
+
+/// What a device holds on the server.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct KeyPackageCount {
+    pub one_time: u32,
+    pub has_last_resort: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClaimedKeyPackage {
+    pub device_id: DeviceId,
+    pub data: Vec<u8>,
+    pub last_resort: bool,
 }
 
 /// The configured backend. Dispatches to the concrete store.
@@ -335,6 +370,21 @@ impl Store for AnyStore {
     }
     async fn purge_expired(&self, before: i64) -> Result<Purged> {
         dispatch!(self, s => s.purge_expired(before).await)
+    }
+    async fn upload_key_packages(
+        &self,
+        device_id: &DeviceId,
+        one_time: &[Vec<u8>],
+        last_resort: Option<&[u8]>,
+        max_stored: u32,
+    ) -> Result<KeyPackageCount> {
+        dispatch!(self, s => s.upload_key_packages(device_id, one_time, last_resort, max_stored).await)
+    }
+    async fn key_package_count(&self, device_id: &DeviceId) -> Result<KeyPackageCount> {
+        dispatch!(self, s => s.key_package_count(device_id).await)
+    }
+    async fn claim_key_packages(&self, user_id: &UserId) -> Result<Vec<ClaimedKeyPackage>> {
+        dispatch!(self, s => s.claim_key_packages(user_id).await)
     }
 }
 

@@ -16,8 +16,9 @@ use sqlx::{Row, Sqlite, SqlitePool, Transaction};
 
 use super::plan::{self, AckedRow, ChatState, ReceiptRow, SendOutcome};
 use super::{
-    AckRequest, ChatListRow, DeviceRow, INBOX_RECEIPT, InboxItem, NewChat, NewDevice, NewUser,
-    Purged, ReceiptNotice, Result, SendRequest, Store, StoreError, id, kind_from_i16, kind_to_i16,
+    AckRequest, ChatListRow, ClaimedKeyPackage, DeviceRow, INBOX_RECEIPT, InboxItem,
+    KeyPackageCount, NewChat, NewDevice, NewUser, Purged, ReceiptNotice, Result, SendRequest,
+    Store, StoreError, id, kind_from_i16, kind_to_i16,
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -705,4 +706,116 @@ impl Store for SqliteStore {
         tx.commit().await?;
         Ok(Purged { inbox_rows, events })
     }
+
+    async fn upload_key_packages(
+        &self,
+        device_id: &DeviceId,
+        one_time: &[Vec<u8>],
+        last_resort: Option<&[u8]>,
+        max_stored: u32,
+    ) -> Result<KeyPackageCount> {
+        let mut tx = self.write_tx().await?;
+        // Serialize uploads of one device on its row.
+        sqlx::query("SELECT device_id FROM devices WHERE device_id = ?1")
+            .bind(device_id.as_str())
+            .fetch_optional(&mut *tx)
+            .await?;
+        let held: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM key_packages WHERE device_id = ?1 AND NOT last_resort",
+        )
+        .bind(device_id.as_str())
+        .fetch_one(&mut *tx)
+        .await?;
+        if held + one_time.len() as i64 > i64::from(max_stored) {
+            return Err(StoreError::Conflict("key_packages"));
+        }
+        for data in one_time {
+            sqlx::query(
+                "INSERT INTO key_packages (device_id, last_resort, data) VALUES (?1, FALSE, ?2)",
+            )
+            .bind(device_id.as_str())
+            .bind(data)
+            .execute(&mut *tx)
+            .await?;
+        }
+        if let Some(data) = last_resort {
+            sqlx::query("DELETE FROM key_packages WHERE device_id = ?1 AND last_resort")
+                .bind(device_id.as_str())
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query(
+                "INSERT INTO key_packages (device_id, last_resort, data) VALUES (?1, TRUE, ?2)",
+            )
+            .bind(device_id.as_str())
+            .bind(data)
+            .execute(&mut *tx)
+            .await?;
+        }
+        let count = key_package_count(&mut tx, device_id).await?;
+        tx.commit().await?;
+        Ok(count)
+    }
+
+    async fn key_package_count(&self, device_id: &DeviceId) -> Result<KeyPackageCount> {
+        let mut conn = self.pool.acquire().await?;
+        key_package_count(&mut conn, device_id).await
+    }
+
+    async fn claim_key_packages(&self, user_id: &UserId) -> Result<Vec<ClaimedKeyPackage>> {
+        let mut tx = self.write_tx().await?;
+        let devices: Vec<String> = sqlx::query_scalar(
+            "SELECT device_id FROM devices WHERE user_id = ?1 ORDER BY device_id",
+        )
+        .bind(user_id.as_str())
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut out = Vec::with_capacity(devices.len());
+        for device in devices {
+            let one_time: Option<Vec<u8>> = sqlx::query_scalar(
+                "DELETE FROM key_packages WHERE id = (SELECT id FROM key_packages WHERE device_id = ?1 AND NOT last_resort ORDER BY id LIMIT 1) RETURNING data",
+            )
+            .bind(&device)
+            .fetch_optional(&mut *tx)
+            .await?;
+            let (data, last_resort) = match one_time {
+                Some(d) => (Some(d), false),
+                None => (
+                    sqlx::query_scalar(
+                        "SELECT data FROM key_packages WHERE device_id = ?1 AND last_resort",
+                    )
+                    .bind(&device)
+                    .fetch_optional(&mut *tx)
+                    .await?,
+                    true,
+                ),
+            };
+            if let Some(data) = data {
+                out.push(ClaimedKeyPackage {
+                    device_id: id(device)?,
+                    data,
+                    last_resort,
+                });
+            }
+        }
+        tx.commit().await?;
+        Ok(out)
+    }
+}
+
+async fn key_package_count(
+    conn: &mut sqlx::SqliteConnection,
+    device_id: &DeviceId,
+) -> Result<KeyPackageCount> {
+    let row = sqlx::query(
+        "SELECT count(*) FILTER (WHERE NOT last_resort) AS one_time,
+                count(*) FILTER (WHERE last_resort) AS last_resort
+         FROM key_packages WHERE device_id = ?1",
+    )
+    .bind(device_id.as_str())
+    .fetch_one(&mut *conn)
+    .await?;
+    Ok(KeyPackageCount {
+        one_time: u32::try_from(row.get::<i64, _>("one_time")).unwrap_or(u32::MAX),
+        has_last_resort: row.get::<i64, _>("last_resort") > 0,
+    })
 }

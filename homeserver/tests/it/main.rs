@@ -10,4 +10,5 @@ mod accounts;
 mod crash;
 mod delivery;
 mod errors;
+mod keys;
 mod store_suite;
