@@ -15,6 +15,7 @@ use axum::extract::State;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::response::{IntoResponse, Response};
+use futures_util::SinkExt;
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use parley_client_api::ErrorCode;
 use parley_client_api::http::chats::SendAck;
@@ -34,6 +35,8 @@ use crate::store::InboxItem;
 const REPLAY_PAGE: u32 = 500;
 /// Keep-alive ping interval; a socket silent for three of them is closed.
 const PING_EVERY: Duration = Duration::from_secs(30);
+/// Most queued frames written before one flush.
+const WRITE_BATCH: usize = 64;
 
 pub async fn upgrade(
     State(st): State<AppState>,
@@ -188,6 +191,7 @@ impl Conn {
                                 return Ok(end);
                             }
                         }
+                        self.socket.flush().await?;
                     }
                 }
                 item = rx.recv() => {
@@ -197,8 +201,20 @@ impl Conn {
                             return Ok(End::Closed(CloseReason::Lagged));
                         }
                         held.push(item);
-                    } else if let Some(end) = self.outbound(item).await? {
-                        return Ok(end);
+                    } else {
+                        // Write what is queued, then flush once.
+                        let mut next = Some(item);
+                        let mut written = 0;
+                        while let Some(item) = next.take() {
+                            if let Some(end) = self.outbound(item).await? {
+                                return Ok(end);
+                            }
+                            written += 1;
+                            if written < WRITE_BATCH {
+                                next = rx.try_recv().ok();
+                            }
+                        }
+                        self.socket.flush().await?;
                     }
                 }
                 _ = ping.tick() => {
@@ -218,19 +234,20 @@ impl Conn {
         Box::pin(async move { inbox.page(&device, after, REPLAY_PAGE).await })
     }
 
-    /// Writes a live item unless this connection already sent it.
+    /// Queues a live item for writing (the caller flushes) unless this connection
+    /// already sent it.
     async fn outbound(&mut self, item: Outbound) -> Result<Option<End>, axum::Error> {
         match item {
             Outbound::Close(reason) => return Ok(Some(End::Closed(reason))),
             Outbound::Event { id, event_json } => {
                 if self.sent.insert(id) {
-                    let text = format!(r#"{{"type":"event","id":{id},"event":{event_json}}}"#);
-                    self.socket.send(Message::Text(text.into())).await?;
+                    let text = event_frame_text(id, &event_json);
+                    self.socket.feed(Message::Text(text.into())).await?;
                 }
             }
             Outbound::Frame { id, json } => {
                 if self.sent.insert(id) {
-                    self.socket.send(Message::Text(json.into())).await?;
+                    self.socket.feed(Message::Text(json.into())).await?;
                 }
             }
         }
@@ -336,5 +353,33 @@ fn inbox_frame(item: InboxItem) -> ServerFrame {
             chat_id,
             receipt,
         },
+    }
+}
+
+/// `ServerFrame::Event` around an event serialized once for all its recipients.
+fn event_frame_text(id: i64, event_json: &str) -> String {
+    format!(r#"{{"type":"event","id":{id},"event":{event_json}}}"#)
+}
+
+#[cfg(test)]
+mod tests {
+    use parley_client_api::Payload;
+    use parley_client_api::http::chats::ChatEvent;
+    use parley_client_api::ws::ServerFrame;
+
+    #[test]
+    fn spliced_event_frame_is_a_server_frame() {
+        let event = ChatEvent {
+            chat_id: "!abc:x.org".try_into().unwrap(),
+            seq: 9,
+            sender: "@a:x.org".try_into().unwrap(),
+            sender_device: "D1".try_into().unwrap(),
+            client_msg_id: "m\"1".into(),
+            ts: 5,
+            payload: Payload(vec![0, 255, 7]),
+        };
+        let text = super::event_frame_text(42, &serde_json::to_string(&event).unwrap());
+        let frame: ServerFrame = serde_json::from_str(&text).unwrap();
+        assert_eq!(frame, ServerFrame::Event { id: 42, event });
     }
 }
