@@ -164,6 +164,23 @@ pub(crate) async fn connect(ws_url: &str, token: &str) -> Result<Ws> {
         .context("no synced frame in time")?
 }
 
+/// A `send` frame with an empty payload, or a `ping` where there is nothing to send.
+///
+/// Built through serde rather than a struct literal, so that optional fields the API
+/// grows (e.g. MLS metadata) take their defaults and need no change here.
+fn send_template(chat_id: Option<ChatId>) -> Result<ClientFrame> {
+    let frame = match chat_id {
+        Some(chat_id) => serde_json::json!({
+            "type": "send",
+            "chat_id": chat_id,
+            "client_msg_id": "template",
+            "payload": Payload::default(),
+        }),
+        None => serde_json::json!({ "type": "ping" }),
+    };
+    Ok(serde_json::from_value(frame)?)
+}
+
 fn ack_message(ids: Vec<i64>) -> Result<Message> {
     let json = serde_json::to_string(&ClientFrame::Ack { ids })?;
     Ok(Message::Text(Utf8Bytes::from(json)))
@@ -199,6 +216,8 @@ struct Client {
     next_n: u64,
     /// Frames fed to the socket since the last flush.
     dirty: bool,
+    /// Sender: a `send` frame for its chat, to fill in per message.
+    template: ClientFrame,
 }
 
 /// Runs one device until `stop` fires or its socket fails.
@@ -208,6 +227,17 @@ pub(crate) async fn run_client(
     sh: std::sync::Arc<Shared>,
     stop: watch::Receiver<bool>,
 ) {
+    let chat_id = match &role {
+        Role::Sender { chat_id, .. } => Some(chat_id.clone()),
+        Role::Recipient => None,
+    };
+    let template = match send_template(chat_id) {
+        Ok(t) => t,
+        Err(e) => {
+            sh.error(format!("send frame: {e:#}"));
+            return;
+        }
+    };
     let mut client = Client {
         ws,
         sh,
@@ -219,6 +249,7 @@ pub(crate) async fn run_client(
         inflight: HashMap::new(),
         next_n: 0,
         dirty: false,
+        template,
     };
     if let Err(e) = client.run(stop).await {
         client.sh.error(format!("socket: {e:#}"));
@@ -293,19 +324,24 @@ impl Client {
     }
 
     async fn send_one(&mut self) -> Result<()> {
-        let Role::Sender { chat_id, .. } = &self.role else {
+        if !matches!(self.role, Role::Sender { .. }) {
             return Ok(());
-        };
+        }
         let plan = &self.sh.plan;
         let n = self.next_n;
         self.next_n += 1;
         let now = Instant::now();
         let stamp = now.duration_since(plan.base).as_nanos() as u64;
-        let frame = ClientFrame::Send {
-            chat_id: chat_id.clone(),
-            client_msg_id: format!("{}.{n}", plan.run_tag),
-            payload: Payload(encode_payload(stamp, n, plan.payload_size)),
-        };
+        let mut frame = self.template.clone();
+        if let ClientFrame::Send {
+            client_msg_id,
+            payload,
+            ..
+        } = &mut frame
+        {
+            *client_msg_id = format!("{}.{n}", plan.run_tag);
+            *payload = Payload(encode_payload(stamp, n, plan.payload_size));
+        }
         let json = serde_json::to_string(&frame)?;
         self.inflight.insert(n, now);
         self.sh.counters.sends.fetch_add(1, Relaxed);
@@ -379,6 +415,7 @@ impl Client {
                 code,
                 message,
                 client_msg_id,
+                ..
             } => {
                 if self.sh.error(format!("error frame: {}", code.as_str())) <= 3 {
                     eprintln!("error frame: {} ({message})", code.as_str());

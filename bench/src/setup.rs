@@ -69,9 +69,8 @@ async fn create_chat(
     me: &Session,
     other: &UserId,
 ) -> Result<ChatSummary> {
-    let body = create::Request {
-        members: vec![other.clone()],
-    };
+    // Through serde: optional fields the API grows keep their defaults.
+    let body: create::Request = serde_json::from_value(serde_json::json!({ "members": [other] }))?;
     post(http, base, create::PATH, Some(&me.access_token), &body)
         .await
         .with_context(|| format!("creating a chat of {} with {other}", me.user_id))
