@@ -31,6 +31,10 @@ pub enum ErrorCode {
     NotMember,
     /// The payload or body exceeds the server's limit.
     TooLarge,
+    /// An MLS commit or proposal for another epoch than the chat's current one, or an
+    /// application message from too old an epoch. The body carries `current_epoch`:
+    /// process the chat's events up to it, then retry.
+    WrongEpoch,
     /// The request is not allowed (e.g. a chat with oneself).
     Forbidden,
     /// Too many requests or connections; retry later.
@@ -57,7 +61,7 @@ impl ErrorCode {
             | ErrorCode::UnknownDevice
             | ErrorCode::NotFound => 404,
             ErrorCode::MethodNotAllowed => 405,
-            ErrorCode::UserExists => 409,
+            ErrorCode::UserExists | ErrorCode::WrongEpoch => 409,
             ErrorCode::TooLarge => 413,
             ErrorCode::RateLimited => 429,
             ErrorCode::Internal => 500,
@@ -77,6 +81,7 @@ impl ErrorCode {
             ErrorCode::UnknownDevice => "unknown_device",
             ErrorCode::NotMember => "not_member",
             ErrorCode::TooLarge => "too_large",
+            ErrorCode::WrongEpoch => "wrong_epoch",
             ErrorCode::Forbidden => "forbidden",
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::NotFound => "not_found",
@@ -86,11 +91,14 @@ impl ErrorCode {
     }
 }
 
-/// `{"error": "<code>", "message": "<human text>"}`
+/// `{"error": "<code>", "message": "<human text>"}`, plus `current_epoch` with
+/// `wrong_epoch`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorBody {
     pub error: ErrorCode,
     pub message: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current_epoch: Option<u64>,
 }
 
 impl ErrorBody {
@@ -98,6 +106,7 @@ impl ErrorBody {
         Self {
             error,
             message: message.into(),
+            current_epoch: None,
         }
     }
 }
@@ -120,6 +129,7 @@ mod tests {
             ErrorCode::UnknownDevice,
             ErrorCode::NotMember,
             ErrorCode::TooLarge,
+            ErrorCode::WrongEpoch,
             ErrorCode::Forbidden,
             ErrorCode::RateLimited,
             ErrorCode::NotFound,

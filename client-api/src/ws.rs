@@ -34,6 +34,10 @@ pub enum ClientFrame {
         chat_id: ChatId,
         client_msg_id: String,
         payload: Payload,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        mls: Option<crate::http::chats::MlsMeta>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        membership: Option<crate::http::chats::MembershipChange>,
     },
     /// Acknowledge inbox items: they are removed, and delivered receipts go out.
     Ack { ids: Vec<i64> },
@@ -73,6 +77,9 @@ pub enum ServerFrame {
         /// Set when the refused frame was a `send`.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         client_msg_id: Option<String>,
+        /// Set with `wrong_epoch`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        current_epoch: Option<u64>,
     },
     Pong,
 }
@@ -103,6 +110,8 @@ mod tests {
                 chat_id: ChatId::try_from("!abc:x.org").unwrap(),
                 client_msg_id: "m1".into(),
                 payload: Payload(b"hi".to_vec()),
+                mls: None,
+                membership: None,
             }
         );
         assert!(serde_json::from_str::<ClientFrame>(r#"{"type":"nope"}"#).is_err());

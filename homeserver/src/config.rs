@@ -63,6 +63,8 @@ pub struct Limits {
     pub max_unacked: usize,
     /// Sends of one socket awaiting their commit at once.
     pub max_inflight_sends: usize,
+    /// Most members of a group.
+    pub max_group_members: usize,
 }
 
 impl Default for Limits {
@@ -77,6 +79,7 @@ impl Default for Limits {
             socket_queue: 4096,
             max_unacked: 100_000,
             max_inflight_sends: 256,
+            max_group_members: 1024,
         }
     }
 }

@@ -15,11 +15,58 @@ pub mod create {
     #[derive(Debug, Clone, Serialize, Deserialize)]
     #[serde(deny_unknown_fields)]
     pub struct Request {
-        /// The other members (the caller is added). Exactly one for a 1:1 chat.
+        /// The other members (the caller is added). One other and no name: a 1:1 chat;
+        /// otherwise a group, whose creator is its first admin.
         pub members: Vec<UserId>,
+        /// A group's name (1–128 characters).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub name: Option<String>,
     }
 
     pub type Response = super::ChatSummary;
+}
+
+/// A chat's members and their roles.
+pub mod members {
+    use super::*;
+    pub const METHOD: crate::http::Method = crate::http::Method::Get;
+    pub const PATH: &str = "/v1/chats/{chat_id}/members";
+
+    #[derive(Debug, Clone, Serialize, Deserialize)]
+    pub struct Response {
+        pub chat_id: ChatId,
+        /// The chat's current MLS epoch, as the hub has accepted commits.
+        pub mls_epoch: u64,
+        pub members: Vec<super::Member>,
+    }
+}
+
+/// Rename a group (admins only). `204 No Content`.
+pub mod rename {
+    use super::*;
+    pub const METHOD: crate::http::Method = crate::http::Method::Post;
+    pub const PATH: &str = "/v1/chats/{chat_id}/name";
+
+    #[derive(Debug, Clone, Serialize, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct Request {
+        pub name: String,
+    }
+}
+
+/// Promote a member to admin or demote an admin (admins only; a group keeps at least
+/// one admin). `204 No Content`.
+pub mod set_admin {
+    use super::*;
+    pub const METHOD: crate::http::Method = crate::http::Method::Post;
+    pub const PATH: &str = "/v1/chats/{chat_id}/admins";
+
+    #[derive(Debug, Clone, Serialize, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct Request {
+        pub user_id: UserId,
+        pub admin: bool,
+    }
 }
 
 /// List the caller's chats, most recently active first.
@@ -54,6 +101,13 @@ pub mod send {
         /// Chosen by the client, unique per sending device: 1–128 printable ASCII.
         pub client_msg_id: String,
         pub payload: Payload,
+        /// What the payload is in MLS terms, for the hub's epoch checks.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub mls: Option<super::MlsMeta>,
+        /// With a commit: the membership change it makes (admins only, except removing
+        /// oneself). Applied by the hub when it accepts the commit.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub membership: Option<super::MembershipChange>,
     }
 
     pub type Response = super::SendAck;
@@ -116,10 +170,51 @@ pub enum ChatKind {
     Group,
 }
 
+/// The MLS message kind of an event and the epoch it was made in.
+///
+/// The hub accepts exactly one commit per epoch: a commit or proposal for any other
+/// epoch than the current one is refused with `409 wrong_epoch`; an application message
+/// is accepted for the current epoch and the [`PAST_EPOCHS`] before it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MlsMeta {
+    pub kind: MlsKind,
+    pub epoch: u64,
+}
+
+/// How many epochs back the hub still accepts application messages.
+pub const PAST_EPOCHS: u64 = 3;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MlsKind {
+    Commit,
+    Proposal,
+    Application,
+}
+
+/// Members a commit adds and removes.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MembershipChange {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub add: Vec<UserId>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub remove: Vec<UserId>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Member {
+    pub user_id: UserId,
+    pub admin: bool,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChatSummary {
     pub chat_id: ChatId,
     pub kind: ChatKind,
+    /// A group's name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
     pub members: Vec<UserId>,
     /// The chat's latest sequence number (0: no events yet).
     pub last_seq: i64,
@@ -154,6 +249,10 @@ pub struct ChatEvent {
     /// Ms since the Unix epoch.
     pub ts: i64,
     pub payload: Payload,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mls: Option<MlsMeta>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub membership: Option<MembershipChange>,
 }
 
 /// One member's receipts in a chat; `n` covers every event up to `n`.

@@ -29,6 +29,7 @@ fn summary(c: ChatListRow) -> ChatSummary {
     ChatSummary {
         chat_id: c.chat_id,
         kind: c.kind,
+        name: c.name,
         members: c.members,
         last_seq: c.last_seq,
         read_seq: c.read_seq,
@@ -113,7 +114,7 @@ pub async fn create_chat(
     Auth(me): Auth,
     ApiJson(req): ApiJson<chats::create::Request>,
 ) -> ApiResult<Response> {
-    let (row, created) = st.services.chats.create(&me, req.members).await?;
+    let (row, created) = st.services.chats.create(&me, req.members, req.name).await?;
     let status = if created {
         StatusCode::CREATED
     } else {
@@ -150,7 +151,14 @@ pub async fn send(
     let ack = st
         .services
         .chats
-        .send(&me, chat_id, req.client_msg_id, req.payload.0)
+        .send(
+            &me,
+            chat_id,
+            req.client_msg_id,
+            req.payload.0,
+            req.mls,
+            req.membership,
+        )
         .await?;
     let status = if ack.duplicate {
         StatusCode::OK
@@ -254,4 +262,47 @@ pub async fn user_devices(
 ) -> ApiResult<Json<keys::user_devices::Response>> {
     let devices = st.services.keys.devices(&user_id).await?;
     Ok(Json(keys::user_devices::Response { user_id, devices }))
+}
+
+pub async fn members(
+    State(st): State<AppState>,
+    Auth(me): Auth,
+    ApiPath(chat_id): ApiPath<ChatId>,
+) -> ApiResult<Json<chats::members::Response>> {
+    let info = st.services.chats.info(&chat_id, &me.user_id).await?;
+    Ok(Json(chats::members::Response {
+        chat_id,
+        mls_epoch: info.mls_epoch,
+        members: info
+            .members
+            .into_iter()
+            .map(|(user_id, admin)| chats::Member { user_id, admin })
+            .collect(),
+    }))
+}
+
+pub async fn rename(
+    State(st): State<AppState>,
+    Auth(me): Auth,
+    ApiPath(chat_id): ApiPath<ChatId>,
+    ApiJson(req): ApiJson<chats::rename::Request>,
+) -> ApiResult<StatusCode> {
+    st.services
+        .chats
+        .rename(&me.user_id, &chat_id, &req.name)
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+pub async fn set_admin(
+    State(st): State<AppState>,
+    Auth(me): Auth,
+    ApiPath(chat_id): ApiPath<ChatId>,
+    ApiJson(req): ApiJson<chats::set_admin::Request>,
+) -> ApiResult<StatusCode> {
+    st.services
+        .chats
+        .set_admin(&me.user_id, &chat_id, &req.user_id, req.admin)
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
 }

@@ -12,6 +12,8 @@ use crate::service::ServiceError;
 pub struct ApiError {
     pub code: ErrorCode,
     pub message: String,
+    /// With `wrong_epoch`.
+    pub current_epoch: Option<u64>,
 }
 
 impl ApiError {
@@ -19,11 +21,15 @@ impl ApiError {
         Self {
             code,
             message: message.into(),
+            current_epoch: None,
         }
     }
 
     pub fn body(&self) -> ErrorBody {
-        ErrorBody::new(self.code, self.message.clone())
+        ErrorBody {
+            current_epoch: self.current_epoch,
+            ..ErrorBody::new(self.code, self.message.clone())
+        }
     }
 }
 
@@ -40,6 +46,12 @@ impl From<ServiceError> for ApiError {
             ServiceError::NotMember => ErrorCode::NotMember,
             ServiceError::TooLarge { .. } => ErrorCode::TooLarge,
             ServiceError::Forbidden(_) => ErrorCode::Forbidden,
+            ServiceError::WrongEpoch { current } => {
+                return ApiError {
+                    current_epoch: Some(*current),
+                    ..ApiError::new(ErrorCode::WrongEpoch, e.to_string())
+                };
+            }
             ServiceError::Unavailable => ErrorCode::RateLimited,
             ServiceError::Store(_) | ServiceError::Internal(_) => {
                 tracing::error!(error = %e, "request failed");

@@ -46,6 +46,9 @@ pub fn app(state: AppState) -> Router {
         .route(chats::leave::PATH, post(client::leave_chat))
         .route(chats::send::PATH, post(client::send).get(client::history))
         .route(chats::receipts::PATH, get(client::receipts))
+        .route(chats::members::PATH, get(client::members))
+        .route(chats::rename::PATH, post(client::rename))
+        .route(chats::set_admin::PATH, post(client::set_admin))
         .route(chats::mark_read::PATH, post(client::mark_read))
         .route(
             keys::upload::PATH,

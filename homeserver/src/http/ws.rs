@@ -164,7 +164,13 @@ impl Conn {
                         Ok(ack) => self.write(&ServerFrame::Sent { ack }).await?,
                         Err(e) => {
                             let e = ApiError::from(e);
-                            self.error(e.code, &e.message, Some(client_msg_id)).await?;
+                            self.write(&ServerFrame::Error {
+                                code: e.code,
+                                message: e.message,
+                                client_msg_id: Some(client_msg_id),
+                                current_epoch: e.current_epoch,
+                            })
+                            .await?;
                         }
                     }
                 }
@@ -271,12 +277,21 @@ impl Conn {
                 chat_id,
                 client_msg_id,
                 payload,
+                mls,
+                membership,
             } => {
                 let chats = self.st.services.chats.clone();
                 let me = self.me.clone();
                 return Ok(Some(Box::pin(async move {
                     let r = chats
-                        .send(&me, chat_id, client_msg_id.clone(), payload.0)
+                        .send(
+                            &me,
+                            chat_id,
+                            client_msg_id.clone(),
+                            payload.0,
+                            mls,
+                            membership,
+                        )
                         .await;
                     (client_msg_id, r)
                 })));
@@ -336,6 +351,7 @@ impl Conn {
             code,
             message: message.to_owned(),
             client_msg_id,
+            current_epoch: None,
         })
         .await
     }
@@ -377,6 +393,11 @@ mod tests {
             client_msg_id: "m\"1".into(),
             ts: 5,
             payload: Payload(vec![0, 255, 7]),
+            mls: Some(parley_client_api::http::chats::MlsMeta {
+                kind: parley_client_api::http::chats::MlsKind::Commit,
+                epoch: 3,
+            }),
+            membership: None,
         };
         let text = super::event_frame_text(42, &serde_json::to_string(&event).unwrap());
         let frame: ServerFrame = serde_json::from_str(&text).unwrap();

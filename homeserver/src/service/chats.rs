@@ -2,7 +2,9 @@
 
 use std::sync::Arc;
 
-use parley_client_api::http::chats::{ChatEvent, ChatKind, Receipt, SendAck, valid_client_msg_id};
+use parley_client_api::http::chats::{
+    ChatEvent, ChatKind, MembershipChange, MlsMeta, Receipt, SendAck, valid_client_msg_id,
+};
 use parley_client_api::{ChatId, UserId};
 use rand::Rng as _;
 
@@ -13,11 +15,21 @@ use crate::clock::now_ms;
 use crate::config::Config;
 use crate::gateway::Gateway;
 use crate::store::{
-    AnyStore, ChatListRow, NewChat, ReceiptNotice, SendOutcome, SendRequest, Store,
+    AnyStore, ChatInfo, ChatListRow, NewChat, ReceiptNotice, SendOutcome, SendRequest, Store,
 };
 
-/// The most members a chat may be created with (groups grow later through commits).
-const MAX_INITIAL_MEMBERS: usize = 1024;
+/// Longest group name, in characters.
+const MAX_NAME: usize = 128;
+
+fn check_name(name: &str) -> Result<(), ServiceError> {
+    let n = name.chars().count();
+    if n == 0 || n > MAX_NAME || name.chars().any(char::is_control) {
+        return Err(ServiceError::InvalidParam(format!(
+            "name: 1 to {MAX_NAME} printable characters"
+        )));
+    }
+    Ok(())
+}
 
 #[derive(Clone)]
 pub struct Chats {
@@ -48,16 +60,21 @@ impl Chats {
         &self,
         me: &Session,
         others: Vec<UserId>,
+        name: Option<String>,
     ) -> Result<(ChatListRow, bool), ServiceError> {
+        if let Some(n) = &name {
+            check_name(n)?;
+        }
         if others.is_empty() {
             return Err(ServiceError::InvalidParam(
                 "members: name at least one other user".into(),
             ));
         }
-        if others.len() >= MAX_INITIAL_MEMBERS {
+        let max = self.config.limits.max_group_members;
+        if others.len() >= max {
             return Err(ServiceError::InvalidParam(format!(
                 "members: at most {} others",
-                MAX_INITIAL_MEMBERS - 1
+                max - 1
             )));
         }
         let mut members = vec![me.user_id.clone()];
@@ -79,7 +96,7 @@ impl Chats {
                 members.push(other);
             }
         }
-        let kind = if members.len() == 2 {
+        let kind = if members.len() == 2 && name.is_none() {
             ChatKind::Direct
         } else {
             ChatKind::Group
@@ -95,6 +112,7 @@ impl Chats {
             direct_key,
             created_by: me.user_id.clone(),
             members,
+            name,
             created_at: now_ms(),
         };
         let (chat_id, created) = self.store.create_chat(&chat).await?;
@@ -153,7 +171,17 @@ impl Chats {
         chat_id: ChatId,
         client_msg_id: String,
         payload: Vec<u8>,
+        mls: Option<MlsMeta>,
+        membership: Option<MembershipChange>,
     ) -> Result<SendAck, ServiceError> {
+        if membership
+            .as_ref()
+            .is_some_and(|m| m.add.is_empty() && m.remove.is_empty())
+        {
+            return Err(ServiceError::InvalidParam(
+                "membership: add or remove someone".into(),
+            ));
+        }
         if !valid_client_msg_id(&client_msg_id) {
             return Err(ServiceError::InvalidParam(
                 "client_msg_id: 1 to 128 printable ASCII characters".into(),
@@ -178,6 +206,8 @@ impl Chats {
             client_msg_id: client_msg_id.clone(),
             payload,
             ts: now_ms(),
+            mls,
+            membership,
         };
         let ack = |seq, ts, duplicate| SendAck {
             chat_id: chat_id.clone(),
@@ -191,6 +221,9 @@ impl Chats {
             SendOutcome::Duplicate { seq, ts } => Ok(ack(seq, ts, true)),
             SendOutcome::UnknownChat => Err(ServiceError::UnknownChat),
             SendOutcome::NotMember => Err(ServiceError::NotMember),
+            SendOutcome::WrongEpoch { current } => Err(ServiceError::WrongEpoch { current }),
+            SendOutcome::UnknownUser(u) => Err(ServiceError::UnknownUser(u.to_string())),
+            SendOutcome::Refused(why) => Err(ServiceError::Forbidden(why)),
         }
     }
 
@@ -250,6 +283,73 @@ impl Chats {
                     .collect(),
             )
             .await;
+        Ok(())
+    }
+
+    /// Kind, name, epoch and members with roles, for a member.
+    pub async fn info(&self, chat_id: &ChatId, me: &UserId) -> Result<ChatInfo, ServiceError> {
+        let info = self
+            .store
+            .chat_info(chat_id)
+            .await?
+            .ok_or(ServiceError::UnknownChat)?;
+        if info.members.iter().any(|(m, _)| m == me) {
+            Ok(info)
+        } else {
+            Err(ServiceError::NotMember)
+        }
+    }
+
+    /// The chat's info, after checking that `me` is an admin of a group.
+    async fn as_group_admin(
+        &self,
+        chat_id: &ChatId,
+        me: &UserId,
+    ) -> Result<ChatInfo, ServiceError> {
+        let info = self.info(chat_id, me).await?;
+        if info.kind != ChatKind::Group {
+            return Err(ServiceError::Forbidden(
+                "a 1:1 chat has no admins or name".into(),
+            ));
+        }
+        if !info.members.iter().any(|(m, admin)| m == me && *admin) {
+            return Err(ServiceError::Forbidden("only admins may do this".into()));
+        }
+        Ok(info)
+    }
+
+    pub async fn rename(
+        &self,
+        me: &UserId,
+        chat_id: &ChatId,
+        name: &str,
+    ) -> Result<(), ServiceError> {
+        check_name(name)?;
+        self.as_group_admin(chat_id, me).await?;
+        Ok(self.store.rename_chat(chat_id, name).await?)
+    }
+
+    /// Promotes or demotes a member; a group keeps at least one admin.
+    pub async fn set_admin(
+        &self,
+        me: &UserId,
+        chat_id: &ChatId,
+        user: &UserId,
+        admin: bool,
+    ) -> Result<(), ServiceError> {
+        let info = self.as_group_admin(chat_id, me).await?;
+        let Some((_, was_admin)) = info.members.iter().find(|(m, _)| m == user) else {
+            return Err(ServiceError::InvalidParam(format!(
+                "{user} is not a member"
+            )));
+        };
+        let admins = info.members.iter().filter(|(_, a)| *a).count();
+        if *was_admin && !admin && admins == 1 {
+            return Err(ServiceError::Forbidden(
+                "a group keeps at least one admin".into(),
+            ));
+        }
+        self.store.set_admin(chat_id, user, admin).await?;
         Ok(())
     }
 }

@@ -37,6 +37,8 @@ pub enum ServiceError {
     TooLarge { size: usize, limit: usize },
     #[error("{0}")]
     Forbidden(String),
+    #[error("the chat is at MLS epoch {current}; process its events and retry")]
+    WrongEpoch { current: u64 },
     #[error("the server is shutting down or overloaded")]
     Unavailable,
     #[error(transparent)]
@@ -70,6 +72,7 @@ impl Services {
             gateway.clone(),
             writers,
             config.limits.max_batch,
+            config.limits.max_group_members,
         );
         let inbox = inbox::Inbox::spawn(store.clone(), gateway.clone(), config.limits.max_batch);
         inbox::spawn_janitor(store.clone(), config.limits.retention_days);

@@ -29,11 +29,23 @@ pub struct Sequencer {
 }
 
 impl Sequencer {
-    pub fn spawn(store: AnyStore, gateway: Gateway, writers: usize, max_batch: usize) -> Self {
+    pub fn spawn(
+        store: AnyStore,
+        gateway: Gateway,
+        writers: usize,
+        max_batch: usize,
+        max_members: usize,
+    ) -> Self {
         let shards: Vec<_> = (0..writers.max(1))
             .map(|_| {
                 let (tx, rx) = mpsc::channel(max_batch * 4);
-                tokio::spawn(run_writer(store.clone(), gateway.clone(), rx, max_batch));
+                tokio::spawn(run_writer(
+                    store.clone(),
+                    gateway.clone(),
+                    rx,
+                    max_batch,
+                    max_members,
+                ));
                 tx
             })
             .collect();
@@ -61,11 +73,12 @@ async fn run_writer(
     gateway: Gateway,
     mut rx: mpsc::Receiver<Job>,
     max_batch: usize,
+    max_members: usize,
 ) {
     let mut jobs: Vec<Job> = Vec::with_capacity(max_batch);
     while rx.recv_many(&mut jobs, max_batch).await > 0 {
         let reqs: Vec<SendRequest> = jobs.iter().map(|j| j.req.clone()).collect();
-        match store.commit_sends(&reqs).await {
+        match store.commit_sends(&reqs, max_members).await {
             Ok(outcomes) => {
                 let mut deliveries = Vec::new();
                 for (req, outcome) in reqs.into_iter().zip(&outcomes) {
@@ -86,6 +99,8 @@ async fn run_writer(
                             client_msg_id: req.client_msg_id,
                             ts: *ts,
                             payload: Payload(req.payload),
+                            mls: req.mls,
+                            membership: req.membership,
                         };
                         let Ok(json) = serde_json::to_string(&event) else {
                             continue;

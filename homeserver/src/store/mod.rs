@@ -12,7 +12,9 @@ pub mod sqlite;
 
 use std::future::Future;
 
-use parley_client_api::http::chats::{ChatEvent, ChatKind, Receipt};
+use parley_client_api::http::chats::{
+    ChatEvent, ChatKind, MembershipChange, MlsKind, MlsMeta, Receipt,
+};
 use parley_client_api::{ChatId, DeviceId, UserId};
 
 pub use plan::{AckedRow, SendOutcome};
@@ -64,9 +66,20 @@ pub struct NewChat {
     /// Set for direct chats: the two members, sorted, so a pair has one direct chat.
     pub direct_key: Option<String>,
     pub created_by: UserId,
-    /// Every member, the creator included.
+    /// Every member, the creator included. The creator is the first admin.
     pub members: Vec<UserId>,
+    pub name: Option<String>,
     pub created_at: i64,
+}
+
+/// A chat's kind, name, MLS epoch and members with their roles.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChatInfo {
+    pub kind: ChatKind,
+    pub name: Option<String>,
+    pub mls_epoch: u64,
+    /// `(member, admin)`, by user id.
+    pub members: Vec<(UserId, bool)>,
 }
 
 /// What a member sees of a chat in their chat list.
@@ -74,6 +87,7 @@ pub struct NewChat {
 pub struct ChatListRow {
     pub chat_id: ChatId,
     pub kind: ChatKind,
+    pub name: Option<String>,
     pub members: Vec<UserId>,
     pub last_seq: i64,
     pub last_ts: i64,
@@ -92,6 +106,8 @@ pub struct SendRequest {
     pub payload: Vec<u8>,
     /// Server time of acceptance (ms).
     pub ts: i64,
+    pub mls: Option<MlsMeta>,
+    pub membership: Option<MembershipChange>,
 }
 
 /// One item of a device's inbox, as replayed on reconnect.
@@ -188,12 +204,23 @@ pub trait Store: Send + Sync + 'static {
         user_id: &UserId,
         at: i64,
     ) -> impl Future<Output = Result<bool>> + Send;
-    /// Commits a batch of sends in one transaction: sequence numbers, events, inbox rows.
-    /// Outcomes are index-aligned with `batch`.
+    /// Commits a batch of sends in one transaction: sequence numbers, MLS epochs,
+    /// membership changes, events, inbox rows. Outcomes are index-aligned with `batch`.
     fn commit_sends(
         &self,
         batch: &[SendRequest],
+        max_members: usize,
     ) -> impl Future<Output = Result<Vec<SendOutcome>>> + Send;
+    /// `None` if the chat does not exist.
+    fn chat_info(&self, chat_id: &ChatId) -> impl Future<Output = Result<Option<ChatInfo>>> + Send;
+    fn rename_chat(&self, chat_id: &ChatId, name: &str) -> impl Future<Output = Result<()>> + Send;
+    /// False if the user is not a member.
+    fn set_admin(
+        &self,
+        chat_id: &ChatId,
+        user_id: &UserId,
+        admin: bool,
+    ) -> impl Future<Output = Result<bool>> + Send;
     /// Events with `seq > after`, at most `limit`, in order.
     fn history(
         &self,
@@ -338,8 +365,21 @@ impl Store for AnyStore {
     async fn leave_chat(&self, chat_id: &ChatId, user_id: &UserId, at: i64) -> Result<bool> {
         dispatch!(self, s => s.leave_chat(chat_id, user_id, at).await)
     }
-    async fn commit_sends(&self, batch: &[SendRequest]) -> Result<Vec<SendOutcome>> {
-        dispatch!(self, s => s.commit_sends(batch).await)
+    async fn commit_sends(
+        &self,
+        batch: &[SendRequest],
+        max_members: usize,
+    ) -> Result<Vec<SendOutcome>> {
+        dispatch!(self, s => s.commit_sends(batch, max_members).await)
+    }
+    async fn chat_info(&self, chat_id: &ChatId) -> Result<Option<ChatInfo>> {
+        dispatch!(self, s => s.chat_info(chat_id).await)
+    }
+    async fn rename_chat(&self, chat_id: &ChatId, name: &str) -> Result<()> {
+        dispatch!(self, s => s.rename_chat(chat_id, name).await)
+    }
+    async fn set_admin(&self, chat_id: &ChatId, user_id: &UserId, admin: bool) -> Result<bool> {
+        dispatch!(self, s => s.set_admin(chat_id, user_id, admin).await)
     }
     async fn history(&self, chat_id: &ChatId, after: i64, limit: u32) -> Result<Vec<ChatEvent>> {
         dispatch!(self, s => s.history(chat_id, after, limit).await)
@@ -406,6 +446,44 @@ pub(crate) fn kind_from_i16(v: i16) -> Result<ChatKind> {
 /// Parses an id column.
 pub(crate) fn id<T: TryFrom<String, Error = parley_client_api::IdError>>(s: String) -> Result<T> {
     T::try_from(s).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+pub(crate) fn mls_kind_to_i16(kind: MlsKind) -> i16 {
+    match kind {
+        MlsKind::Commit => 0,
+        MlsKind::Proposal => 1,
+        MlsKind::Application => 2,
+    }
+}
+
+/// Rebuilds an event's MLS metadata from its columns.
+pub(crate) fn mls_from_columns(kind: Option<i16>, epoch: Option<i64>) -> Result<Option<MlsMeta>> {
+    let (Some(kind), Some(epoch)) = (kind, epoch) else {
+        return Ok(None);
+    };
+    let kind = match kind {
+        0 => MlsKind::Commit,
+        1 => MlsKind::Proposal,
+        2 => MlsKind::Application,
+        other => return Err(StoreError::Corrupt(format!("mls kind {other}"))),
+    };
+    Ok(Some(MlsMeta {
+        kind,
+        epoch: u64::try_from(epoch).map_err(|_| StoreError::Corrupt("negative epoch".into()))?,
+    }))
+}
+
+pub(crate) fn membership_to_json(m: &Option<MembershipChange>) -> Option<String> {
+    m.as_ref().and_then(|m| serde_json::to_string(m).ok())
+}
+
+pub(crate) fn membership_from_json(s: Option<String>) -> Result<Option<MembershipChange>> {
+    s.map(|s| serde_json::from_str(&s).map_err(|e| StoreError::Corrupt(e.to_string())))
+        .transpose()
+}
+
+pub(crate) fn epoch_i64(e: u64) -> i64 {
+    i64::try_from(e).unwrap_or(i64::MAX)
 }
 
 pub(crate) const INBOX_EVENT: i16 = 0;

@@ -11,9 +11,10 @@ use sqlx::{PgPool, Postgres, Row, Transaction};
 
 use super::plan::{self, AckedRow, ChatState, ReceiptRow, SendOutcome};
 use super::{
-    AckRequest, ChatListRow, ClaimedKeyPackage, DeviceRow, INBOX_RECEIPT, InboxItem,
+    AckRequest, ChatInfo, ChatListRow, ClaimedKeyPackage, DeviceRow, INBOX_RECEIPT, InboxItem,
     KeyPackageCount, NewChat, NewDevice, NewUser, Purged, ReceiptNotice, Result, SendRequest,
-    Store, StoreError, id, kind_from_i16, kind_to_i16,
+    Store, StoreError, epoch_i64, id, kind_from_i16, kind_to_i16, membership_from_json,
+    membership_to_json, mls_from_columns, mls_kind_to_i16,
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
@@ -239,14 +240,15 @@ impl Store for PgStore {
     async fn create_chat(&self, chat: &NewChat) -> Result<(ChatId, bool)> {
         let mut tx = self.pool.begin().await?;
         let inserted = sqlx::query(
-            "INSERT INTO chats (chat_id, kind, direct_key, created_by, created_at, last_ts)
-             VALUES ($1, $2, $3, $4, $5, $5) ON CONFLICT (direct_key) DO NOTHING",
+            "INSERT INTO chats (chat_id, kind, direct_key, created_by, created_at, last_ts, name)
+             VALUES ($1, $2, $3, $4, $5, $5, $6) ON CONFLICT (direct_key) DO NOTHING",
         )
         .bind(chat.chat_id.as_str())
         .bind(kind_to_i16(chat.kind))
         .bind(&chat.direct_key)
         .bind(chat.created_by.as_str())
         .bind(chat.created_at)
+        .bind(&chat.name)
         .execute(&mut *tx)
         .await?
         .rows_affected();
@@ -268,12 +270,13 @@ impl Store for PgStore {
             return Ok((id(existing)?, false));
         }
         sqlx::query(
-            "INSERT INTO chat_members (chat_id, user_id, joined_at)
-             SELECT $1, u, $3 FROM UNNEST($2::text[]) AS u",
+            "INSERT INTO chat_members (chat_id, user_id, joined_at, admin)
+             SELECT $1, u, $3, u = $4 FROM UNNEST($2::text[]) AS u",
         )
         .bind(chat.chat_id.as_str())
         .bind(strs(&chat.members))
         .bind(chat.created_at)
+        .bind(chat.created_by.as_str())
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
@@ -303,7 +306,7 @@ impl Store for PgStore {
 
     async fn list_chats(&self, user_id: &UserId) -> Result<Vec<ChatListRow>> {
         let rows = sqlx::query(
-            "SELECT c.chat_id, c.kind, c.last_seq, c.last_ts, c.created_at, m.read_seq,
+            "SELECT c.chat_id, c.kind, c.name, c.last_seq, c.last_ts, c.created_at, m.read_seq,
                     (SELECT array_agg(o.user_id ORDER BY o.user_id) FROM chat_members o
                       WHERE o.chat_id = c.chat_id AND o.left_at IS NULL) AS members,
                     (SELECT count(*) FROM events e
@@ -323,6 +326,7 @@ impl Store for PgStore {
                 Ok(ChatListRow {
                     chat_id: id(r.get("chat_id"))?,
                     kind: kind_from_i16(r.get("kind"))?,
+                    name: r.get("name"),
                     members: members.into_iter().map(id).collect::<Result<_>>()?,
                     last_seq: r.get("last_seq"),
                     last_ts: r.get("last_ts"),
@@ -347,7 +351,11 @@ impl Store for PgStore {
         Ok(n == 1)
     }
 
-    async fn commit_sends(&self, batch: &[SendRequest]) -> Result<Vec<SendOutcome>> {
+    async fn commit_sends(
+        &self,
+        batch: &[SendRequest],
+        max_members: usize,
+    ) -> Result<Vec<SendOutcome>> {
         let mut tx = self.pool.begin().await?;
         let chat_ids: Vec<String> = batch
             .iter()
@@ -357,7 +365,8 @@ impl Store for PgStore {
             .collect();
         // Lock the heads first, in a fixed order.
         let heads = sqlx::query(
-            "SELECT chat_id, last_seq FROM chats WHERE chat_id = ANY($1) ORDER BY chat_id FOR UPDATE",
+            "SELECT chat_id, kind, last_seq, mls_epoch FROM chats
+             WHERE chat_id = ANY($1) ORDER BY chat_id FOR UPDATE",
         )
         .bind(&chat_ids)
         .fetch_all(&mut *tx)
@@ -367,13 +376,15 @@ impl Store for PgStore {
             chats.insert(
                 id(r.get("chat_id"))?,
                 ChatState {
+                    kind: kind_from_i16(r.get("kind"))?,
                     last_seq: r.get("last_seq"),
+                    mls_epoch: u64::try_from(r.get::<i64, _>("mls_epoch")).unwrap_or_default(),
                     members: BTreeMap::new(),
                 },
             );
         }
         let members = sqlx::query(
-            "SELECT m.chat_id, m.user_id, d.device_id FROM chat_members m
+            "SELECT m.chat_id, m.user_id, m.admin, d.device_id FROM chat_members m
              LEFT JOIN devices d ON d.user_id = m.user_id
              WHERE m.chat_id = ANY($1) AND m.left_at IS NULL",
         )
@@ -385,9 +396,32 @@ impl Store for PgStore {
             let Some(state) = chats.get_mut(&chat) else {
                 continue;
             };
-            let devices = state.members.entry(id(r.get("user_id"))?).or_default();
+            let member = state.members.entry(id(r.get("user_id"))?).or_default();
+            member.admin = r.get("admin");
             if let Some(d) = r.get::<Option<String>, _>("device_id") {
-                devices.push(id(d)?);
+                member.devices.push(id(d)?);
+            }
+        }
+        // Users that membership changes add: they must exist; their devices get the commit.
+        let adds: BTreeSet<String> = batch
+            .iter()
+            .filter_map(|r| r.membership.as_ref())
+            .flat_map(|m| m.add.iter().map(|u| u.to_string()))
+            .collect();
+        let mut users: HashMap<UserId, Vec<DeviceId>> = HashMap::new();
+        if !adds.is_empty() {
+            let rows = sqlx::query(
+                "SELECT u.user_id, d.device_id FROM users u
+                 LEFT JOIN devices d ON d.user_id = u.user_id WHERE u.user_id = ANY($1)",
+            )
+            .bind(adds.into_iter().collect::<Vec<_>>())
+            .fetch_all(&mut *tx)
+            .await?;
+            for r in rows {
+                let devices = users.entry(id(r.get("user_id"))?).or_default();
+                if let Some(d) = r.get::<Option<String>, _>("device_id") {
+                    devices.push(id(d)?);
+                }
             }
         }
         let existing_rows = sqlx::query(
@@ -427,32 +461,56 @@ impl Store for PgStore {
             );
         }
 
-        let plan = plan::plan_sends(batch, &existing, &chats);
+        let plan = plan::plan_sends(batch, &existing, &chats, &users, max_members);
         if plan.events.is_empty() {
             tx.commit().await?;
             return Ok(plan.finish(batch, []));
         }
         sqlx::query(
-            "UPDATE chats SET last_seq = v.s, last_ts = v.t
-             FROM UNNEST($1::text[], $2::bigint[], $3::bigint[]) AS v(c, s, t)
+            "UPDATE chats SET last_seq = v.s, last_ts = v.t, mls_epoch = v.e
+             FROM UNNEST($1::text[], $2::bigint[], $3::bigint[], $4::bigint[]) AS v(c, s, t, e)
              WHERE chats.chat_id = v.c",
         )
         .bind(
             plan.heads
                 .iter()
-                .map(|h| h.0.to_string())
+                .map(|h| h.chat_id.to_string())
                 .collect::<Vec<_>>(),
         )
-        .bind(plan.heads.iter().map(|h| h.1).collect::<Vec<_>>())
-        .bind(plan.heads.iter().map(|h| h.2).collect::<Vec<_>>())
+        .bind(plan.heads.iter().map(|h| h.last_seq).collect::<Vec<_>>())
+        .bind(plan.heads.iter().map(|h| h.last_ts).collect::<Vec<_>>())
+        .bind(
+            plan.heads
+                .iter()
+                .map(|h| epoch_i64(h.mls_epoch))
+                .collect::<Vec<_>>(),
+        )
         .execute(&mut *tx)
         .await?;
+        let now = batch.iter().map(|r| r.ts).max().unwrap_or_default();
+        for op in &plan.membership {
+            let sql = if op.add {
+                "INSERT INTO chat_members (chat_id, user_id, joined_at) VALUES ($1, $2, $3)
+                 ON CONFLICT (chat_id, user_id) DO UPDATE
+                    SET left_at = NULL, joined_at = EXCLUDED.joined_at, admin = FALSE"
+            } else {
+                "UPDATE chat_members SET left_at = $3, admin = FALSE WHERE chat_id = $1 AND user_id = $2"
+            };
+            sqlx::query(sql)
+                .bind(op.chat_id.as_str())
+                .bind(op.user_id.as_str())
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+        }
         let ev = |f: fn(&SendRequest) -> String| -> Vec<String> {
             plan.events.iter().map(|(i, _)| f(&batch[*i])).collect()
         };
         sqlx::query(
-            "INSERT INTO events (chat_id, seq, sender, sender_device, client_msg_id, ts, payload)
-             SELECT * FROM UNNEST($1::text[], $2::bigint[], $3::text[], $4::text[], $5::text[], $6::bigint[], $7::bytea[])",
+            "INSERT INTO events (chat_id, seq, sender, sender_device, client_msg_id, ts, payload,
+                                 mls_kind, mls_epoch, membership)
+             SELECT * FROM UNNEST($1::text[], $2::bigint[], $3::text[], $4::text[], $5::text[],
+                                  $6::bigint[], $7::bytea[], $8::smallint[], $9::bigint[], $10::text[])",
         )
         .bind(ev(|r| r.chat_id.to_string()))
         .bind(plan.events.iter().map(|(_, s)| *s).collect::<Vec<_>>())
@@ -461,6 +519,24 @@ impl Store for PgStore {
         .bind(ev(|r| r.client_msg_id.clone()))
         .bind(plan.events.iter().map(|(i, _)| batch[*i].ts).collect::<Vec<_>>())
         .bind(plan.events.iter().map(|(i, _)| batch[*i].payload.clone()).collect::<Vec<_>>())
+        .bind(
+            plan.events
+                .iter()
+                .map(|(i, _)| batch[*i].mls.map(|m| mls_kind_to_i16(m.kind)))
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            plan.events
+                .iter()
+                .map(|(i, _)| batch[*i].mls.map(|m| epoch_i64(m.epoch)))
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            plan.events
+                .iter()
+                .map(|(i, _)| membership_to_json(&batch[*i].membership))
+                .collect::<Vec<_>>(),
+        )
         .execute(&mut *tx)
         .await?;
         let now = batch.iter().map(|r| r.ts).max().unwrap_or_default();
@@ -513,7 +589,8 @@ impl Store for PgStore {
 
     async fn history(&self, chat_id: &ChatId, after: i64, limit: u32) -> Result<Vec<ChatEvent>> {
         let rows = sqlx::query(
-            "SELECT chat_id, seq, sender, sender_device, client_msg_id, ts, payload FROM events
+            "SELECT chat_id, seq, sender, sender_device, client_msg_id, ts, payload, mls_kind,
+                    mls_epoch, membership FROM events
              WHERE chat_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
         )
         .bind(chat_id.as_str())
@@ -532,7 +609,8 @@ impl Store for PgStore {
     ) -> Result<Vec<InboxItem>> {
         let rows = sqlx::query(
             "SELECT i.id, i.kind, i.chat_id, i.seq, i.sender, i.delivered_seq, i.read_seq,
-                    e.sender_device, e.client_msg_id, e.ts, e.payload
+                    e.sender_device, e.client_msg_id, e.ts, e.payload, e.mls_kind, e.mls_epoch,
+                    e.membership
              FROM inbox i
              LEFT JOIN events e ON i.kind = 0 AND e.chat_id = i.chat_id AND e.seq = i.seq
              WHERE i.device_id = $1 AND i.id > $2 ORDER BY i.id LIMIT $3",
@@ -577,6 +655,8 @@ impl Store for PgStore {
                         .unwrap_or_default(),
                     ts: r.get::<Option<i64>, _>("ts").unwrap_or_default(),
                     payload: Payload(payload),
+                    mls: mls_from_columns(r.get("mls_kind"), r.get("mls_epoch"))?,
+                    membership: membership_from_json(r.get("membership"))?,
                 },
             });
         }
@@ -752,6 +832,53 @@ impl Store for PgStore {
         Ok(Purged { inbox_rows, events })
     }
 
+    async fn chat_info(&self, chat_id: &ChatId) -> Result<Option<ChatInfo>> {
+        let Some(chat) = sqlx::query("SELECT kind, name, mls_epoch FROM chats WHERE chat_id = $1")
+            .bind(chat_id.as_str())
+            .fetch_optional(&self.pool)
+            .await?
+        else {
+            return Ok(None);
+        };
+        let members = sqlx::query(
+            "SELECT user_id, admin FROM chat_members WHERE chat_id = $1 AND left_at IS NULL ORDER BY user_id",
+        )
+        .bind(chat_id.as_str())
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(Some(ChatInfo {
+            kind: kind_from_i16(chat.get("kind"))?,
+            name: chat.get("name"),
+            mls_epoch: u64::try_from(chat.get::<i64, _>("mls_epoch")).unwrap_or_default(),
+            members: members
+                .iter()
+                .map(|r| Ok((id(r.get("user_id"))?, r.get("admin"))))
+                .collect::<Result<_>>()?,
+        }))
+    }
+
+    async fn rename_chat(&self, chat_id: &ChatId, name: &str) -> Result<()> {
+        sqlx::query("UPDATE chats SET name = $2 WHERE chat_id = $1")
+            .bind(chat_id.as_str())
+            .bind(name)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn set_admin(&self, chat_id: &ChatId, user_id: &UserId, admin: bool) -> Result<bool> {
+        let n = sqlx::query(
+            "UPDATE chat_members SET admin = $3 WHERE chat_id = $1 AND user_id = $2 AND left_at IS NULL",
+        )
+        .bind(chat_id.as_str())
+        .bind(user_id.as_str())
+        .bind(admin)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(n == 1)
+    }
+
     async fn upload_key_packages(
         &self,
         device_id: &DeviceId,
@@ -889,5 +1016,7 @@ fn event_from_row(r: sqlx::postgres::PgRow) -> Result<ChatEvent> {
         client_msg_id: r.get("client_msg_id"),
         ts: r.get("ts"),
         payload: Payload(r.get("payload")),
+        mls: mls_from_columns(r.get("mls_kind"), r.get("mls_epoch"))?,
+        membership: membership_from_json(r.get("membership"))?,
     })
 }

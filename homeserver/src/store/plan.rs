@@ -6,7 +6,9 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use parley_client_api::http::chats::Receipt;
+use parley_client_api::http::chats::{ChatKind, MlsKind, PAST_EPOCHS, Receipt};
+#[cfg(test)]
+use parley_client_api::http::chats::{MembershipChange, MlsMeta};
 use parley_client_api::{ChatId, DeviceId, UserId};
 
 use super::SendRequest;
@@ -27,14 +29,31 @@ pub enum SendOutcome {
     },
     UnknownChat,
     NotMember,
+    /// An MLS message for an epoch the hub does not accept now.
+    WrongEpoch {
+        current: u64,
+    },
+    /// A membership change names a user who does not exist.
+    UnknownUser(UserId),
+    /// Not allowed (the reason is shown to the client).
+    Refused(String),
+}
+
+/// A member as read inside the transaction.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Member {
+    pub admin: bool,
+    pub devices: Vec<DeviceId>,
 }
 
 /// A chat as read inside the transaction.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct ChatState {
+    pub kind: ChatKind,
     pub last_seq: i64,
+    pub mls_epoch: u64,
     /// Current members and their devices.
-    pub members: BTreeMap<UserId, Vec<DeviceId>>,
+    pub members: BTreeMap<UserId, Member>,
 }
 
 /// The idempotency key of a send.
@@ -57,24 +76,47 @@ pub struct EventInboxRow {
     pub sender: UserId,
 }
 
+/// A membership change to apply with an accepted commit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MembershipOp {
+    pub chat_id: ChatId,
+    pub user_id: UserId,
+    pub add: bool,
+}
+
+/// A chat's new head: sequence, time of the last event, MLS epoch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Head {
+    pub chat_id: ChatId,
+    pub last_seq: i64,
+    pub last_ts: i64,
+    pub mls_epoch: u64,
+}
+
 #[derive(Debug, Clone, Default)]
 pub struct SendPlan {
     pub outcomes: Vec<SendOutcome>,
     /// New events: (index into the batch, seq).
     pub events: Vec<(usize, i64)>,
     pub inbox: Vec<EventInboxRow>,
-    /// New chat heads: (chat, last_seq, last_ts).
-    pub heads: Vec<(ChatId, i64, i64)>,
+    pub heads: Vec<Head>,
+    pub membership: Vec<MembershipOp>,
 }
 
-/// Decides every send of a batch. `existing` holds already stored sends by key.
+/// Decides every send of a batch, in order, as the hub: duplicates, membership, MLS
+/// epochs (exactly one commit per epoch), sequence numbers, fan-out.
+///
+/// `existing` holds already stored sends by key; `users` the devices of every user a
+/// membership change in the batch adds (absent: no such user); `max_members` caps a chat.
 pub fn plan_sends(
     batch: &[SendRequest],
     existing: &HashMap<SendKey, (i64, i64)>,
     chats: &HashMap<ChatId, ChatState>,
+    users: &HashMap<UserId, Vec<DeviceId>>,
+    max_members: usize,
 ) -> SendPlan {
     let mut plan = SendPlan::default();
-    let mut heads: BTreeMap<ChatId, (i64, i64)> = BTreeMap::new();
+    let mut state: BTreeMap<ChatId, (ChatState, i64)> = BTreeMap::new();
     let mut in_batch: HashMap<SendKey, (i64, i64)> = HashMap::new();
     for (i, req) in batch.iter().enumerate() {
         let key = send_key(req);
@@ -82,33 +124,73 @@ pub fn plan_sends(
             plan.outcomes.push(SendOutcome::Duplicate { seq, ts });
             continue;
         }
-        let Some(chat) = chats.get(&req.chat_id) else {
-            plan.outcomes.push(SendOutcome::UnknownChat);
+        if !state.contains_key(&req.chat_id) {
+            let Some(chat) = chats.get(&req.chat_id) else {
+                plan.outcomes.push(SendOutcome::UnknownChat);
+                continue;
+            };
+            state.insert(req.chat_id.clone(), (chat.clone(), req.ts));
+        }
+        let Some((chat, last_ts)) = state.get_mut(&req.chat_id) else {
             continue;
         };
-        if !chat.members.contains_key(&req.sender) {
-            plan.outcomes.push(SendOutcome::NotMember);
+        let outcome = check_send(req, chat, users, max_members);
+        if let Some(refusal) = outcome {
+            plan.outcomes.push(refusal);
             continue;
         }
-        let head = heads
-            .entry(req.chat_id.clone())
-            .or_insert((chat.last_seq, req.ts));
-        head.0 += 1;
-        head.1 = req.ts;
-        let seq = head.0;
+        chat.last_seq += 1;
+        *last_ts = req.ts;
+        let seq = chat.last_seq;
+        if req.mls.is_some_and(|m| m.kind == MlsKind::Commit) {
+            chat.mls_epoch += 1;
+        }
         plan.events.push((i, seq));
         in_batch.insert(key, (seq, req.ts));
-        for devices in chat.members.values() {
-            for device in devices {
-                if *device != req.sender_device {
-                    plan.inbox.push(EventInboxRow {
-                        device_id: device.clone(),
-                        chat_id: req.chat_id.clone(),
-                        seq,
-                        sender: req.sender.clone(),
-                    });
-                }
+        // Fan out to the members before the change and to those it adds (they need the
+        // commit's Welcome); then apply the change.
+        let change = req.membership.clone().unwrap_or_default();
+        let added = change
+            .add
+            .iter()
+            .map(|u| (u, users.get(u).cloned().unwrap_or_default()));
+        let recipients: Vec<DeviceId> = chat
+            .members
+            .values()
+            .flat_map(|m| m.devices.iter().cloned())
+            .chain(added.clone().flat_map(|(_, devices)| devices))
+            .collect();
+        for device in recipients {
+            if device != req.sender_device {
+                plan.inbox.push(EventInboxRow {
+                    device_id: device,
+                    chat_id: req.chat_id.clone(),
+                    seq,
+                    sender: req.sender.clone(),
+                });
             }
+        }
+        for (user, devices) in added {
+            chat.members.insert(
+                user.clone(),
+                Member {
+                    admin: false,
+                    devices,
+                },
+            );
+            plan.membership.push(MembershipOp {
+                chat_id: req.chat_id.clone(),
+                user_id: user.clone(),
+                add: true,
+            });
+        }
+        for user in &change.remove {
+            chat.members.remove(user);
+            plan.membership.push(MembershipOp {
+                chat_id: req.chat_id.clone(),
+                user_id: user.clone(),
+                add: false,
+            });
         }
         plan.outcomes.push(SendOutcome::Committed {
             seq,
@@ -116,11 +198,85 @@ pub fn plan_sends(
             recipients: Vec::new(),
         });
     }
-    plan.heads = heads
+    plan.heads = state
         .into_iter()
-        .map(|(chat, (seq, ts))| (chat, seq, ts))
+        .filter(|(id, (chat, _))| chats.get(id).is_some_and(|c| c.last_seq != chat.last_seq))
+        .map(|(chat_id, (chat, last_ts))| Head {
+            chat_id,
+            last_seq: chat.last_seq,
+            last_ts,
+            mls_epoch: chat.mls_epoch,
+        })
         .collect();
     plan
+}
+
+/// Why the hub refuses a send, if it does.
+fn check_send(
+    req: &SendRequest,
+    chat: &ChatState,
+    users: &HashMap<UserId, Vec<DeviceId>>,
+    max_members: usize,
+) -> Option<SendOutcome> {
+    let Some(sender) = chat.members.get(&req.sender) else {
+        return Some(SendOutcome::NotMember);
+    };
+    if let Some(mls) = req.mls {
+        let current = chat.mls_epoch;
+        let ok = match mls.kind {
+            MlsKind::Commit | MlsKind::Proposal => mls.epoch == current,
+            MlsKind::Application => {
+                mls.epoch <= current && mls.epoch >= current.saturating_sub(PAST_EPOCHS)
+            }
+        };
+        if !ok {
+            return Some(SendOutcome::WrongEpoch { current });
+        }
+    }
+    let Some(change) = &req.membership else {
+        return None;
+    };
+    if req.mls.map(|m| m.kind) != Some(MlsKind::Commit) {
+        return Some(SendOutcome::Refused(
+            "a membership change travels with the MLS commit that makes it".into(),
+        ));
+    }
+    if chat.kind == ChatKind::Direct {
+        return Some(SendOutcome::Refused(
+            "a 1:1 chat's members are fixed".into(),
+        ));
+    }
+    let only_self_removal = change.add.is_empty() && change.remove == [req.sender.clone()];
+    if !sender.admin && !only_self_removal {
+        return Some(SendOutcome::Refused(
+            "only admins add or remove members".into(),
+        ));
+    }
+    for user in &change.add {
+        if !users.contains_key(user) {
+            return Some(SendOutcome::UnknownUser(user.clone()));
+        }
+        if chat.members.contains_key(user) {
+            return Some(SendOutcome::Refused(format!("{user} is already a member")));
+        }
+    }
+    for user in &change.remove {
+        if !chat.members.contains_key(user) {
+            return Some(SendOutcome::Refused(format!("{user} is not a member")));
+        }
+    }
+    let unique_adds: std::collections::BTreeSet<_> = change.add.iter().collect();
+    if unique_adds.len() != change.add.len() {
+        return Some(SendOutcome::Refused("a user is added twice".into()));
+    }
+    if chat.members.len() + change.add.len() - change.remove.len().min(chat.members.len())
+        > max_members
+    {
+        return Some(SendOutcome::Refused(format!(
+            "a chat has at most {max_members} members"
+        )));
+    }
+    None
 }
 
 impl SendPlan {
@@ -245,16 +401,36 @@ mod tests {
             client_msg_id: id.into(),
             payload: vec![1],
             ts,
+            mls: None,
+            membership: None,
         }
     }
     fn chat(last: i64, members: &[(&str, &[&str])]) -> ChatState {
         ChatState {
+            kind: ChatKind::Group,
             last_seq: last,
+            mls_epoch: 0,
             members: members
                 .iter()
-                .map(|(m, ds)| (u(m), ds.iter().map(|x| d(x)).collect()))
+                .enumerate()
+                .map(|(i, (m, ds))| {
+                    (
+                        u(m),
+                        Member {
+                            admin: i == 0,
+                            devices: ds.iter().map(|x| d(x)).collect(),
+                        },
+                    )
+                })
                 .collect(),
         }
+    }
+    fn plan(batch: &[SendRequest], chats: &HashMap<ChatId, ChatState>) -> SendPlan {
+        let users = HashMap::from([(u("dave"), vec![d("D1"), d("D2")])]);
+        plan_sends(batch, &HashMap::new(), chats, &users, 4)
+    }
+    fn mls(kind: MlsKind, epoch: u64) -> Option<MlsMeta> {
+        Some(MlsMeta { kind, epoch })
     }
 
     #[test]
@@ -271,9 +447,14 @@ mod tests {
             req("b", "alice", "A1", "m2", 11),
             req("a", "bob", "B1", "m3", 12),
         ];
-        let plan = plan_sends(&batch, &HashMap::new(), &chats);
+        let plan = plan(&batch, &chats);
         assert_eq!(plan.events, vec![(0, 6), (1, 1), (2, 7)]);
-        assert_eq!(plan.heads, vec![(c("a"), 7, 12), (c("b"), 1, 11)]);
+        let heads: Vec<_> = plan
+            .heads
+            .iter()
+            .map(|h| (h.chat_id.clone(), h.last_seq, h.last_ts))
+            .collect();
+        assert_eq!(heads, vec![(c("a"), 7, 12), (c("b"), 1, 11)]);
         let targets: Vec<_> = plan
             .inbox
             .iter()
@@ -297,7 +478,7 @@ mod tests {
             req("zz", "alice", "A1", "x", 13),
             req("a", "eve", "E1", "y", 14),
         ];
-        let plan = plan_sends(&batch, &existing, &chats);
+        let plan = plan_sends(&batch, &existing, &chats, &HashMap::new(), 10);
         let outcomes = plan.finish(&batch, [(100, d("B1"), c("a"), 2)]);
         assert_eq!(
             outcomes,
@@ -313,6 +494,122 @@ mod tests {
                 SendOutcome::NotMember,
             ]
         );
+    }
+
+    #[test]
+    fn one_commit_per_epoch_and_recent_application_messages() {
+        let mut group = chat(0, &[("alice", &["A1"]), ("bob", &["B1"])]);
+        group.mls_epoch = 5;
+        let chats = HashMap::from([(c("g"), group)]);
+        let with = |mut r: SendRequest, m| {
+            r.mls = m;
+            r
+        };
+        let batch = [
+            with(req("g", "alice", "A1", "c1", 1), mls(MlsKind::Commit, 5)),
+            // Bob committed in the same epoch: stale once Alice's commit is in.
+            with(req("g", "bob", "B1", "c2", 2), mls(MlsKind::Commit, 5)),
+            with(req("g", "bob", "B1", "c3", 3), mls(MlsKind::Commit, 6)),
+            with(
+                req("g", "alice", "A1", "a1", 4),
+                mls(MlsKind::Application, 7),
+            ),
+            with(
+                req("g", "alice", "A1", "a2", 5),
+                mls(MlsKind::Application, 4),
+            ),
+            with(
+                req("g", "alice", "A1", "a3", 6),
+                mls(MlsKind::Application, 3),
+            ),
+            with(
+                req("g", "alice", "A1", "a4", 7),
+                mls(MlsKind::Application, 8),
+            ),
+            with(req("g", "alice", "A1", "p1", 8), mls(MlsKind::Proposal, 6)),
+        ];
+        let p = plan(&batch, &chats);
+        let kinds: Vec<_> = p
+            .outcomes
+            .iter()
+            .map(|o| match o {
+                SendOutcome::Committed { seq, .. } => format!("ok{seq}"),
+                SendOutcome::WrongEpoch { current } => format!("wrong{current}"),
+                other => format!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                "ok1", "wrong6", "ok2", "ok3", "ok4", "wrong7", "wrong7", "wrong7"
+            ]
+        );
+        assert_eq!(p.heads[0].mls_epoch, 7);
+    }
+
+    #[test]
+    fn membership_changes_need_an_admin_commit_and_fan_out_to_joiners() {
+        let chats = HashMap::from([(
+            c("g"),
+            chat(
+                0,
+                &[("alice", &["A1"]), ("bob", &["B1"]), ("carol", &["C1"])],
+            ),
+        )]);
+        let change = |r: SendRequest, add: &[&str], remove: &[&str]| SendRequest {
+            mls: mls(MlsKind::Commit, 0),
+            membership: Some(MembershipChange {
+                add: add.iter().map(|x| u(x)).collect(),
+                remove: remove.iter().map(|x| u(x)).collect(),
+            }),
+            ..r
+        };
+        // A non-admin may not add; an unknown user cannot be added.
+        let p = plan(
+            &[change(req("g", "bob", "B1", "x", 1), &["dave"], &[])],
+            &chats,
+        );
+        assert!(matches!(p.outcomes[0], SendOutcome::Refused(_)));
+        let p = plan(
+            &[change(req("g", "alice", "A1", "x", 1), &["zed"], &[])],
+            &chats,
+        );
+        assert_eq!(p.outcomes[0], SendOutcome::UnknownUser(u("zed")));
+        // Too many members (limit 4).
+        let mut big = change(req("g", "alice", "A1", "x", 1), &["dave"], &[]);
+        big.membership = Some(MembershipChange {
+            add: vec![u("dave"), u("erin")],
+            remove: vec![],
+        });
+        let users = HashMap::from([(u("dave"), vec![]), (u("erin"), vec![])]);
+        let p = plan_sends(&[big], &HashMap::new(), &chats, &users, 4);
+        assert!(matches!(p.outcomes[0], SendOutcome::Refused(_)));
+
+        // Alice adds dave and removes carol: dave's devices get the commit; carol gets it
+        // too (she learns she is out) but nothing after; her later send is refused.
+        let batch = [
+            change(req("g", "alice", "A1", "c1", 1), &["dave"], &["carol"]),
+            req("g", "alice", "A1", "m1", 2),
+            req("g", "carol", "C1", "m2", 3),
+        ];
+        let p = plan(&batch, &chats);
+        let to = |seq| -> Vec<&str> {
+            p.inbox
+                .iter()
+                .filter(|r| r.seq == seq)
+                .map(|r| r.device_id.as_str())
+                .collect()
+        };
+        assert_eq!(to(1), ["B1", "C1", "D1", "D2"]);
+        assert_eq!(to(2), ["B1", "D1", "D2"]);
+        assert_eq!(p.outcomes[2], SendOutcome::NotMember);
+        assert_eq!(p.membership.len(), 2);
+        // Anyone may remove themselves.
+        let p = plan(
+            &[change(req("g", "bob", "B1", "x", 1), &[], &["bob"])],
+            &chats,
+        );
+        assert!(matches!(p.outcomes[0], SendOutcome::Committed { .. }));
     }
 
     #[test]

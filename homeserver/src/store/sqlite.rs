@@ -16,9 +16,10 @@ use sqlx::{Row, Sqlite, SqlitePool, Transaction};
 
 use super::plan::{self, AckedRow, ChatState, ReceiptRow, SendOutcome};
 use super::{
-    AckRequest, ChatListRow, ClaimedKeyPackage, DeviceRow, INBOX_RECEIPT, InboxItem,
+    AckRequest, ChatInfo, ChatListRow, ClaimedKeyPackage, DeviceRow, INBOX_RECEIPT, InboxItem,
     KeyPackageCount, NewChat, NewDevice, NewUser, Purged, ReceiptNotice, Result, SendRequest,
-    Store, StoreError, id, kind_from_i16, kind_to_i16,
+    Store, StoreError, epoch_i64, id, kind_from_i16, kind_to_i16, membership_from_json,
+    membership_to_json, mls_from_columns, mls_kind_to_i16,
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -171,6 +172,8 @@ fn event_from_row(r: &SqliteRow) -> Result<ChatEvent> {
         client_msg_id: r.get("client_msg_id"),
         ts: r.get("ts"),
         payload: Payload(r.get("payload")),
+        mls: mls_from_columns(r.get("mls_kind"), r.get("mls_epoch"))?,
+        membership: membership_from_json(r.get("membership"))?,
     })
 }
 
@@ -300,23 +303,25 @@ impl Store for SqliteStore {
             }
         }
         sqlx::query(
-            "INSERT INTO chats (chat_id, kind, direct_key, created_by, created_at, last_ts)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?5)",
+            "INSERT INTO chats (chat_id, kind, direct_key, created_by, created_at, last_ts, name)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?5, ?6)",
         )
         .bind(chat.chat_id.as_str())
         .bind(kind_to_i16(chat.kind))
         .bind(&chat.direct_key)
         .bind(chat.created_by.as_str())
         .bind(chat.created_at)
+        .bind(&chat.name)
         .execute(&mut *tx)
         .await?;
         for member in &chat.members {
             sqlx::query(
-                "INSERT INTO chat_members (chat_id, user_id, joined_at) VALUES (?1, ?2, ?3)",
+                "INSERT INTO chat_members (chat_id, user_id, joined_at, admin) VALUES (?1, ?2, ?3, ?4)",
             )
             .bind(chat.chat_id.as_str())
             .bind(member.as_str())
             .bind(chat.created_at)
+            .bind(*member == chat.created_by)
             .execute(&mut *tx)
             .await?;
         }
@@ -347,7 +352,7 @@ impl Store for SqliteStore {
 
     async fn list_chats(&self, user_id: &UserId) -> Result<Vec<ChatListRow>> {
         let rows = sqlx::query(
-            "SELECT c.chat_id, c.kind, c.last_seq, c.last_ts, c.created_at, m.read_seq,
+            "SELECT c.chat_id, c.kind, c.name, c.last_seq, c.last_ts, c.created_at, m.read_seq,
                     (SELECT json_group_array(user_id) FROM (SELECT o.user_id FROM chat_members o
                       WHERE o.chat_id = c.chat_id AND o.left_at IS NULL ORDER BY o.user_id)) AS members,
                     (SELECT count(*) FROM events e
@@ -366,6 +371,7 @@ impl Store for SqliteStore {
                 Ok(ChatListRow {
                     chat_id: id(r.get("chat_id"))?,
                     kind: kind_from_i16(r.get("kind"))?,
+                    name: r.get("name"),
                     members: members.into_iter().map(id).collect::<Result<_>>()?,
                     last_seq: r.get("last_seq"),
                     last_ts: r.get("last_ts"),
@@ -390,12 +396,17 @@ impl Store for SqliteStore {
         Ok(n == 1)
     }
 
-    async fn commit_sends(&self, batch: &[SendRequest]) -> Result<Vec<SendOutcome>> {
+    async fn commit_sends(
+        &self,
+        batch: &[SendRequest],
+        max_members: usize,
+    ) -> Result<Vec<SendOutcome>> {
         let mut tx = self.write_tx().await?;
         let chat_ids: BTreeSet<&str> = batch.iter().map(|r| r.chat_id.as_str()).collect();
         let mut chats: HashMap<ChatId, ChatState> = HashMap::new();
         let heads = sqlx::query(
-            "SELECT chat_id, last_seq FROM chats WHERE chat_id IN (SELECT value FROM json_each(?1))",
+            "SELECT chat_id, kind, last_seq, mls_epoch FROM chats
+             WHERE chat_id IN (SELECT value FROM json_each(?1))",
         )
         .bind(json_list(&chat_ids))
         .fetch_all(&mut *tx)
@@ -404,13 +415,15 @@ impl Store for SqliteStore {
             chats.insert(
                 id(r.get("chat_id"))?,
                 ChatState {
+                    kind: kind_from_i16(r.get("kind"))?,
                     last_seq: r.get("last_seq"),
+                    mls_epoch: u64::try_from(r.get::<i64, _>("mls_epoch")).unwrap_or_default(),
                     members: BTreeMap::new(),
                 },
             );
         }
         let members = sqlx::query(
-            "SELECT m.chat_id, m.user_id, d.device_id FROM chat_members m
+            "SELECT m.chat_id, m.user_id, m.admin, d.device_id FROM chat_members m
              LEFT JOIN devices d ON d.user_id = m.user_id
              WHERE m.chat_id IN (SELECT value FROM json_each(?1)) AND m.left_at IS NULL",
         )
@@ -422,9 +435,33 @@ impl Store for SqliteStore {
             let Some(state) = chats.get_mut(&chat) else {
                 continue;
             };
-            let devices = state.members.entry(id(r.get("user_id"))?).or_default();
+            let member = state.members.entry(id(r.get("user_id"))?).or_default();
+            member.admin = r.get("admin");
             if let Some(d) = r.get::<Option<String>, _>("device_id") {
-                devices.push(id(d)?);
+                member.devices.push(id(d)?);
+            }
+        }
+        // Users that membership changes add: they must exist; their devices get the commit.
+        let adds: BTreeSet<String> = batch
+            .iter()
+            .filter_map(|r| r.membership.as_ref())
+            .flat_map(|m| m.add.iter().map(|u| u.to_string()))
+            .collect();
+        let mut users: HashMap<UserId, Vec<DeviceId>> = HashMap::new();
+        if !adds.is_empty() {
+            let rows = sqlx::query(
+                "SELECT u.user_id, d.device_id FROM users u
+                 LEFT JOIN devices d ON d.user_id = u.user_id
+                 WHERE u.user_id IN (SELECT value FROM json_each(?1))",
+            )
+            .bind(json_list(&adds))
+            .fetch_all(&mut *tx)
+            .await?;
+            for r in rows {
+                let devices = users.entry(id(r.get("user_id"))?).or_default();
+                if let Some(d) = r.get::<Option<String>, _>("device_id") {
+                    devices.push(id(d)?);
+                }
             }
         }
         let mut existing = HashMap::new();
@@ -442,20 +479,40 @@ impl Store for SqliteStore {
             }
         }
 
-        let plan = plan::plan_sends(batch, &existing, &chats);
-        for (chat, seq, ts) in &plan.heads {
-            sqlx::query("UPDATE chats SET last_seq = ?2, last_ts = ?3 WHERE chat_id = ?1")
-                .bind(chat.as_str())
-                .bind(seq)
-                .bind(ts)
+        let plan = plan::plan_sends(batch, &existing, &chats, &users, max_members);
+        for head in &plan.heads {
+            sqlx::query(
+                "UPDATE chats SET last_seq = ?2, last_ts = ?3, mls_epoch = ?4 WHERE chat_id = ?1",
+            )
+            .bind(head.chat_id.as_str())
+            .bind(head.last_seq)
+            .bind(head.last_ts)
+            .bind(epoch_i64(head.mls_epoch))
+            .execute(&mut *tx)
+            .await?;
+        }
+        let now = batch.iter().map(|r| r.ts).max().unwrap_or_default();
+        for op in &plan.membership {
+            let sql = if op.add {
+                "INSERT INTO chat_members (chat_id, user_id, joined_at) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (chat_id, user_id) DO UPDATE
+                    SET left_at = NULL, joined_at = EXCLUDED.joined_at, admin = FALSE"
+            } else {
+                "UPDATE chat_members SET left_at = ?3, admin = FALSE WHERE chat_id = ?1 AND user_id = ?2"
+            };
+            sqlx::query(sql)
+                .bind(op.chat_id.as_str())
+                .bind(op.user_id.as_str())
+                .bind(now)
                 .execute(&mut *tx)
                 .await?;
         }
         for (i, seq) in &plan.events {
             let r = &batch[*i];
             sqlx::query(
-                "INSERT INTO events (chat_id, seq, sender, sender_device, client_msg_id, ts, payload)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                "INSERT INTO events (chat_id, seq, sender, sender_device, client_msg_id, ts, payload,
+                                     mls_kind, mls_epoch, membership)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
             )
             .bind(r.chat_id.as_str())
             .bind(seq)
@@ -464,6 +521,9 @@ impl Store for SqliteStore {
             .bind(&r.client_msg_id)
             .bind(r.ts)
             .bind(&r.payload)
+            .bind(r.mls.map(|m| mls_kind_to_i16(m.kind)))
+            .bind(r.mls.map(|m| epoch_i64(m.epoch)))
+            .bind(membership_to_json(&r.membership))
             .execute(&mut *tx)
             .await?;
         }
@@ -489,7 +549,8 @@ impl Store for SqliteStore {
 
     async fn history(&self, chat_id: &ChatId, after: i64, limit: u32) -> Result<Vec<ChatEvent>> {
         let rows = sqlx::query(
-            "SELECT chat_id, seq, sender, sender_device, client_msg_id, ts, payload FROM events
+            "SELECT chat_id, seq, sender, sender_device, client_msg_id, ts, payload, mls_kind,
+                    mls_epoch, membership FROM events
              WHERE chat_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
         )
         .bind(chat_id.as_str())
@@ -508,7 +569,8 @@ impl Store for SqliteStore {
     ) -> Result<Vec<InboxItem>> {
         let rows = sqlx::query(
             "SELECT i.id, i.kind, i.chat_id, i.seq, i.sender, i.delivered_seq, i.read_seq,
-                    e.sender_device, e.client_msg_id, e.ts, e.payload
+                    e.sender_device, e.client_msg_id, e.ts, e.payload, e.mls_kind, e.mls_epoch,
+                    e.membership
              FROM inbox i
              LEFT JOIN events e ON i.kind = 0 AND e.chat_id = i.chat_id AND e.seq = i.seq
              WHERE i.device_id = ?1 AND i.id > ?2 ORDER BY i.id LIMIT ?3",
@@ -551,6 +613,8 @@ impl Store for SqliteStore {
                         .unwrap_or_default(),
                     ts: r.get::<Option<i64>, _>("ts").unwrap_or_default(),
                     payload: Payload(payload),
+                    mls: mls_from_columns(r.get("mls_kind"), r.get("mls_epoch"))?,
+                    membership: membership_from_json(r.get("membership"))?,
                 },
             });
         }
@@ -705,6 +769,53 @@ impl Store for SqliteStore {
             .rows_affected();
         tx.commit().await?;
         Ok(Purged { inbox_rows, events })
+    }
+
+    async fn chat_info(&self, chat_id: &ChatId) -> Result<Option<ChatInfo>> {
+        let Some(chat) = sqlx::query("SELECT kind, name, mls_epoch FROM chats WHERE chat_id = ?1")
+            .bind(chat_id.as_str())
+            .fetch_optional(&self.pool)
+            .await?
+        else {
+            return Ok(None);
+        };
+        let members = sqlx::query(
+            "SELECT user_id, admin FROM chat_members WHERE chat_id = ?1 AND left_at IS NULL ORDER BY user_id",
+        )
+        .bind(chat_id.as_str())
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(Some(ChatInfo {
+            kind: kind_from_i16(chat.get("kind"))?,
+            name: chat.get("name"),
+            mls_epoch: u64::try_from(chat.get::<i64, _>("mls_epoch")).unwrap_or_default(),
+            members: members
+                .iter()
+                .map(|r| Ok((id(r.get("user_id"))?, r.get("admin"))))
+                .collect::<Result<_>>()?,
+        }))
+    }
+
+    async fn rename_chat(&self, chat_id: &ChatId, name: &str) -> Result<()> {
+        sqlx::query("UPDATE chats SET name = ?2 WHERE chat_id = ?1")
+            .bind(chat_id.as_str())
+            .bind(name)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn set_admin(&self, chat_id: &ChatId, user_id: &UserId, admin: bool) -> Result<bool> {
+        let n = sqlx::query(
+            "UPDATE chat_members SET admin = ?3 WHERE chat_id = ?1 AND user_id = ?2 AND left_at IS NULL",
+        )
+        .bind(chat_id.as_str())
+        .bind(user_id.as_str())
+        .bind(admin)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(n == 1)
     }
 
     async fn upload_key_packages(

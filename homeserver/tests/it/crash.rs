@@ -30,6 +30,8 @@ async fn acknowledged_events_survive_kill_9(backend: Backend) -> Result<()> {
                 chat_id: chat.clone(),
                 client_msg_id: format!("c{next}"),
                 payload: format!("payload {next}").into_bytes().into(),
+                mls: None,
+                membership: None,
             })
             .await?;
             in_flight += 1;

@@ -99,6 +99,8 @@ async fn replay_and_live_overlap_without_gap_or_duplicate(backend: Backend) -> R
                 chat_id: chat.clone(),
                 client_msg_id: format!("m{i}"),
                 payload: format!("p{i}").into_bytes().into(),
+                mls: None,
+                membership: None,
             })
             .await?;
     }
@@ -109,6 +111,8 @@ async fn replay_and_live_overlap_without_gap_or_duplicate(backend: Backend) -> R
                 chat_id: chat.clone(),
                 client_msg_id: format!("m{i}"),
                 payload: format!("p{i}").into_bytes().into(),
+                mls: None,
+                membership: None,
             })
             .await?;
     }
@@ -166,6 +170,8 @@ async fn every_device_of_both_users_gets_the_event(backend: Backend) -> Result<(
             chat_id: chat.clone(),
             client_msg_id: "x1".into(),
             payload: b"hello".to_vec().into(),
+            mls: None,
+            membership: None,
         })
         .await?;
     match ws_a1.next().await? {

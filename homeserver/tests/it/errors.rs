@@ -309,6 +309,7 @@ async fn bad_socket_frames_get_error_frames(backend: Backend) -> Result<()> {
                 code: c,
                 message,
                 client_msg_id,
+                ..
             } => {
                 ensure!(
                     c.as_str() == code && !message.is_empty() && client_msg_id.as_deref() == id,

@@ -10,5 +10,6 @@ mod accounts;
 mod crash;
 mod delivery;
 mod errors;
+mod groups;
 mod keys;
 mod store_suite;

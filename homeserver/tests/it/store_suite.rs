@@ -85,6 +85,7 @@ async fn chat<S: Store>(s: &S, id: &str, members: &[&str]) -> Result<ChatId> {
             direct_key: (members.len() == 2).then(|| format!("{id}-key")),
             created_by: u(members[0]),
             members: members.iter().map(|m| u(m)).collect(),
+            name: None,
             created_at: 5,
         })
         .await?;
@@ -100,6 +101,8 @@ fn send(chat: &ChatId, user: &str, dev: &str, id: &str) -> SendRequest {
         client_msg_id: id.into(),
         payload: id.as_bytes().to_vec(),
         ts: 100,
+        mls: None,
+        membership: None,
     }
 }
 
@@ -142,6 +145,7 @@ async fn sends_are_sequenced_deduplicated_and_fanned_out<S: Store>(s: S) -> Resu
             direct_key: Some("c1-key".into()),
             created_by: u("bob"),
             members: vec![u("bob"), u("alice")],
+            name: None,
             created_at: 6,
         })
         .await?;
@@ -153,7 +157,7 @@ async fn sends_are_sequenced_deduplicated_and_fanned_out<S: Store>(s: S) -> Resu
         send(&c, "alice", "A1", "m1"),
         send(&c, "eve", "E1", "m3"),
     ];
-    let out = s.commit_sends(&batch).await?;
+    let out = s.commit_sends(&batch, 1024).await?;
     let SendOutcome::Committed {
         seq: 1, recipients, ..
     } = &out[0]
@@ -165,7 +169,9 @@ async fn sends_are_sequenced_deduplicated_and_fanned_out<S: Store>(s: S) -> Resu
     ensure!(matches!(out[1], SendOutcome::Committed { seq: 2, .. }));
     ensure!(matches!(out[2], SendOutcome::Duplicate { seq: 1, .. }));
     ensure!(out[3] == SendOutcome::NotMember);
-    let out = s.commit_sends(&[send(&c, "alice", "A1", "m1")]).await?;
+    let out = s
+        .commit_sends(&[send(&c, "alice", "A1", "m1")], 1024)
+        .await?;
     ensure!(matches!(out[0], SendOutcome::Duplicate { seq: 1, ts: 100 }));
 
     let inbox = s.inbox_page(&d("B1"), 0, 10).await?;
@@ -208,7 +214,7 @@ async fn concurrent_batches_stay_gap_free<S: Store + Clone>(s: S) -> Result<()> 
                 let batch: Vec<_> = (0..5)
                     .map(|i| send(&c, "alice", "A1", &format!("t{t}b{b}i{i}")))
                     .collect();
-                for o in s.commit_sends(&batch).await? {
+                for o in s.commit_sends(&batch, 1024).await? {
                     if let SendOutcome::Committed { seq, .. } = o {
                         seqs.push(seq);
                     }
@@ -230,8 +236,11 @@ async fn concurrent_batches_stay_gap_free<S: Store + Clone>(s: S) -> Result<()> 
 async fn acks_raise_receipts_once_and_notify_senders<S: Store>(s: S) -> Result<()> {
     setup(&s, &[("alice", &["A1", "A2"]), ("bob", &["B1"])]).await?;
     let c = chat(&s, "c1", &["alice", "bob"]).await?;
-    s.commit_sends(&[send(&c, "alice", "A1", "m1"), send(&c, "alice", "A1", "m2")])
-        .await?;
+    s.commit_sends(
+        &[send(&c, "alice", "A1", "m1"), send(&c, "alice", "A1", "m2")],
+        1024,
+    )
+    .await?;
     let ids: Vec<i64> = s
         .inbox_page(&d("B1"), 0, 10)
         .await?
@@ -304,10 +313,11 @@ async fn acks_raise_receipts_once_and_notify_senders<S: Store>(s: S) -> Result<(
 async fn retention_purges_old_rows<S: Store>(s: S) -> Result<()> {
     setup(&s, &[("alice", &["A1"]), ("bob", &["B1"])]).await?;
     let c = chat(&s, "c1", &["alice", "bob"]).await?;
-    s.commit_sends(&[send(&c, "alice", "A1", "old")]).await?;
+    s.commit_sends(&[send(&c, "alice", "A1", "old")], 1024)
+        .await?;
     let mut newer = send(&c, "alice", "A1", "new");
     newer.ts = 10_000;
-    s.commit_sends(&[newer]).await?;
+    s.commit_sends(&[newer], 1024).await?;
     let purged = s.purge_expired(5_000).await?;
     ensure!(purged.events == 1 && purged.inbox_rows == 1, "{purged:?}");
     ensure!(s.inbox_page(&d("B1"), 0, 10).await?.len() == 1);
