@@ -2,6 +2,7 @@
 
 mod envelope;
 mod groups;
+mod interop;
 mod media;
 mod persistence;
 mod support;
