@@ -61,12 +61,27 @@ fn cpu_ticks_of(path: &str) -> Option<(String, u64)> {
     parse_stat(&text).map(|(comm, t)| (comm.to_owned(), t))
 }
 
-/// CPU ticks used so far by the server, by every `postgres` process, and by this process.
+/// Busy (not idle, not waiting for I/O) CPU ticks of the whole machine, from the first
+/// line of `/proc/stat`: `cpu user nice system idle iowait irq softirq steal …`.
+fn parse_machine_busy(stat: &str) -> Option<u64> {
+    let line = stat.lines().next()?.strip_prefix("cpu ")?;
+    let fields: Vec<u64> = line
+        .split_whitespace()
+        .take(8)
+        .map(|f| f.parse().ok())
+        .collect::<Option<_>>()?;
+    let total: u64 = fields.iter().sum();
+    Some(total - fields.get(3)? - fields.get(4)?)
+}
+
+/// CPU ticks used so far by the server, by every `postgres` process, by this process,
+/// and by the whole machine.
 #[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct CpuSample {
     pub(crate) server: Option<u64>,
     pub(crate) postgres: u64,
     pub(crate) bench: u64,
+    pub(crate) machine: u64,
 }
 
 impl CpuSample {
@@ -88,10 +103,15 @@ impl CpuSample {
                 }
             }
         }
+        let machine = std::fs::read_to_string("/proc/stat")
+            .ok()
+            .and_then(|s| parse_machine_busy(&s))
+            .unwrap_or(0);
         Self {
             server: server.map(|(_, t)| t),
             postgres,
             bench,
+            machine,
         }
     }
 }
@@ -102,6 +122,9 @@ pub(crate) struct CpuPercent {
     pub(crate) server: Option<f64>,
     pub(crate) postgres: f64,
     pub(crate) bench: f64,
+    /// Everything else on the machine (the kernel's own work included): a run with much
+    /// here shared the cores with something else and is not a clean figure.
+    pub(crate) other: f64,
 }
 
 impl CpuPercent {
@@ -113,6 +136,11 @@ impl CpuPercent {
             // Postgres backends come and go; a negative difference means some exited.
             postgres: pct(a.postgres, b.postgres),
             bench: pct(a.bench, b.bench),
+            other: (pct(a.machine, b.machine)
+                - pct(a.server.unwrap_or(0), b.server.unwrap_or(0))
+                - pct(a.postgres, b.postgres)
+                - pct(a.bench, b.bench))
+            .max(0.0),
         }
     }
 }
@@ -136,19 +164,27 @@ mod tests {
         let stat = "4242 (tokio (rt) x) S 1 4242 4242 0 -1 4194560 1000 0 0 0 250 75 0 0 20 0 4 0";
         assert_eq!(parse_stat(stat), Some(("tokio (rt) x", 325)));
         assert_eq!(parse_stat("1 (x) S 1"), None);
+        assert_eq!(
+            parse_machine_busy("cpu  100 5 50 1000 20 1 2 3 0 0\ncpu0 1 2 3 4\n"),
+            Some(161)
+        );
+        assert_eq!(parse_machine_busy("intr 1 2\n"), None);
         let a = CpuSample {
             server: Some(100),
             postgres: 50,
             bench: 0,
+            machine: 1000,
         };
         let b = CpuSample {
             server: Some(300),
             postgres: 150,
             bench: 100,
+            machine: 1500,
         };
         let p = CpuPercent::between(a, b, Duration::from_secs(2), 100);
         assert_eq!(p.server, Some(100.0));
         assert_eq!(p.postgres, 50.0);
         assert_eq!(p.bench, 50.0);
+        assert_eq!(p.other, 50.0);
     }
 }

@@ -28,6 +28,8 @@ pub(crate) struct RunReport {
     pub(crate) e2e: LatencySummary,
     /// send → `sent` ack (✓ sent), for sends in the window.
     pub(crate) sent_ack: LatencySummary,
+    /// Server VmRSS before this run's sockets connected.
+    pub(crate) server_rss_before_mib: Option<f64>,
     /// Server VmRSS at the end of the window, peak VmRSS sampled during the window (every
     /// 100 ms), and VmHWM (the kernel's peak since the server started).
     pub(crate) server_rss_mib: Option<f64>,
@@ -58,7 +60,7 @@ const HEADER: [&str; 12] = [
     "sent p50",
     "sent p99",
     "RSS MiB now/peak",
-    "CPU% srv/pg/bench",
+    "CPU% srv/pg/bench/other",
     "errors",
 ];
 
@@ -71,12 +73,13 @@ impl RunReport {
         };
         let mib = |m: Option<f64>| m.map_or("?".into(), |m| format!("{m:.0}"));
         let cpu = format!(
-            "{}/{:.0}/{:.0}",
+            "{}/{:.0}/{:.0}/{:.0}",
             self.cpu_percent
                 .server
                 .map_or("?".into(), |s| format!("{s:.0}")),
             self.cpu_percent.postgres,
-            self.cpu_percent.bench
+            self.cpu_percent.bench,
+            self.cpu_percent.other
         );
         [
             self.backend.clone(),
@@ -105,7 +108,7 @@ fn ms(v: f64) -> String {
     }
 }
 
-const WIDTHS: [usize; 12] = [8, 5, 7, 8, 9, 9, 9, 9, 9, 16, 17, 6];
+const WIDTHS: [usize; 12] = [8, 5, 7, 8, 9, 9, 9, 9, 9, 16, 23, 6];
 
 /// The table's header line.
 pub(crate) fn header() -> String {

@@ -53,6 +53,7 @@ pub(crate) async fn run(
 ) -> Result<RunReport> {
     let n = pairs.len();
     let ws_url = server.ws_url();
+    let mem_before = server.pid.and_then(procfs::memory);
     eprintln!("run {run_index}: connecting {} sockets", 2 * n);
     let sockets: Vec<(load::Ws, load::Ws)> = stream::iter(pairs)
         .map(|p| {
@@ -179,6 +180,7 @@ pub(crate) async fn run(
         sent_acks_per_s: c.acked_in_window.load(Relaxed) as f64 / secs,
         e2e: LatencySummary::of(&sh.e2e.lock().unwrap_or_else(|e| e.into_inner())),
         sent_ack: LatencySummary::of(&sh.sent.lock().unwrap_or_else(|e| e.into_inner())),
+        server_rss_before_mib: mem_before.map(|m| mib(m.rss_kib)),
         server_rss_mib: mem_end.map(|m| mib(m.rss_kib)),
         server_rss_sampled_peak_mib: rss_peak.map(mib),
         server_hwm_mib: mem_end.map(|m| mib(m.hwm_kib)),
