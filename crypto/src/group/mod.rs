@@ -560,8 +560,7 @@ impl Group {
                 }
                 other => EncryptError::Internal(other.to_string()),
             })?;
-        // openmls writes the advanced sender ratchet inside `create_message`;
-        // make sure the group itself is persisted too.
+        // openmls persists the advanced sender ratchet inside `create_message`.
         serialize(&msg).map_err(EncryptError::Internal)
     }
 
