@@ -8,6 +8,7 @@ pub mod clock;
 pub mod config;
 pub mod gateway;
 pub mod http;
+pub mod metrics;
 pub mod service;
 pub mod store;
 
@@ -42,7 +43,7 @@ pub async fn run(
         database = %config.database_url_redacted(),
         "store ready"
     );
-    let services = Services::start(config.clone(), store);
+    let services = Services::start(config.clone(), store, Arc::new(metrics::Metrics::new()));
     let cancel = CancellationToken::new();
     let state = AppState {
         services,

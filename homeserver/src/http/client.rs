@@ -13,7 +13,7 @@ use super::AppState;
 use super::error::ApiError;
 use super::extract::{ApiJson, ApiPath, ApiQuery, Auth};
 use crate::service::accounts::LoggedIn;
-use crate::store::ChatListRow;
+use crate::store::{ChatListRow, Store};
 
 type ApiResult<T> = Result<T, ApiError>;
 
@@ -305,4 +305,30 @@ pub async fn set_admin(
         .set_admin(&me.user_id, &chat_id, &req.user_id, req.admin)
         .await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// Ready when the database answers.
+pub async fn ready(State(st): State<AppState>) -> Response {
+    match st.services.store.stats().await {
+        Ok(_) => (StatusCode::OK, "ready").into_response(),
+        Err(e) => {
+            tracing::warn!(error = %e, "not ready");
+            (StatusCode::SERVICE_UNAVAILABLE, "database unavailable").into_response()
+        }
+    }
+}
+
+/// Prometheus text exposition.
+pub async fn metrics(State(st): State<AppState>) -> Response {
+    if let Ok(stats) = st.services.store.stats().await {
+        st.services.metrics.inbox_depth.set(stats.inbox_rows);
+    }
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        st.services.metrics.render(),
+    )
+        .into_response()
 }

@@ -15,6 +15,8 @@ use parley_client_api::ErrorCode;
 use parley_client_api::http::{accounts, chats, keys};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::TraceLayer;
 
 use crate::service::Services;
 use error::ApiError;
@@ -58,6 +60,8 @@ pub fn app(state: AppState) -> Router {
         .route(keys::user_devices::PATH, get(client::user_devices))
         .route(parley_client_api::ws::PATH, get(ws::upgrade))
         .route("/health", get(|| async { "ok" }))
+        .route("/ready", get(client::ready))
+        .route("/metrics", get(client::metrics))
         .fallback(|| async { ApiError::new(ErrorCode::NotFound, "no such endpoint") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(
@@ -66,5 +70,18 @@ pub fn app(state: AppState) -> Router {
             )
         })
         .layer(DefaultBodyLimit::max(body_limit))
+        .layer(
+            tower::ServiceBuilder::new()
+                .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+                .layer(TraceLayer::new_for_http().make_span_with(|req: &axum::http::Request<_>| {
+                    let id = req
+                        .headers()
+                        .get("x-request-id")
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("-");
+                    tracing::debug_span!("request", method = %req.method(), path = %req.uri().path(), request_id = %id)
+                }))
+                .layer(PropagateRequestIdLayer::x_request_id()),
+        )
         .with_state(state)
 }

@@ -90,6 +90,8 @@ async fn connection(st: AppState, me: Session, socket: WebSocket, _permit: Owned
     let Some(mut reg) = gateway.register(me.device_id.clone()).await else {
         return;
     };
+    let metrics = st.services.metrics.clone();
+    metrics.sockets.inc();
     tracing::debug!(user = %me.user_id, device = %me.device_id, "socket open");
     let device = me.device_id.clone();
     let mut conn = Conn {
@@ -120,6 +122,7 @@ async fn connection(st: AppState, me: Session, socket: WebSocket, _permit: Owned
             })))
             .await;
     }
+    metrics.sockets.dec();
     tracing::debug!(%device, "socket closed");
 }
 

@@ -1,6 +1,7 @@
 //! Device inboxes: acknowledgements (batched, like sends), replay pages, receipts, and
 //! the janitor that enforces the retention limit.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use parley_client_api::ws::ServerFrame;
@@ -9,6 +10,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::clock::now_ms;
 use crate::gateway::{Gateway, Outbound};
+use crate::metrics::Metrics;
 use crate::store::{AckRequest, AnyStore, InboxItem, ReceiptNotice, Store};
 
 use super::ServiceError;
@@ -25,9 +27,20 @@ pub struct Inbox {
 }
 
 impl Inbox {
-    pub fn spawn(store: AnyStore, gateway: Gateway, max_batch: usize) -> Self {
+    pub fn spawn(
+        store: AnyStore,
+        gateway: Gateway,
+        max_batch: usize,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         let (acks, rx) = mpsc::channel(max_batch * 4);
-        tokio::spawn(run_ack_writer(store.clone(), gateway, rx, max_batch));
+        tokio::spawn(run_ack_writer(
+            store.clone(),
+            gateway,
+            rx,
+            max_batch,
+            metrics,
+        ));
         Self { store, acks }
     }
 
@@ -85,12 +98,18 @@ async fn run_ack_writer(
     gateway: Gateway,
     mut rx: mpsc::Receiver<AckJob>,
     max_batch: usize,
+    metrics: Arc<Metrics>,
 ) {
     let mut jobs = Vec::with_capacity(max_batch);
     while rx.recv_many(&mut jobs, max_batch).await > 0 {
         let batch: Vec<AckRequest> = jobs.iter().map(|j| j.ack.clone()).collect();
         match store.commit_acks(&batch, now_ms()).await {
-            Ok(notices) => push_receipts(&gateway, notices).await,
+            Ok(notices) => {
+                metrics
+                    .acks
+                    .inc_by(batch.iter().map(|a| a.ids.len() as u64).sum());
+                push_receipts(&gateway, notices).await;
+            }
             // Unacknowledged items stay in the inbox and are sent again on reconnect:
             // safe, only late.
             Err(e) => tracing::error!(error = %e, "committing acknowledgements failed"),

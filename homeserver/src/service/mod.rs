@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use crate::config::Config;
 use crate::gateway::Gateway;
+use crate::metrics::Metrics;
 use crate::store::{AnyStore, StoreError};
 
 /// What a service operation can fail with. Mapped to protocol errors in one place
@@ -57,11 +58,12 @@ pub struct Services {
     pub chats: chats::Chats,
     pub inbox: inbox::Inbox,
     pub keys: keys::Keys,
+    pub metrics: Arc<Metrics>,
 }
 
 impl Services {
     /// Starts the background tasks (writers, registry, janitor) and returns the handles.
-    pub fn start(config: Arc<Config>, store: AnyStore) -> Self {
+    pub fn start(config: Arc<Config>, store: AnyStore, metrics: Arc<Metrics>) -> Self {
         let gateway = Gateway::spawn(config.limits.socket_queue);
         let writers = match store {
             AnyStore::Sqlite(_) => 1,
@@ -73,8 +75,14 @@ impl Services {
             writers,
             config.limits.max_batch,
             config.limits.max_group_members,
+            metrics.clone(),
         );
-        let inbox = inbox::Inbox::spawn(store.clone(), gateway.clone(), config.limits.max_batch);
+        let inbox = inbox::Inbox::spawn(
+            store.clone(),
+            gateway.clone(),
+            config.limits.max_batch,
+            metrics.clone(),
+        );
         inbox::spawn_janitor(store.clone(), config.limits.retention_days);
         Self {
             accounts: accounts::Accounts::new(store.clone(), config.server_name.clone()),
@@ -84,6 +92,7 @@ impl Services {
             gateway,
             store,
             config,
+            metrics,
         }
     }
 }

@@ -15,6 +15,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::ServiceError;
 use crate::gateway::{Gateway, Outbound};
+use crate::metrics::Metrics;
 use crate::store::{AnyStore, SendOutcome, SendRequest, Store};
 
 struct Job {
@@ -35,6 +36,7 @@ impl Sequencer {
         writers: usize,
         max_batch: usize,
         max_members: usize,
+        metrics: Arc<Metrics>,
     ) -> Self {
         let shards: Vec<_> = (0..writers.max(1))
             .map(|_| {
@@ -45,6 +47,7 @@ impl Sequencer {
                     rx,
                     max_batch,
                     max_members,
+                    metrics.clone(),
                 ));
                 tx
             })
@@ -74,12 +77,25 @@ async fn run_writer(
     mut rx: mpsc::Receiver<Job>,
     max_batch: usize,
     max_members: usize,
+    metrics: Arc<Metrics>,
 ) {
     let mut jobs: Vec<Job> = Vec::with_capacity(max_batch);
     while rx.recv_many(&mut jobs, max_batch).await > 0 {
         let reqs: Vec<SendRequest> = jobs.iter().map(|j| j.req.clone()).collect();
+        let started = std::time::Instant::now();
         match store.commit_sends(&reqs, max_members).await {
             Ok(outcomes) => {
+                metrics
+                    .commit_seconds
+                    .observe(started.elapsed().as_secs_f64());
+                metrics.send_batches.inc();
+                for outcome in &outcomes {
+                    match outcome {
+                        SendOutcome::Committed { .. } => metrics.events_committed.inc(),
+                        SendOutcome::Duplicate { .. } => 0,
+                        _ => metrics.sends_refused.inc(),
+                    };
+                }
                 let mut deliveries = Vec::new();
                 for (req, outcome) in reqs.into_iter().zip(&outcomes) {
                     if let SendOutcome::Committed {

@@ -149,6 +149,15 @@ pub struct ReceiptNotice {
     pub receipt: Receipt,
 }
 
+/// Row counts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stats {
+    pub users: i64,
+    pub devices: i64,
+    pub chats: i64,
+    pub inbox_rows: i64,
+}
+
 /// What removing expired data removed.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Purged {
@@ -262,6 +271,8 @@ pub trait Store: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Option<(i64, Vec<Receipt>)>>> + Send;
     /// Deletes inbox rows and events older than `before` (ms).
     fn purge_expired(&self, before: i64) -> impl Future<Output = Result<Purged>> + Send;
+    /// Counts for metrics and the admin API.
+    fn stats(&self) -> impl Future<Output = Result<Stats>> + Send;
 
     // --- key packages ---------------------------------------------------------------
     /// Adds one-time KeyPackages and replaces the last-resort one, unless the device would
@@ -410,6 +421,9 @@ impl Store for AnyStore {
     }
     async fn purge_expired(&self, before: i64) -> Result<Purged> {
         dispatch!(self, s => s.purge_expired(before).await)
+    }
+    async fn stats(&self) -> Result<Stats> {
+        dispatch!(self, s => s.stats().await)
     }
     async fn upload_key_packages(
         &self,

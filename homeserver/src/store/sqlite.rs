@@ -18,7 +18,7 @@ use super::plan::{self, AckedRow, ChatState, ReceiptRow, SendOutcome};
 use super::{
     AckRequest, ChatInfo, ChatListRow, ClaimedKeyPackage, DeviceRow, INBOX_RECEIPT, InboxItem,
     KeyPackageCount, NewChat, NewDevice, NewUser, Purged, ReceiptNotice, Result, SendRequest,
-    Store, StoreError, epoch_i64, id, kind_from_i16, kind_to_i16, membership_from_json,
+    Stats, Store, StoreError, epoch_i64, id, kind_from_i16, kind_to_i16, membership_from_json,
     membership_to_json, mls_from_columns, mls_kind_to_i16,
 };
 
@@ -816,6 +816,21 @@ impl Store for SqliteStore {
         .await?
         .rows_affected();
         Ok(n == 1)
+    }
+
+    async fn stats(&self) -> Result<Stats> {
+        let row = sqlx::query(
+            "SELECT (SELECT count(*) FROM users) AS users, (SELECT count(*) FROM devices) AS devices,
+                    (SELECT count(*) FROM chats) AS chats, (SELECT count(*) FROM inbox) AS inbox_rows",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(Stats {
+            users: row.get("users"),
+            devices: row.get("devices"),
+            chats: row.get("chats"),
+            inbox_rows: row.get("inbox_rows"),
+        })
     }
 
     async fn upload_key_packages(

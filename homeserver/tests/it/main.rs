@@ -12,4 +12,5 @@ mod delivery;
 mod errors;
 mod groups;
 mod keys;
+mod observability;
 mod store_suite;
