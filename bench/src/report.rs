@@ -59,7 +59,7 @@ const HEADER: [&str; 12] = [
     "e2e p999",
     "sent p50",
     "sent p99",
-    "RSS MiB now/peak",
+    "RSS MiB pre/end/peak",
     "CPU% srv/pg/bench/other",
     "errors",
 ];
@@ -91,7 +91,12 @@ impl RunReport {
             ms(self.e2e.p999_ms),
             ms(self.sent_ack.p50_ms),
             ms(self.sent_ack.p99_ms),
-            format!("{}/{}", mib(self.server_rss_mib), mib(self.server_hwm_mib)),
+            format!(
+                "{}/{}/{}",
+                mib(self.server_rss_before_mib),
+                mib(self.server_rss_mib),
+                mib(self.server_hwm_mib)
+            ),
             cpu,
             (self.errors + self.lost + self.skipped).to_string(),
         ]
@@ -108,7 +113,7 @@ fn ms(v: f64) -> String {
     }
 }
 
-const WIDTHS: [usize; 12] = [8, 5, 7, 8, 9, 9, 9, 9, 9, 16, 23, 6];
+const WIDTHS: [usize; 12] = [8, 5, 7, 8, 9, 9, 9, 9, 9, 20, 23, 6];
 
 /// The table's header line.
 pub(crate) fn header() -> String {
