@@ -1,0 +1,293 @@
+//! Typed HTTP calls to the homeserver, one method per endpoint of `parley-client-api`.
+
+use std::time::Duration;
+
+use parley_client_api::http::accounts::{self, DeviceInfo, Session};
+use parley_client_api::http::chats::{self, ChatEvent, ChatSummary};
+use parley_client_api::http::keys::{self, ClaimedKeyPackage, KeyPackageCount};
+use parley_client_api::http::{Method, fill};
+use parley_client_api::{ChatId, DeviceId, ErrorBody, ErrorCode, Payload, UserId};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::error::{Error, Result};
+
+/// How long one HTTP request may take.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The homeserver's HTTP API for one device.
+#[derive(Clone)]
+pub(crate) struct Api {
+    http: reqwest::Client,
+    base: String,
+    token: Option<String>,
+}
+
+impl std::fmt::Debug for Api {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Api").field("base", &self.base).finish()
+    }
+}
+
+/// Normalizes a server URL: trims trailing slashes, defaults to `http://`.
+pub(crate) fn normalize_url(url: &str) -> Result<String> {
+    let url = url.trim().trim_end_matches('/');
+    if url.is_empty() {
+        return Err(Error::Invalid("the server URL is empty".into()));
+    }
+    let url = if url.starts_with("http://") || url.starts_with("https://") {
+        url.to_owned()
+    } else {
+        format!("http://{url}")
+    };
+    Ok(url)
+}
+
+impl Api {
+    pub(crate) fn new(base: &str, token: Option<String>) -> Result<Self> {
+        let http = reqwest::Client::builder()
+            .timeout(REQUEST_TIMEOUT)
+            .connect_timeout(Duration::from_secs(10))
+            .build()
+            .map_err(|e| Error::Protocol(format!("building the HTTP client: {e}")))?;
+        Ok(Self {
+            http,
+            base: normalize_url(base)?,
+            token,
+        })
+    }
+
+    pub(crate) fn base(&self) -> &str {
+        &self.base
+    }
+
+    pub(crate) fn token(&self) -> Option<&str> {
+        self.token.as_deref()
+    }
+
+    /// The WebSocket URL (`ws://…/v1/ws` or `wss://…`).
+    pub(crate) fn ws_url(&self) -> String {
+        let rest = self
+            .base
+            .strip_prefix("https://")
+            .map(|r| format!("wss://{r}"))
+            .or_else(|| {
+                self.base
+                    .strip_prefix("http://")
+                    .map(|r| format!("ws://{r}"))
+            })
+            .unwrap_or_else(|| self.base.clone());
+        format!("{rest}{}", parley_client_api::ws::PATH)
+    }
+
+    async fn call<B: Serialize, R: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&B>,
+    ) -> Result<R> {
+        let bytes = self.raw(method, path, body).await?;
+        let bytes = if bytes.is_empty() {
+            b"null".to_vec()
+        } else {
+            bytes
+        };
+        serde_json::from_slice(&bytes)
+            .map_err(|e| Error::Protocol(format!("{} {path}: {e}", method.as_str())))
+    }
+
+    async fn raw<B: Serialize>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&B>,
+    ) -> Result<Vec<u8>> {
+        let url = format!("{}{path}", self.base);
+        let m = match method {
+            Method::Get => reqwest::Method::GET,
+            Method::Post => reqwest::Method::POST,
+            Method::Delete => reqwest::Method::DELETE,
+        };
+        let mut req = self.http.request(m, &url);
+        if let Some(t) = &self.token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            req = req.json(b);
+        }
+        let resp = req.send().await.map_err(|e| Error::Unreachable {
+            url: self.base.clone(),
+            reason: describe(&e),
+        })?;
+        let status = resp.status();
+        let bytes = resp.bytes().await.map_err(|e| Error::Unreachable {
+            url: self.base.clone(),
+            reason: describe(&e),
+        })?;
+        if status.is_success() {
+            return Ok(bytes.to_vec());
+        }
+        match serde_json::from_slice::<ErrorBody>(&bytes) {
+            Ok(body) => Err(Error::Server {
+                code: body.error,
+                status: status.as_u16(),
+                message: body.message,
+            }),
+            Err(_) => Err(Error::Server {
+                code: if status.is_server_error() {
+                    ErrorCode::Internal
+                } else {
+                    ErrorCode::NotFound
+                },
+                status: status.as_u16(),
+                message: format!("the server answered {status} to {} {path}", method.as_str()),
+            }),
+        }
+    }
+
+    pub(crate) async fn register(
+        &self,
+        username: &str,
+        password: &str,
+        device_name: Option<String>,
+    ) -> Result<Session> {
+        let body = accounts::register::Request {
+            username: username.to_owned(),
+            password: password.to_owned(),
+            device_name,
+        };
+        self.call(
+            accounts::register::METHOD,
+            accounts::register::PATH,
+            Some(&body),
+        )
+        .await
+    }
+
+    pub(crate) async fn login(
+        &self,
+        username: &str,
+        password: &str,
+        device_name: Option<String>,
+    ) -> Result<Session> {
+        let body = accounts::login::Request {
+            username: username.to_owned(),
+            password: password.to_owned(),
+            device_name,
+        };
+        self.call(accounts::login::METHOD, accounts::login::PATH, Some(&body))
+            .await
+    }
+
+    pub(crate) async fn logout(&self) -> Result<()> {
+        self.raw::<()>(accounts::logout::METHOD, accounts::logout::PATH, None)
+            .await
+            .map(drop)
+    }
+
+    pub(crate) async fn devices(&self) -> Result<Vec<DeviceInfo>> {
+        let r: accounts::list_devices::Response = self
+            .call::<(), _>(
+                accounts::list_devices::METHOD,
+                accounts::list_devices::PATH,
+                None,
+            )
+            .await?;
+        Ok(r.devices)
+    }
+
+    pub(crate) async fn delete_device(&self, device: &DeviceId) -> Result<()> {
+        let path = fill(
+            accounts::delete_device::PATH,
+            &[("device_id", device.as_str())],
+        );
+        self.raw::<()>(accounts::delete_device::METHOD, &path, None)
+            .await
+            .map(drop)
+    }
+
+    pub(crate) async fn create_chat(&self, members: Vec<UserId>) -> Result<ChatSummary> {
+        let body = chats::create::Request {
+            members,
+            name: None,
+        };
+        self.call(chats::create::METHOD, chats::create::PATH, Some(&body))
+            .await
+    }
+
+    pub(crate) async fn chats(&self) -> Result<Vec<ChatSummary>> {
+        let r: chats::list::Response = self
+            .call::<(), _>(chats::list::METHOD, chats::list::PATH, None)
+            .await?;
+        Ok(r.chats)
+    }
+
+    pub(crate) async fn history(
+        &self,
+        chat: &ChatId,
+        after: i64,
+        limit: u32,
+    ) -> Result<Vec<ChatEvent>> {
+        let path = format!(
+            "{}?after={after}&limit={limit}",
+            fill(chats::history::PATH, &[("chat_id", chat.as_str())])
+        );
+        let r: chats::history::Response = self
+            .call::<(), _>(chats::history::METHOD, &path, None)
+            .await?;
+        Ok(r.events)
+    }
+
+    pub(crate) async fn upload_key_packages(
+        &self,
+        one_time: Vec<Vec<u8>>,
+        last_resort: Option<Vec<u8>>,
+    ) -> Result<KeyPackageCount> {
+        let body = keys::upload::Request {
+            key_packages: one_time.into_iter().map(Payload).collect(),
+            last_resort: last_resort.map(Payload),
+        };
+        self.call(keys::upload::METHOD, keys::upload::PATH, Some(&body))
+            .await
+    }
+
+    pub(crate) async fn key_package_count(&self) -> Result<KeyPackageCount> {
+        self.call::<(), _>(keys::count::METHOD, keys::count::PATH, None)
+            .await
+    }
+
+    pub(crate) async fn claim(&self, user: &UserId) -> Result<Vec<ClaimedKeyPackage>> {
+        let body = keys::claim::Request {
+            user_id: user.clone(),
+        };
+        let r: keys::claim::Response = self
+            .call(keys::claim::METHOD, keys::claim::PATH, Some(&body))
+            .await?;
+        Ok(r.devices)
+    }
+
+    pub(crate) async fn user_devices(&self, user: &UserId) -> Result<Vec<DeviceId>> {
+        let path = fill(keys::user_devices::PATH, &[("user_id", user.as_str())]);
+        let r: keys::user_devices::Response = self
+            .call::<(), _>(keys::user_devices::METHOD, &path, None)
+            .await?;
+        Ok(r.devices)
+    }
+}
+
+/// A one-line reason for a transport failure.
+fn describe(e: &reqwest::Error) -> String {
+    if e.is_connect() {
+        "connection refused or unreachable".to_owned()
+    } else if e.is_timeout() {
+        "timed out".to_owned()
+    } else {
+        let mut s = e.to_string();
+        let mut src = std::error::Error::source(e);
+        while let Some(inner) = src {
+            s = format!("{s}: {inner}");
+            src = inner.source();
+        }
+        s
+    }
+}

@@ -1,0 +1,660 @@
+//! `parley`: chat end-to-end encrypted from a terminal.
+//!
+//! Every command works on one profile directory (`--profile`, default `~/.parley`):
+//! the server URL, the session and the device's SQLite store (MLS state, history).
+
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow, bail};
+use clap::{Parser, Subcommand};
+use parley_client::{
+    ChatId, Client, ClientConfig, ConnectionState, Error as SdkError, ErrorCode, Event, Message,
+    MessageState, Reader, UserId,
+};
+use tokio::io::AsyncBufReadExt;
+use tokio::sync::broadcast::error::RecvError;
+
+/// How long one-shot commands wait for the server.
+const WAIT: Duration = Duration::from_secs(10);
+
+#[derive(Parser)]
+#[command(
+    name = "parley",
+    version,
+    about = "Parley: end-to-end encrypted chat from a terminal"
+)]
+struct Cli {
+    /// Profile directory: server URL, session, local store.
+    #[arg(long, global = true, env = "PARLEY_PROFILE")]
+    profile: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create an account and log this profile in as its first device.
+    Register(Credentials),
+    /// Log this profile in as a new device of an existing account.
+    Login(Credentials),
+    /// Log this device out (the local history stays).
+    Logout,
+    /// Show who this profile is.
+    Whoami,
+    /// List your devices, remove one, or add missing ones to your chats.
+    Devices {
+        #[command(subcommand)]
+        action: Option<DevicesAction>,
+    },
+    /// Start a chat or open one interactively.
+    Chat {
+        #[command(subcommand)]
+        action: ChatAction,
+    },
+    /// List your chats.
+    Chats,
+    /// Send a message: `parley send @bob:example.org hello there`.
+    Send {
+        /// A chat id (`!…`), a unique prefix of one, or a user (`@bob:server`).
+        chat: String,
+        #[arg(required = true, trailing_var_arg = true)]
+        text: Vec<String>,
+    },
+    /// Show a chat's history (from the local store; works offline).
+    History {
+        chat: String,
+        /// How many messages.
+        #[arg(short = 'n', long, default_value_t = 50)]
+        limit: u32,
+    },
+    /// Search your history (local; works offline).
+    Search {
+        text: String,
+        #[arg(long)]
+        chat: Option<String>,
+    },
+    /// Print messages and tick changes as they happen.
+    Listen,
+    /// Open a chat interactively (the most recent one if none is named).
+    Interactive { chat: Option<String> },
+}
+
+#[derive(clap::Args)]
+struct Credentials {
+    /// The localpart, e.g. `alice`.
+    username: String,
+    /// The homeserver's URL, e.g. `http://127.0.0.1:8008`.
+    #[arg(long, env = "PARLEY_SERVER")]
+    server: String,
+    /// The password (else `PARLEY_PASSWORD`, else read from standard input).
+    #[arg(long, env = "PARLEY_PASSWORD", hide_env_values = true)]
+    password: Option<String>,
+    /// A name for this device.
+    #[arg(long)]
+    device_name: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum DevicesAction {
+    /// List your devices.
+    List,
+    /// Remove a device (it is logged out and removed from your chats).
+    Remove { device_id: String },
+    /// Add your devices that are missing from your chats.
+    Sync,
+}
+
+#[derive(Subcommand)]
+enum ChatAction {
+    /// Start a 1:1 chat: `parley chat new @bob:example.org`.
+    New { user: String },
+    /// Open a chat interactively.
+    Open { chat: String },
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = std::env::var("PARLEY_LOG").unwrap_or_else(|_| "error".into());
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .with_writer(std::io::stderr)
+        .init();
+    match run(cli).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {}", one_line(&e));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// A person-readable, one-line error.
+fn one_line(e: &anyhow::Error) -> String {
+    if let Some(sdk) = e.downcast_ref::<SdkError>() {
+        return match sdk {
+            SdkError::Server {
+                code: ErrorCode::InvalidCredentials,
+                ..
+            } => "wrong username or password".into(),
+            SdkError::Server {
+                code: ErrorCode::UserExists,
+                ..
+            } => "that username is taken".into(),
+            SdkError::Server {
+                code: ErrorCode::UnknownToken | ErrorCode::MissingToken,
+                ..
+            } => "this device is logged out; log in again with a new profile".into(),
+            SdkError::Unreachable { url, .. } => {
+                format!("cannot reach the homeserver at {url}: is it running?")
+            }
+            other => other.to_string(),
+        };
+    }
+    format!("{e:#}").replace('\n', " ")
+}
+
+fn profile_dir(cli: &Option<PathBuf>) -> Result<PathBuf> {
+    match cli {
+        Some(p) => Ok(p.clone()),
+        None => {
+            let home = std::env::var_os("HOME").context("HOME is not set; pass --profile")?;
+            Ok(PathBuf::from(home).join(".parley"))
+        }
+    }
+}
+
+fn password(c: &Credentials) -> Result<String> {
+    if let Some(p) = &c.password {
+        return Ok(p.clone());
+    }
+    eprint!("password: ");
+    let _ = std::io::stderr().flush();
+    let mut line = String::new();
+    std::io::stdin()
+        .read_line(&mut line)
+        .context("reading the password")?;
+    Ok(line.trim_end_matches(['\n', '\r']).to_owned())
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    let dir = profile_dir(&cli.profile)?;
+    let config = || {
+        let mut c = ClientConfig::new(dir.clone());
+        c.device_name = Some(format!("parley CLI ({})", hostname()));
+        c
+    };
+    match cli.command {
+        Command::Register(c) => {
+            let pw = password(&c)?;
+            let mut cfg = config();
+            cfg.device_name = c.device_name.clone().or(cfg.device_name);
+            let client = Client::register(cfg, &c.server, &c.username, &pw).await?;
+            println!(
+                "registered {} (device {}); profile {}",
+                client.user_id(),
+                client.device_id(),
+                dir.display()
+            );
+            client.shutdown().await;
+        }
+        Command::Login(c) => {
+            let pw = password(&c)?;
+            let mut cfg = config();
+            cfg.device_name = c.device_name.clone().or(cfg.device_name);
+            let client = Client::login(cfg, &c.server, &c.username, &pw).await?;
+            println!(
+                "logged in as {} (new device {}); profile {}",
+                client.user_id(),
+                client.device_id(),
+                dir.display()
+            );
+            println!(
+                "your other devices add this one to your chats when they next connect (or run `parley devices sync` there)"
+            );
+            client.shutdown().await;
+        }
+        Command::Logout => {
+            let client = Client::open(config()).await?;
+            client.logout().await?;
+            println!("logged out {}", client.device_id());
+            client.shutdown().await;
+        }
+        Command::Whoami => {
+            let client = Client::open(config()).await?;
+            println!(
+                "{} device {} on {}",
+                client.user_id(),
+                client.device_id(),
+                client.server_url()
+            );
+            println!("identity key {}", hex(&client.identity_key()));
+            client.shutdown().await;
+        }
+        Command::Devices { action } => {
+            let client = Client::open(config()).await?;
+            match action.unwrap_or(DevicesAction::List) {
+                DevicesAction::List => {
+                    for d in client.devices().await? {
+                        println!(
+                            "{}{}  {}",
+                            d.device_id,
+                            if d.current { " (this device)" } else { "" },
+                            d.display_name.unwrap_or_default()
+                        );
+                    }
+                }
+                DevicesAction::Remove { device_id } => {
+                    let id = parley_client::DeviceId::try_from(device_id.as_str())
+                        .map_err(|e| anyhow!("invalid device id: {e}"))?;
+                    client.connect();
+                    client.wait_synced(WAIT).await?;
+                    client.remove_device(&id).await?;
+                    wait_outbox_empty(&client).await;
+                    println!("removed {id}");
+                }
+                DevicesAction::Sync => {
+                    client.connect();
+                    client.wait_synced(WAIT).await?;
+                    client.refresh_devices().await?;
+                    wait_outbox_empty(&client).await;
+                    println!("your chats include all your devices");
+                }
+            }
+            client.shutdown().await;
+        }
+        Command::Chat {
+            action: ChatAction::New { user },
+        } => {
+            let peer = parse_user(&user)?;
+            let client = Client::open(config()).await?;
+            client.connect();
+            let chat = client.create_chat(&peer).await?;
+            if client.wait_synced(WAIT).await.is_ok() {
+                wait_outbox_empty(&client).await;
+            }
+            println!("{chat}");
+            client.shutdown().await;
+        }
+        Command::Chat {
+            action: ChatAction::Open { chat },
+        } => interactive(config(), Some(chat)).await?,
+        Command::Interactive { chat } => interactive(config(), chat).await?,
+        Command::Chats => {
+            let reader = Reader::open(&dir).await?;
+            let me = reader.user_id().await?;
+            let chats = reader.chats().await?;
+            if chats.is_empty() {
+                println!("no chats yet; start one with `parley chat new @user:server`");
+            }
+            for c in chats {
+                let others: Vec<String> = c
+                    .members
+                    .iter()
+                    .filter(|m| Some(*m) != me.as_ref())
+                    .map(ToString::to_string)
+                    .collect();
+                let last = c
+                    .last_message
+                    .map(|m| format!("  {}: {}", who(&m, me.as_ref()), m.body))
+                    .unwrap_or_default();
+                println!(
+                    "{}  {}{}{}{}",
+                    c.chat_id,
+                    if others.is_empty() {
+                        "(members unknown)".to_owned()
+                    } else {
+                        others.join(", ")
+                    },
+                    if c.joined { "" } else { " (not joined yet)" },
+                    if c.unread > 0 {
+                        format!(" [{} unread]", c.unread)
+                    } else {
+                        String::new()
+                    },
+                    last
+                );
+            }
+        }
+        Command::Send { chat, text } => {
+            let text = text.join(" ");
+            let client = Client::open(config()).await?;
+            let chat = resolve_chat(&client, &chat, false).await?;
+            let mut events = client.subscribe();
+            let msg = client.send_text(&chat, &text).await?;
+            client.connect();
+            let state = wait_state(&mut events, &msg, WAIT).await;
+            match state {
+                MessageState::Pending => println!(
+                    "queued {} (not sent yet: the server is unreachable; it goes out the next time parley connects)",
+                    msg.id
+                ),
+                MessageState::Failed => bail!("the server refused the message"),
+                s => println!("{} {}", s.tick(), msg.id),
+            }
+            client.shutdown().await;
+        }
+        Command::History { chat, limit } => {
+            let reader = Reader::open(&dir).await?;
+            let me = reader.user_id().await?;
+            let chat = resolve_chat_offline(&reader, &chat).await?;
+            for m in reader.history(&chat, limit).await? {
+                println!("{}", line(&m, me.as_ref(), false));
+            }
+        }
+        Command::Search { text, chat } => {
+            let reader = Reader::open(&dir).await?;
+            let me = reader.user_id().await?;
+            let chat = match chat {
+                Some(c) => Some(resolve_chat_offline(&reader, &c).await?),
+                None => None,
+            };
+            for m in reader.search(&text, chat.as_ref(), 100).await? {
+                println!("{}  {}", m.chat_id, line(&m, me.as_ref(), false));
+            }
+        }
+        Command::Listen => listen(config()).await?,
+    }
+    Ok(())
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/etc/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn parse_user(s: &str) -> Result<UserId> {
+    UserId::try_from(s).map_err(|e| anyhow!("{s:?} is not a user id like @bob:example.org ({e})"))
+}
+
+/// Finds a chat by id, unique id prefix, or peer user id (creating the 1:1 chat with a
+/// user if `create`).
+async fn resolve_chat(client: &Client, s: &str, create: bool) -> Result<ChatId> {
+    if s.starts_with('@') {
+        let peer = parse_user(s)?;
+        if let Some(c) = client.direct_chat_with(&peer).await? {
+            return Ok(c);
+        }
+        if create {
+            return Ok(client.create_chat(&peer).await?);
+        }
+        bail!("no chat with {peer} yet; start one with `parley chat new {peer}`");
+    }
+    resolve_chat_offline(client.store(), s).await
+}
+
+async fn resolve_chat_offline(reader: &Reader, s: &str) -> Result<ChatId> {
+    let chats = reader.chats().await?;
+    if s.starts_with('@') {
+        let peer = parse_user(s)?;
+        return chats
+            .into_iter()
+            .find(|c| c.members.len() == 2 && c.members.contains(&peer))
+            .map(|c| c.chat_id)
+            .ok_or_else(|| anyhow!("no chat with {peer}"));
+    }
+    let matches: Vec<ChatId> = chats
+        .into_iter()
+        .map(|c| c.chat_id)
+        .filter(|c| c.as_str() == s || c.as_str().starts_with(s))
+        .collect();
+    match matches.as_slice() {
+        [one] => Ok(one.clone()),
+        [] => bail!("no chat {s:?}; see `parley chats`"),
+        _ => bail!("{s:?} matches several chats; give more of the id"),
+    }
+}
+
+async fn wait_outbox_empty(client: &Client) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while tokio::time::Instant::now() < deadline {
+        if client.store().outbox_len().await.unwrap_or(1) == 0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Waits until `msg` leaves the pending state (or `timeout`).
+async fn wait_state(
+    events: &mut tokio::sync::broadcast::Receiver<Event>,
+    msg: &Message,
+    timeout: Duration,
+) -> MessageState {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        match tokio::time::timeout_at(deadline, events.recv()).await {
+            Err(_) | Ok(Err(RecvError::Closed)) => return MessageState::Pending,
+            Ok(Err(RecvError::Lagged(_))) => {}
+            Ok(Ok(Event::MessageStateChanged {
+                chat_id, id, state, ..
+            })) if chat_id == msg.chat_id && id == msg.id && state != MessageState::Pending => {
+                return state;
+            }
+            Ok(Ok(_)) => {}
+        }
+    }
+}
+
+fn who(m: &Message, me: Option<&UserId>) -> String {
+    if m.outgoing || Some(&m.sender) == me {
+        "me".into()
+    } else {
+        m.sender.to_string()
+    }
+}
+
+fn clock(ms: i64) -> String {
+    let minutes = ms.div_euclid(60_000).rem_euclid(24 * 60);
+    format!("{:02}:{:02}", minutes / 60, minutes % 60)
+}
+
+/// One history line: `12:03  me: hello  ✓✓`.
+fn line(m: &Message, me: Option<&UserId>, color: bool) -> String {
+    let tick = if m.outgoing {
+        let t = m.state.tick();
+        if color && m.state == MessageState::Read {
+            format!("  \x1b[34m{t}\x1b[0m")
+        } else {
+            format!("  {t}")
+        }
+    } else {
+        String::new()
+    };
+    format!(
+        "{}  {}: {}{}",
+        clock(m.server_ts.unwrap_or(m.sent_at_ms)),
+        who(m, me),
+        m.body,
+        tick
+    )
+}
+
+async fn listen(config: ClientConfig) -> Result<()> {
+    let client = Client::open(config).await?;
+    let me = client.user_id().clone();
+    let mut events = client.subscribe();
+    client.connect();
+    println!(
+        "listening as {me} (device {}); Ctrl-C to stop",
+        client.device_id()
+    );
+    loop {
+        let event = tokio::select! {
+            e = events.recv() => e,
+            _ = tokio::signal::ctrl_c() => break,
+        };
+        match event {
+            Ok(Event::MessageReceived(m)) => {
+                println!("[{}] {}: {}", m.chat_id, m.sender, m.body);
+            }
+            Ok(Event::MessageStateChanged {
+                chat_id, id, state, ..
+            }) => println!("[{chat_id}] your message {id}: {}", state.tick()),
+            Ok(Event::ChatJoined { chat_id }) => println!("[{chat_id}] joined"),
+            Ok(Event::MembersChanged {
+                chat_id,
+                added,
+                removed,
+            }) => {
+                for (u, d) in added {
+                    println!("[{chat_id}] device {d} of {u} joined");
+                }
+                for (u, d) in removed {
+                    println!("[{chat_id}] device {d} of {u} left");
+                }
+            }
+            Ok(Event::Undecryptable {
+                chat_id,
+                seq,
+                reason,
+            }) => println!("[{chat_id}] event {seq} could not be read: {reason}"),
+            Ok(Event::Connection(ConnectionState::Synced)) => println!("(connected)"),
+            Ok(Event::Connection(ConnectionState::Offline)) => {
+                println!("(offline; reconnecting)");
+            }
+            Ok(Event::Connection(ConnectionState::LoggedOut)) => {
+                bail!("this device was logged out or removed")
+            }
+            Ok(_) => {}
+            Err(RecvError::Lagged(n)) => println!("({n} events skipped)"),
+            Err(RecvError::Closed) => break,
+        }
+        let _ = std::io::stdout().flush();
+    }
+    client.shutdown().await;
+    Ok(())
+}
+
+/// The interactive view of one chat: the last messages with live ticks, a prompt; each
+/// line typed is sent. `/quit` (or end of input) leaves.
+async fn interactive(config: ClientConfig, chat: Option<String>) -> Result<()> {
+    let client = Client::open(config).await?;
+    let me = client.user_id().clone();
+    let mut events = client.subscribe();
+    client.connect();
+    let chat = match chat {
+        Some(c) => {
+            if c.starts_with('@') && client.direct_chat_with(&parse_user(&c)?).await?.is_none() {
+                // Creating needs the server; give the connection a moment first.
+                let _ = client.wait_synced(WAIT).await;
+            }
+            resolve_chat(&client, &c, true).await?
+        }
+        None => client
+            .chats()
+            .await?
+            .into_iter()
+            .next()
+            .map(|c| c.chat_id)
+            .ok_or_else(|| {
+                anyhow!("no chats yet; start one with `parley chat new @user:server`")
+            })?,
+    };
+    let mut stdin = tokio::io::BufReader::new(tokio::io::stdin()).lines();
+    let mut status = "connecting";
+    let mut notice = String::new();
+    client.mark_read(&chat).await?;
+    render(&client, &chat, &me, status, &notice).await?;
+    loop {
+        tokio::select! {
+            line = stdin.next_line() => {
+                let Some(line) = line? else { break };
+                let text = line.trim();
+                if text == "/quit" {
+                    break;
+                }
+                if !text.is_empty() {
+                    notice.clear();
+                    if let Err(e) = client.send_text(&chat, text).await {
+                        notice = format!("not sent: {e}");
+                    }
+                }
+            }
+            event = events.recv() => {
+                match event {
+                    Ok(Event::Connection(s)) => {
+                        status = match s {
+                            ConnectionState::Offline => "offline, reconnecting",
+                            ConnectionState::Connected => "syncing",
+                            ConnectionState::Synced => "online",
+                            ConnectionState::LoggedOut => "logged out",
+                        };
+                    }
+                    Ok(Event::MessageReceived(m)) if m.chat_id == chat => {
+                        client.mark_read(&chat).await?;
+                    }
+                    Ok(Event::Undecryptable { chat_id, seq, reason }) if chat_id == chat => {
+                        notice = format!("event {seq} could not be read: {reason}");
+                    }
+                    Ok(_) | Err(RecvError::Lagged(_)) => {}
+                    Err(RecvError::Closed) => break,
+                }
+            }
+        }
+        render(&client, &chat, &me, status, &notice).await?;
+    }
+    client.shutdown().await;
+    Ok(())
+}
+
+async fn render(
+    client: &Client,
+    chat: &ChatId,
+    me: &UserId,
+    status: &str,
+    notice: &str,
+) -> Result<()> {
+    let info = client.store().chat(chat).await?;
+    let others: Vec<String> = info
+        .as_ref()
+        .map(|c| {
+            c.members
+                .iter()
+                .filter(|m| *m != me)
+                .map(ToString::to_string)
+                .collect()
+        })
+        .unwrap_or_default();
+    let joined = info.as_ref().is_some_and(|c| c.joined);
+    let mut out = String::from("\x1b[2J\x1b[H");
+    out.push_str(&format!(
+        "parley: {} with {}  [{status}]\r\n",
+        me,
+        if others.is_empty() {
+            chat.to_string()
+        } else {
+            others.join(", ")
+        }
+    ));
+    if !joined {
+        out.push_str(
+            "(this device has not joined the chat yet: another of your devices adds it)\r\n",
+        );
+    }
+    out.push_str(&"-".repeat(60));
+    out.push_str("\r\n");
+    for m in client.history(chat, 20).await? {
+        out.push_str(&line(&m, Some(me), true));
+        out.push_str("\r\n");
+    }
+    out.push_str(&"-".repeat(60));
+    out.push_str("\r\n");
+    if !notice.is_empty() {
+        out.push_str(notice);
+        out.push_str("\r\n");
+    }
+    out.push_str("> ");
+    let mut stdout = std::io::stdout();
+    stdout.write_all(out.as_bytes())?;
+    stdout.flush()?;
+    Ok(())
+}

@@ -1,0 +1,682 @@
+//! Processing a chat's events in `seq` order: decrypting, joining from Welcomes,
+//! merging Commits (ours only once the server sequenced them), receipts and ticks.
+//!
+//! Every event is applied in one store transaction together with the chat's cursor
+//! (`last_seq`), so an event is processed exactly once even across crashes, and the
+//! inbox item is acknowledged only after that transaction committed.
+
+use std::sync::atomic::Ordering;
+
+use parley_client_api::http::chats::{ChatEvent, Receipt, SendAck};
+use parley_client_api::{ChatId, DeviceId, ErrorCode, Payload, UserId};
+use parley_crypto::{Content, Envelope, Group, JoinError, ProcessError, Received};
+use sqlx::SqliteConnection;
+
+use crate::client::{Event, Inner};
+use crate::error::{Error, Result};
+use crate::payload::ChatPayload;
+use crate::store::{self, Message, MessageState, provider};
+
+/// Events fetched per history request when filling a gap.
+const HISTORY_PAGE: i64 = 500;
+
+/// Why an event was not applied.
+enum Skip {
+    /// Permanently: record the skip and move on (the reason is shown to the app).
+    Failed(String),
+    /// A stale Commit (another one won its epoch): nothing to show.
+    Stale,
+    /// The event is not for this device (e.g. a chat it has not joined).
+    NotForMe,
+    /// A Commit with a Welcome in a chat this device has not joined: join if the
+    /// Welcome is for this device, else ignore it.
+    TryWelcome,
+}
+
+enum Apply {
+    Done(Vec<Event>),
+    Skip(Skip),
+}
+
+fn fatal(e: impl std::fmt::Display) -> Error {
+    Error::Store(e.to_string())
+}
+
+fn device_of(m: &parley_crypto::MemberInfo) -> Option<(UserId, DeviceId)> {
+    Some((
+        UserId::try_from(m.identity.user_id().as_str()).ok()?,
+        DeviceId::try_from(m.identity.device_id().as_str()).ok()?,
+    ))
+}
+
+fn member_users(group: &Group) -> Vec<UserId> {
+    let mut users: Vec<UserId> = group
+        .members()
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|m| UserId::try_from(m.identity.user_id().as_str()).ok())
+        .collect();
+    users.sort();
+    users.dedup();
+    users
+}
+
+impl Inner {
+    /// Processes one event of a chat (from the inbox, or our own send once the server
+    /// sequenced it): skips what was processed already, fills a gap from the chat's
+    /// history first.
+    pub(crate) async fn ingest(&self, event: ChatEvent) -> Result<()> {
+        let mut conn = self.db.writer.lock().await;
+        let cur = store::cursor(&mut conn, &event.chat_id).await?;
+        if event.seq <= cur.last_seq {
+            return Ok(());
+        }
+        if cur.joined && event.seq > cur.last_seq + 1 {
+            let mut after = cur.last_seq;
+            while after < event.seq - 1 {
+                let want = (event.seq - 1 - after).min(HISTORY_PAGE);
+                let page = self
+                    .api
+                    .history(&event.chat_id, after, u32::try_from(want).unwrap_or(500))
+                    .await?;
+                if page.is_empty() {
+                    tracing::warn!(chat = %event.chat_id, after, "history has a gap (expired?)");
+                    break;
+                }
+                for e in page {
+                    if e.seq >= event.seq {
+                        break;
+                    }
+                    after = e.seq;
+                    self.process_one(&mut conn, e).await?;
+                }
+            }
+        }
+        self.process_one(&mut conn, event).await
+    }
+
+    async fn process_one(&self, conn: &mut SqliteConnection, ev: ChatEvent) -> Result<()> {
+        let chat = ev.chat_id.clone();
+        let own = ev.sender_device == self.device_id && ev.sender == self.user_id;
+        let payload = ChatPayload::from_bytes(ev.payload.as_bytes());
+        let mut tx = store::begin(conn).await?;
+        store::ensure_chat(&mut tx, &chat, ev.ts).await?;
+        let outcome = match &payload {
+            Err(e) => Ok(Apply::Skip(Skip::Failed(e.to_string()))),
+            Ok(p) => self.apply(&mut tx, &ev, own, p).await,
+        };
+        let outcome = match outcome {
+            Ok(o) => o,
+            Err(e) => {
+                tx.rollback().await?;
+                return Err(e);
+            }
+        };
+        match outcome {
+            Apply::Done(events) => {
+                store::set_last_seq(&mut tx, &chat, ev.seq).await?;
+                tx.commit().await?;
+                for e in events {
+                    self.emit(e);
+                }
+                Ok(())
+            }
+            Apply::Skip(skip) => {
+                // Whatever the failed MLS call wrote is rolled back.
+                tx.rollback().await?;
+                // A Commit that failed to apply may still carry our (re-)invitation.
+                if let (
+                    Skip::Failed(_) | Skip::TryWelcome,
+                    Ok(ChatPayload::Commit {
+                        welcome: Some(w), ..
+                    }),
+                ) = (&skip, &payload)
+                    && !own
+                    && self.try_join(conn, &ev, w).await?
+                {
+                    return Ok(());
+                }
+                let mut tx = store::begin(conn).await?;
+                store::ensure_chat(&mut tx, &chat, ev.ts).await?;
+                store::set_last_seq(&mut tx, &chat, ev.seq).await?;
+                if own {
+                    store::outbox_remove(&mut tx, &chat, &ev.client_msg_id).await?;
+                }
+                tx.commit().await?;
+                match skip {
+                    Skip::Failed(reason) => {
+                        tracing::warn!(%chat, seq = ev.seq, %reason, "event skipped");
+                        self.emit(Event::Undecryptable {
+                            chat_id: chat,
+                            seq: ev.seq,
+                            reason,
+                        });
+                    }
+                    Skip::Stale => {
+                        tracing::info!(%chat, seq = ev.seq, own, "stale commit skipped");
+                        if own {
+                            self.needs_device_sync.store(true, Ordering::SeqCst);
+                        }
+                    }
+                    Skip::NotForMe | Skip::TryWelcome => {
+                        tracing::debug!(%chat, seq = ev.seq, "event for a chat this device has not joined")
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Joins (or re-joins) the chat from a Welcome in its own transaction; false if the
+    /// Welcome is not for this device.
+    async fn try_join(
+        &self,
+        conn: &mut SqliteConnection,
+        ev: &ChatEvent,
+        welcome: &[u8],
+    ) -> Result<bool> {
+        let mut tx = store::begin(conn).await?;
+        let joined = {
+            let p = provider(&mut tx);
+            if let Some(old) = Group::load(&p, ev.chat_id.as_str().as_bytes()).map_err(fatal)? {
+                old.delete(&p).map_err(fatal)?;
+            }
+            match Group::join(&p, welcome) {
+                Ok(g) if g.group_id() == ev.chat_id.as_str().as_bytes() => Ok(Some(g)),
+                Ok(_) => Ok(None),
+                Err(JoinError::Storage(e)) => Err(Error::Store(e)),
+                Err(JoinError::NoMatchingKeyPackage) => Ok(None),
+                Err(e) => {
+                    tracing::warn!(chat = %ev.chat_id, seq = ev.seq, error = %e, "welcome rejected");
+                    Ok(None)
+                }
+            }
+        };
+        let group = match joined {
+            Ok(Some(g)) => g,
+            Ok(None) => {
+                tx.rollback().await?;
+                return Ok(false);
+            }
+            Err(e) => {
+                tx.rollback().await?;
+                return Err(e);
+            }
+        };
+        let members = member_users(&group);
+        store::ensure_chat(&mut tx, &ev.chat_id, ev.ts).await?;
+        store::set_joined(&mut tx, &ev.chat_id, true, &members).await?;
+        store::set_last_seq(&mut tx, &ev.chat_id, ev.seq).await?;
+        tx.commit().await?;
+        tracing::info!(chat = %ev.chat_id, seq = ev.seq, "joined chat");
+        self.emit(Event::ChatJoined {
+            chat_id: ev.chat_id.clone(),
+        });
+        Ok(true)
+    }
+
+    async fn apply(
+        &self,
+        tx: &mut SqliteConnection,
+        ev: &ChatEvent,
+        own: bool,
+        payload: &ChatPayload,
+    ) -> Result<Apply> {
+        let gid = ev.chat_id.as_str().as_bytes();
+        match payload {
+            ChatPayload::Application { mls_message } => {
+                if own {
+                    return self.own_message_sequenced(tx, ev).await.map(Apply::Done);
+                }
+                let result = {
+                    let p = provider(&mut *tx);
+                    match Group::load(&p, gid).map_err(fatal)? {
+                        None => return Ok(Apply::Skip(Skip::NotForMe)),
+                        Some(mut g) => g.process(&p, mls_message),
+                    }
+                };
+                match result {
+                    Ok(Received::Application {
+                        sender, plaintext, ..
+                    }) => {
+                        let (user, device) = device_of(&sender).ok_or_else(|| {
+                            Error::Crypto("sender credential has invalid ids".into())
+                        })?;
+                        if user != ev.sender || device != ev.sender_device {
+                            return Ok(Apply::Skip(Skip::Failed(format!(
+                                "sender mismatch: the server says {} ({}), MLS says {user} ({device})",
+                                ev.sender, ev.sender_device
+                            ))));
+                        }
+                        let message = decode_message(ev, &user, &device, &plaintext);
+                        if store::insert_message(tx, &message).await? {
+                            Ok(Apply::Done(vec![Event::MessageReceived(message)]))
+                        } else {
+                            Ok(Apply::Done(Vec::new()))
+                        }
+                    }
+                    Ok(_) => Ok(Apply::Done(Vec::new())),
+                    Err(ProcessError::Storage(e)) => Err(Error::Store(e)),
+                    Err(e) => Ok(Apply::Skip(Skip::Failed(e.to_string()))),
+                }
+            }
+            ChatPayload::Commit {
+                epoch,
+                commit,
+                welcome,
+            } => {
+                if own {
+                    return self.own_commit_sequenced(tx, ev, *epoch).await;
+                }
+                let loaded = {
+                    let p = provider(&mut *tx);
+                    Group::load(&p, gid).map_err(fatal)?
+                };
+                let Some(mut group) = loaded else {
+                    // Joining happens in its own transaction (see `process_one`).
+                    return Ok(Apply::Skip(if welcome.is_some() {
+                        Skip::TryWelcome
+                    } else {
+                        Skip::NotForMe
+                    }));
+                };
+                if *epoch < group.epoch() {
+                    return Ok(Apply::Skip(Skip::Stale));
+                }
+                if *epoch > group.epoch() {
+                    return Ok(Apply::Skip(Skip::Failed(format!(
+                        "commit for epoch {epoch}, this device is at {}",
+                        group.epoch()
+                    ))));
+                }
+                let result = {
+                    let p = provider(&mut *tx);
+                    group.process(&p, commit)
+                };
+                match result {
+                    Ok(Received::Commit(summary)) => {
+                        if summary.discarded_own_pending {
+                            self.needs_device_sync.store(true, Ordering::SeqCst);
+                        }
+                        let members = member_users(&group);
+                        store::set_joined(tx, &ev.chat_id, !summary.self_removed, &members).await?;
+                        let added = summary
+                            .added
+                            .iter()
+                            .filter_map(|d| {
+                                Some((
+                                    UserId::try_from(d.user_id().as_str()).ok()?,
+                                    DeviceId::try_from(d.device_id().as_str()).ok()?,
+                                ))
+                            })
+                            .collect();
+                        let removed = summary.removed.iter().filter_map(device_of).collect();
+                        Ok(Apply::Done(vec![Event::MembersChanged {
+                            chat_id: ev.chat_id.clone(),
+                            added,
+                            removed,
+                        }]))
+                    }
+                    Ok(_) => Ok(Apply::Done(Vec::new())),
+                    Err(ProcessError::Storage(e)) => Err(Error::Store(e)),
+                    Err(e) => Ok(Apply::Skip(Skip::Failed(e.to_string()))),
+                }
+            }
+        }
+    }
+
+    /// Our own application message got its `seq`.
+    async fn own_message_sequenced(
+        &self,
+        tx: &mut SqliteConnection,
+        ev: &ChatEvent,
+    ) -> Result<Vec<Event>> {
+        store::outbox_remove(tx, &ev.chat_id, &ev.client_msg_id).await?;
+        let Some(m) = store::own_message(tx, &ev.chat_id, &ev.client_msg_id).await? else {
+            return Ok(Vec::new());
+        };
+        if m.seq.is_some() && m.state != MessageState::Pending {
+            return Ok(Vec::new());
+        }
+        let state = store::state_from_receipts(tx, &ev.chat_id, &self.user_id, ev.seq).await?;
+        store::update_own_message(
+            tx,
+            &ev.chat_id,
+            &ev.client_msg_id,
+            Some(ev.seq),
+            Some(ev.ts),
+            state,
+        )
+        .await?;
+        Ok(vec![Event::MessageStateChanged {
+            chat_id: ev.chat_id.clone(),
+            id: ev.client_msg_id.clone(),
+            seq: Some(ev.seq),
+            state,
+        }])
+    }
+
+    /// Our own Commit got its `seq`: merge it if it is still the pending one for the
+    /// group's epoch; otherwise another Commit won the epoch and ours is dropped.
+    async fn own_commit_sequenced(
+        &self,
+        tx: &mut SqliteConnection,
+        ev: &ChatEvent,
+        epoch: u64,
+    ) -> Result<Apply> {
+        let gid = ev.chat_id.as_str().as_bytes();
+        let merged = {
+            let p = provider(&mut *tx);
+            match Group::load(&p, gid).map_err(fatal)? {
+                Some(mut g) if g.has_pending_commit() && g.epoch() == epoch => {
+                    let before: Vec<_> = g.members().unwrap_or_default();
+                    g.confirm_pending_commit(&p).map_err(fatal)?;
+                    let after = g.members().unwrap_or_default();
+                    Some((before, after, member_users(&g)))
+                }
+                _ => None,
+            }
+        };
+        store::outbox_remove(tx, &ev.chat_id, &ev.client_msg_id).await?;
+        let Some((before, after, users)) = merged else {
+            return Ok(Apply::Skip(Skip::Stale));
+        };
+        store::set_joined(tx, &ev.chat_id, true, &users).await?;
+        let added = after
+            .iter()
+            .filter(|m| !before.iter().any(|b| b.identity == m.identity))
+            .filter_map(device_of)
+            .collect();
+        let removed = before
+            .iter()
+            .filter(|m| !after.iter().any(|a| a.identity == m.identity))
+            .filter_map(device_of)
+            .collect();
+        tracing::info!(chat = %ev.chat_id, seq = ev.seq, "own commit accepted and merged");
+        // Messages waiting for the new epoch can go now.
+        self.kick();
+        Ok(Apply::Done(vec![Event::MembersChanged {
+            chat_id: ev.chat_id.clone(),
+            added,
+            removed,
+        }]))
+    }
+
+    /// The server acknowledged one of our sends (✓ sent).
+    pub(crate) async fn on_sent(&self, ack: SendAck) -> Result<()> {
+        let row = {
+            let mut conn = self.db.writer.lock().await;
+            store::outbox_get(&mut conn, &ack.chat_id, &ack.client_msg_id).await?
+        };
+        let Some(row) = row else {
+            return Ok(());
+        };
+        let Some(payload) = row.payload else {
+            return Ok(());
+        };
+        self.ingest(ChatEvent {
+            chat_id: ack.chat_id,
+            seq: ack.seq,
+            sender: self.user_id.clone(),
+            sender_device: self.device_id.clone(),
+            client_msg_id: ack.client_msg_id,
+            ts: ack.ts,
+            payload: Payload(payload),
+            mls: None,
+            membership: None,
+        })
+        .await
+    }
+
+    /// The server refused a send. Returns whether to retry it later.
+    pub(crate) async fn on_send_error(&self, client_msg_id: &str, code: ErrorCode) -> Result<bool> {
+        if matches!(code, ErrorCode::RateLimited | ErrorCode::Internal) {
+            return Ok(true);
+        }
+        let row = {
+            let mut conn = self.db.writer.lock().await;
+            store::outbox_all(&mut conn)
+                .await?
+                .into_iter()
+                .find(|r| r.client_msg_id == client_msg_id)
+        };
+        let Some(row) = row else {
+            return Ok(false);
+        };
+        let chat = ChatId::try_from(row.chat_id.as_str()).map_err(Error::store)?;
+        let is_commit = row.kind == store::OUTBOX_COMMIT;
+        let wrong_epoch = code == ErrorCode::WrongEpoch;
+        {
+            let mut conn = self.db.writer.lock().await;
+            let mut tx = store::begin(&mut conn).await?;
+            if is_commit {
+                // Another commit won the epoch (or ours is moot): forget ours; it is
+                // made again, if still needed, once we caught up.
+                store::outbox_remove(&mut tx, &chat, client_msg_id).await?;
+                let p = provider(&mut tx);
+                if let Some(mut g) = Group::load(&p, chat.as_str().as_bytes()).map_err(fatal)?
+                    && g.has_pending_commit()
+                {
+                    g.discard_pending_commit(&p).map_err(fatal)?;
+                }
+            } else if wrong_epoch {
+                // Too old an epoch: encrypt it again in the current one.
+                store::outbox_set_payload(&mut tx, row.id, None, None).await?;
+            } else {
+                store::outbox_remove(&mut tx, &chat, client_msg_id).await?;
+                store::update_own_message(
+                    &mut tx,
+                    &chat,
+                    client_msg_id,
+                    None,
+                    None,
+                    MessageState::Failed,
+                )
+                .await?;
+            }
+            tx.commit().await?;
+        }
+        tracing::info!(%chat, %client_msg_id, code = code.as_str(), "send refused");
+        if wrong_epoch {
+            self.catch_up(&chat).await?;
+            if is_commit {
+                self.needs_device_sync.store(true, Ordering::SeqCst);
+            }
+            return Ok(true);
+        }
+        if !is_commit {
+            self.emit(Event::MessageStateChanged {
+                chat_id: chat,
+                id: client_msg_id.to_owned(),
+                seq: None,
+                state: MessageState::Failed,
+            });
+        }
+        Ok(false)
+    }
+
+    /// Processes every event of the chat the server has after our cursor.
+    pub(crate) async fn catch_up(&self, chat: &ChatId) -> Result<()> {
+        let mut conn = self.db.writer.lock().await;
+        loop {
+            let cur = store::cursor(&mut conn, chat).await?;
+            let page = self
+                .api
+                .history(
+                    chat,
+                    cur.last_seq,
+                    u32::try_from(HISTORY_PAGE).unwrap_or(500),
+                )
+                .await?;
+            if page.is_empty() {
+                return Ok(());
+            }
+            for e in page {
+                let cur = store::cursor(&mut conn, chat).await?;
+                if e.seq > cur.last_seq {
+                    self.process_one(&mut conn, e).await?;
+                }
+            }
+        }
+    }
+
+    /// A member's receipts changed: store them and move our ticks.
+    pub(crate) async fn on_receipt(&self, chat: ChatId, receipt: Receipt) -> Result<()> {
+        let mut events = Vec::new();
+        {
+            let mut conn = self.db.writer.lock().await;
+            let mut tx = store::begin(&mut conn).await?;
+            store::ensure_chat(&mut tx, &chat, crate::client::now_ms()).await?;
+            let (delivered, read) = store::raise_receipt(
+                &mut tx,
+                &chat,
+                &receipt.user_id,
+                receipt.delivered_seq,
+                receipt.read_seq,
+            )
+            .await?;
+            if receipt.user_id == self.user_id {
+                // Another device of ours read the chat.
+                store::set_read_seq(&mut tx, &chat, read).await?;
+                store::set_read_sent(&mut tx, &chat, read).await?;
+            } else {
+                for m in store::unsettled_own(&mut tx, &chat).await? {
+                    let Some(seq) = m.seq else { continue };
+                    let state =
+                        store::state_from_receipts(&mut tx, &chat, &self.user_id, seq).await?;
+                    if state > m.state {
+                        store::update_own_message(&mut tx, &chat, &m.id, None, None, state).await?;
+                        events.push(Event::MessageStateChanged {
+                            chat_id: chat.clone(),
+                            id: m.id,
+                            seq: Some(seq),
+                            state,
+                        });
+                    }
+                }
+            }
+            tx.commit().await?;
+            events.insert(
+                0,
+                Event::ReceiptChanged {
+                    chat_id: chat,
+                    user_id: receipt.user_id,
+                    delivered_seq: delivered,
+                    read_seq: read,
+                },
+            );
+        }
+        for e in events {
+            self.emit(e);
+        }
+        Ok(())
+    }
+
+    /// Encrypts a queued message for sending, in the chat's current epoch, and stores
+    /// the ciphertext in the outbox row (the same bytes are resent until acknowledged).
+    /// `Ok(None)`: not now (a Commit of ours awaits the server).
+    pub(crate) async fn encrypt_queued(
+        &self,
+        row: &store::OutboxRow,
+    ) -> Result<Option<(Vec<u8>, u64)>> {
+        let Some(plaintext) = &row.plaintext else {
+            return Ok(None);
+        };
+        let chat = ChatId::try_from(row.chat_id.as_str()).map_err(Error::store)?;
+        let mut conn = self.db.writer.lock().await;
+        let mut tx = store::begin(&mut conn).await?;
+        let result = {
+            let p = provider(&mut tx);
+            match Group::load(&p, chat.as_str().as_bytes()).map_err(fatal)? {
+                None => Err("this device is not in the chat's group".to_owned()),
+                Some(g) if g.has_pending_commit() => return Ok(None),
+                Some(mut g) => g
+                    .encrypt(&p, &self.identity, plaintext)
+                    .map(|m| (m, g.epoch()))
+                    .map_err(|e| e.to_string()),
+            }
+        };
+        match result {
+            Ok((mls_message, epoch)) => {
+                let payload = ChatPayload::Application { mls_message }.to_bytes();
+                store::outbox_set_payload(&mut tx, row.id, Some(&payload), Some(epoch)).await?;
+                tx.commit().await?;
+                Ok(Some((payload, epoch)))
+            }
+            Err(reason) => {
+                tx.rollback().await?;
+                let mut tx = store::begin(&mut conn).await?;
+                store::outbox_remove(&mut tx, &chat, &row.client_msg_id).await?;
+                store::update_own_message(
+                    &mut tx,
+                    &chat,
+                    &row.client_msg_id,
+                    None,
+                    None,
+                    MessageState::Failed,
+                )
+                .await?;
+                tx.commit().await?;
+                tracing::warn!(%chat, %reason, "cannot encrypt a queued message");
+                self.emit(Event::MessageStateChanged {
+                    chat_id: chat,
+                    id: row.client_msg_id.clone(),
+                    seq: None,
+                    state: MessageState::Failed,
+                });
+                Ok(None)
+            }
+        }
+    }
+}
+
+/// Turns a decrypted envelope into a history row (a placeholder for kinds this
+/// version does not show).
+fn decode_message(ev: &ChatEvent, user: &UserId, device: &DeviceId, plaintext: &[u8]) -> Message {
+    let (id, sent_at, kind, body) = match Envelope::from_bytes(plaintext) {
+        Ok(env) => {
+            let (kind, body) = match env.content {
+                Content::Text { text } => ("text".to_owned(), text),
+                Content::Reply { text, .. } => ("text".to_owned(), text),
+                Content::Unknown { kind } => {
+                    (kind.clone(), format!("[unsupported message: {kind}]"))
+                }
+                other => {
+                    let kind = match other {
+                        Content::Media { .. } => "media",
+                        Content::Reaction { .. } => "reaction",
+                        Content::Edit { .. } => "edit",
+                        Content::Delete { .. } => "delete",
+                        _ => "unknown",
+                    };
+                    (kind.to_owned(), format!("[{kind}]"))
+                }
+            };
+            (
+                env.id.as_str().to_owned(),
+                i64::try_from(env.sent_at_ms).unwrap_or(0),
+                kind,
+                body,
+            )
+        }
+        Err(e) => (
+            format!("seq{}", ev.seq),
+            ev.ts,
+            "invalid".to_owned(),
+            format!("[unreadable message: {e}]"),
+        ),
+    };
+    Message {
+        chat_id: ev.chat_id.clone(),
+        id,
+        seq: Some(ev.seq),
+        sender: user.clone(),
+        sender_device: device.clone(),
+        outgoing: false,
+        kind,
+        body,
+        sent_at_ms: sent_at,
+        server_ts: Some(ev.ts),
+        state: MessageState::Received,
+    }
+}

@@ -1,0 +1,32 @@
+//! The Parley client SDK: one device of one user, end-to-end encrypted with MLS.
+//!
+//! - [`Client`]: register or log in ([`Client::register`], [`Client::login`]) or open
+//!   an existing profile ([`Client::open`]); [`Client::connect`] starts the WebSocket
+//!   event stream (inbox replay, live events, automatic reconnect); events reach the app
+//!   through [`Client::subscribe`] as [`Event`]s.
+//! - Chats: [`Client::create_chat`] sets up a 1:1 chat as an MLS group with every
+//!   device of both users; [`Client::send_text`] writes a message at once (pending),
+//!   encrypts it and sends it through the outbox exactly once; ticks move
+//!   pending → ✓ sent → ✓✓ delivered → read ([`MessageState`]).
+//! - A local SQLite store per device ([`store`]) holds the MLS state and the decrypted
+//!   history: [`Reader`] reads history and searches it offline.
+//! - Other devices of the user are added to the user's chats by an existing device
+//!   ([`Client::refresh_devices`], also automatic while connected).
+//!
+//! The server only ever sees ciphertext: chat event payloads are a [`ChatPayload`]
+//! (an MLS message, or a Commit with its Welcome).
+
+mod api;
+mod client;
+mod engine;
+pub mod error;
+pub mod payload;
+mod socket;
+pub mod store;
+
+pub use client::{Client, ClientConfig, ConnectionState, Event};
+pub use error::{Error, Result};
+pub use payload::ChatPayload;
+pub use store::{ChatInfo, Message, MessageState, Reader};
+
+pub use parley_client_api::{ChatId, DeviceId, ErrorCode, UserId};

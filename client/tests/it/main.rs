@@ -1,0 +1,4 @@
+//! parley-client's integration tests: real homeserver processes, real sockets.
+#![allow(unreachable_pub)]
+
+mod offline;
