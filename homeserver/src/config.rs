@@ -30,6 +30,9 @@ pub struct Cli {
     /// Log format: `text` or `json`.
     #[arg(long, env = "PARLEY_LOG_FORMAT")]
     pub log_format: Option<LogFormat>,
+    /// NATS URL (`nats://host:4222`) shared by the nodes of one domain; unset: one node.
+    #[arg(long, env = "PARLEY_BUS_URL")]
+    pub bus_url: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum, Default)]
@@ -93,6 +96,7 @@ struct FileConfig {
     database_url: Option<String>,
     data_dir: Option<PathBuf>,
     log_format: Option<LogFormat>,
+    bus_url: Option<String>,
     limits: Limits,
 }
 
@@ -104,6 +108,8 @@ pub struct Config {
     pub database_url: String,
     pub data_dir: PathBuf,
     pub log_format: LogFormat,
+    /// Set when several nodes serve this domain: their NATS.
+    pub bus_url: Option<String>,
     pub limits: Limits,
 }
 
@@ -165,6 +171,7 @@ impl Config {
             database_url,
             data_dir,
             log_format: cli.log_format.or(file.log_format).unwrap_or_default(),
+            bus_url: cli.bus_url.or(file.bus_url),
             limits,
         })
     }

@@ -43,7 +43,16 @@ pub async fn run(
         database = %config.database_url_redacted(),
         "store ready"
     );
-    let services = Services::start(config.clone(), store, Arc::new(metrics::Metrics::new()));
+    let gateway = match &config.bus_url {
+        Some(url) => gateway::Gateway::spawn_with_bus(config.limits.socket_queue, url).await?,
+        None => gateway::Gateway::spawn(config.limits.socket_queue),
+    };
+    let services = Services::start(
+        config.clone(),
+        store,
+        gateway,
+        Arc::new(metrics::Metrics::new()),
+    );
     let cancel = CancellationToken::new();
     let state = AppState {
         services,

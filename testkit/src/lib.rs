@@ -6,15 +6,19 @@
 //!   Each database is dropped again when its [`PgDatabase`] is dropped.
 //! - [`ServerProcess`]: a server binary run as a child process, with its stdout and
 //!   stderr captured, started once it prints `listening on <addr>`.
+//! - [`nats`]: a NATS server for multi-node tests (`NATS_URL`, the local one, or a
+//!   private one).
 //! - [`free_port`]: an unused TCP port on a loopback address.
 
 mod cluster;
+mod nats;
 mod pg;
 mod process;
 
 use std::net::TcpListener;
 
 pub use cluster::{Cluster, throwaway_cluster};
+pub use nats::{Nats, nats};
 pub use pg::{PgDatabase, postgres};
 pub use process::{READY_TIMEOUT, ServerProcess};
 

@@ -4,6 +4,8 @@
 //! Invariant: the registry never waits on a socket. A device whose queue is full is
 //! disconnected (it resumes from its inbox, where everything it missed still is).
 
+pub mod bus;
+
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -75,11 +77,25 @@ pub struct Registration {
 }
 
 impl Gateway {
-    /// Starts the registry task. `queue` bounds each connection's queue.
+    /// Starts the registry task for a single node. `queue` bounds each connection's
+    /// queue.
     pub fn spawn(queue: usize) -> Self {
         let (tx, rx) = mpsc::channel(16 * 1024);
-        tokio::spawn(run(rx));
+        tokio::spawn(run(rx, None));
         Self { tx, queue }
+    }
+
+    /// Starts the registry task for one node of several, routing deliveries for devices
+    /// connected elsewhere through NATS at `url`.
+    pub async fn spawn_with_bus(queue: usize, url: &str) -> Result<Self, async_nats::ConnectError> {
+        use rand::Rng as _;
+        let node = format!("{:016x}", rand::rng().random::<u64>());
+        let (from_bus_tx, from_bus_rx) = mpsc::channel(16 * 1024);
+        let bus = bus::start(url, node.clone(), from_bus_tx).await?;
+        tracing::info!(%node, bus = %url, "routing between nodes through NATS");
+        let (tx, rx) = mpsc::channel(16 * 1024);
+        tokio::spawn(run(rx, Some((bus, from_bus_rx))));
+        Ok(Self { tx, queue })
     }
 
     /// Registers a device's connection, replacing (and closing) an older one. Once this
@@ -122,39 +138,112 @@ impl Gateway {
     }
 }
 
-async fn run(mut rx: mpsc::Receiver<Command>) {
-    let mut conns: HashMap<DeviceId, (u64, mpsc::Sender<Outbound>)> = HashMap::new();
+type Conns = HashMap<DeviceId, (u64, mpsc::Sender<Outbound>)>;
+
+/// Hands an item to a local connection; a full queue disconnects the device.
+fn deliver_local(conns: &mut Conns, device: &DeviceId, item: Outbound) -> bool {
+    let Some((_, tx)) = conns.get(device) else {
+        return false;
+    };
+    if tx.try_send(item).is_err() {
+        // Full or gone: drop the sender; the connection sees its queue end and closes
+        // as lagged. Its inbox still holds everything.
+        tracing::debug!(%device, "socket queue full, disconnecting");
+        conns.remove(device);
+    }
+    true
+}
+
+async fn run(
+    mut rx: mpsc::Receiver<Command>,
+    mut bus: Option<(bus::BusHandle, mpsc::Receiver<(DeviceId, bus::Wire)>)>,
+) {
+    let mut conns: Conns = HashMap::new();
     let mut next_conn: u64 = 0;
-    while let Some(cmd) = rx.recv().await {
+    loop {
+        let from_bus = async {
+            match bus.as_mut() {
+                Some((_, rx)) => rx.recv().await,
+                None => std::future::pending().await,
+            }
+        };
+        let cmd = tokio::select! {
+            cmd = rx.recv() => match cmd {
+                Some(cmd) => cmd,
+                None => return,
+            },
+            Some((device, wire)) = from_bus => {
+                let node = bus.as_ref().map(|(b, _)| b.node.as_str()).unwrap_or("");
+                match wire {
+                    bus::Wire::Event { id, event } => {
+                        deliver_local(&mut conns, &device, Outbound::Event { id, event_json: event.into() });
+                    }
+                    bus::Wire::Frame { id, json } => {
+                        deliver_local(&mut conns, &device, Outbound::Frame { id, json });
+                    }
+                    bus::Wire::Kick { node: from, reason } if from != node => {
+                        if let Some((_, tx)) = conns.remove(&device) {
+                            let _ = tx.try_send(Outbound::Close(bus::reason_from_code(reason)));
+                        }
+                        if let Some((b, _)) = &bus {
+                            b.unsubscribe(device);
+                        }
+                    }
+                    bus::Wire::Kick { .. } => {}
+                }
+                continue;
+            }
+        };
         match cmd {
             Command::Register { device, tx, done } => {
                 next_conn += 1;
-                if let Some((_, old)) = conns.insert(device, (next_conn, tx)) {
+                if let Some((_, old)) = conns.insert(device.clone(), (next_conn, tx)) {
                     let _ = old.try_send(Outbound::Close(CloseReason::Replaced));
                 }
-                let _ = done.send(next_conn);
+                if let Some((b, _)) = &bus {
+                    // Close the device's socket on any other node, then listen for it.
+                    b.publish(
+                        device.clone(),
+                        &bus::Wire::Kick {
+                            node: b.node.clone(),
+                            reason: CloseReason::Replaced.code().0,
+                        },
+                    );
+                    b.subscribe(device, Some((next_conn, done)));
+                } else {
+                    let _ = done.send(next_conn);
+                }
             }
             Command::Unregister { device, conn } => {
                 if conns.get(&device).is_some_and(|(c, _)| *c == conn) {
                     conns.remove(&device);
+                    if let Some((b, _)) = &bus {
+                        b.unsubscribe(device);
+                    }
                 }
             }
             Command::Deliver(items) => {
                 for (device, item) in items {
-                    let Some((_, tx)) = conns.get(&device) else {
-                        continue;
-                    };
-                    if tx.try_send(item).is_err() {
-                        // Full or gone: drop the sender; the connection sees its queue
-                        // end and closes as lagged. Its inbox still holds everything.
-                        tracing::debug!(%device, "socket queue full, disconnecting");
-                        conns.remove(&device);
+                    if !deliver_local(&mut conns, &device, item.clone())
+                        && let Some((b, _)) = &bus
+                    {
+                        b.publish(device, &bus::Wire::from_outbound(&item, &b.node));
                     }
                 }
             }
             Command::Kick(device, reason) => {
                 if let Some((_, tx)) = conns.remove(&device) {
                     let _ = tx.try_send(Outbound::Close(reason));
+                }
+                if let Some((b, _)) = &bus {
+                    b.publish(
+                        device.clone(),
+                        &bus::Wire::Kick {
+                            node: b.node.clone(),
+                            reason: reason.code().0,
+                        },
+                    );
+                    b.unsubscribe(device);
                 }
             }
             Command::Count(reply) => {

@@ -63,8 +63,12 @@ pub struct Services {
 
 impl Services {
     /// Starts the background tasks (writers, registry, janitor) and returns the handles.
-    pub fn start(config: Arc<Config>, store: AnyStore, metrics: Arc<Metrics>) -> Self {
-        let gateway = Gateway::spawn(config.limits.socket_queue);
+    pub fn start(
+        config: Arc<Config>,
+        store: AnyStore,
+        gateway: Gateway,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         let writers = match store {
             AnyStore::Sqlite(_) => 1,
             AnyStore::Postgres(_) => config.limits.writers,

@@ -1,5 +1,6 @@
 //! Shared helpers: start a server on a backend, talk HTTP and WebSocket to it.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
@@ -55,7 +56,8 @@ pub struct Server {
     pub base: String,
     database_url: String,
     data_dir: tempfile::TempDir,
-    _pg: Option<PgDatabase>,
+    extra_args: Vec<String>,
+    _pg: Option<Arc<PgDatabase>>,
     http: reqwest::Client,
 }
 
@@ -69,26 +71,48 @@ impl Server {
             ),
             Backend::Postgres => {
                 let db = parley_testkit::postgres().await?;
-                (db.url().to_owned(), Some(db))
+                (db.url().to_owned(), Some(Arc::new(db)))
             }
         };
-        let process = spawn(&database_url, data_dir.path()).await?;
+        let process = spawn(&database_url, data_dir.path(), &[]).await?;
         let base = format!("http://{}", process.addr());
         Ok(Self {
             process,
             base,
             database_url,
             data_dir,
+            extra_args: Vec::new(),
             _pg: pg,
             http: reqwest::Client::new(),
         })
+    }
+
+    /// `n` nodes of one domain on one Postgres database, routing through NATS at `bus`.
+    pub async fn start_nodes(n: usize, bus: &str) -> Result<Vec<Self>> {
+        let db = Arc::new(parley_testkit::postgres().await?);
+        let extra = vec!["--bus-url".to_owned(), bus.to_owned()];
+        let mut nodes = Vec::with_capacity(n);
+        for _ in 0..n {
+            let data_dir = tempfile::tempdir()?;
+            let process = spawn(db.url(), data_dir.path(), &extra).await?;
+            nodes.push(Self {
+                base: format!("http://{}", process.addr()),
+                process,
+                database_url: db.url().to_owned(),
+                data_dir,
+                extra_args: extra.clone(),
+                _pg: Some(db.clone()),
+                http: reqwest::Client::new(),
+            });
+        }
+        Ok(nodes)
     }
 
     /// Kills the process with SIGKILL (no shutdown of any kind) and starts a new one on
     /// the same database.
     pub async fn crash_and_restart(&mut self) -> Result<()> {
         self.process.kill_hard().await?;
-        self.process = spawn(&self.database_url, self.data_dir.path()).await?;
+        self.process = spawn(&self.database_url, self.data_dir.path(), &self.extra_args).await?;
         self.base = format!("http://{}", self.process.addr());
         Ok(())
     }
@@ -208,19 +232,25 @@ impl Server {
     }
 }
 
-async fn spawn(database_url: &str, data_dir: &std::path::Path) -> Result<ServerProcess> {
+async fn spawn(
+    database_url: &str,
+    data_dir: &std::path::Path,
+    extra: &[String],
+) -> Result<ServerProcess> {
+    let mut args = vec![
+        "--listen".to_owned(),
+        "127.0.0.1:0".into(),
+        "--server-name".into(),
+        SERVER_NAME.into(),
+        "--database-url".into(),
+        database_url.into(),
+        "--data-dir".into(),
+        data_dir.display().to_string(),
+    ];
+    args.extend_from_slice(extra);
     ServerProcess::spawn(
         env!("CARGO_BIN_EXE_parley-homeserver"),
-        [
-            "--listen",
-            "127.0.0.1:0",
-            "--server-name",
-            SERVER_NAME,
-            "--database-url",
-            database_url,
-            "--data-dir",
-            &data_dir.display().to_string(),
-        ],
+        args,
         [("PARLEY_LOG", "info,parley_homeserver=debug")],
     )
     .await

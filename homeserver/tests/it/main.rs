@@ -12,5 +12,6 @@ mod delivery;
 mod errors;
 mod groups;
 mod keys;
+mod multinode;
 mod observability;
 mod store_suite;
