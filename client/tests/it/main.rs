@@ -1,4 +1,8 @@
 //! parley-client's integration tests: real homeserver processes, real sockets.
 #![allow(unreachable_pub)]
 
+mod harness;
+
+mod canary;
+mod e2e;
 mod offline;
