@@ -6,3 +6,4 @@ mod harness;
 mod canary;
 mod e2e;
 mod offline;
+mod tmux;
