@@ -1,5 +1,7 @@
 //! The federation crate's one test harness: module per area, shared helpers here.
 
+mod directory;
+mod outbox;
 mod rfc9421_vectors;
 mod signing;
 
