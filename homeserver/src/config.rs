@@ -33,6 +33,21 @@ pub struct Cli {
     /// NATS URL (`nats://host:4222`) shared by the nodes of one domain; unset: one node.
     #[arg(long, env = "PARLEY_BUS_URL")]
     pub bus_url: Option<String>,
+    /// Where the admin API listens (off when unset; keep it off the public network).
+    #[arg(long, env = "PARLEY_ADMIN_LISTEN")]
+    pub admin_listen: Option<SocketAddr>,
+    /// The admin API's bearer token (required with `--admin-listen`).
+    #[arg(long, env = "PARLEY_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// Subcommands; without one, the server runs.
+#[derive(Debug, clap::Subcommand)]
+pub enum Command {
+    /// Administer a running server through its admin API.
+    Admin(crate::admin_cli::AdminArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum, Default)]
@@ -97,6 +112,8 @@ struct FileConfig {
     data_dir: Option<PathBuf>,
     log_format: Option<LogFormat>,
     bus_url: Option<String>,
+    admin_listen: Option<SocketAddr>,
+    admin_token: Option<String>,
     limits: Limits,
 }
 
@@ -110,6 +127,9 @@ pub struct Config {
     pub log_format: LogFormat,
     /// Set when several nodes serve this domain: their NATS.
     pub bus_url: Option<String>,
+    /// The admin API's own listener; `None`: the admin API is off.
+    pub admin_listen: Option<SocketAddr>,
+    pub admin_token: Option<String>,
     pub limits: Limits,
 }
 
@@ -157,6 +177,13 @@ impl Config {
             .or(file.database_url)
             .unwrap_or_else(|| format!("sqlite://{}", data_dir.join("parley.db").display()));
         let limits = file.limits;
+        let admin_listen = cli.admin_listen.or(file.admin_listen);
+        let admin_token = cli.admin_token.or(file.admin_token);
+        if admin_listen.is_some() && admin_token.as_deref().is_none_or(|t| t.len() < 16) {
+            return Err(ConfigError::Limit(
+                "admin_listen needs an admin_token of at least 16 characters",
+            ));
+        }
         if limits.max_batch == 0 || limits.writers == 0 || limits.socket_queue == 0 {
             return Err(ConfigError::Limit(
                 "max_batch, writers and socket_queue must be > 0",
@@ -172,6 +199,8 @@ impl Config {
             data_dir,
             log_format: cli.log_format.or(file.log_format).unwrap_or_default(),
             bus_url: cli.bus_url.or(file.bus_url),
+            admin_listen,
+            admin_token,
             limits,
         })
     }

@@ -4,6 +4,7 @@
 //! (behaviour) → [`store`] (trait) → `pg` | `sqlite`. The [`gateway`] task owns the map
 //! of connected devices. `main` is a thin wrapper around [`run`].
 
+pub mod admin_cli;
 pub mod clock;
 pub mod config;
 pub mod gateway;
@@ -63,6 +64,22 @@ pub async fn run(
     tracing::info!(%addr, server_name = %config.server_name, "listening");
     // The harnesses wait for this exact line.
     println!("parley-homeserver listening on {addr}");
+    let admin = match config.admin_listen {
+        Some(addr) => {
+            let listener = TcpListener::bind(addr).await?;
+            let addr = listener.local_addr()?;
+            tracing::info!(%addr, "admin API listening");
+            println!("parley-homeserver admin listening on {addr}");
+            let app = http::admin::admin_app(state.clone());
+            let stop = cancel.clone();
+            Some(tokio::spawn(async move {
+                axum::serve(listener, app)
+                    .with_graceful_shutdown(async move { stop.cancelled().await })
+                    .await
+            }))
+        }
+        None => None,
+    };
     let app = http::app(state);
     let stop = cancel.clone();
     axum::serve(listener, app)
@@ -71,5 +88,8 @@ pub async fn run(
             stop.cancel();
         })
         .await?;
+    if let Some(admin) = admin {
+        admin.await??;
+    }
     Ok(())
 }

@@ -1,10 +1,18 @@
 use clap::Parser;
-use parley_homeserver::config::{Cli, Config, LogFormat};
+use parley_homeserver::config::{Cli, Command, Config, LogFormat};
 use tracing_subscriber::EnvFilter;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let config = Config::load(Cli::parse())?;
+    let mut cli = Cli::parse();
+    if let Some(Command::Admin(args)) = cli.command.take() {
+        if let Err(e) = parley_homeserver::admin_cli::run(args).await {
+            eprintln!("error: {e:#}");
+            std::process::exit(1);
+        }
+        return Ok(());
+    }
+    let config = Config::load(cli)?;
     let filter = EnvFilter::try_from_env("PARLEY_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
     match config.log_format {
         LogFormat::Text => tracing_subscriber::fmt().with_env_filter(filter).init(),

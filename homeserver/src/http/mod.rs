@@ -1,6 +1,7 @@
 //! The HTTP and WebSocket surface. Handlers translate between the wire types of
 //! `parley-client-api` and the services; they hold no logic and touch no SQL.
 
+pub mod admin;
 pub mod client;
 pub mod error;
 pub mod extract;

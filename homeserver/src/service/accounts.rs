@@ -54,38 +54,53 @@ impl Accounts {
         password: &str,
         device_name: Option<String>,
     ) -> Result<LoggedIn, ServiceError> {
+        check_device_name(&device_name)?;
+        let user_id = self.create_user(username, password).await?;
+        self.new_device(user_id, device_name).await
+    }
+
+    /// Creates an account with no device (admin API).
+    pub async fn create_user(
+        &self,
+        username: &str,
+        password: &str,
+    ) -> Result<UserId, ServiceError> {
         validate_localpart(username)
             .map_err(|e| ServiceError::InvalidParam(format!("username: {e}")))?;
-        if password.chars().count() < MIN_PASSWORD || password.len() > MAX_PASSWORD {
-            return Err(ServiceError::InvalidParam(format!(
-                "password must be {MIN_PASSWORD} to {MAX_PASSWORD} characters"
-            )));
-        }
-        check_device_name(&device_name)?;
         let user_id = UserId::new(username, &self.server_name)
             .map_err(|e| ServiceError::InvalidParam(format!("username: {e}")))?;
-        let password = password.to_owned();
-        let hash = tokio::task::spawn_blocking(move || {
-            let salt = SaltString::encode_b64(&rand::rng().random::<[u8; 16]>())
-                .map_err(|e| ServiceError::Internal(e.to_string()))?;
-            Argon2::default()
-                .hash_password(password.as_bytes(), &salt)
-                .map(|h| h.to_string())
-                .map_err(|e| ServiceError::Internal(e.to_string()))
-        })
-        .await
-        .map_err(|e| ServiceError::Internal(e.to_string()))??;
         let user = NewUser {
             user_id: user_id.clone(),
             localpart: username.to_owned(),
-            password_hash: hash,
+            password_hash: hash_password(password).await?,
             created_at: now_ms(),
         };
         match self.store.create_user(&user).await {
-            Err(StoreError::Conflict(_)) => return Err(ServiceError::UserExists),
-            other => other?,
+            Err(StoreError::Conflict(_)) => Err(ServiceError::UserExists),
+            other => Ok(other.map(|()| user_id)?),
         }
-        self.new_device(user_id, device_name).await
+    }
+
+    /// Deactivates an account: it can no longer log in, and every device of it is
+    /// removed. Returns the removed devices (their sockets must be closed).
+    pub async fn deactivate(&self, user_id: &UserId) -> Result<Vec<DeviceId>, ServiceError> {
+        self.store
+            .deactivate_user(user_id, now_ms())
+            .await?
+            .ok_or_else(|| ServiceError::UnknownUser(user_id.to_string()))
+    }
+
+    pub async fn reset_password(
+        &self,
+        user_id: &UserId,
+        password: &str,
+    ) -> Result<(), ServiceError> {
+        let hash = hash_password(password).await?;
+        if self.store.set_password(user_id, &hash).await? {
+            Ok(())
+        } else {
+            Err(ServiceError::UnknownUser(user_id.to_string()))
+        }
     }
 
     pub async fn login(
@@ -184,6 +199,26 @@ impl Accounts {
             Err(ServiceError::UnknownDevice)
         }
     }
+}
+
+/// Checks the password policy and hashes it with argon2id (off the async threads).
+async fn hash_password(password: &str) -> Result<String, ServiceError> {
+    if password.chars().count() < MIN_PASSWORD || password.len() > MAX_PASSWORD {
+        return Err(ServiceError::InvalidParam(format!(
+            "password must be {MIN_PASSWORD} to {MAX_PASSWORD} characters"
+        )));
+    }
+    let password = password.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let salt = SaltString::encode_b64(&rand::rng().random::<[u8; 16]>())
+            .map_err(|e| ServiceError::Internal(e.to_string()))?;
+        Argon2::default()
+            .hash_password(password.as_bytes(), &salt)
+            .map(|h| h.to_string())
+            .map_err(|e| ServiceError::Internal(e.to_string()))
+    })
+    .await
+    .map_err(|e| ServiceError::Internal(e.to_string()))?
 }
 
 fn check_device_name(name: &Option<String>) -> Result<(), ServiceError> {

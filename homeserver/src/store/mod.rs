@@ -273,6 +273,19 @@ pub trait Store: Send + Sync + 'static {
     fn purge_expired(&self, before: i64) -> impl Future<Output = Result<Purged>> + Send;
     /// Counts for metrics and the admin API.
     fn stats(&self) -> impl Future<Output = Result<Stats>> + Send;
+    /// Marks the user deactivated and removes all their devices (tokens, inboxes);
+    /// returns the removed devices, or `None` if there is no such active user.
+    fn deactivate_user(
+        &self,
+        user_id: &UserId,
+        at: i64,
+    ) -> impl Future<Output = Result<Option<Vec<DeviceId>>>> + Send;
+    /// False if there is no such active user.
+    fn set_password(
+        &self,
+        user_id: &UserId,
+        password_hash: &str,
+    ) -> impl Future<Output = Result<bool>> + Send;
 
     // --- key packages ---------------------------------------------------------------
     /// Adds one-time KeyPackages and replaces the last-resort one, unless the device would
@@ -424,6 +437,12 @@ impl Store for AnyStore {
     }
     async fn stats(&self) -> Result<Stats> {
         dispatch!(self, s => s.stats().await)
+    }
+    async fn deactivate_user(&self, user_id: &UserId, at: i64) -> Result<Option<Vec<DeviceId>>> {
+        dispatch!(self, s => s.deactivate_user(user_id, at).await)
+    }
+    async fn set_password(&self, user_id: &UserId, password_hash: &str) -> Result<bool> {
+        dispatch!(self, s => s.set_password(user_id, password_hash).await)
     }
     async fn upload_key_packages(
         &self,

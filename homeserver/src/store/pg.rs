@@ -156,7 +156,9 @@ impl Store for PgStore {
     }
 
     async fn user_password(&self, localpart: &str) -> Result<Option<(UserId, String)>> {
-        let row = sqlx::query("SELECT user_id, password_hash FROM users WHERE localpart = $1")
+        let row = sqlx::query(
+            "SELECT user_id, password_hash FROM users WHERE localpart = $1 AND deactivated_at IS NULL",
+        )
             .bind(localpart)
             .fetch_optional(&self.pool)
             .await?;
@@ -873,6 +875,46 @@ impl Store for PgStore {
         .bind(chat_id.as_str())
         .bind(user_id.as_str())
         .bind(admin)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(n == 1)
+    }
+
+    async fn deactivate_user(&self, user_id: &UserId, at: i64) -> Result<Option<Vec<DeviceId>>> {
+        let mut tx = self.pool.begin().await?;
+        let n = sqlx::query(
+            "UPDATE users SET deactivated_at = $2 WHERE user_id = $1 AND deactivated_at IS NULL",
+        )
+        .bind(user_id.as_str())
+        .bind(at)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if n == 0 {
+            return Ok(None);
+        }
+        let devices: Vec<String> =
+            sqlx::query_scalar("DELETE FROM devices WHERE user_id = $1 RETURNING device_id")
+                .bind(user_id.as_str())
+                .fetch_all(&mut *tx)
+                .await?;
+        for device in &devices {
+            sqlx::query("DELETE FROM inbox WHERE device_id = $1")
+                .bind(device)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(Some(devices.into_iter().map(id).collect::<Result<_>>()?))
+    }
+
+    async fn set_password(&self, user_id: &UserId, password_hash: &str) -> Result<bool> {
+        let n = sqlx::query(
+            "UPDATE users SET password_hash = $2 WHERE user_id = $1 AND deactivated_at IS NULL",
+        )
+        .bind(user_id.as_str())
+        .bind(password_hash)
         .execute(&self.pool)
         .await?
         .rows_affected();

@@ -63,6 +63,12 @@ pub struct Server {
 
 impl Server {
     pub async fn start(backend: Backend) -> Result<Self> {
+        Self::start_with(backend, &[]).await
+    }
+
+    /// Starts a server with extra command-line arguments.
+    pub async fn start_with(backend: Backend, extra: &[&str]) -> Result<Self> {
+        let extra_args: Vec<String> = extra.iter().map(|s| (*s).to_owned()).collect();
         let data_dir = tempfile::tempdir()?;
         let (database_url, pg) = match backend {
             Backend::Sqlite => (
@@ -74,14 +80,14 @@ impl Server {
                 (db.url().to_owned(), Some(Arc::new(db)))
             }
         };
-        let process = spawn(&database_url, data_dir.path(), &[]).await?;
+        let process = spawn(&database_url, data_dir.path(), &extra_args).await?;
         let base = format!("http://{}", process.addr());
         Ok(Self {
             process,
             base,
             database_url,
             data_dir,
-            extra_args: Vec::new(),
+            extra_args,
             _pg: pg,
             http: reqwest::Client::new(),
         })

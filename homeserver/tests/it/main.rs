@@ -7,6 +7,7 @@
 mod harness;
 
 mod accounts;
+mod admin;
 mod crash;
 mod delivery;
 mod errors;

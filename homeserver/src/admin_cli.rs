@@ -1,0 +1,165 @@
+//! `parley-homeserver admin …`: the admin API from a terminal.
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Subcommand};
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+use crate::http::admin::api;
+
+#[derive(Debug, Args)]
+pub struct AdminArgs {
+    /// The admin listener's URL.
+    #[arg(
+        long,
+        env = "PARLEY_ADMIN_URL",
+        default_value = "http://127.0.0.1:8009"
+    )]
+    pub url: String,
+    /// The admin token.
+    #[arg(long, env = "PARLEY_ADMIN_TOKEN", hide_env_values = true)]
+    pub token: String,
+    #[command(subcommand)]
+    pub action: AdminAction,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AdminAction {
+    /// Create a user.
+    CreateUser {
+        username: String,
+        #[arg(long)]
+        password: String,
+    },
+    /// Deactivate a user: no more logins, every device removed.
+    Deactivate { user_id: String },
+    /// Set a user's password.
+    ResetPassword {
+        user_id: String,
+        #[arg(long)]
+        password: String,
+        /// Also remove every device of the user.
+        #[arg(long)]
+        logout_devices: bool,
+    },
+    /// Show a user's devices.
+    Devices { user_id: String },
+    /// Remove one device of a user.
+    RevokeDevice { user_id: String, device_id: String },
+    /// Server statistics.
+    Stats,
+}
+
+/// Runs one admin command and prints its result.
+pub async fn run(args: AdminArgs) -> Result<()> {
+    let http = reqwest::Client::new();
+    let base = format!("{}{}", args.url.trim_end_matches('/'), api::PREFIX);
+    let call = |method: reqwest::Method, path: String, body: Option<Value>| {
+        let mut req = http
+            .request(method, format!("{base}{path}"))
+            .bearer_auth(&args.token);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        req
+    };
+    match args.action {
+        AdminAction::CreateUser { username, password } => {
+            let created: api::UserCreated = send(call(
+                reqwest::Method::POST,
+                "/users".into(),
+                Some(serde_json::json!({"username": username, "password": password})),
+            ))
+            .await?;
+            println!("created {}", created.user_id);
+        }
+        AdminAction::Deactivate { user_id } => {
+            let done: api::Deactivated = send(call(
+                reqwest::Method::POST,
+                format!("/users/{}/deactivate", enc(&user_id)),
+                None,
+            ))
+            .await?;
+            println!(
+                "deactivated {} ({} devices removed)",
+                done.user_id,
+                done.devices_removed.len()
+            );
+        }
+        AdminAction::ResetPassword {
+            user_id,
+            password,
+            logout_devices,
+        } => {
+            send_empty(call(
+                reqwest::Method::POST,
+                format!("/users/{}/password", enc(&user_id)),
+                Some(serde_json::json!({"password": password, "logout_devices": logout_devices})),
+            ))
+            .await?;
+            println!("password of {user_id} reset");
+        }
+        AdminAction::Devices { user_id } => {
+            let list: api::Devices = send(call(
+                reqwest::Method::GET,
+                format!("/users/{}/devices", enc(&user_id)),
+                None,
+            ))
+            .await?;
+            for d in list.devices {
+                println!(
+                    "{}\t{}\t{}",
+                    d.device_id,
+                    d.display_name.unwrap_or_default(),
+                    d.created_at
+                );
+            }
+        }
+        AdminAction::RevokeDevice { user_id, device_id } => {
+            send_empty(call(
+                reqwest::Method::DELETE,
+                format!("/users/{}/devices/{}", enc(&user_id), enc(&device_id)),
+                None,
+            ))
+            .await?;
+            println!("revoked {device_id} of {user_id}");
+        }
+        AdminAction::Stats => {
+            let s: api::Stats = send(call(reqwest::Method::GET, "/stats".into(), None)).await?;
+            println!(
+                "users {}\ndevices {}\nchats {}\ninbox_rows {}\nconnected_sockets {}",
+                s.users, s.devices, s.chats, s.inbox_rows, s.connected_sockets
+            );
+        }
+    }
+    Ok(())
+}
+
+fn enc(segment: &str) -> String {
+    parley_client_api::http::fill("{x}", &[("x", segment)])
+}
+
+async fn response(req: reqwest::RequestBuilder) -> Result<reqwest::Response> {
+    let resp = req
+        .send()
+        .await
+        .context("cannot reach the admin API (is --admin-listen set, and --url right?)")?;
+    if resp.status().is_success() {
+        return Ok(resp);
+    }
+    let status = resp.status();
+    let body: Value = resp.json().await.unwrap_or_default();
+    bail!(
+        "{} ({status}): {}",
+        body["error"].as_str().unwrap_or("error"),
+        body["message"].as_str().unwrap_or("")
+    )
+}
+
+async fn send<T: DeserializeOwned>(req: reqwest::RequestBuilder) -> Result<T> {
+    Ok(response(req).await?.json().await?)
+}
+
+async fn send_empty(req: reqwest::RequestBuilder) -> Result<()> {
+    response(req).await.map(|_| ())
+}

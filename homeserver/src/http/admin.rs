@@ -1,0 +1,249 @@
+//! The admin API (`/_parley/admin/v1/…`), served only on its own listener
+//! (`admin_listen`), never on the public one, and only with the admin token
+//! (`Authorization: Bearer <admin_token>`). The `parley-homeserver admin` CLI speaks it.
+
+use axum::extract::{FromRequestParts, State};
+use axum::http::StatusCode;
+use axum::http::request::Parts;
+use axum::routing::{delete, get, post};
+use axum::{Json, Router};
+use parley_client_api::{DeviceId, ErrorCode, UserId};
+use sha2::{Digest, Sha256};
+
+use super::AppState;
+use super::error::ApiError;
+use super::extract::{ApiJson, ApiPath};
+use crate::gateway::CloseReason;
+use crate::store::Store;
+
+/// The admin API's bodies, shared by the handlers and the CLI.
+pub mod api {
+    use parley_client_api::{DeviceId, UserId};
+    use serde::{Deserialize, Serialize};
+
+    pub const PREFIX: &str = "/_parley/admin/v1";
+
+    #[derive(Debug, Clone, Serialize, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct CreateUser {
+        pub username: String,
+        pub password: String,
+    }
+
+    #[derive(Debug, Clone, Serialize, Deserialize)]
+    pub struct UserCreated {
+        pub user_id: UserId,
+    }
+
+    #[derive(Debug, Clone, Serialize, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct ResetPassword {
+        pub password: String,
+        /// Also remove every device (they must log in again).
+        #[serde(default)]
+        pub logout_devices: bool,
+    }
+
+    #[derive(Debug, Clone, Serialize, Deserialize)]
+    pub struct Deactivated {
+        pub user_id: UserId,
+        pub devices_removed: Vec<DeviceId>,
+    }
+
+    #[derive(Debug, Clone, Serialize, Deserialize)]
+    pub struct Devices {
+        pub user_id: UserId,
+        pub devices: Vec<Device>,
+    }
+
+    #[derive(Debug, Clone, Serialize, Deserialize)]
+    pub struct Device {
+        pub device_id: DeviceId,
+        pub display_name: Option<String>,
+        pub created_at: i64,
+    }
+
+    #[derive(Debug, Clone, Serialize, Deserialize)]
+    pub struct Stats {
+        pub users: i64,
+        pub devices: i64,
+        pub chats: i64,
+        pub inbox_rows: i64,
+        pub connected_sockets: usize,
+    }
+}
+
+/// The admin router (mount it on the admin listener only).
+pub fn admin_app(state: AppState) -> Router {
+    Router::new()
+        .route("/_parley/admin/v1/users", post(create_user))
+        .route(
+            "/_parley/admin/v1/users/{user_id}/deactivate",
+            post(deactivate),
+        )
+        .route(
+            "/_parley/admin/v1/users/{user_id}/password",
+            post(reset_password),
+        )
+        .route("/_parley/admin/v1/users/{user_id}/devices", get(devices))
+        .route(
+            "/_parley/admin/v1/users/{user_id}/devices/{device_id}",
+            delete(revoke_device),
+        )
+        .route("/_parley/admin/v1/stats", get(stats))
+        .fallback(|| async { ApiError::new(ErrorCode::NotFound, "no such admin endpoint") })
+        .with_state(state)
+}
+
+/// The request carries the admin token.
+pub struct Admin;
+
+impl FromRequestParts<AppState> for Admin {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let Some(expected) = state.services.config.admin_token.as_deref() else {
+            return Err(ApiError::new(
+                ErrorCode::Forbidden,
+                "the admin API is disabled",
+            ));
+        };
+        let given = parts
+            .headers
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .ok_or_else(|| ApiError::new(ErrorCode::MissingToken, "send the admin token"))?;
+        // Compare digests: equal-length inputs, no early exit on a shared prefix.
+        if Sha256::digest(given.as_bytes()) == Sha256::digest(expected.as_bytes()) {
+            Ok(Admin)
+        } else {
+            Err(ApiError::new(ErrorCode::UnknownToken, "wrong admin token"))
+        }
+    }
+}
+
+type ApiResult<T> = Result<T, ApiError>;
+
+async fn create_user(
+    State(st): State<AppState>,
+    _: Admin,
+    ApiJson(req): ApiJson<api::CreateUser>,
+) -> ApiResult<(StatusCode, Json<api::UserCreated>)> {
+    let user_id = st
+        .services
+        .accounts
+        .create_user(&req.username, &req.password)
+        .await?;
+    tracing::info!(user = %user_id, "admin: user created");
+    Ok((StatusCode::CREATED, Json(api::UserCreated { user_id })))
+}
+
+async fn deactivate(
+    State(st): State<AppState>,
+    _: Admin,
+    ApiPath(user_id): ApiPath<UserId>,
+) -> ApiResult<Json<api::Deactivated>> {
+    let removed = st.services.accounts.deactivate(&user_id).await?;
+    for device in &removed {
+        st.services
+            .gateway
+            .kick(device.clone(), CloseReason::DeviceRemoved)
+            .await;
+    }
+    tracing::info!(user = %user_id, devices = removed.len(), "admin: user deactivated");
+    Ok(Json(api::Deactivated {
+        user_id,
+        devices_removed: removed,
+    }))
+}
+
+async fn reset_password(
+    State(st): State<AppState>,
+    _: Admin,
+    ApiPath(user_id): ApiPath<UserId>,
+    ApiJson(req): ApiJson<api::ResetPassword>,
+) -> ApiResult<StatusCode> {
+    st.services
+        .accounts
+        .reset_password(&user_id, &req.password)
+        .await?;
+    if req.logout_devices {
+        for device in st.services.accounts.devices(&user_id).await? {
+            st.services
+                .accounts
+                .remove_device(&user_id, &device.device_id)
+                .await?;
+            st.services
+                .gateway
+                .kick(device.device_id, CloseReason::DeviceRemoved)
+                .await;
+        }
+    }
+    tracing::info!(user = %user_id, "admin: password reset");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn devices(
+    State(st): State<AppState>,
+    _: Admin,
+    ApiPath(user_id): ApiPath<UserId>,
+) -> ApiResult<Json<api::Devices>> {
+    if !st
+        .services
+        .store
+        .user_exists(&user_id)
+        .await
+        .map_err(crate::service::ServiceError::from)?
+    {
+        return Err(ApiError::new(
+            ErrorCode::UnknownUser,
+            format!("no such user: {user_id}"),
+        ));
+    }
+    let devices = st.services.accounts.devices(&user_id).await?;
+    Ok(Json(api::Devices {
+        user_id,
+        devices: devices
+            .into_iter()
+            .map(|d| api::Device {
+                device_id: d.device_id,
+                display_name: d.display_name,
+                created_at: d.created_at,
+            })
+            .collect(),
+    }))
+}
+
+async fn revoke_device(
+    State(st): State<AppState>,
+    _: Admin,
+    ApiPath((user_id, device_id)): ApiPath<(UserId, DeviceId)>,
+) -> ApiResult<StatusCode> {
+    st.services
+        .accounts
+        .remove_device(&user_id, &device_id)
+        .await?;
+    st.services
+        .gateway
+        .kick(device_id.clone(), CloseReason::DeviceRemoved)
+        .await;
+    tracing::info!(user = %user_id, device = %device_id, "admin: device revoked");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn stats(State(st): State<AppState>, _: Admin) -> ApiResult<Json<api::Stats>> {
+    let s = st
+        .services
+        .store
+        .stats()
+        .await
+        .map_err(crate::service::ServiceError::from)?;
+    Ok(Json(api::Stats {
+        users: s.users,
+        devices: s.devices,
+        chats: s.chats,
+        inbox_rows: s.inbox_rows,
+        connected_sockets: st.services.gateway.connected().await,
+    }))
+}
