@@ -326,7 +326,10 @@ async fn run(cli: Cli) -> Result<()> {
             let mut events = client.subscribe();
             let msg = client.send_text(&chat, &text).await?;
             client.connect();
-            let state = wait_state(&mut events, &msg, WAIT).await;
+            let state = match client.wait_synced(Duration::from_secs(3)).await {
+                Ok(()) => wait_state(&mut events, &msg, WAIT).await,
+                Err(_) => MessageState::Pending,
+            };
             match state {
                 MessageState::Pending => println!(
                     "queued {} (not sent yet: the server is unreachable; it goes out the next time parley connects)",
