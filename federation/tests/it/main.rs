@@ -1,6 +1,8 @@
 //! The federation crate's one test harness: module per area, shared helpers here.
 
+mod api;
 mod directory;
+mod http;
 mod outbox;
 mod rfc9421_vectors;
 mod signing;

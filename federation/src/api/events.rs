@@ -1,0 +1,112 @@
+//! What travels in a transaction: sends forwarded to a chat's hub, the hub's sequenced
+//! events, receipts, and ephemeral typing/presence.
+//!
+//! [`FedEvent`] mirrors the client API's `ChatEvent` field by field (same names, same
+//! encodings, same optional fields), so the homeserver converts one into the other
+//! without touching a value.
+
+use serde::{Deserialize, Serialize};
+
+use super::payload::Payload;
+use crate::ids::{ChatId, DeviceId, UserId};
+
+/// The MLS message kind of an event and the epoch it was made in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MlsMeta {
+    pub kind: MlsKind,
+    pub epoch: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MlsKind {
+    Commit,
+    Proposal,
+    Application,
+}
+
+/// Members a commit adds and removes.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MembershipChange {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub add: Vec<UserId>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub remove: Vec<UserId>,
+}
+
+/// One event of a chat as its hub sequenced it (hub → followers). Receivers write it
+/// into their members' inboxes in `seq` order and dedup on `(chat_id, seq)`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FedEvent {
+    pub chat_id: ChatId,
+    /// Assigned by the hub: the chat's gap-free order.
+    pub seq: i64,
+    pub sender: UserId,
+    pub sender_device: DeviceId,
+    pub client_msg_id: String,
+    /// Ms since the Unix epoch, the hub's time of acceptance.
+    pub ts: i64,
+    pub payload: Payload,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mls: Option<MlsMeta>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub membership: Option<MembershipChange>,
+}
+
+/// A local user's send, forwarded by a follower to the chat's hub (follower → hub). The
+/// hub answers with the `seq` it assigned (or an error); resending the same
+/// `(sender_device, client_msg_id)` returns the first result.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HubSend {
+    pub chat_id: ChatId,
+    pub sender: UserId,
+    pub sender_device: DeviceId,
+    pub client_msg_id: String,
+    pub payload: Payload,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mls: Option<MlsMeta>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub membership: Option<MembershipChange>,
+}
+
+/// One member's receipts in a chat; a receipt for `n` covers every event up to `n`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FedReceipt {
+    pub chat_id: ChatId,
+    pub user_id: UserId,
+    /// Highest seq one of the member's devices acknowledged (✓✓ delivered).
+    pub delivered_seq: i64,
+    /// Highest seq the member marked read.
+    pub read_seq: i64,
+}
+
+/// Ephemeral events: never stored, never retried, dropped after ~30 s.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Ephemeral {
+    Typing {
+        chat_id: ChatId,
+        user_id: UserId,
+        typing: bool,
+    },
+    Presence {
+        user_id: UserId,
+        online: bool,
+        /// Ms since the Unix epoch; absent when the user hides it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        last_seen: Option<i64>,
+    },
+}
+
+impl Ephemeral {
+    /// The coalescing key in the outbox: a newer event with the same key replaces it.
+    pub fn coalesce_key(&self) -> String {
+        match self {
+            Ephemeral::Typing {
+                chat_id, user_id, ..
+            } => format!("typing {chat_id} {user_id}"),
+            Ephemeral::Presence { user_id, .. } => format!("presence {user_id}"),
+        }
+    }
+}
