@@ -29,6 +29,13 @@ impl std::fmt::Debug for Api {
     }
 }
 
+/// Builds a wire type from JSON through its own `Deserialize`: the SDK names only the
+/// fields it sets, so optional fields added to `parley-client-api` later need no change
+/// here (the same approach as parley-bench).
+pub(crate) fn wire<T: DeserializeOwned>(value: serde_json::Value) -> Result<T> {
+    serde_json::from_value(value).map_err(|e| Error::Protocol(format!("building a request: {e}")))
+}
+
 /// Normalizes a server URL: trims trailing slashes, defaults to `http://`.
 pub(crate) fn normalize_url(url: &str) -> Result<String> {
     let url = url.trim().trim_end_matches('/');
@@ -103,11 +110,8 @@ impl Api {
         body: Option<&B>,
     ) -> Result<Vec<u8>> {
         let url = format!("{}{path}", self.base);
-        let m = match method {
-            Method::Get => reqwest::Method::GET,
-            Method::Post => reqwest::Method::POST,
-            Method::Delete => reqwest::Method::DELETE,
-        };
+        let m = reqwest::Method::from_bytes(method.as_str().as_bytes())
+            .map_err(|e| Error::Protocol(format!("method {}: {e}", method.as_str())))?;
         let mut req = self.http.request(m, &url);
         if let Some(t) = &self.token {
             req = req.bearer_auth(t);
@@ -151,11 +155,11 @@ impl Api {
         password: &str,
         device_name: Option<String>,
     ) -> Result<Session> {
-        let body = accounts::register::Request {
-            username: username.to_owned(),
-            password: password.to_owned(),
-            device_name,
-        };
+        let body: accounts::register::Request = wire(serde_json::json!({
+            "username": username,
+            "password": password,
+            "device_name": device_name,
+        }))?;
         self.call(
             accounts::register::METHOD,
             accounts::register::PATH,
@@ -170,11 +174,11 @@ impl Api {
         password: &str,
         device_name: Option<String>,
     ) -> Result<Session> {
-        let body = accounts::login::Request {
-            username: username.to_owned(),
-            password: password.to_owned(),
-            device_name,
-        };
+        let body: accounts::login::Request = wire(serde_json::json!({
+            "username": username,
+            "password": password,
+            "device_name": device_name,
+        }))?;
         self.call(accounts::login::METHOD, accounts::login::PATH, Some(&body))
             .await
     }
@@ -207,10 +211,7 @@ impl Api {
     }
 
     pub(crate) async fn create_chat(&self, members: Vec<UserId>) -> Result<ChatSummary> {
-        let body = chats::create::Request {
-            members,
-            name: None,
-        };
+        let body: chats::create::Request = wire(serde_json::json!({ "members": members }))?;
         self.call(chats::create::METHOD, chats::create::PATH, Some(&body))
             .await
     }
@@ -243,10 +244,11 @@ impl Api {
         one_time: Vec<Vec<u8>>,
         last_resort: Option<Vec<u8>>,
     ) -> Result<KeyPackageCount> {
-        let body = keys::upload::Request {
-            key_packages: one_time.into_iter().map(Payload).collect(),
-            last_resort: last_resort.map(Payload),
-        };
+        let key_packages: Vec<Payload> = one_time.into_iter().map(Payload).collect();
+        let body: keys::upload::Request = wire(serde_json::json!({
+            "key_packages": key_packages,
+            "last_resort": last_resort.map(Payload),
+        }))?;
         self.call(keys::upload::METHOD, keys::upload::PATH, Some(&body))
             .await
     }
@@ -257,9 +259,7 @@ impl Api {
     }
 
     pub(crate) async fn claim(&self, user: &UserId) -> Result<Vec<ClaimedKeyPackage>> {
-        let body = keys::claim::Request {
-            user_id: user.clone(),
-        };
+        let body: keys::claim::Request = wire(serde_json::json!({ "user_id": user }))?;
         let r: keys::claim::Response = self
             .call(keys::claim::METHOD, keys::claim::PATH, Some(&body))
             .await?;

@@ -535,6 +535,10 @@ impl Client {
             }
         }
         let mut conn = inner.db.writer.lock().await;
+        if store::cursor(&mut conn, &chat).await?.joined {
+            // Joined meanwhile: the other side's Welcome arrived while we claimed.
+            return Ok(chat);
+        }
         let mut tx = store::begin(&mut conn).await?;
         let payload = {
             let p = provider(&mut tx);

@@ -8,7 +8,8 @@
 use std::sync::atomic::Ordering;
 
 use parley_client_api::http::chats::{ChatEvent, Receipt, SendAck};
-use parley_client_api::{ChatId, DeviceId, ErrorCode, Payload, UserId};
+
+use parley_client_api::{ChatId, DeviceId, ErrorCode, UserId};
 use parley_crypto::{Content, Envelope, Group, JoinError, ProcessError, Received};
 use sqlx::SqliteConnection;
 
@@ -16,6 +17,34 @@ use crate::client::{Event, Inner};
 use crate::error::{Error, Result};
 use crate::payload::ChatPayload;
 use crate::store::{self, Message, MessageState, provider};
+
+/// One event of a chat as the engine processes it: read from the wire's
+/// [`ChatEvent`] (fields added to the wire type later need no change here), or made
+/// from the server's acknowledgement of one of our own sends.
+#[derive(Debug, Clone)]
+pub(crate) struct Incoming {
+    pub(crate) chat_id: ChatId,
+    pub(crate) seq: i64,
+    pub(crate) sender: UserId,
+    pub(crate) sender_device: DeviceId,
+    pub(crate) client_msg_id: String,
+    pub(crate) ts: i64,
+    pub(crate) payload: Vec<u8>,
+}
+
+impl From<ChatEvent> for Incoming {
+    fn from(e: ChatEvent) -> Self {
+        Self {
+            chat_id: e.chat_id,
+            seq: e.seq,
+            sender: e.sender,
+            sender_device: e.sender_device,
+            client_msg_id: e.client_msg_id,
+            ts: e.ts,
+            payload: e.payload.0,
+        }
+    }
+}
 
 /// Events fetched per history request when filling a gap.
 const HISTORY_PAGE: i64 = 500;
@@ -65,7 +94,7 @@ impl Inner {
     /// Processes one event of a chat (from the inbox, or our own send once the server
     /// sequenced it): skips what was processed already, fills a gap from the chat's
     /// history first.
-    pub(crate) async fn ingest(&self, event: ChatEvent) -> Result<()> {
+    pub(crate) async fn ingest(&self, event: Incoming) -> Result<()> {
         let mut conn = self.db.writer.lock().await;
         let cur = store::cursor(&mut conn, &event.chat_id).await?;
         if event.seq <= cur.last_seq {
@@ -88,17 +117,17 @@ impl Inner {
                         break;
                     }
                     after = e.seq;
-                    self.process_one(&mut conn, e).await?;
+                    self.process_one(&mut conn, e.into()).await?;
                 }
             }
         }
         self.process_one(&mut conn, event).await
     }
 
-    async fn process_one(&self, conn: &mut SqliteConnection, ev: ChatEvent) -> Result<()> {
+    async fn process_one(&self, conn: &mut SqliteConnection, ev: Incoming) -> Result<()> {
         let chat = ev.chat_id.clone();
         let own = ev.sender_device == self.device_id && ev.sender == self.user_id;
-        let payload = ChatPayload::from_bytes(ev.payload.as_bytes());
+        let payload = ChatPayload::from_bytes(&ev.payload);
         let mut tx = store::begin(conn).await?;
         store::ensure_chat(&mut tx, &chat, ev.ts).await?;
         let outcome = match &payload {
@@ -172,7 +201,7 @@ impl Inner {
     async fn try_join(
         &self,
         conn: &mut SqliteConnection,
-        ev: &ChatEvent,
+        ev: &Incoming,
         welcome: &[u8],
     ) -> Result<bool> {
         let mut tx = store::begin(conn).await?;
@@ -218,7 +247,7 @@ impl Inner {
     async fn apply(
         &self,
         tx: &mut SqliteConnection,
-        ev: &ChatEvent,
+        ev: &Incoming,
         own: bool,
         payload: &ChatPayload,
     ) -> Result<Apply> {
@@ -329,7 +358,7 @@ impl Inner {
     async fn own_message_sequenced(
         &self,
         tx: &mut SqliteConnection,
-        ev: &ChatEvent,
+        ev: &Incoming,
     ) -> Result<Vec<Event>> {
         store::outbox_remove(tx, &ev.chat_id, &ev.client_msg_id).await?;
         let Some(m) = store::own_message(tx, &ev.chat_id, &ev.client_msg_id).await? else {
@@ -361,7 +390,7 @@ impl Inner {
     async fn own_commit_sequenced(
         &self,
         tx: &mut SqliteConnection,
-        ev: &ChatEvent,
+        ev: &Incoming,
         epoch: u64,
     ) -> Result<Apply> {
         let gid = ev.chat_id.as_str().as_bytes();
@@ -414,16 +443,14 @@ impl Inner {
         let Some(payload) = row.payload else {
             return Ok(());
         };
-        self.ingest(ChatEvent {
+        self.ingest(Incoming {
             chat_id: ack.chat_id,
             seq: ack.seq,
             sender: self.user_id.clone(),
             sender_device: self.device_id.clone(),
             client_msg_id: ack.client_msg_id,
             ts: ack.ts,
-            payload: Payload(payload),
-            mls: None,
-            membership: None,
+            payload,
         })
         .await
     }
@@ -514,7 +541,7 @@ impl Inner {
             for e in page {
                 let cur = store::cursor(&mut conn, chat).await?;
                 if e.seq > cur.last_seq {
-                    self.process_one(&mut conn, e).await?;
+                    self.process_one(&mut conn, e.into()).await?;
                 }
             }
         }
@@ -632,7 +659,7 @@ impl Inner {
 
 /// Turns a decrypted envelope into a history row (a placeholder for kinds this
 /// version does not show).
-fn decode_message(ev: &ChatEvent, user: &UserId, device: &DeviceId, plaintext: &[u8]) -> Message {
+fn decode_message(ev: &Incoming, user: &UserId, device: &DeviceId, plaintext: &[u8]) -> Message {
     let (id, sent_at, kind, body) = match Envelope::from_bytes(plaintext) {
         Ok(env) => {
             let (kind, body) = match env.content {

@@ -10,9 +10,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use parley_client_api::ChatId;
 use parley_client_api::http::chats::{MlsKind, MlsMeta};
 use parley_client_api::ws::{ClientFrame, MAX_ACK_IDS, ServerFrame};
+use parley_client_api::{ChatId, Payload};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -257,7 +257,7 @@ impl Conn {
         };
         match frame {
             ServerFrame::Event { id, event } => {
-                self.inner.ingest(event).await?;
+                self.inner.ingest(event.into()).await?;
                 self.acks.push(id);
             }
             ServerFrame::Receipt {
@@ -364,14 +364,14 @@ impl Conn {
             } else {
                 MlsKind::Application
             };
-            self.send(&ClientFrame::Send {
-                chat_id,
-                client_msg_id: row.client_msg_id.clone(),
-                payload: payload.into(),
-                mls: Some(MlsMeta { kind, epoch }),
-                membership: None,
-            })
-            .await?;
+            let frame = crate::api::wire(serde_json::json!({
+                "type": "send",
+                "chat_id": chat_id,
+                "client_msg_id": row.client_msg_id,
+                "payload": Payload(payload),
+                "mls": MlsMeta { kind, epoch },
+            }))?;
+            self.send(&frame).await?;
             self.in_flight.insert(row.client_msg_id.clone());
             if is_commit {
                 blocked.insert(row.chat_id.clone());

@@ -75,8 +75,19 @@ pub struct Server {
     _pg: Option<PgDatabase>,
 }
 
+/// Client-side logs for a failing test: `PARLEY_TEST_LOG=parley_client=debug`.
+fn init_logging() {
+    if let Ok(filter) = std::env::var("PARLEY_TEST_LOG") {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_test_writer()
+            .try_init();
+    }
+}
+
 impl Server {
     pub async fn start(backend: Backend) -> Result<Self> {
+        init_logging();
         let data_dir = tempfile::tempdir()?;
         let (database_url, pg) = match backend {
             Backend::Sqlite => (

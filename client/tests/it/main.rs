@@ -6,4 +6,5 @@ mod harness;
 mod canary;
 mod e2e;
 mod offline;
+mod races;
 mod tmux;
