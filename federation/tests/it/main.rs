@@ -3,6 +3,7 @@
 mod api;
 mod directory;
 mod http;
+mod interop;
 mod outbox;
 mod rfc9421_vectors;
 mod signing;
