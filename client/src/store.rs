@@ -212,7 +212,13 @@ impl Reader {
             .max_connections(2)
             .connect_with(options(&path).read_only(true))
             .await?;
-        Ok(Self { pool })
+        let reader = Self { pool };
+        // A profile whose register or login failed has a store but no session.
+        let has_session = reader.state("user_id").await.ok().flatten().is_some();
+        if !has_session {
+            return Err(Error::NotLoggedIn(dir.display().to_string()));
+        }
+        Ok(reader)
     }
 
     /// A value of the `parley_state` table.

@@ -4,6 +4,8 @@
 mod harness;
 
 mod canary;
+mod cli;
+mod devices;
 mod e2e;
 mod offline;
 mod races;

@@ -1,0 +1,154 @@
+//! The `parley` CLI's one-shot commands and its one-line errors.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use anyhow::{Context, Result, ensure};
+
+use crate::harness::{Backend, PASSWORD, Server};
+
+const PARLEY: &str = env!("CARGO_BIN_EXE_parley");
+
+fn parley(profile: &Path, args: &[&str], password: &str) -> Result<Output> {
+    Command::new(PARLEY)
+        .arg("--profile")
+        .arg(profile)
+        .args(args)
+        .env("PARLEY_PASSWORD", password)
+        .env_remove("PARLEY_LOG")
+        .output()
+        .context("running parley")
+}
+
+/// The command failed with exactly one line on stderr: `error: <want…>`.
+fn fails_with(out: &Output, want: &str) -> Result<()> {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    ensure!(!out.status.success(), "succeeded; stderr: {stderr}");
+    ensure!(
+        stderr.lines().count() == 1 && stderr.starts_with("error: ") && stderr.contains(want),
+        "expected one line `error: …{want}…`, got:\n{stderr}"
+    );
+    Ok(())
+}
+
+fn stdout(out: &Output) -> Result<String> {
+    ensure!(
+        out.status.success(),
+        "failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commands_and_clear_errors() -> Result<()> {
+    let mut server = Server::start(Backend::Sqlite).await?;
+    let url = server.url();
+    let dirs = tempfile::tempdir()?;
+    let (a, b, c) = (
+        dirs.path().join("a"),
+        dirs.path().join("b"),
+        dirs.path().join("c"),
+    );
+
+    stdout(&parley(
+        &a,
+        &["register", "alice", "--server", &url],
+        PASSWORD,
+    )?)?;
+    stdout(&parley(
+        &b,
+        &["register", "bob", "--server", &url],
+        PASSWORD,
+    )?)?;
+    fails_with(
+        &parley(&c, &["register", "alice", "--server", &url], PASSWORD)?,
+        "that username is taken",
+    )?;
+    fails_with(
+        &parley(
+            &c,
+            &["login", "alice", "--server", &url],
+            "not the password",
+        )?,
+        "wrong username or password",
+    )?;
+    fails_with(
+        &parley(&a, &["chat", "new", "@nobody:parley.test"], PASSWORD)?,
+        "@nobody:parley.test",
+    )?;
+    fails_with(
+        &parley(&a, &["chat", "new", "nobody"], PASSWORD)?,
+        "not a user id",
+    )?;
+    fails_with(
+        &parley(&c, &["history", "@bob:parley.test"], PASSWORD)?,
+        "not logged in",
+    )?;
+
+    let chat = stdout(&parley(&a, &["chat", "new", "@bob:parley.test"], PASSWORD)?)?;
+    ensure!(chat.trim().starts_with('!'));
+    let sent = stdout(&parley(
+        &a,
+        &["send", "@bob:parley.test", "hello", "bob"],
+        PASSWORD,
+    )?)?;
+    ensure!(sent.starts_with('✓'), "{sent}");
+    let chats = stdout(&parley(&a, &["chats"], PASSWORD)?)?;
+    ensure!(
+        chats.contains("@bob:parley.test") && chats.contains("hello bob"),
+        "{chats}"
+    );
+    let devices = stdout(&parley(&a, &["devices"], PASSWORD)?)?;
+    ensure!(devices.contains("(this device)"), "{devices}");
+
+    // The server is down: a clear error for what needs it, a queued send, and the
+    // local history still there.
+    server.stop().await?;
+    fails_with(
+        &parley(
+            &c,
+            &[
+                "login",
+                "alice",
+                "--server",
+                &format!("http://{}", server.process.addr()),
+            ],
+            PASSWORD,
+        )?,
+        "cannot reach the homeserver",
+    )?;
+    let queued = stdout(&parley(
+        &a,
+        &["send", "@bob:parley.test", "later"],
+        PASSWORD,
+    )?)?;
+    ensure!(queued.starts_with("queued"), "{queued}");
+    let history = stdout(&parley(&a, &["history", "@bob:parley.test"], PASSWORD)?)?;
+    ensure!(
+        history.contains("me: hello bob  ✓") && history.contains("me: later  …"),
+        "{history}"
+    );
+    let found = stdout(&parley(&a, &["search", "HELLO"], PASSWORD)?)?;
+    ensure!(found.contains("hello bob"), "{found}");
+
+    // Back up: the queued message goes out on the next connection, once.
+    server.restart().await?;
+    let sent = stdout(&parley(&a, &["send", "@bob:parley.test", "now"], PASSWORD)?)?;
+    ensure!(sent.starts_with('✓'), "{sent}");
+    let history = stdout(&parley(&a, &["history", "@bob:parley.test"], PASSWORD)?)?;
+    ensure!(history.contains("me: later  ✓"), "{history}");
+    let listen = Command::new("timeout")
+        .args(["3", PARLEY, "--profile"])
+        .arg(&b)
+        .arg("listen")
+        .output()?;
+    let out = String::from_utf8_lossy(&listen.stdout);
+    for text in ["hello bob", "later", "now"] {
+        let n = out
+            .matches(&format!("@alice:parley.test: {text}\n"))
+            .count();
+        ensure!(n == 1, "bob saw {text:?} {n} times:\n{out}");
+    }
+    Ok(())
+}
