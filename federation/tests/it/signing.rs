@@ -190,6 +190,42 @@ fn clock_window() {
     assert_eq!(code(&expired), FedErrorCode::StaleSignature);
 }
 
+/// The verifier's order: signature before digest before clock before nonce.
+#[test]
+fn checks_run_in_the_profile_order() {
+    // Expired *and* wrongly signed: the signature is reported.
+    let mut wire = send_request(NOW_MS, "n");
+    wire.method = "POST".into();
+    assert_eq!(
+        check(&wire, NOW_MS + 3_600_000).unwrap_err(),
+        VerifyError::BadSignature
+    );
+    // Expired *and* a body that does not match: the digest is reported.
+    let mut wire = send_request(NOW_MS, "n");
+    wire.body[0] ^= 1;
+    assert!(matches!(
+        check(&wire, NOW_MS + 3_600_000).unwrap_err(),
+        VerifyError::Digest(DigestError::Mismatch)
+    ));
+    // Replayed *and* expired: the clock is reported (the nonce cache is not touched).
+    let key = signer(ORIGIN, 1).public_key();
+    let mut nonces = NonceCache::new(100);
+    let wire = send_request(NOW_MS, "n");
+    verify(&wire, DEST, &open(), Some(key), &mut nonces, NOW_MS).unwrap();
+    assert_eq!(
+        verify(
+            &wire,
+            DEST,
+            &open(),
+            Some(key),
+            &mut nonces,
+            NOW_MS + 3_600_000
+        )
+        .unwrap_err(),
+        VerifyError::Clock("expired")
+    );
+}
+
 #[test]
 fn replayed_nonce_is_refused() {
     let key = signer(ORIGIN, 1).public_key();
