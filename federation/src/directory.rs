@@ -24,7 +24,9 @@ use crate::ids::ServerName;
 use crate::keys::{KeyId, ServerPublicKey, ServerSigningKey};
 use crate::signing::digest::{content_digest, verify_content_digest};
 use crate::signing::profile::CLOCK_SKEW_SECS;
-use crate::signing::rfc9421::{Message, RequestParts, ResponseParts, parse_signature_fields};
+use crate::signing::rfc9421::{
+    Message, RequestParts, ResponseParts, SignatureInput, parse_signature_fields,
+};
 
 /// Where the directory is served.
 pub const PATH: &str = "/.well-known/http-message-signatures-directory";
@@ -170,10 +172,8 @@ pub fn build_response(
     let mut inputs = Vec::new();
     let mut signatures = Vec::new();
     for (i, k) in current.iter().enumerate() {
-        let input = parse_signature_fields(r#"x=("@authority";req "content-digest")"#, "x=:AA==:")
+        let input = SignatureInput::parse(r#"("@authority";req "content-digest")"#)
             .map_err(|e| BuildError::Encode(e.to_string()))?
-            .remove(0)
-            .input
             .with_int("created", created)
             .and_then(|i| i.with_int("expires", created + cache_secs.max(60)))
             .and_then(|i| i.with_str("keyid", k.key.key_id().as_str()))

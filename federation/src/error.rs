@@ -215,6 +215,13 @@ mod tests {
     }
 
     #[test]
+    fn accept_signature_is_a_structured_field_dictionary() {
+        let dict: sfv::Dictionary = sfv::Parser::new(ACCEPT_SIGNATURE).parse().unwrap();
+        assert_eq!(dict.len(), 1);
+        assert!(dict.contains_key("parley"));
+    }
+
+    #[test]
     fn only_401_carries_accept_signature() {
         let e = ProtocolError::new(FedErrorCode::BadSignature, "no");
         assert_eq!(e.status(), 401);

@@ -96,6 +96,13 @@ impl SignatureInput {
         })
     }
 
+    /// Covered components written as an inner list, with component parameters, e.g.
+    /// `("@authority";req "content-digest")`.
+    pub fn parse(inner_list: &str) -> Result<Self, FieldError> {
+        let entry = parse_signature_fields(&format!("x={inner_list}"), "x=:AA==:")?.remove(0);
+        Ok(entry.input)
+    }
+
     /// Adds a String parameter (`keyid`, `nonce`, `alg`, `tag`).
     pub fn with_str(mut self, name: &str, value: &str) -> Result<Self, sfv::Error> {
         let value = sfv::String::from_string(value.to_owned()).map_err(|(e, _)| e)?;
