@@ -39,13 +39,10 @@ async fn two_users_three_devices(backend: Backend) -> Result<()> {
             _ => None,
         })
         .collect();
+    // Normally ✓, ✓✓, read; a receipt may overtake the server's ack, never go back.
     ensure!(
-        states
-            == [
-                MessageState::Sent,
-                MessageState::Delivered,
-                MessageState::Read
-            ],
+        states.windows(2).all(|w| w[0] < w[1])
+            && states.ends_with(&[MessageState::Delivered, MessageState::Read]),
         "ticks went {states:?}"
     );
 
