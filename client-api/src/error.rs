@@ -31,6 +31,15 @@ pub enum ErrorCode {
     NotMember,
     /// The payload or body exceeds the server's limit.
     TooLarge,
+    /// The upload would exceed the user's storage quota.
+    QuotaExceeded,
+    /// No such media blob (or the caller may not see it).
+    UnknownBlob,
+    /// The uploaded bytes do not hash to the blob address; nothing was stored.
+    HashMismatch,
+    /// An upload chunk does not start where the stored bytes end; the body carries
+    /// the stored length as `message`, and `GET …/upload` tells it too.
+    UploadOffset,
     /// An MLS commit or proposal for another epoch than the chat's current one, or an
     /// application message from too old an epoch. The body carries `current_epoch`:
     /// process the chat's events up to it, then retry.
@@ -61,7 +70,10 @@ impl ErrorCode {
             | ErrorCode::UnknownDevice
             | ErrorCode::NotFound => 404,
             ErrorCode::MethodNotAllowed => 405,
-            ErrorCode::UserExists | ErrorCode::WrongEpoch => 409,
+            ErrorCode::UserExists | ErrorCode::WrongEpoch | ErrorCode::UploadOffset => 409,
+            ErrorCode::QuotaExceeded => 413,
+            ErrorCode::UnknownBlob => 404,
+            ErrorCode::HashMismatch => 400,
             ErrorCode::TooLarge => 413,
             ErrorCode::RateLimited => 429,
             ErrorCode::Internal => 500,
@@ -81,6 +93,10 @@ impl ErrorCode {
             ErrorCode::UnknownDevice => "unknown_device",
             ErrorCode::NotMember => "not_member",
             ErrorCode::TooLarge => "too_large",
+            ErrorCode::QuotaExceeded => "quota_exceeded",
+            ErrorCode::UnknownBlob => "unknown_blob",
+            ErrorCode::HashMismatch => "hash_mismatch",
+            ErrorCode::UploadOffset => "upload_offset",
             ErrorCode::WrongEpoch => "wrong_epoch",
             ErrorCode::Forbidden => "forbidden",
             ErrorCode::RateLimited => "rate_limited",
@@ -129,6 +145,10 @@ mod tests {
             ErrorCode::UnknownDevice,
             ErrorCode::NotMember,
             ErrorCode::TooLarge,
+            ErrorCode::QuotaExceeded,
+            ErrorCode::UnknownBlob,
+            ErrorCode::HashMismatch,
+            ErrorCode::UploadOffset,
             ErrorCode::WrongEpoch,
             ErrorCode::Forbidden,
             ErrorCode::RateLimited,

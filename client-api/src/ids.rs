@@ -108,6 +108,24 @@ string_id!(
     ChatId,
     validate_chat_id
 );
+string_id!(
+    /// A media blob's address: the SHA-256 of its ciphertext, 64 lowercase hex digits.
+    BlobHash,
+    validate_blob_hash
+);
+
+fn validate_blob_hash(s: &str) -> Result<(), IdError> {
+    if s.len() != 64 {
+        return Err(IdError::Length);
+    }
+    if let Some(ch) = s.chars().find(|c| !matches!(c, '0'..='9' | 'a'..='f')) {
+        return Err(IdError::BadChar {
+            kind: "blob hash",
+            ch,
+        });
+    }
+    Ok(())
+}
 
 const MAX_ID_LEN: usize = 255;
 

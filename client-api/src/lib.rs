@@ -14,7 +14,7 @@ pub mod payload;
 pub mod ws;
 
 pub use error::{ErrorBody, ErrorCode};
-pub use ids::{ChatId, DeviceId, IdError, ServerName, UserId};
+pub use ids::{BlobHash, ChatId, DeviceId, IdError, ServerName, UserId};
 pub use payload::Payload;
 
 /// The API version prefix of every client path.

@@ -38,6 +38,8 @@ pub enum ClientFrame {
         mls: Option<crate::http::chats::MlsMeta>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         membership: Option<crate::http::chats::MembershipChange>,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        blobs: Vec<crate::ids::BlobHash>,
     },
     /// Acknowledge inbox items: they are removed, and delivered receipts go out.
     Ack { ids: Vec<i64> },
@@ -84,6 +86,24 @@ pub enum ServerFrame {
     Pong,
 }
 
+impl ClientFrame {
+    /// A plain `send` frame (no MLS metadata, membership change or blobs).
+    pub fn send(
+        chat_id: ChatId,
+        client_msg_id: impl Into<String>,
+        payload: impl Into<Payload>,
+    ) -> Self {
+        ClientFrame::Send {
+            chat_id,
+            client_msg_id: client_msg_id.into(),
+            payload: payload.into(),
+            mls: None,
+            membership: None,
+            blobs: Vec::new(),
+        }
+    }
+}
+
 impl ServerFrame {
     /// The inbox id of an item that must be acknowledged.
     pub fn inbox_id(&self) -> Option<i64> {
@@ -112,6 +132,7 @@ mod tests {
                 payload: Payload(b"hi".to_vec()),
                 mls: None,
                 membership: None,
+                blobs: vec![],
             }
         );
         assert!(serde_json::from_str::<ClientFrame>(r#"{"type":"nope"}"#).is_err());

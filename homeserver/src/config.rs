@@ -83,6 +83,10 @@ pub struct Limits {
     pub max_inflight_sends: usize,
     /// Most members of a group.
     pub max_group_members: usize,
+    /// Largest media blob, in bytes.
+    pub max_blob_bytes: u64,
+    /// Media bytes one user may have uploaded (blobs and uploads in progress).
+    pub user_quota_bytes: u64,
 }
 
 impl Default for Limits {
@@ -98,6 +102,8 @@ impl Default for Limits {
             max_unacked: 100_000,
             max_inflight_sends: 256,
             max_group_members: 1024,
+            max_blob_bytes: 100 * 1024 * 1024,
+            user_quota_bytes: 1024 * 1024 * 1024,
         }
     }
 }

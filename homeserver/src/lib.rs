@@ -53,7 +53,7 @@ pub async fn run(
         store,
         gateway,
         Arc::new(metrics::Metrics::new()),
-    );
+    )?;
     let cancel = CancellationToken::new();
     let state = AppState {
         services,

@@ -108,6 +108,10 @@ pub mod send {
         /// oneself). Applied by the hub when it accepts the commit.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         pub membership: Option<super::MembershipChange>,
+        /// Media blobs the (encrypted) message refers to: members of the chat may then
+        /// download them. They must have been uploaded.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        pub blobs: Vec<crate::ids::BlobHash>,
     }
 
     pub type Response = super::SendAck;
@@ -253,6 +257,8 @@ pub struct ChatEvent {
     pub mls: Option<MlsMeta>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub membership: Option<MembershipChange>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub blobs: Vec<crate::ids::BlobHash>,
 }
 
 /// One member's receipts in a chat; `n` covers every event up to `n`.

@@ -6,12 +6,15 @@
 pub mod accounts;
 pub mod chats;
 pub mod keys;
+pub mod media;
 
 /// An HTTP method, as the endpoints name it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Method {
     Get,
+    Head,
     Post,
+    Put,
     Delete,
 }
 
@@ -19,7 +22,9 @@ impl Method {
     pub fn as_str(self) -> &'static str {
         match self {
             Method::Get => "GET",
+            Method::Head => "HEAD",
             Method::Post => "POST",
+            Method::Put => "PUT",
             Method::Delete => "DELETE",
         }
     }

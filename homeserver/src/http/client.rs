@@ -148,18 +148,7 @@ pub async fn send(
     ApiPath(chat_id): ApiPath<ChatId>,
     ApiJson(req): ApiJson<chats::send::Request>,
 ) -> ApiResult<Response> {
-    let ack = st
-        .services
-        .chats
-        .send(
-            &me,
-            chat_id,
-            req.client_msg_id,
-            req.payload.0,
-            req.mls,
-            req.membership,
-        )
-        .await?;
+    let ack = st.services.chats.send(&me, chat_id, req).await?;
     let status = if ack.duplicate {
         StatusCode::OK
     } else {

@@ -5,15 +5,16 @@ pub mod admin;
 pub mod client;
 pub mod error;
 pub mod extract;
+pub mod media;
 pub mod ws;
 
 use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::routing::{delete, get, post};
+use axum::routing::{delete, get, head, post, put};
 use parley_client_api::ErrorCode;
-use parley_client_api::http::{accounts, chats, keys};
+use parley_client_api::http::{accounts, chats, keys, media as media_api};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
@@ -59,6 +60,16 @@ pub fn app(state: AppState) -> Router {
         )
         .route(keys::claim::PATH, post(client::claim_keys))
         .route(keys::user_devices::PATH, get(client::user_devices))
+        .route(
+            media_api::download::PATH,
+            get(media::download).merge(head(media::exists)),
+        )
+        .route(
+            media_api::upload::PATH,
+            put(media::upload)
+                .layer(DefaultBodyLimit::disable())
+                .merge(get(media::status)),
+        )
         .route(parley_client_api::ws::PATH, get(ws::upgrade))
         .route("/health", get(|| async { "ok" }))
         .route("/ready", get(client::ready))

@@ -18,7 +18,7 @@ use axum::response::{IntoResponse, Response};
 use futures_util::SinkExt;
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use parley_client_api::ErrorCode;
-use parley_client_api::http::chats::SendAck;
+use parley_client_api::http::chats::{SendAck, send};
 use parley_client_api::ws::{ClientFrame, FRAME_OVERHEAD, MAX_ACK_IDS, ServerFrame};
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::sync::oneshot;
@@ -282,20 +282,19 @@ impl Conn {
                 payload,
                 mls,
                 membership,
+                blobs,
             } => {
                 let chats = self.st.services.chats.clone();
                 let me = self.me.clone();
+                let body = send::Request {
+                    client_msg_id: client_msg_id.clone(),
+                    payload,
+                    mls,
+                    membership,
+                    blobs,
+                };
                 return Ok(Some(Box::pin(async move {
-                    let r = chats
-                        .send(
-                            &me,
-                            chat_id,
-                            client_msg_id.clone(),
-                            payload.0,
-                            mls,
-                            membership,
-                        )
-                        .await;
+                    let r = chats.send(&me, chat_id, body).await;
                     (client_msg_id, r)
                 })));
             }
@@ -401,6 +400,7 @@ mod tests {
                 epoch: 3,
             }),
             membership: None,
+            blobs: vec!["ab".repeat(32).try_into().unwrap()],
         };
         let text = super::event_frame_text(42, &serde_json::to_string(&event).unwrap());
         let frame: ServerFrame = serde_json::from_str(&text).unwrap();

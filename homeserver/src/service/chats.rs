@@ -2,8 +2,9 @@
 
 use std::sync::Arc;
 
+use parley_client_api::Payload;
 use parley_client_api::http::chats::{
-    ChatEvent, ChatKind, MembershipChange, MlsMeta, Receipt, SendAck, valid_client_msg_id,
+    ChatEvent, ChatKind, Receipt, SendAck, send, valid_client_msg_id,
 };
 use parley_client_api::{ChatId, UserId};
 use rand::Rng as _;
@@ -17,6 +18,9 @@ use crate::gateway::Gateway;
 use crate::store::{
     AnyStore, ChatInfo, ChatListRow, NewChat, ReceiptNotice, SendOutcome, SendRequest, Store,
 };
+
+/// Most media blobs one event may refer to.
+const MAX_BLOBS_PER_EVENT: usize = 32;
 
 /// Longest group name, in characters.
 const MAX_NAME: usize = 128;
@@ -169,11 +173,20 @@ impl Chats {
         &self,
         me: &Session,
         chat_id: ChatId,
-        client_msg_id: String,
-        payload: Vec<u8>,
-        mls: Option<MlsMeta>,
-        membership: Option<MembershipChange>,
+        body: send::Request,
     ) -> Result<SendAck, ServiceError> {
+        let send::Request {
+            client_msg_id,
+            payload: Payload(payload),
+            mls,
+            membership,
+            blobs,
+        } = body;
+        if blobs.len() > MAX_BLOBS_PER_EVENT {
+            return Err(ServiceError::InvalidParam(format!(
+                "blobs: at most {MAX_BLOBS_PER_EVENT} per event"
+            )));
+        }
         if membership
             .as_ref()
             .is_some_and(|m| m.add.is_empty() && m.remove.is_empty())
@@ -208,6 +221,7 @@ impl Chats {
             ts: now_ms(),
             mls,
             membership,
+            blobs,
         };
         let ack = |seq, ts, duplicate| SendAck {
             chat_id: chat_id.clone(),
@@ -223,6 +237,7 @@ impl Chats {
             SendOutcome::NotMember => Err(ServiceError::NotMember),
             SendOutcome::WrongEpoch { current } => Err(ServiceError::WrongEpoch { current }),
             SendOutcome::UnknownUser(u) => Err(ServiceError::UnknownUser(u.to_string())),
+            SendOutcome::UnknownBlob(b) => Err(ServiceError::UnknownBlob(b.to_string())),
             SendOutcome::Refused(why) => Err(ServiceError::Forbidden(why)),
         }
     }

@@ -121,7 +121,7 @@ async fn run_ack_writer(
 }
 
 /// Deletes what is older than the retention limit, at start and then hourly.
-pub fn spawn_janitor(store: AnyStore, retention_days: u32) {
+pub fn spawn_janitor(store: AnyStore, media: super::media::Media, retention_days: u32) {
     tokio::spawn(async move {
         let retention_ms = i64::from(retention_days) * 24 * 3600 * 1000;
         let mut tick = tokio::time::interval(Duration::from_secs(3600));
@@ -137,6 +137,13 @@ pub fn spawn_janitor(store: AnyStore, retention_days: u32) {
                 }
                 Ok(_) => {}
                 Err(e) => tracing::warn!(error = %e, "retention purge failed"),
+            }
+            match media.collect_garbage(now_ms() - retention_ms).await {
+                Ok((0, 0)) => {}
+                Ok((blobs, uploads)) => {
+                    tracing::info!(blobs, uploads, "unreferenced media collected");
+                }
+                Err(e) => tracing::warn!(error = %e, "media collection failed"),
             }
         }
     });

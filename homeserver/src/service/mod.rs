@@ -5,6 +5,7 @@ pub mod accounts;
 pub mod chats;
 pub mod inbox;
 pub mod keys;
+pub mod media;
 pub mod sequencer;
 
 use std::sync::Arc;
@@ -32,6 +33,14 @@ pub enum ServiceError {
     UnknownChat,
     #[error("no such device")]
     UnknownDevice,
+    #[error("no such media blob: {0}")]
+    UnknownBlob(String),
+    #[error("the uploaded bytes do not hash to the blob's address; nothing was stored")]
+    HashMismatch,
+    #[error("this upload holds {received} bytes; continue from there")]
+    UploadOffset { received: u64 },
+    #[error("storage quota exceeded: {used} of {quota} bytes used")]
+    QuotaExceeded { used: u64, quota: u64 },
     #[error("not a member of this chat")]
     NotMember,
     #[error("payload is {size} bytes; the limit is {limit}")]
@@ -58,6 +67,7 @@ pub struct Services {
     pub chats: chats::Chats,
     pub inbox: inbox::Inbox,
     pub keys: keys::Keys,
+    pub media: media::Media,
     pub metrics: Arc<Metrics>,
 }
 
@@ -68,7 +78,7 @@ impl Services {
         store: AnyStore,
         gateway: Gateway,
         metrics: Arc<Metrics>,
-    ) -> Self {
+    ) -> Result<Self, ServiceError> {
         let writers = match store {
             AnyStore::Sqlite(_) => 1,
             AnyStore::Postgres(_) => config.limits.writers,
@@ -87,8 +97,15 @@ impl Services {
             config.limits.max_batch,
             metrics.clone(),
         );
-        inbox::spawn_janitor(store.clone(), config.limits.retention_days);
-        Self {
+        let media = media::Media::new(
+            store.clone(),
+            &config.data_dir,
+            config.limits.max_blob_bytes,
+            config.limits.user_quota_bytes,
+        )?;
+        inbox::spawn_janitor(store.clone(), media.clone(), config.limits.retention_days);
+        Ok(Self {
+            media,
             accounts: accounts::Accounts::new(store.clone(), config.server_name.clone()),
             chats: chats::Chats::new(store.clone(), config.clone(), sequencer, gateway.clone()),
             inbox,
@@ -97,6 +114,6 @@ impl Services {
             store,
             config,
             metrics,
-        }
+        })
     }
 }

@@ -117,6 +117,7 @@ async fn run_writer(
                             payload: Payload(req.payload),
                             mls: req.mls,
                             membership: req.membership,
+                            blobs: req.blobs,
                         };
                         let Ok(json) = serde_json::to_string(&event) else {
                             continue;

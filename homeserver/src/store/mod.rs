@@ -15,7 +15,7 @@ use std::future::Future;
 use parley_client_api::http::chats::{
     ChatEvent, ChatKind, MembershipChange, MlsKind, MlsMeta, Receipt,
 };
-use parley_client_api::{ChatId, DeviceId, UserId};
+use parley_client_api::{BlobHash, ChatId, DeviceId, UserId};
 
 pub use plan::{AckedRow, SendOutcome};
 
@@ -108,6 +108,7 @@ pub struct SendRequest {
     pub ts: i64,
     pub mls: Option<MlsMeta>,
     pub membership: Option<MembershipChange>,
+    pub blobs: Vec<BlobHash>,
 }
 
 /// One item of a device's inbox, as replayed on reconnect.
@@ -147,6 +148,27 @@ pub struct ReceiptNotice {
     pub id: i64,
     pub chat_id: ChatId,
     pub receipt: Receipt,
+}
+
+/// A stored blob.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlobRow {
+    pub size: u64,
+    pub uploader: UserId,
+    pub created_at: i64,
+}
+
+/// What registering an upload found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UploadStart {
+    /// Proceed.
+    Started,
+    /// The blob is already stored: nothing to upload.
+    Stored { size: u64 },
+    /// The user's blobs and uploads would exceed the quota.
+    QuotaExceeded { used: u64 },
+    /// An upload of this blob by this user is under way with another total.
+    TotalMismatch { total: u64 },
 }
 
 /// Row counts.
@@ -273,6 +295,46 @@ pub trait Store: Send + Sync + 'static {
     fn purge_expired(&self, before: i64) -> impl Future<Output = Result<Purged>> + Send;
     /// Counts for metrics and the admin API.
     fn stats(&self) -> impl Future<Output = Result<Stats>> + Send;
+
+    // --- media ----------------------------------------------------------------------
+    fn blob(&self, hash: &BlobHash) -> impl Future<Output = Result<Option<BlobRow>>> + Send;
+    /// Registers (or continues) `user`'s upload of `hash`, checking their quota.
+    fn start_upload(
+        &self,
+        hash: &BlobHash,
+        user: &UserId,
+        total: u64,
+        quota: u64,
+        now: i64,
+    ) -> impl Future<Output = Result<UploadStart>> + Send;
+    /// Records the stored blob and ends the upload.
+    fn finish_upload(
+        &self,
+        hash: &BlobHash,
+        user: &UserId,
+        size: u64,
+        now: i64,
+    ) -> impl Future<Output = Result<()>> + Send;
+    fn cancel_upload(
+        &self,
+        hash: &BlobHash,
+        user: &UserId,
+    ) -> impl Future<Output = Result<()>> + Send;
+    /// The uploader, or a current member of a chat with an event referring to the blob.
+    fn can_download(
+        &self,
+        hash: &BlobHash,
+        user: &UserId,
+    ) -> impl Future<Output = Result<bool>> + Send;
+    /// Blobs created before `before` that no retained event refers to.
+    fn unreferenced_blobs(&self, before: i64)
+    -> impl Future<Output = Result<Vec<BlobHash>>> + Send;
+    fn delete_blob(&self, hash: &BlobHash) -> impl Future<Output = Result<()>> + Send;
+    /// Removes uploads started before `before` and returns them (their staged bytes go).
+    fn take_stale_uploads(
+        &self,
+        before: i64,
+    ) -> impl Future<Output = Result<Vec<(BlobHash, UserId)>>> + Send;
     /// Marks the user deactivated and removes all their devices (tokens, inboxes);
     /// returns the removed devices, or `None` if there is no such active user.
     fn deactivate_user(
@@ -438,6 +500,43 @@ impl Store for AnyStore {
     async fn stats(&self) -> Result<Stats> {
         dispatch!(self, s => s.stats().await)
     }
+    async fn blob(&self, hash: &BlobHash) -> Result<Option<BlobRow>> {
+        dispatch!(self, s => s.blob(hash).await)
+    }
+    async fn start_upload(
+        &self,
+        hash: &BlobHash,
+        user: &UserId,
+        total: u64,
+        quota: u64,
+        now: i64,
+    ) -> Result<UploadStart> {
+        dispatch!(self, s => s.start_upload(hash, user, total, quota, now).await)
+    }
+    async fn finish_upload(
+        &self,
+        hash: &BlobHash,
+        user: &UserId,
+        size: u64,
+        now: i64,
+    ) -> Result<()> {
+        dispatch!(self, s => s.finish_upload(hash, user, size, now).await)
+    }
+    async fn cancel_upload(&self, hash: &BlobHash, user: &UserId) -> Result<()> {
+        dispatch!(self, s => s.cancel_upload(hash, user).await)
+    }
+    async fn can_download(&self, hash: &BlobHash, user: &UserId) -> Result<bool> {
+        dispatch!(self, s => s.can_download(hash, user).await)
+    }
+    async fn unreferenced_blobs(&self, before: i64) -> Result<Vec<BlobHash>> {
+        dispatch!(self, s => s.unreferenced_blobs(before).await)
+    }
+    async fn delete_blob(&self, hash: &BlobHash) -> Result<()> {
+        dispatch!(self, s => s.delete_blob(hash).await)
+    }
+    async fn take_stale_uploads(&self, before: i64) -> Result<Vec<(BlobHash, UserId)>> {
+        dispatch!(self, s => s.take_stale_uploads(before).await)
+    }
     async fn deactivate_user(&self, user_id: &UserId, at: i64) -> Result<Option<Vec<DeviceId>>> {
         dispatch!(self, s => s.deactivate_user(user_id, at).await)
     }
@@ -513,6 +612,23 @@ pub(crate) fn membership_to_json(m: &Option<MembershipChange>) -> Option<String>
 pub(crate) fn membership_from_json(s: Option<String>) -> Result<Option<MembershipChange>> {
     s.map(|s| serde_json::from_str(&s).map_err(|e| StoreError::Corrupt(e.to_string())))
         .transpose()
+}
+
+pub(crate) fn blobs_to_json(b: &[BlobHash]) -> Option<String> {
+    (!b.is_empty())
+        .then(|| serde_json::to_string(b).ok())
+        .flatten()
+}
+
+pub(crate) fn blobs_from_json(s: Option<String>) -> Result<Vec<BlobHash>> {
+    match s {
+        None => Ok(Vec::new()),
+        Some(s) => serde_json::from_str(&s).map_err(|e| StoreError::Corrupt(e.to_string())),
+    }
+}
+
+pub(crate) fn size_i64(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
 }
 
 pub(crate) fn epoch_i64(e: u64) -> i64 {

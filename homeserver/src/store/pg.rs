@@ -2,19 +2,20 @@
 //! statements; chat heads are locked in `chat_id` order so concurrent batches (several
 //! writers, several nodes) never deadlock.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use parley_client_api::http::chats::{ChatEvent, Receipt};
-use parley_client_api::{ChatId, DeviceId, Payload, UserId};
+use parley_client_api::{BlobHash, ChatId, DeviceId, Payload, UserId};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{PgPool, Postgres, Row, Transaction};
 
 use super::plan::{self, AckedRow, ChatState, ReceiptRow, SendOutcome};
 use super::{
-    AckRequest, ChatInfo, ChatListRow, ClaimedKeyPackage, DeviceRow, INBOX_RECEIPT, InboxItem,
-    KeyPackageCount, NewChat, NewDevice, NewUser, Purged, ReceiptNotice, Result, SendRequest,
-    Stats, Store, StoreError, epoch_i64, id, kind_from_i16, kind_to_i16, membership_from_json,
-    membership_to_json, mls_from_columns, mls_kind_to_i16,
+    AckRequest, BlobRow, ChatInfo, ChatListRow, ClaimedKeyPackage, DeviceRow, INBOX_RECEIPT,
+    InboxItem, KeyPackageCount, NewChat, NewDevice, NewUser, Purged, ReceiptNotice, Result,
+    SendRequest, Stats, Store, StoreError, UploadStart, blobs_from_json, blobs_to_json, epoch_i64,
+    id, kind_from_i16, kind_to_i16, membership_from_json, membership_to_json, mls_from_columns,
+    mls_kind_to_i16, size_i64,
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
@@ -463,7 +464,27 @@ impl Store for PgStore {
             );
         }
 
-        let plan = plan::plan_sends(batch, &existing, &chats, &users, max_members);
+        let wanted: BTreeSet<&BlobHash> = batch.iter().flat_map(|r| r.blobs.iter()).collect();
+        let mut present: HashSet<BlobHash> = HashSet::new();
+        if !wanted.is_empty() {
+            let rows: Vec<String> =
+                sqlx::query_scalar("SELECT hash FROM blobs WHERE hash = ANY($1)")
+                    .bind(wanted.iter().map(|b| b.to_string()).collect::<Vec<_>>())
+                    .fetch_all(&mut *tx)
+                    .await?;
+            present = rows.into_iter().map(id).collect::<Result<_>>()?;
+        }
+        let plan = plan::plan_sends(batch, &existing, &chats, &users, &present, max_members);
+        let now_ts = batch.iter().map(|r| r.ts).max().unwrap_or_default();
+        for (chat, seq, blob) in &plan.blob_refs {
+            sqlx::query("INSERT INTO blob_refs (chat_id, seq, hash, ts) VALUES ($1, $2, $3, $4)")
+                .bind(chat.as_str())
+                .bind(seq)
+                .bind(blob.as_str())
+                .bind(now_ts)
+                .execute(&mut *tx)
+                .await?;
+        }
         if plan.events.is_empty() {
             tx.commit().await?;
             return Ok(plan.finish(batch, []));
@@ -510,9 +531,10 @@ impl Store for PgStore {
         };
         sqlx::query(
             "INSERT INTO events (chat_id, seq, sender, sender_device, client_msg_id, ts, payload,
-                                 mls_kind, mls_epoch, membership)
+                                 mls_kind, mls_epoch, membership, blobs)
              SELECT * FROM UNNEST($1::text[], $2::bigint[], $3::text[], $4::text[], $5::text[],
-                                  $6::bigint[], $7::bytea[], $8::smallint[], $9::bigint[], $10::text[])",
+                                  $6::bigint[], $7::bytea[], $8::smallint[], $9::bigint[], $10::text[],
+                                  $11::text[])",
         )
         .bind(ev(|r| r.chat_id.to_string()))
         .bind(plan.events.iter().map(|(_, s)| *s).collect::<Vec<_>>())
@@ -537,6 +559,12 @@ impl Store for PgStore {
             plan.events
                 .iter()
                 .map(|(i, _)| membership_to_json(&batch[*i].membership))
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            plan.events
+                .iter()
+                .map(|(i, _)| blobs_to_json(&batch[*i].blobs))
                 .collect::<Vec<_>>(),
         )
         .execute(&mut *tx)
@@ -592,7 +620,7 @@ impl Store for PgStore {
     async fn history(&self, chat_id: &ChatId, after: i64, limit: u32) -> Result<Vec<ChatEvent>> {
         let rows = sqlx::query(
             "SELECT chat_id, seq, sender, sender_device, client_msg_id, ts, payload, mls_kind,
-                    mls_epoch, membership FROM events
+                    mls_epoch, membership, blobs FROM events
              WHERE chat_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
         )
         .bind(chat_id.as_str())
@@ -612,7 +640,7 @@ impl Store for PgStore {
         let rows = sqlx::query(
             "SELECT i.id, i.kind, i.chat_id, i.seq, i.sender, i.delivered_seq, i.read_seq,
                     e.sender_device, e.client_msg_id, e.ts, e.payload, e.mls_kind, e.mls_epoch,
-                    e.membership
+                    e.membership, e.blobs
              FROM inbox i
              LEFT JOIN events e ON i.kind = 0 AND e.chat_id = i.chat_id AND e.seq = i.seq
              WHERE i.device_id = $1 AND i.id > $2 ORDER BY i.id LIMIT $3",
@@ -659,6 +687,7 @@ impl Store for PgStore {
                     payload: Payload(payload),
                     mls: mls_from_columns(r.get("mls_kind"), r.get("mls_epoch"))?,
                     membership: membership_from_json(r.get("membership"))?,
+                    blobs: blobs_from_json(r.get("blobs"))?,
                 },
             });
         }
@@ -826,6 +855,10 @@ impl Store for PgStore {
             .execute(&self.pool)
             .await?
             .rows_affected();
+        sqlx::query("DELETE FROM blob_refs WHERE ts < $1")
+            .bind(before)
+            .execute(&self.pool)
+            .await?;
         let events = sqlx::query("DELETE FROM events WHERE ts < $1")
             .bind(before)
             .execute(&self.pool)
@@ -919,6 +952,166 @@ impl Store for PgStore {
         .await?
         .rows_affected();
         Ok(n == 1)
+    }
+
+    async fn blob(&self, hash: &BlobHash) -> Result<Option<BlobRow>> {
+        let row = sqlx::query("SELECT size, uploader, created_at FROM blobs WHERE hash = $1")
+            .bind(hash.as_str())
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| {
+            Ok(BlobRow {
+                size: u64::try_from(r.get::<i64, _>("size")).unwrap_or_default(),
+                uploader: id(r.get("uploader"))?,
+                created_at: r.get("created_at"),
+            })
+        })
+        .transpose()
+    }
+
+    async fn start_upload(
+        &self,
+        hash: &BlobHash,
+        user: &UserId,
+        total: u64,
+        quota: u64,
+        now: i64,
+    ) -> Result<UploadStart> {
+        let mut tx = self.pool.begin().await?;
+        // Serialize one user's uploads on their row, so the quota check holds.
+        sqlx::query("SELECT user_id FROM users WHERE user_id = $1 FOR UPDATE")
+            .bind(user.as_str())
+            .fetch_optional(&mut *tx)
+            .await?;
+        if let Some(size) = sqlx::query_scalar::<_, i64>("SELECT size FROM blobs WHERE hash = $1")
+            .bind(hash.as_str())
+            .fetch_optional(&mut *tx)
+            .await?
+        {
+            tx.commit().await?;
+            return Ok(UploadStart::Stored {
+                size: u64::try_from(size).unwrap_or_default(),
+            });
+        }
+        if let Some(existing) = sqlx::query_scalar::<_, i64>(
+            "SELECT total FROM uploads WHERE hash = $1 AND user_id = $2",
+        )
+        .bind(hash.as_str())
+        .bind(user.as_str())
+        .fetch_optional(&mut *tx)
+        .await?
+        {
+            tx.commit().await?;
+            return Ok(if existing == size_i64(total) {
+                UploadStart::Started
+            } else {
+                UploadStart::TotalMismatch {
+                    total: u64::try_from(existing).unwrap_or_default(),
+                }
+            });
+        }
+        let used: i64 = sqlx::query_scalar(
+            "SELECT ((SELECT COALESCE(SUM(size), 0) FROM blobs WHERE uploader = $1)
+                  + (SELECT COALESCE(SUM(total), 0) FROM uploads WHERE user_id = $1))::BIGINT",
+        )
+        .bind(user.as_str())
+        .fetch_one(&mut *tx)
+        .await?;
+        let used = u64::try_from(used).unwrap_or_default();
+        if used.saturating_add(total) > quota {
+            tx.commit().await?;
+            return Ok(UploadStart::QuotaExceeded { used });
+        }
+        sqlx::query(
+            "INSERT INTO uploads (hash, user_id, total, created_at) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(hash.as_str())
+        .bind(user.as_str())
+        .bind(size_i64(total))
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(UploadStart::Started)
+    }
+
+    async fn finish_upload(
+        &self,
+        hash: &BlobHash,
+        user: &UserId,
+        size: u64,
+        now: i64,
+    ) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "INSERT INTO blobs (hash, size, uploader, created_at) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (hash) DO NOTHING",
+        )
+        .bind(hash.as_str())
+        .bind(size_i64(size))
+        .bind(user.as_str())
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("DELETE FROM uploads WHERE hash = $1 AND user_id = $2")
+            .bind(hash.as_str())
+            .bind(user.as_str())
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn cancel_upload(&self, hash: &BlobHash, user: &UserId) -> Result<()> {
+        sqlx::query("DELETE FROM uploads WHERE hash = $1 AND user_id = $2")
+            .bind(hash.as_str())
+            .bind(user.as_str())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn can_download(&self, hash: &BlobHash, user: &UserId) -> Result<bool> {
+        let row = sqlx::query(
+            "SELECT 1 FROM blobs b WHERE b.hash = $1 AND (b.uploader = $2 OR EXISTS (
+                SELECT 1 FROM blob_refs r JOIN chat_members m
+                  ON m.chat_id = r.chat_id AND m.user_id = $2 AND m.left_at IS NULL
+                WHERE r.hash = $1))",
+        )
+        .bind(hash.as_str())
+        .bind(user.as_str())
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.is_some())
+    }
+
+    async fn unreferenced_blobs(&self, before: i64) -> Result<Vec<BlobHash>> {
+        let rows: Vec<String> = sqlx::query_scalar(
+            "SELECT hash FROM blobs b WHERE created_at < $1
+               AND NOT EXISTS (SELECT 1 FROM blob_refs r WHERE r.hash = b.hash)",
+        )
+        .bind(before)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter().map(id).collect()
+    }
+
+    async fn delete_blob(&self, hash: &BlobHash) -> Result<()> {
+        sqlx::query("DELETE FROM blobs WHERE hash = $1")
+            .bind(hash.as_str())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn take_stale_uploads(&self, before: i64) -> Result<Vec<(BlobHash, UserId)>> {
+        let rows = sqlx::query("DELETE FROM uploads WHERE created_at < $1 RETURNING hash, user_id")
+            .bind(before)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| Ok((id(r.get("hash"))?, id(r.get("user_id"))?)))
+            .collect()
     }
 
     async fn stats(&self) -> Result<Stats> {
@@ -1075,5 +1268,6 @@ fn event_from_row(r: sqlx::postgres::PgRow) -> Result<ChatEvent> {
         payload: Payload(r.get("payload")),
         mls: mls_from_columns(r.get("mls_kind"), r.get("mls_epoch"))?,
         membership: membership_from_json(r.get("membership"))?,
+        blobs: blobs_from_json(r.get("blobs"))?,
     })
 }

@@ -4,12 +4,12 @@
 //! Invariant: a chat's sequence numbers are assigned here, consecutively from the head
 //! the backend read, so a committed batch leaves no gap and no duplicate `seq`.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use parley_client_api::http::chats::{ChatKind, MlsKind, PAST_EPOCHS, Receipt};
 #[cfg(test)]
 use parley_client_api::http::chats::{MembershipChange, MlsMeta};
-use parley_client_api::{ChatId, DeviceId, UserId};
+use parley_client_api::{BlobHash, ChatId, DeviceId, UserId};
 
 use super::SendRequest;
 
@@ -35,6 +35,8 @@ pub enum SendOutcome {
     },
     /// A membership change names a user who does not exist.
     UnknownUser(UserId),
+    /// The message refers to a blob that was never uploaded.
+    UnknownBlob(BlobHash),
     /// Not allowed (the reason is shown to the client).
     Refused(String),
 }
@@ -101,6 +103,8 @@ pub struct SendPlan {
     pub inbox: Vec<EventInboxRow>,
     pub heads: Vec<Head>,
     pub membership: Vec<MembershipOp>,
+    /// (chat, seq, blob): which events refer to which blobs.
+    pub blob_refs: Vec<(ChatId, i64, BlobHash)>,
 }
 
 /// Decides every send of a batch, in order, as the hub: duplicates, membership, MLS
@@ -113,6 +117,7 @@ pub fn plan_sends(
     existing: &HashMap<SendKey, (i64, i64)>,
     chats: &HashMap<ChatId, ChatState>,
     users: &HashMap<UserId, Vec<DeviceId>>,
+    blobs: &HashSet<BlobHash>,
     max_members: usize,
 ) -> SendPlan {
     let mut plan = SendPlan::default();
@@ -134,7 +139,12 @@ pub fn plan_sends(
         let Some((chat, last_ts)) = state.get_mut(&req.chat_id) else {
             continue;
         };
-        let outcome = check_send(req, chat, users, max_members);
+        let outcome = check_send(req, chat, users, max_members).or_else(|| {
+            req.blobs
+                .iter()
+                .find(|b| !blobs.contains(*b))
+                .map(|b| SendOutcome::UnknownBlob(b.clone()))
+        });
         if let Some(refusal) = outcome {
             plan.outcomes.push(refusal);
             continue;
@@ -147,6 +157,12 @@ pub fn plan_sends(
         }
         plan.events.push((i, seq));
         in_batch.insert(key, (seq, req.ts));
+        let unique: BTreeSet<&BlobHash> = req.blobs.iter().collect();
+        plan.blob_refs.extend(
+            unique
+                .into_iter()
+                .map(|b| (req.chat_id.clone(), seq, b.clone())),
+        );
         // Fan out to the members before the change and to those it adds (they need the
         // commit's Welcome); then apply the change.
         let change = req.membership.clone().unwrap_or_default();
@@ -403,6 +419,7 @@ mod tests {
             ts,
             mls: None,
             membership: None,
+            blobs: Vec::new(),
         }
     }
     fn chat(last: i64, members: &[(&str, &[&str])]) -> ChatState {
@@ -427,7 +444,7 @@ mod tests {
     }
     fn plan(batch: &[SendRequest], chats: &HashMap<ChatId, ChatState>) -> SendPlan {
         let users = HashMap::from([(u("dave"), vec![d("D1"), d("D2")])]);
-        plan_sends(batch, &HashMap::new(), chats, &users, 4)
+        plan_sends(batch, &HashMap::new(), chats, &users, &HashSet::new(), 4)
     }
     fn mls(kind: MlsKind, epoch: u64) -> Option<MlsMeta> {
         Some(MlsMeta { kind, epoch })
@@ -478,7 +495,14 @@ mod tests {
             req("zz", "alice", "A1", "x", 13),
             req("a", "eve", "E1", "y", 14),
         ];
-        let plan = plan_sends(&batch, &existing, &chats, &HashMap::new(), 10);
+        let plan = plan_sends(
+            &batch,
+            &existing,
+            &chats,
+            &HashMap::new(),
+            &HashSet::new(),
+            10,
+        );
         let outcomes = plan.finish(&batch, [(100, d("B1"), c("a"), 2)]);
         assert_eq!(
             outcomes,
@@ -582,7 +606,7 @@ mod tests {
             remove: vec![],
         });
         let users = HashMap::from([(u("dave"), vec![]), (u("erin"), vec![])]);
-        let p = plan_sends(&[big], &HashMap::new(), &chats, &users, 4);
+        let p = plan_sends(&[big], &HashMap::new(), &chats, &users, &HashSet::new(), 4);
         assert!(matches!(p.outcomes[0], SendOutcome::Refused(_)));
 
         // Alice adds dave and removes carol: dave's devices get the commit; carol gets it

@@ -26,13 +26,11 @@ async fn acknowledged_events_survive_kill_9(backend: Backend) -> Result<()> {
     while acked.len() < 300 {
         while in_flight < 32 {
             next += 1;
-            ws.send(&ClientFrame::Send {
-                chat_id: chat.clone(),
-                client_msg_id: format!("c{next}"),
-                payload: format!("payload {next}").into_bytes().into(),
-                mls: None,
-                membership: None,
-            })
+            ws.send(&ClientFrame::send(
+                chat.clone(),
+                format!("c{next}"),
+                format!("payload {next}").into_bytes(),
+            ))
             .await?;
             in_flight += 1;
         }

@@ -95,25 +95,21 @@ async fn replay_and_live_overlap_without_gap_or_duplicate(backend: Backend) -> R
     alice_ws.until_synced().await?;
     for i in 1..=TOTAL / 2 {
         alice_ws
-            .send(&ClientFrame::Send {
-                chat_id: chat.clone(),
-                client_msg_id: format!("m{i}"),
-                payload: format!("p{i}").into_bytes().into(),
-                mls: None,
-                membership: None,
-            })
+            .send(&ClientFrame::send(
+                chat.clone(),
+                format!("m{i}"),
+                format!("p{i}").into_bytes(),
+            ))
             .await?;
     }
     let mut bob_ws = server.connect(&bob).await?;
     for i in TOTAL / 2 + 1..=TOTAL {
         alice_ws
-            .send(&ClientFrame::Send {
-                chat_id: chat.clone(),
-                client_msg_id: format!("m{i}"),
-                payload: format!("p{i}").into_bytes().into(),
-                mls: None,
-                membership: None,
-            })
+            .send(&ClientFrame::send(
+                chat.clone(),
+                format!("m{i}"),
+                format!("p{i}").into_bytes(),
+            ))
             .await?;
     }
     let mut seqs = Vec::new();
@@ -166,13 +162,7 @@ async fn every_device_of_both_users_gets_the_event(backend: Backend) -> Result<(
         ws.until_synced().await?;
     }
     ws_a1
-        .send(&ClientFrame::Send {
-            chat_id: chat.clone(),
-            client_msg_id: "x1".into(),
-            payload: b"hello".to_vec().into(),
-            mls: None,
-            membership: None,
-        })
+        .send(&ClientFrame::send(chat.clone(), "x1", b"hello".to_vec()))
         .await?;
     match ws_a1.next().await? {
         ServerFrame::Sent { ack } => ensure!(ack.seq == 1 && !ack.duplicate),

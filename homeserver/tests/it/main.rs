@@ -13,6 +13,7 @@ mod delivery;
 mod errors;
 mod groups;
 mod keys;
+mod media;
 mod multinode;
 mod observability;
 mod store_suite;

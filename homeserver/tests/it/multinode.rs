@@ -51,13 +51,11 @@ async fn users_on_two_nodes_chat_live_and_survive_a_node_dying() -> Result<()> {
     let mut acked = BTreeSet::new();
     for i in 0..TOTAL {
         alice_ws
-            .send(&ClientFrame::Send {
-                chat_id: chat.clone(),
-                client_msg_id: format!("s{i}"),
-                payload: format!("p{i}").into_bytes().into(),
-                mls: None,
-                membership: None,
-            })
+            .send(&ClientFrame::send(
+                chat.clone(),
+                format!("s{i}"),
+                format!("p{i}").into_bytes(),
+            ))
             .await?;
         if i == TOTAL / 2 {
             // Collect some acks, then crash the node.
@@ -74,13 +72,11 @@ async fn users_on_two_nodes_chat_live_and_survive_a_node_dying() -> Result<()> {
     alice_ws.until_synced().await?;
     for i in 0..TOTAL {
         alice_ws
-            .send(&ClientFrame::Send {
-                chat_id: chat.clone(),
-                client_msg_id: format!("s{i}"),
-                payload: format!("p{i}").into_bytes().into(),
-                mls: None,
-                membership: None,
-            })
+            .send(&ClientFrame::send(
+                chat.clone(),
+                format!("s{i}"),
+                format!("p{i}").into_bytes(),
+            ))
             .await?;
     }
     let mut all = BTreeSet::new();

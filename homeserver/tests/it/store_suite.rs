@@ -103,6 +103,7 @@ fn send(chat: &ChatId, user: &str, dev: &str, id: &str) -> SendRequest {
         ts: 100,
         mls: None,
         membership: None,
+        blobs: Vec::new(),
     }
 }
 
