@@ -611,12 +611,26 @@ impl Inner {
         };
         let chat = ChatId::try_from(row.chat_id.as_str()).map_err(Error::store)?;
         let mut conn = self.db.writer.lock().await;
+        let commit_queued = store::outbox_all(&mut conn)
+            .await?
+            .iter()
+            .any(|r| r.chat_id == row.chat_id && r.kind == store::OUTBOX_COMMIT);
         let mut tx = store::begin(&mut conn).await?;
         let result = {
             let p = provider(&mut tx);
             match Group::load(&p, chat.as_str().as_bytes()).map_err(fatal)? {
                 None => Err("this device is not in the chat's group".to_owned()),
-                Some(g) if g.has_pending_commit() => return Ok(None),
+                // Our commit is on its way: the message goes in the epoch it creates.
+                Some(g) if g.has_pending_commit() && commit_queued => return Ok(None),
+                // A pending commit that is not queued can never be confirmed: drop it.
+                Some(mut g) if g.has_pending_commit() => g
+                    .discard_pending_commit(&p)
+                    .map_err(|e| e.to_string())
+                    .and_then(|()| {
+                        g.encrypt(&p, &self.identity, plaintext)
+                            .map(|m| (m, g.epoch()))
+                            .map_err(|e| e.to_string())
+                    }),
                 Some(mut g) => g
                     .encrypt(&p, &self.identity, plaintext)
                     .map(|m| (m, g.epoch()))
