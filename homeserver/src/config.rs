@@ -39,6 +39,12 @@ pub struct Cli {
     /// The admin API's bearer token (required with `--admin-listen`).
     #[arg(long, env = "PARLEY_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
+    /// Federate with other homeservers (`[federation] enabled`).
+    #[arg(long, env = "PARLEY_FEDERATION")]
+    pub federation: bool,
+    /// Federation test mode: plain HTTP and loopback/private peers (tests on 127.0.0.x).
+    #[arg(long, env = "PARLEY_FEDERATION_TEST_MODE")]
+    pub federation_test_mode: bool,
     #[command(subcommand)]
     pub command: Option<Command>,
 }
@@ -108,6 +114,34 @@ impl Default for Limits {
     }
 }
 
+/// The `[federation]` section.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FederationConfig {
+    /// Off by default: a single server answers nothing under `/_parley/fed/` and
+    /// refuses remote users.
+    pub enabled: bool,
+    /// Plain HTTP and loopback/private peers (tests on 127.0.0.x). Never in production.
+    pub test_mode: bool,
+    /// The server's ed25519 key (PKCS#8 PEM); default `<data_dir>/federation.key`,
+    /// created (0600) on first start.
+    pub key_file: Option<PathBuf>,
+    /// Seeds the `federation_rules` table when it is empty (first start); afterwards the
+    /// admin API and CLI change the table and this is ignored.
+    pub policy: PolicySeed,
+    /// When set, the exact bytes of every received federation request are written here
+    /// (interop debugging). Also settable at runtime through the admin API.
+    pub dump_dir: Option<PathBuf>,
+}
+
+/// The initial policy: mode and rules (`{pattern, action = "allow"|"deny", reason}`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PolicySeed {
+    pub mode: parley_federation::policy::Mode,
+    pub rules: Vec<parley_federation::policy::Rule>,
+}
+
 /// The configuration file's shape.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -121,6 +155,7 @@ struct FileConfig {
     admin_listen: Option<SocketAddr>,
     admin_token: Option<String>,
     limits: Limits,
+    federation: FederationConfig,
 }
 
 /// The resolved configuration.
@@ -137,6 +172,7 @@ pub struct Config {
     pub admin_listen: Option<SocketAddr>,
     pub admin_token: Option<String>,
     pub limits: Limits,
+    pub federation: FederationConfig,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -198,6 +234,9 @@ impl Config {
         if limits.max_payload_bytes == 0 || limits.max_payload_bytes > 16 * 1024 * 1024 {
             return Err(ConfigError::Limit("max_payload_bytes must be 1..=16 MiB"));
         }
+        let mut federation = file.federation;
+        federation.enabled |= cli.federation;
+        federation.test_mode |= cli.federation_test_mode;
         Ok(Self {
             server_name,
             listen,
@@ -208,6 +247,7 @@ impl Config {
             admin_listen,
             admin_token,
             limits,
+            federation,
         })
     }
 
@@ -268,6 +308,27 @@ mod tests {
         assert_eq!(c.limits.max_payload_bytes, 1000);
         assert_eq!(c.limits.retention_days, 30);
         assert!(c.database_url.starts_with("sqlite://"));
+        assert!(!c.federation.enabled, "federation is off unless enabled");
+    }
+
+    #[test]
+    fn federation_section() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(
+            &path,
+            "[federation]\nenabled = true\n[federation.policy]\nmode = \"allowlist\"\nrules = [{pattern = \"*.example.org\", action = \"allow\"}, {pattern = \"bad.example.org\", action = \"deny\", reason = \"spam\"}]\n",
+        )
+        .unwrap();
+        let c = Config::load(cli(&["--config", path.to_str().unwrap()])).unwrap();
+        assert!(c.federation.enabled && !c.federation.test_mode);
+        assert_eq!(
+            c.federation.policy.mode,
+            parley_federation::policy::Mode::Allowlist
+        );
+        assert_eq!(c.federation.policy.rules.len(), 2);
+        let c = Config::load(cli(&["--federation", "--federation-test-mode"])).unwrap();
+        assert!(c.federation.enabled && c.federation.test_mode);
     }
 
     #[test]

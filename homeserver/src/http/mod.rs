@@ -5,6 +5,7 @@ pub mod admin;
 pub mod client;
 pub mod error;
 pub mod extract;
+pub mod federation;
 pub mod media;
 pub mod ws;
 
@@ -37,7 +38,12 @@ pub struct AppState {
 pub fn app(state: AppState) -> Router {
     // Base64 inflates payloads by 4/3; leave room for the JSON around them.
     let body_limit = state.services.config.limits.max_payload_bytes / 3 * 4 + 8 * 1024;
+    let federation = match &state.services.federation {
+        Some(fed) => federation::router(state.services.clone(), fed.clone()),
+        None => Router::new(),
+    };
     Router::new()
+        .merge(federation)
         .route(accounts::register::PATH, post(client::register))
         .route(accounts::login::PATH, post(client::login))
         .route(accounts::logout::PATH, post(client::logout))

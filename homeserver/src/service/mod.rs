@@ -3,6 +3,7 @@
 
 pub mod accounts;
 pub mod chats;
+pub mod federation;
 pub mod inbox;
 pub mod keys;
 pub mod media;
@@ -69,6 +70,8 @@ pub struct Services {
     pub keys: keys::Keys,
     pub media: media::Media,
     pub metrics: Arc<Metrics>,
+    /// `None` unless `[federation] enabled`.
+    pub federation: Option<federation::Federation>,
 }
 
 impl Services {
@@ -104,7 +107,17 @@ impl Services {
             config.limits.user_quota_bytes,
         )?;
         inbox::spawn_janitor(store.clone(), media.clone(), config.limits.retention_days);
+        let federation = if config.federation.enabled {
+            let seed = parley_federation::Policy {
+                mode: config.federation.policy.mode,
+                rules: config.federation.policy.rules.clone(),
+            };
+            Some(federation::Federation::new(&config, seed)?)
+        } else {
+            None
+        };
         Ok(Self {
+            federation,
             media,
             accounts: accounts::Accounts::new(store.clone(), config.server_name.clone()),
             chats: chats::Chats::new(store.clone(), config.clone(), sequencer, gateway.clone()),

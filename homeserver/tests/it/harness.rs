@@ -57,8 +57,14 @@ pub struct Server {
     database_url: String,
     data_dir: tempfile::TempDir,
     extra_args: Vec<String>,
+    /// `(listen, server name)`; a restart keeps both (peers know the name).
+    identity: (String, String),
     _pg: Option<Arc<PgDatabase>>,
     http: reqwest::Client,
+}
+
+fn default_identity() -> (String, String) {
+    ("127.0.0.1:0".to_owned(), SERVER_NAME.to_owned())
 }
 
 impl Server {
@@ -68,6 +74,32 @@ impl Server {
 
     /// Starts a server with extra command-line arguments.
     pub async fn start_with(backend: Backend, extra: &[&str]) -> Result<Self> {
+        Self::start_as(backend, default_identity(), extra).await
+    }
+
+    /// A federating server on `ip` (e.g. `127.0.0.2`) with a fixed free port: its
+    /// server name is `ip:port`, so peers can reach it by name (test mode).
+    pub async fn start_federated(backend: Backend, ip: &str, extra: &[&str]) -> Result<Self> {
+        let addr = format!("{ip}:{}", parley_testkit::free_port(ip));
+        let mut args = vec!["--federation", "--federation-test-mode"];
+        args.extend_from_slice(extra);
+        Self::start_as(backend, (addr.clone(), addr), &args).await
+    }
+
+    pub fn data_dir(&self) -> &std::path::Path {
+        self.data_dir.path()
+    }
+
+    /// This server's name.
+    pub fn name(&self) -> &str {
+        &self.identity.1
+    }
+
+    async fn start_as(
+        backend: Backend,
+        identity: (String, String),
+        extra: &[&str],
+    ) -> Result<Self> {
         let extra_args: Vec<String> = extra.iter().map(|s| (*s).to_owned()).collect();
         let data_dir = tempfile::tempdir()?;
         let (database_url, pg) = match backend {
@@ -80,7 +112,7 @@ impl Server {
                 (db.url().to_owned(), Some(Arc::new(db)))
             }
         };
-        let process = spawn(&database_url, data_dir.path(), &extra_args).await?;
+        let process = spawn(&database_url, data_dir.path(), &identity, &extra_args).await?;
         let base = format!("http://{}", process.addr());
         Ok(Self {
             process,
@@ -88,6 +120,7 @@ impl Server {
             database_url,
             data_dir,
             extra_args,
+            identity,
             _pg: pg,
             http: reqwest::Client::new(),
         })
@@ -100,13 +133,14 @@ impl Server {
         let mut nodes = Vec::with_capacity(n);
         for _ in 0..n {
             let data_dir = tempfile::tempdir()?;
-            let process = spawn(db.url(), data_dir.path(), &extra).await?;
+            let process = spawn(db.url(), data_dir.path(), &default_identity(), &extra).await?;
             nodes.push(Self {
                 base: format!("http://{}", process.addr()),
                 process,
                 database_url: db.url().to_owned(),
                 data_dir,
                 extra_args: extra.clone(),
+                identity: default_identity(),
                 _pg: Some(db.clone()),
                 http: reqwest::Client::new(),
             });
@@ -118,7 +152,13 @@ impl Server {
     /// the same database.
     pub async fn crash_and_restart(&mut self) -> Result<()> {
         self.process.kill_hard().await?;
-        self.process = spawn(&self.database_url, self.data_dir.path(), &self.extra_args).await?;
+        self.process = spawn(
+            &self.database_url,
+            self.data_dir.path(),
+            &self.identity,
+            &self.extra_args,
+        )
+        .await?;
         self.base = format!("http://{}", self.process.addr());
         Ok(())
     }
@@ -241,13 +281,14 @@ impl Server {
 async fn spawn(
     database_url: &str,
     data_dir: &std::path::Path,
+    (listen, server_name): &(String, String),
     extra: &[String],
 ) -> Result<ServerProcess> {
     let mut args = vec![
         "--listen".to_owned(),
-        "127.0.0.1:0".into(),
+        listen.clone(),
         "--server-name".into(),
-        SERVER_NAME.into(),
+        server_name.clone(),
         "--database-url".into(),
         database_url.into(),
         "--data-dir".into(),

@@ -11,6 +11,7 @@ mod admin;
 mod crash;
 mod delivery;
 mod errors;
+mod federation;
 mod groups;
 mod keys;
 mod media;

@@ -1,0 +1,208 @@
+//! Federation: this server's signing key and key directory, the allow/deny policy, the
+//! inbound verifier's context and the signing client. The decisions (policy, verifier
+//! stages, outbox) are `parley-federation`'s pure cores; this module only feeds them.
+
+use std::path::Path;
+use std::sync::{Arc, RwLock};
+
+use parley_federation::directory::{self, DirectoryResponse, KeyToPublish, VerifiedDirectory};
+use parley_federation::policy::{self, Decision, Policy};
+use parley_federation::transport::http::{
+    BoxFuture, ClientConfig, ClientError, FederationClient, FederationContext, InboundVerifier,
+};
+use parley_federation::{RequestSigner, ServerName, ServerSigningKey};
+
+use super::ServiceError;
+use crate::clock::now_ms;
+use crate::config::Config;
+
+/// How long peers may cache our key directory (seconds).
+const DIRECTORY_CACHE_SECS: i64 = 3600;
+/// Validity window published for the current key (seconds either side of start).
+const KEY_VALIDITY_SECS: i64 = 30 * 24 * 3600;
+
+/// The federation service: cheap to clone, shared by handlers and tasks.
+#[derive(Clone)]
+pub struct Federation {
+    inner: Arc<Inner>,
+    verifier: Arc<InboundVerifier>,
+}
+
+struct Inner {
+    name: ServerName,
+    key: ServerSigningKey,
+    client: FederationClient,
+    policy: RwLock<Policy>,
+    test_mode: bool,
+    /// When this process started (ms): the published key's `nbf` is a day before.
+    started_ms: i64,
+}
+
+impl Federation {
+    /// Loads (or creates) the signing key and builds the client and the verifier.
+    pub fn new(config: &Config, policy: Policy) -> Result<Self, ServiceError> {
+        let name = ServerName::try_from(config.server_name.as_str())
+            .map_err(|e| ServiceError::Internal(format!("server name: {e}")))?;
+        let key_path = config
+            .federation
+            .key_file
+            .clone()
+            .unwrap_or_else(|| config.data_dir.join("federation.key"));
+        let key = load_or_create_key(&key_path)?;
+        let client = FederationClient::new(
+            RequestSigner::new(name.clone(), key.clone()),
+            ClientConfig {
+                insecure_test_mode: config.federation.test_mode,
+                ..ClientConfig::default()
+            },
+        )
+        .map_err(|e| ServiceError::Internal(e.to_string()))?;
+        tracing::info!(key_id = %key.key_id(), path = %key_path.display(), "federation key loaded");
+        let inner = Arc::new(Inner {
+            name,
+            key,
+            client,
+            policy: RwLock::new(policy),
+            test_mode: config.federation.test_mode,
+            started_ms: now_ms(),
+        });
+        let verifier = Arc::new(InboundVerifier::new(inner.clone()));
+        Ok(Self { inner, verifier })
+    }
+
+    pub fn server_name(&self) -> &ServerName {
+        &self.inner.name
+    }
+
+    pub fn verifier(&self) -> &Arc<InboundVerifier> {
+        &self.verifier
+    }
+
+    pub fn client(&self) -> &FederationClient {
+        &self.inner.client
+    }
+
+    pub fn test_mode(&self) -> bool {
+        self.inner.test_mode
+    }
+
+    /// The current policy (a snapshot).
+    pub fn policy(&self) -> Policy {
+        self.inner.policy()
+    }
+
+    /// Replaces the in-memory policy (after the table changed); forgets the keys of
+    /// servers it now refuses.
+    pub fn set_policy(&self, policy: Policy) {
+        *self.inner.policy.write().unwrap_or_else(|p| p.into_inner()) = policy;
+    }
+
+    /// Whether we federate with `server` now (inbound, key fetches, outbound).
+    pub fn decide(&self, server: &ServerName) -> Decision {
+        policy::decide(server, &self.policy())
+    }
+
+    /// The signed key directory we serve at `now_ms`.
+    pub fn directory(&self, now_ms: i64) -> Result<DirectoryResponse, ServiceError> {
+        let nbf = self.inner.started_ms / 1000 - 24 * 3600;
+        let exp = now_ms / 1000 + KEY_VALIDITY_SECS;
+        directory::build_response(
+            &self.inner.name,
+            &[KeyToPublish {
+                key: &self.inner.key,
+                nbf,
+                exp,
+            }],
+            &[],
+            now_ms,
+            DIRECTORY_CACHE_SECS,
+        )
+        .map_err(|e| ServiceError::Internal(e.to_string()))
+    }
+}
+
+impl Inner {
+    fn policy(&self) -> Policy {
+        self.policy
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+}
+
+impl FederationContext for Inner {
+    fn server_name(&self) -> &ServerName {
+        &self.name
+    }
+
+    fn policy(&self) -> BoxFuture<'_, Policy> {
+        Box::pin(std::future::ready(Inner::policy(self)))
+    }
+
+    fn fetch_directory<'a>(
+        &'a self,
+        origin: &'a ServerName,
+    ) -> BoxFuture<'a, Result<(VerifiedDirectory, i64), ClientError>> {
+        Box::pin(async move {
+            // The policy guards key fetches too (the verifier checked it already; a
+            // rule may have changed since).
+            let decision = policy::decide(origin, &Inner::policy(self));
+            if !decision.allowed {
+                return Err(ClientError::Target(format!(
+                    "{origin}: federation denied ({})",
+                    decision.reason
+                )));
+            }
+            self.client.fetch_directory(origin).await
+        })
+    }
+}
+
+/// Reads the PKCS#8 PEM key at `path`, or generates one and writes it there (0600).
+pub fn load_or_create_key(path: &Path) -> Result<ServerSigningKey, ServiceError> {
+    let internal = |what: &str, e: &dyn std::fmt::Display| {
+        ServiceError::Internal(format!("federation key {}: {what}: {e}", path.display()))
+    };
+    match std::fs::read_to_string(path) {
+        Ok(pem) => ServerSigningKey::from_pkcs8_pem(&pem).map_err(|e| internal("invalid", &e)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let key = ServerSigningKey::generate().map_err(|e| internal("generate", &e))?;
+            if let Some(dir) = path.parent()
+                && !dir.as_os_str().is_empty()
+            {
+                std::fs::create_dir_all(dir).map_err(|e| internal("create dir", &e))?;
+            }
+            let mut options = std::fs::OpenOptions::new();
+            options.write(true).create_new(true);
+            #[cfg(unix)]
+            std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+            let mut file = options.open(path).map_err(|e| internal("create", &e))?;
+            std::io::Write::write_all(&mut file, key.to_pkcs8_pem().as_bytes())
+                .and_then(|()| file.sync_all())
+                .map_err(|e| internal("write", &e))?;
+            tracing::info!(path = %path.display(), "generated a new federation signing key");
+            Ok(key)
+        }
+        Err(e) => Err(internal("read", &e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_is_created_once_with_mode_0600() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sub/federation.key");
+        let a = load_or_create_key(&path).unwrap();
+        let b = load_or_create_key(&path).unwrap();
+        assert_eq!(a.key_id(), b.key_id());
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+    }
+}
