@@ -456,7 +456,13 @@ impl Inner {
     }
 
     /// The server refused a send. Returns whether to retry it later.
-    pub(crate) async fn on_send_error(&self, client_msg_id: &str, code: ErrorCode) -> Result<bool> {
+    /// `current_epoch` is the hub's epoch, sent with `wrong_epoch`.
+    pub(crate) async fn on_send_error(
+        &self,
+        client_msg_id: &str,
+        code: ErrorCode,
+        current_epoch: Option<u64>,
+    ) -> Result<bool> {
         if matches!(code, ErrorCode::RateLimited | ErrorCode::Internal) {
             return Ok(true);
         }
@@ -506,6 +512,19 @@ impl Inner {
         tracing::info!(%chat, %client_msg_id, code = code.as_str(), "send refused");
         if wrong_epoch {
             self.catch_up(&chat).await?;
+            // Caught up, the group is in the hub's epoch; if not, retrying would only be
+            // refused again.
+            let epoch = {
+                let mut conn = self.db.writer.lock().await;
+                let p = provider(&mut conn);
+                Group::load(&p, chat.as_str().as_bytes())
+                    .map_err(fatal)?
+                    .map(|g| g.epoch())
+            };
+            if current_epoch.is_some() && epoch != current_epoch {
+                tracing::warn!(%chat, ?epoch, ?current_epoch, "this device is out of step with the hub's epoch");
+                return Ok(false);
+            }
             if is_commit {
                 self.needs_device_sync.store(true, Ordering::SeqCst);
             }

@@ -284,11 +284,12 @@ impl Conn {
                 code,
                 message,
                 client_msg_id,
+                current_epoch,
                 ..
             } => match client_msg_id {
                 Some(id) => {
                     self.in_flight.remove(&id);
-                    if self.inner.on_send_error(&id, code).await? {
+                    if self.inner.on_send_error(&id, code, current_epoch).await? {
                         self.retry_at = Some(Instant::now() + RETRY_AFTER);
                     }
                 }
