@@ -48,6 +48,31 @@ pub enum AdminAction {
     RevokeDevice { user_id: String, device_id: String },
     /// Server statistics.
     Stats,
+    /// The federation allow/deny policy.
+    #[command(subcommand)]
+    Federation(FederationAction),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum FederationAction {
+    /// Show the mode and the rules.
+    List,
+    /// Allow servers matching a pattern (`*`, `name`, `*.name`, optional `:port`).
+    Allow {
+        pattern: String,
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Deny servers matching a pattern (wins over any allow rule).
+    Deny {
+        pattern: String,
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Remove the rule with this pattern.
+    Remove { pattern: String },
+    /// `open` (anyone not denied) or `allowlist` (only allowed servers).
+    Mode { mode: String },
 }
 
 /// Runs one admin command and prints its result.
@@ -124,6 +149,35 @@ pub async fn run(args: AdminArgs) -> Result<()> {
             .await?;
             println!("revoked {device_id} of {user_id}");
         }
+        AdminAction::Federation(action) => {
+            let path = "/federation/rules".to_owned();
+            let policy: Value = match action {
+                FederationAction::List => send(call(reqwest::Method::GET, path, None)).await?,
+                FederationAction::Allow { pattern, reason } => {
+                    let rule = serde_json::json!({"pattern": pattern, "action": "allow", "reason": reason});
+                    send(call(reqwest::Method::POST, path, Some(rule))).await?
+                }
+                FederationAction::Deny { pattern, reason } => {
+                    let rule =
+                        serde_json::json!({"pattern": pattern, "action": "deny", "reason": reason});
+                    send(call(reqwest::Method::POST, path, Some(rule))).await?
+                }
+                FederationAction::Remove { pattern } => {
+                    let body = serde_json::json!({ "pattern": pattern });
+                    send(call(reqwest::Method::DELETE, path, Some(body))).await?
+                }
+                FederationAction::Mode { mode } => {
+                    let body = serde_json::json!({ "mode": mode });
+                    send(call(
+                        reqwest::Method::POST,
+                        "/federation/mode".into(),
+                        Some(body),
+                    ))
+                    .await?
+                }
+            };
+            print_policy(&policy);
+        }
         AdminAction::Stats => {
             let s: api::Stats = send(call(reqwest::Method::GET, "/stats".into(), None)).await?;
             println!(
@@ -133,6 +187,22 @@ pub async fn run(args: AdminArgs) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// `mode <mode>` then one line per rule: `allow|deny <pattern> [reason]`.
+fn print_policy(policy: &Value) {
+    println!("mode {}", policy["mode"].as_str().unwrap_or("?"));
+    for rule in policy["rules"].as_array().into_iter().flatten() {
+        println!(
+            "{} {}{}",
+            rule["action"].as_str().unwrap_or("?"),
+            rule["pattern"].as_str().unwrap_or("?"),
+            rule["reason"]
+                .as_str()
+                .map(|r| format!(" {r}"))
+                .unwrap_or_default()
+        );
+    }
 }
 
 fn enc(segment: &str) -> String {

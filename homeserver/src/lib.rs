@@ -53,7 +53,8 @@ pub async fn run(
         store,
         gateway,
         Arc::new(metrics::Metrics::new()),
-    )?;
+    )
+    .await?;
     let cancel = CancellationToken::new();
     let state = AppState {
         services,

@@ -13,6 +13,9 @@ use sha2::{Digest, Sha256};
 use super::AppState;
 use super::error::ApiError;
 use super::extract::{ApiJson, ApiPath};
+use parley_federation::Policy;
+use parley_federation::policy::Rule;
+
 use crate::gateway::CloseReason;
 use crate::store::Store;
 
@@ -63,6 +66,20 @@ pub mod api {
         pub created_at: i64,
     }
 
+    /// `DELETE /_parley/admin/v1/federation/rules`.
+    #[derive(Debug, Clone, Serialize, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct RemoveRule {
+        pub pattern: String,
+    }
+
+    /// `POST /_parley/admin/v1/federation/mode`.
+    #[derive(Debug, Clone, Serialize, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct SetMode {
+        pub mode: parley_federation::policy::Mode,
+    }
+
     #[derive(Debug, Clone, Serialize, Deserialize)]
     pub struct Stats {
         pub users: i64,
@@ -91,6 +108,16 @@ pub fn admin_app(state: AppState) -> Router {
             delete(revoke_device),
         )
         .route("/_parley/admin/v1/stats", get(stats))
+        .route(
+            "/_parley/admin/v1/federation/rules",
+            get(federation_rules)
+                .post(put_federation_rule)
+                .delete(remove_federation_rule),
+        )
+        .route(
+            "/_parley/admin/v1/federation/mode",
+            post(set_federation_mode),
+        )
         .fallback(|| async { ApiError::new(ErrorCode::NotFound, "no such admin endpoint") })
         .with_state(state)
 }
@@ -246,4 +273,49 @@ async fn stats(State(st): State<AppState>, _: Admin) -> ApiResult<Json<api::Stat
         inbox_rows: s.inbox_rows,
         connected_sockets: st.services.gateway.connected().await,
     }))
+}
+
+fn federation(st: &AppState) -> ApiResult<&crate::service::federation::Federation> {
+    st.services.federation.as_ref().ok_or_else(|| {
+        ApiError::new(
+            ErrorCode::Forbidden,
+            "federation is not enabled ([federation] enabled = true)",
+        )
+    })
+}
+
+/// The federation policy: mode and rules.
+async fn federation_rules(State(st): State<AppState>, _: Admin) -> ApiResult<Json<Policy>> {
+    Ok(Json(federation(&st)?.reload().await?))
+}
+
+/// Adds a rule (or replaces the one with its pattern).
+async fn put_federation_rule(
+    State(st): State<AppState>,
+    _: Admin,
+    ApiJson(rule): ApiJson<Rule>,
+) -> ApiResult<Json<Policy>> {
+    let policy = federation(&st)?.put_rule(rule.clone()).await?;
+    tracing::info!(pattern = rule.pattern.as_str(), action = ?rule.action, "admin: federation rule set");
+    Ok(Json(policy))
+}
+
+async fn remove_federation_rule(
+    State(st): State<AppState>,
+    _: Admin,
+    ApiJson(req): ApiJson<api::RemoveRule>,
+) -> ApiResult<Json<Policy>> {
+    let policy = federation(&st)?.remove_rule(&req.pattern).await?;
+    tracing::info!(pattern = req.pattern, "admin: federation rule removed");
+    Ok(Json(policy))
+}
+
+async fn set_federation_mode(
+    State(st): State<AppState>,
+    _: Admin,
+    ApiJson(req): ApiJson<api::SetMode>,
+) -> ApiResult<Json<Policy>> {
+    let policy = federation(&st)?.set_mode(req.mode).await?;
+    tracing::info!(mode = ?req.mode, "admin: federation mode set");
+    Ok(Json(policy))
 }

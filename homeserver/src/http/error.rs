@@ -49,7 +49,11 @@ impl From<ServiceError> for ApiError {
             ServiceError::QuotaExceeded { .. } => ErrorCode::QuotaExceeded,
             ServiceError::NotMember => ErrorCode::NotMember,
             ServiceError::TooLarge { .. } => ErrorCode::TooLarge,
-            ServiceError::Forbidden(_) => ErrorCode::Forbidden,
+            ServiceError::Forbidden(_) | ServiceError::FederationDenied(_) => ErrorCode::Forbidden,
+            ServiceError::Remote(_) => {
+                tracing::warn!(error = %e, "a federation request failed");
+                return ApiError::new(ErrorCode::Internal, e.to_string());
+            }
             ServiceError::WrongEpoch { current } => {
                 return ApiError {
                     current_epoch: Some(*current),
@@ -75,4 +79,28 @@ impl IntoResponse for ApiError {
             StatusCode::from_u16(self.code.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         (status, Json(self.body())).into_response()
     }
+}
+
+/// The same mapping for federation endpoints: a [`ServiceError`] as a protocol error
+/// (`{"error", "message"}` with the federation codes).
+pub fn fed_error(e: ServiceError) -> parley_federation::ProtocolError {
+    use parley_federation::FedErrorCode as C;
+    let code = match &e {
+        ServiceError::InvalidParam(_) => C::InvalidParam,
+        ServiceError::UnknownUser(_) => C::UnknownUser,
+        ServiceError::UnknownChat => C::UnknownChat,
+        ServiceError::NotMember => C::NotMember,
+        ServiceError::FederationDenied(_) | ServiceError::Forbidden(_) => C::FederationDenied,
+        ServiceError::TooLarge { .. } => C::TooLarge,
+        ServiceError::WrongEpoch { .. } => C::WrongEpoch,
+        ServiceError::Unavailable => C::RateLimited,
+        _ => {
+            tracing::error!(error = %e, "federation request failed");
+            return parley_federation::ProtocolError::new(
+                C::Internal,
+                "internal server error; nothing was changed",
+            );
+        }
+    };
+    parley_federation::ProtocolError::new(code, e.to_string())
 }

@@ -9,11 +9,13 @@ use axum::Router;
 use axum::extract::{FromRef, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use parley_federation::api::version;
+use parley_federation::api::{keys, version};
 use parley_federation::directory;
+use parley_federation::transport::http::VerifiedRequest;
 use parley_federation::transport::http::{InboundVerifier, directory_response};
+use parley_federation::{DeviceId as FedDeviceId, ProtocolError, UserId as FedUserId};
 
-use super::error::ApiError;
+use super::error::{ApiError, fed_error};
 use crate::clock::now_ms;
 use crate::service::Services;
 use crate::service::federation::Federation;
@@ -39,6 +41,7 @@ pub fn router<S: Clone + Send + Sync + 'static>(
     Router::new()
         .route(directory::PATH, get(key_directory))
         .route(version::PATH, get(versions))
+        .route(keys::user_devices::PATH, get(user_devices))
         .with_state(FedState {
             services,
             federation,
@@ -61,4 +64,31 @@ async fn versions() -> Json<version::Response> {
             version: env!("CARGO_PKG_VERSION").into(),
         }),
     })
+}
+
+/// `GET /_parley/fed/v1/users/{user_id}/devices` (signed): a local user's device ids.
+async fn user_devices(
+    State(st): State<FedState>,
+    axum::extract::Path(user_id): axum::extract::Path<String>,
+    _req: VerifiedRequest,
+) -> Result<Json<keys::user_devices::Response>, ProtocolError> {
+    let bad = |e: parley_client_api::IdError| {
+        ProtocolError::new(parley_federation::FedErrorCode::InvalidParam, e.to_string())
+    };
+    let local = parley_client_api::UserId::try_from(user_id.as_str()).map_err(bad)?;
+    let devices = st
+        .services
+        .keys
+        .local_devices(&local)
+        .await
+        .map_err(fed_error)?;
+    Ok(Json(keys::user_devices::Response {
+        user_id: FedUserId::try_from(local.as_str()).map_err(|e| {
+            ProtocolError::new(parley_federation::FedErrorCode::InvalidParam, e.to_string())
+        })?,
+        devices: devices
+            .iter()
+            .filter_map(|d| FedDeviceId::try_from(d.as_str()).ok())
+            .collect(),
+    }))
 }

@@ -6,7 +6,7 @@ use std::path::Path;
 use std::sync::{Arc, RwLock};
 
 use parley_federation::directory::{self, DirectoryResponse, KeyToPublish, VerifiedDirectory};
-use parley_federation::policy::{self, Decision, Policy};
+use parley_federation::policy::{self, Decision, Mode, Policy, Rule};
 use parley_federation::transport::http::{
     BoxFuture, ClientConfig, ClientError, FederationClient, FederationContext, InboundVerifier,
 };
@@ -15,6 +15,10 @@ use parley_federation::{RequestSigner, ServerName, ServerSigningKey};
 use super::ServiceError;
 use crate::clock::now_ms;
 use crate::config::Config;
+use crate::store::{AnyStore, Store};
+
+/// How often each node rereads the policy table (changes made through another node).
+const POLICY_REFRESH: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// How long peers may cache our key directory (seconds).
 const DIRECTORY_CACHE_SECS: i64 = 3600;
@@ -29,6 +33,7 @@ pub struct Federation {
 }
 
 struct Inner {
+    store: AnyStore,
     name: ServerName,
     key: ServerSigningKey,
     client: FederationClient,
@@ -39,8 +44,31 @@ struct Inner {
 }
 
 impl Federation {
-    /// Loads (or creates) the signing key and builds the client and the verifier.
-    pub fn new(config: &Config, policy: Policy) -> Result<Self, ServiceError> {
+    /// Loads (or creates) the signing key, seeds the policy table on first start, loads
+    /// the policy, builds the client and the verifier, and starts the policy refresher.
+    pub async fn start(
+        config: &Config,
+        store: AnyStore,
+        seed: &Policy,
+    ) -> Result<Self, ServiceError> {
+        store.seed_federation_policy(seed, now_ms()).await?;
+        let policy = store.federation_policy().await?;
+        let fed = Self::new(config, store, policy)?;
+        let weak = Arc::downgrade(&fed.inner);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(POLICY_REFRESH).await;
+                let Some(inner) = weak.upgrade() else { return };
+                match inner.store.federation_policy().await {
+                    Ok(p) => inner.set_policy(p),
+                    Err(e) => tracing::warn!(error = %e, "cannot reread the federation policy"),
+                }
+            }
+        });
+        Ok(fed)
+    }
+
+    fn new(config: &Config, store: AnyStore, policy: Policy) -> Result<Self, ServiceError> {
         let name = ServerName::try_from(config.server_name.as_str())
             .map_err(|e| ServiceError::Internal(format!("server name: {e}")))?;
         let key_path = config
@@ -59,6 +87,7 @@ impl Federation {
         .map_err(|e| ServiceError::Internal(e.to_string()))?;
         tracing::info!(key_id = %key.key_id(), path = %key_path.display(), "federation key loaded");
         let inner = Arc::new(Inner {
+            store,
             name,
             key,
             client,
@@ -91,15 +120,54 @@ impl Federation {
         self.inner.policy()
     }
 
-    /// Replaces the in-memory policy (after the table changed); forgets the keys of
-    /// servers it now refuses.
-    pub fn set_policy(&self, policy: Policy) {
-        *self.inner.policy.write().unwrap_or_else(|p| p.into_inner()) = policy;
-    }
-
     /// Whether we federate with `server` now (inbound, key fetches, outbound).
     pub fn decide(&self, server: &ServerName) -> Decision {
         policy::decide(server, &self.policy())
+    }
+
+    /// Refuses with `federation_denied` unless we federate with `server`.
+    pub fn check_allowed(&self, server: &ServerName) -> Result<(), ServiceError> {
+        let decision = self.decide(server);
+        if decision.allowed {
+            Ok(())
+        } else {
+            Err(ServiceError::FederationDenied(format!(
+                "{server}: {}",
+                decision.reason
+            )))
+        }
+    }
+
+    /// Adds or replaces a rule; effective at once on this node, within
+    /// [`POLICY_REFRESH`] on the others.
+    pub async fn put_rule(&self, rule: Rule) -> Result<Policy, ServiceError> {
+        self.inner
+            .store
+            .put_federation_rule(&rule, now_ms())
+            .await?;
+        self.reload().await
+    }
+
+    /// Removes the rule with `pattern`.
+    pub async fn remove_rule(&self, pattern: &str) -> Result<Policy, ServiceError> {
+        if !self.inner.store.delete_federation_rule(pattern).await? {
+            return Err(ServiceError::InvalidParam(format!(
+                "no federation rule with pattern {pattern:?}"
+            )));
+        }
+        self.reload().await
+    }
+
+    pub async fn set_mode(&self, mode: Mode) -> Result<Policy, ServiceError> {
+        self.inner.store.set_federation_mode(mode).await?;
+        self.reload().await
+    }
+
+    /// Rereads the policy table.
+    pub async fn reload(&self) -> Result<Policy, ServiceError> {
+        let policy = self.inner.store.federation_policy().await?;
+        self.inner.set_policy(policy.clone());
+        Ok(policy)
     }
 
     /// The signed key directory we serve at `now_ms`.
@@ -122,6 +190,10 @@ impl Federation {
 }
 
 impl Inner {
+    fn set_policy(&self, policy: Policy) {
+        *self.policy.write().unwrap_or_else(|p| p.into_inner()) = policy;
+    }
+
     fn policy(&self) -> Policy {
         self.policy
             .read()

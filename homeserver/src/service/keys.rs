@@ -4,18 +4,27 @@
 use parley_client_api::http::keys::{MAX_KEY_PACKAGE_BYTES, MAX_STORED, MAX_UPLOAD};
 use parley_client_api::{DeviceId, ServerName, UserId};
 
+use parley_federation::api;
+use parley_federation::transport::http::ClientError;
+
 use super::ServiceError;
+use super::federation::Federation;
 use crate::store::{AnyStore, ClaimedKeyPackage, KeyPackageCount, Store, StoreError};
 
 #[derive(Clone)]
 pub struct Keys {
     store: AnyStore,
     server_name: ServerName,
+    federation: Option<Federation>,
 }
 
 impl Keys {
-    pub fn new(store: AnyStore, server_name: ServerName) -> Self {
-        Self { store, server_name }
+    pub fn new(store: AnyStore, server_name: ServerName, federation: Option<Federation>) -> Self {
+        Self {
+            store,
+            server_name,
+            federation,
+        }
     }
 
     pub async fn upload(
@@ -69,7 +78,34 @@ impl Keys {
         Ok(self.store.claim_key_packages(user_id).await?)
     }
 
+    /// A user's devices; a remote user's are asked of their server (signed).
     pub async fn devices(&self, user_id: &UserId) -> Result<Vec<DeviceId>, ServiceError> {
+        if let Some(fed) = self.remote(user_id)? {
+            let server = fed_server(user_id)?;
+            fed.check_allowed(&server)?;
+            let path = api::fill(
+                api::keys::user_devices::PATH,
+                &[("user_id", user_id.as_str())],
+            );
+            let resp: api::keys::user_devices::Response = fed
+                .client()
+                .send_json::<(), _>(&server, api::keys::user_devices::METHOD, &path, None)
+                .await
+                .map_err(|e| remote_error(&server, e, user_id))?;
+            return resp
+                .devices
+                .iter()
+                .map(|d| {
+                    DeviceId::try_from(d.as_str())
+                        .map_err(|e| ServiceError::Remote(format!("{server}: bad device id: {e}")))
+                })
+                .collect();
+        }
+        self.local_devices(user_id).await
+    }
+
+    /// A local user's devices (for local clients and for peers).
+    pub async fn local_devices(&self, user_id: &UserId) -> Result<Vec<DeviceId>, ServiceError> {
         self.local_user(user_id).await?;
         Ok(self
             .store
@@ -78,6 +114,19 @@ impl Keys {
             .into_iter()
             .map(|d| d.device_id)
             .collect())
+    }
+
+    /// `Some(federation)` when `user_id` is on another server and we federate.
+    fn remote(&self, user_id: &UserId) -> Result<Option<&Federation>, ServiceError> {
+        if user_id.server_name() == self.server_name.as_str() {
+            return Ok(None);
+        }
+        match &self.federation {
+            Some(fed) => Ok(Some(fed)),
+            None => Err(ServiceError::Forbidden(format!(
+                "{user_id} is on another server; this server does not federate"
+            ))),
+        }
     }
 
     async fn local_user(&self, user_id: &UserId) -> Result<(), ServiceError> {
@@ -90,5 +139,27 @@ impl Keys {
             return Err(ServiceError::UnknownUser(user_id.to_string()));
         }
         Ok(())
+    }
+}
+
+/// The federation form of a user's server name.
+pub(crate) fn fed_server(user_id: &UserId) -> Result<parley_federation::ServerName, ServiceError> {
+    parley_federation::ServerName::try_from(user_id.server_name())
+        .map_err(|e| ServiceError::InvalidParam(format!("{user_id}: {e}")))
+}
+
+/// A peer's refusal or failure, as a service error.
+pub(crate) fn remote_error(
+    server: &parley_federation::ServerName,
+    e: ClientError,
+    user_id: &UserId,
+) -> ServiceError {
+    match e {
+        ClientError::Status { status: 403, body } => ServiceError::FederationDenied(format!(
+            "{server} refuses us: {}",
+            body.map(|b| b.message).unwrap_or_default()
+        )),
+        ClientError::Status { status: 404, .. } => ServiceError::UnknownUser(user_id.to_string()),
+        e => ServiceError::Remote(format!("{server}: {e}")),
     }
 }

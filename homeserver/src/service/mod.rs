@@ -50,6 +50,12 @@ pub enum ServiceError {
     Forbidden(String),
     #[error("the chat is at MLS epoch {current}; process its events and retry")]
     WrongEpoch { current: u64 },
+    /// The policy refuses federating with that server (ours, or theirs answering 403).
+    #[error("federation_denied: {0}")]
+    FederationDenied(String),
+    /// A peer server could not be reached or failed; retrying later may work.
+    #[error("the remote server failed: {0}")]
+    Remote(String),
     #[error("the server is shutting down or overloaded")]
     Unavailable,
     #[error(transparent)]
@@ -76,7 +82,7 @@ pub struct Services {
 
 impl Services {
     /// Starts the background tasks (writers, registry, janitor) and returns the handles.
-    pub fn start(
+    pub async fn start(
         config: Arc<Config>,
         store: AnyStore,
         gateway: Gateway,
@@ -112,17 +118,21 @@ impl Services {
                 mode: config.federation.policy.mode,
                 rules: config.federation.policy.rules.clone(),
             };
-            Some(federation::Federation::new(&config, seed)?)
+            Some(federation::Federation::start(&config, store.clone(), &seed).await?)
         } else {
             None
         };
         Ok(Self {
-            federation,
+            federation: federation.clone(),
             media,
             accounts: accounts::Accounts::new(store.clone(), config.server_name.clone()),
             chats: chats::Chats::new(store.clone(), config.clone(), sequencer, gateway.clone()),
             inbox,
-            keys: keys::Keys::new(store.clone(), config.server_name.clone()),
+            keys: keys::Keys::new(
+                store.clone(),
+                config.server_name.clone(),
+                federation.clone(),
+            ),
             gateway,
             store,
             config,

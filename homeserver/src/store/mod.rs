@@ -16,6 +16,8 @@ use parley_client_api::http::chats::{
     ChatEvent, ChatKind, MembershipChange, MlsKind, MlsMeta, Receipt,
 };
 use parley_client_api::{BlobHash, ChatId, DeviceId, UserId};
+use parley_federation::Policy;
+use parley_federation::policy::{Action as RuleAction, Mode, Pattern, Rule};
 
 pub use plan::{AckedRow, SendOutcome};
 
@@ -369,6 +371,21 @@ pub trait Store: Send + Sync + 'static {
         &self,
         user_id: &UserId,
     ) -> impl Future<Output = Result<Vec<ClaimedKeyPackage>>> + Send;
+
+    // --- federation policy ------------------------------------------------------------
+    /// Writes `seed` unless a policy was stored before (first start only).
+    fn seed_federation_policy(
+        &self,
+        seed: &Policy,
+        at: i64,
+    ) -> impl Future<Output = Result<()>> + Send;
+    /// The stored policy (mode `open` and no rules if never seeded).
+    fn federation_policy(&self) -> impl Future<Output = Result<Policy>> + Send;
+    fn set_federation_mode(&self, mode: Mode) -> impl Future<Output = Result<()>> + Send;
+    /// Adds the rule, or replaces the one with the same pattern.
+    fn put_federation_rule(&self, rule: &Rule, at: i64) -> impl Future<Output = Result<()>> + Send;
+    /// False if no rule has that pattern.
+    fn delete_federation_rule(&self, pattern: &str) -> impl Future<Output = Result<bool>> + Send;
 }
 
 /// What a device holds on the server.
@@ -558,6 +575,61 @@ impl Store for AnyStore {
     async fn claim_key_packages(&self, user_id: &UserId) -> Result<Vec<ClaimedKeyPackage>> {
         dispatch!(self, s => s.claim_key_packages(user_id).await)
     }
+    async fn seed_federation_policy(&self, seed: &Policy, at: i64) -> Result<()> {
+        dispatch!(self, s => s.seed_federation_policy(seed, at).await)
+    }
+    async fn federation_policy(&self) -> Result<Policy> {
+        dispatch!(self, s => s.federation_policy().await)
+    }
+    async fn set_federation_mode(&self, mode: Mode) -> Result<()> {
+        dispatch!(self, s => s.set_federation_mode(mode).await)
+    }
+    async fn put_federation_rule(&self, rule: &Rule, at: i64) -> Result<()> {
+        dispatch!(self, s => s.put_federation_rule(rule, at).await)
+    }
+    async fn delete_federation_rule(&self, pattern: &str) -> Result<bool> {
+        dispatch!(self, s => s.delete_federation_rule(pattern).await)
+    }
+}
+
+pub(crate) fn mode_to_str(mode: Mode) -> &'static str {
+    match mode {
+        Mode::Open => "open",
+        Mode::Allowlist => "allowlist",
+    }
+}
+
+pub(crate) fn mode_from_str(s: &str) -> Result<Mode> {
+    match s {
+        "open" => Ok(Mode::Open),
+        "allowlist" => Ok(Mode::Allowlist),
+        other => Err(StoreError::Corrupt(format!("federation mode {other}"))),
+    }
+}
+
+pub(crate) fn action_to_str(action: RuleAction) -> &'static str {
+    match action {
+        RuleAction::Allow => "allow",
+        RuleAction::Deny => "deny",
+    }
+}
+
+/// Rebuilds a rule from its columns.
+pub(crate) fn rule_from_columns(
+    pattern: String,
+    action: &str,
+    reason: Option<String>,
+) -> Result<Rule> {
+    let action = match action {
+        "allow" => RuleAction::Allow,
+        "deny" => RuleAction::Deny,
+        other => return Err(StoreError::Corrupt(format!("rule action {other}"))),
+    };
+    Ok(Rule {
+        pattern: Pattern::try_from(pattern).map_err(|e| StoreError::Corrupt(e.to_string()))?,
+        action,
+        reason,
+    })
 }
 
 pub(crate) fn kind_to_i16(kind: ChatKind) -> i16 {

@@ -9,6 +9,9 @@ use parley_client_api::{BlobHash, ChatId, DeviceId, Payload, UserId};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{PgPool, Postgres, Row, Transaction};
 
+use parley_federation::Policy;
+use parley_federation::policy::{Mode, Rule};
+
 use super::plan::{self, AckedRow, ChatState, ReceiptRow, SendOutcome};
 use super::{
     AckRequest, BlobRow, ChatInfo, ChatListRow, ClaimedKeyPackage, DeviceRow, INBOX_RECEIPT,
@@ -1221,6 +1224,94 @@ impl Store for PgStore {
         }
         tx.commit().await?;
         Ok(out)
+    }
+
+    async fn seed_federation_policy(&self, seed: &Policy, at: i64) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        let inserted = sqlx::query(
+            "INSERT INTO federation_settings (id, mode) VALUES (1, $1) ON CONFLICT (id) DO NOTHING",
+        )
+        .bind(super::mode_to_str(seed.mode))
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if inserted == 1 {
+            for rule in &seed.rules {
+                sqlx::query(
+                    "INSERT INTO federation_rules (pattern, action, reason, created_at) \
+                     VALUES ($1, $2, $3, $4) ON CONFLICT (pattern) DO NOTHING",
+                )
+                .bind(rule.pattern.as_str())
+                .bind(super::action_to_str(rule.action))
+                .bind(rule.reason.as_deref())
+                .bind(at)
+                .execute(&mut *tx)
+                .await?;
+            }
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn federation_policy(&self) -> Result<Policy> {
+        let mode: Option<String> =
+            sqlx::query_scalar("SELECT mode FROM federation_settings WHERE id = 1")
+                .fetch_optional(&self.pool)
+                .await?;
+        let rows = sqlx::query(
+            "SELECT pattern, action, reason FROM federation_rules ORDER BY created_at, pattern",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(Policy {
+            mode: mode
+                .as_deref()
+                .map(super::mode_from_str)
+                .transpose()?
+                .unwrap_or_default(),
+            rules: rows
+                .into_iter()
+                .map(|r| {
+                    super::rule_from_columns(r.get("pattern"), r.get("action"), r.get("reason"))
+                })
+                .collect::<Result<_>>()?,
+        })
+    }
+
+    async fn set_federation_mode(&self, mode: Mode) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO federation_settings (id, mode) VALUES (1, $1) \
+             ON CONFLICT (id) DO UPDATE SET mode = excluded.mode",
+        )
+        .bind(super::mode_to_str(mode))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn put_federation_rule(&self, rule: &Rule, at: i64) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO federation_rules (pattern, action, reason, created_at) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (pattern) DO UPDATE SET action = excluded.action, reason = excluded.reason",
+        )
+        .bind(rule.pattern.as_str())
+        .bind(super::action_to_str(rule.action))
+        .bind(rule.reason.as_deref())
+        .bind(at)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn delete_federation_rule(&self, pattern: &str) -> Result<bool> {
+        Ok(
+            sqlx::query("DELETE FROM federation_rules WHERE pattern = $1")
+                .bind(pattern)
+                .execute(&self.pool)
+                .await?
+                .rows_affected()
+                > 0,
+        )
     }
 }
 

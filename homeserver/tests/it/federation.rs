@@ -6,9 +6,14 @@ use anyhow::{Context, Result, ensure};
 use parley_federation::directory;
 use reqwest::StatusCode;
 
-use crate::harness::{Backend, Server};
+use crate::harness::{Backend, Server, User};
 
-crate::on_both_backends!(publishes_a_verifiable_key_directory);
+crate::on_both_backends!(
+    publishes_a_verifiable_key_directory,
+    policy_changes_take_effect_at_runtime
+);
+
+const TOKEN: &str = "admin-token-for-tests-0123456789";
 
 fn now_ms() -> i64 {
     SystemTime::now()
@@ -72,5 +77,115 @@ async fn publishes_a_verifiable_key_directory(backend: Backend) -> Result<()> {
         .await?;
     ensure!(status == StatusCode::NOT_FOUND);
     ensure!(!plain.data_dir().join("federation.key").exists());
+    Ok(())
+}
+
+/// Starts a federating server on `ip` with an admin listener; returns it and the
+/// admin API's URL.
+async fn start_with_admin(backend: Backend, ip: &str) -> Result<(Server, String)> {
+    let server = Server::start_federated(
+        backend,
+        ip,
+        &["--admin-listen", "127.0.0.1:0", "--admin-token", TOKEN],
+    )
+    .await?;
+    server
+        .process
+        .wait_for_log("admin listening on", crate::harness::WAIT)
+        .await?;
+    let admin = server
+        .process
+        .logs()
+        .lines()
+        .find_map(|l| l.strip_prefix("parley-homeserver admin listening on "))
+        .map(|a| format!("http://{}", a.trim()))
+        .context("admin address")?;
+    Ok((server, admin))
+}
+
+/// Runs `parley-homeserver admin federation …`; returns stdout.
+async fn fed_cli(admin: &str, args: &[&str]) -> Result<String> {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_parley-homeserver"))
+        .args(["admin", "--url", admin, "--token", TOKEN, "federation"])
+        .args(args)
+        .output()
+        .await?;
+    ensure!(out.status.success(), "{out:?}");
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// `me` asks their server for `user`'s devices: `(status, body)`.
+async fn devices_of(
+    server: &Server,
+    me: &User,
+    user: &User,
+) -> Result<(StatusCode, serde_json::Value)> {
+    server
+        .get(&format!("/v1/users/{}/devices", user.user_id), &me.token)
+        .await
+}
+
+async fn policy_changes_take_effect_at_runtime(backend: Backend) -> Result<()> {
+    let (a, admin_a) = start_with_admin(backend, "127.0.0.2").await?;
+    let (b, admin_b) = start_with_admin(backend, "127.0.0.3").await?;
+    let alice = a.register("alice").await?;
+    let bob = b.register("bob").await?;
+    let a_rule = a.name().to_owned();
+    let b_rule = b.name().to_owned();
+
+    // B refuses to send to an IP-literal server no rule names: nothing leaves B.
+    let (status, body) = devices_of(&b, &bob, &alice).await?;
+    ensure!(
+        status == StatusCode::FORBIDDEN
+            && body["message"]
+                .as_str()
+                .unwrap_or("")
+                .contains("federation_denied"),
+        "{status} {body}"
+    );
+    // B allows A; A still refuses B (inbound, before fetching B's keys): 403.
+    let listed = fed_cli(&admin_b, &["allow", &a_rule]).await?;
+    ensure!(listed.contains(&format!("allow {a_rule}")), "{listed}");
+    let (status, body) = devices_of(&b, &bob, &alice).await?;
+    ensure!(
+        status == StatusCode::FORBIDDEN
+            && body["message"]
+                .as_str()
+                .unwrap_or("")
+                .contains("refuses us"),
+        "{status} {body}"
+    );
+    // A allows B: the signed request verifies and bob sees alice's device.
+    let listed = fed_cli(&admin_a, &["allow", &b_rule]).await?;
+    let (status, body) = devices_of(&b, &bob, &alice).await?;
+    ensure!(status == StatusCode::OK, "{status} {body} {listed}");
+    ensure!(body["devices"][0] == alice.device_id.as_str(), "{body}");
+    // A deny rule wins over the allow rule, at once.
+    fed_cli(&admin_a, &["deny", "127.0.0.3:*", "--reason", "spam"]).await?;
+    let (status, body) = devices_of(&b, &bob, &alice).await?;
+    ensure!(status == StatusCode::FORBIDDEN, "{status} {body}");
+    ensure!(a.process.logs().contains("federation request refused"));
+    // Remove it; switch to allowlist mode: B is still allowed by name.
+    let listed = fed_cli(&admin_a, &["list"]).await?;
+    ensure!(listed.contains("deny 127.0.0.3:* spam"), "{listed}");
+    let listed = fed_cli(&admin_a, &["remove", "127.0.0.3:*"]).await?;
+    ensure!(!listed.contains("deny"), "{listed}");
+    let listed = fed_cli(&admin_a, &["mode", "allowlist"]).await?;
+    ensure!(listed.starts_with("mode allowlist"), "{listed}");
+    let (status, body) = devices_of(&b, &bob, &alice).await?;
+    ensure!(status == StatusCode::OK, "{status} {body}");
+    // Unknown users come back as such.
+    let (status, body) = b
+        .get(
+            &format!("/v1/users/@nobody:{}/devices", a.name()),
+            &bob.token,
+        )
+        .await?;
+    ensure!(status == StatusCode::NOT_FOUND, "{status} {body}");
+    // The policy is persisted: it survives a restart of A.
+    let mut a = a;
+    a.crash_and_restart().await?;
+    let (status, body) = devices_of(&b, &bob, &alice).await?;
+    ensure!(status == StatusCode::OK, "{status} {body}");
     Ok(())
 }
