@@ -61,9 +61,10 @@ fn cpu_ticks_of(path: &str) -> Option<(String, u64)> {
     parse_stat(&text).map(|(comm, t)| (comm.to_owned(), t))
 }
 
-/// Busy (not idle, not waiting for I/O) CPU ticks of the whole machine, from the first
-/// line of `/proc/stat`: `cpu user nice system idle iowait irq softirq steal …`.
-fn parse_machine_busy(stat: &str) -> Option<u64> {
+/// Busy (not idle, not waiting for I/O) CPU ticks of the whole machine, and the part of
+/// them spent in interrupts (loopback networking runs there), from the first line of
+/// `/proc/stat`: `cpu user nice system idle iowait irq softirq steal …`.
+fn parse_machine_busy(stat: &str) -> Option<(u64, u64)> {
     let line = stat.lines().next()?.strip_prefix("cpu ")?;
     let fields: Vec<u64> = line
         .split_whitespace()
@@ -71,7 +72,8 @@ fn parse_machine_busy(stat: &str) -> Option<u64> {
         .map(|f| f.parse().ok())
         .collect::<Option<_>>()?;
     let total: u64 = fields.iter().sum();
-    Some(total - fields.get(3)? - fields.get(4)?)
+    let busy = total - fields.get(3)? - fields.get(4)?;
+    Some((busy, fields.get(5)? + fields.get(6)?))
 }
 
 /// CPU ticks used so far by the server, by every `postgres` process, by this process,
@@ -82,6 +84,7 @@ pub(crate) struct CpuSample {
     pub(crate) postgres: u64,
     pub(crate) bench: u64,
     pub(crate) machine: u64,
+    pub(crate) irq: u64,
 }
 
 impl CpuSample {
@@ -103,15 +106,16 @@ impl CpuSample {
                 }
             }
         }
-        let machine = std::fs::read_to_string("/proc/stat")
+        let (machine, irq) = std::fs::read_to_string("/proc/stat")
             .ok()
             .and_then(|s| parse_machine_busy(&s))
-            .unwrap_or(0);
+            .unwrap_or((0, 0));
         Self {
             server: server.map(|(_, t)| t),
             postgres,
             bench,
             machine,
+            irq,
         }
     }
 }
@@ -122,8 +126,10 @@ pub(crate) struct CpuPercent {
     pub(crate) server: Option<f64>,
     pub(crate) postgres: f64,
     pub(crate) bench: f64,
-    /// Everything else on the machine (the kernel's own work included): a run with much
-    /// here shared the cores with something else and is not a clean figure.
+    /// Interrupt and softirq time of the whole machine (loopback TCP is processed there).
+    pub(crate) irq: f64,
+    /// Every other process and kernel thread: a run with much here shared the cores with
+    /// something else and is not a clean figure.
     pub(crate) other: f64,
 }
 
@@ -136,7 +142,9 @@ impl CpuPercent {
             // Postgres backends come and go; a negative difference means some exited.
             postgres: pct(a.postgres, b.postgres),
             bench: pct(a.bench, b.bench),
+            irq: pct(a.irq, b.irq),
             other: (pct(a.machine, b.machine)
+                - pct(a.irq, b.irq)
                 - pct(a.server.unwrap_or(0), b.server.unwrap_or(0))
                 - pct(a.postgres, b.postgres)
                 - pct(a.bench, b.bench))
@@ -166,7 +174,7 @@ mod tests {
         assert_eq!(parse_stat("1 (x) S 1"), None);
         assert_eq!(
             parse_machine_busy("cpu  100 5 50 1000 20 1 2 3 0 0\ncpu0 1 2 3 4\n"),
-            Some(161)
+            Some((161, 3))
         );
         assert_eq!(parse_machine_busy("intr 1 2\n"), None);
         let a = CpuSample {
@@ -174,17 +182,20 @@ mod tests {
             postgres: 50,
             bench: 0,
             machine: 1000,
+            irq: 0,
         };
         let b = CpuSample {
             server: Some(300),
             postgres: 150,
             bench: 100,
             machine: 1500,
+            irq: 20,
         };
         let p = CpuPercent::between(a, b, Duration::from_secs(2), 100);
         assert_eq!(p.server, Some(100.0));
         assert_eq!(p.postgres, 50.0);
         assert_eq!(p.bench, 50.0);
-        assert_eq!(p.other, 50.0);
+        assert_eq!(p.irq, 10.0);
+        assert_eq!(p.other, 40.0);
     }
 }

@@ -60,7 +60,7 @@ const HEADER: [&str; 12] = [
     "sent p50",
     "sent p99",
     "RSS MiB pre/end/peak",
-    "CPU% srv/pg/bench/other",
+    "CPU% srv/pg/bench/irq/other",
     "errors",
 ];
 
@@ -73,12 +73,13 @@ impl RunReport {
         };
         let mib = |m: Option<f64>| m.map_or("?".into(), |m| format!("{m:.0}"));
         let cpu = format!(
-            "{}/{:.0}/{:.0}/{:.0}",
+            "{}/{:.0}/{:.0}/{:.0}/{:.0}",
             self.cpu_percent
                 .server
                 .map_or("?".into(), |s| format!("{s:.0}")),
             self.cpu_percent.postgres,
             self.cpu_percent.bench,
+            self.cpu_percent.irq,
             self.cpu_percent.other
         );
         [
@@ -113,7 +114,7 @@ fn ms(v: f64) -> String {
     }
 }
 
-const WIDTHS: [usize; 12] = [8, 5, 7, 8, 9, 9, 9, 9, 9, 20, 23, 6];
+const WIDTHS: [usize; 12] = [8, 5, 7, 8, 9, 9, 9, 9, 9, 20, 27, 6];
 
 /// The table's header line.
 pub(crate) fn header() -> String {
