@@ -129,9 +129,6 @@ pub struct FederationConfig {
     /// Seeds the `federation_rules` table when it is empty (first start); afterwards the
     /// admin API and CLI change the table and this is ignored.
     pub policy: PolicySeed,
-    /// When set, the exact bytes of every received federation request are written here
-    /// (interop debugging). Also settable at runtime through the admin API.
-    pub dump_dir: Option<PathBuf>,
 }
 
 /// The initial policy: mode and rules (`{pattern, action = "allow"|"deny", reason}`).

@@ -42,6 +42,7 @@ pub fn router<S: Clone + Send + Sync + 'static>(
         .route(directory::PATH, get(key_directory))
         .route(version::PATH, get(versions))
         .route(keys::user_devices::PATH, get(user_devices))
+        .route(keys::claim::PATH, axum::routing::post(claim))
         .with_state(FedState {
             services,
             federation,
@@ -91,4 +92,42 @@ async fn user_devices(
             .filter_map(|d| FedDeviceId::try_from(d.as_str()).ok())
             .collect(),
     }))
+}
+
+/// `POST /_parley/fed/v1/keys/claim` (signed): one KeyPackage per device of each local
+/// user named; unknown users are left out.
+async fn claim(
+    State(st): State<FedState>,
+    req: VerifiedRequest,
+) -> Result<Json<keys::claim::Response>, ProtocolError> {
+    let body: keys::claim::Request = req.json()?;
+    if body.users.len() > keys::claim::MAX_USERS {
+        return Err(ProtocolError::new(
+            parley_federation::FedErrorCode::InvalidParam,
+            format!("at most {} users per claim", keys::claim::MAX_USERS),
+        ));
+    }
+    let mut out = keys::claim::Response::default();
+    for user in body.users {
+        let Ok(local) = parley_client_api::UserId::try_from(user.as_str()) else {
+            continue;
+        };
+        let claimed = match st.services.keys.claim_local(&local).await {
+            Ok(c) => c,
+            Err(crate::service::ServiceError::UnknownUser(_)) => continue,
+            Err(e) => return Err(fed_error(e)),
+        };
+        let claimed = claimed
+            .into_iter()
+            .filter_map(|c| {
+                Some(keys::ClaimedKeyPackage {
+                    device_id: FedDeviceId::try_from(c.device_id.as_str()).ok()?,
+                    key_package: c.data.into(),
+                    last_resort: c.last_resort,
+                })
+            })
+            .collect();
+        out.users.insert(user, claimed);
+    }
+    Ok(Json(out))
 }

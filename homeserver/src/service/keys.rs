@@ -73,7 +73,50 @@ impl Keys {
         Ok(self.store.key_package_count(device_id).await?)
     }
 
+    /// Claims one KeyPackage per device of `user_id`; a remote user's through their
+    /// server (signed).
     pub async fn claim(&self, user_id: &UserId) -> Result<Vec<ClaimedKeyPackage>, ServiceError> {
+        if let Some(fed) = self.remote(user_id)? {
+            let server = fed_server(user_id)?;
+            fed.check_allowed(&server)?;
+            let fed_user = parley_federation::UserId::try_from(user_id.as_str())
+                .map_err(|e| ServiceError::InvalidParam(e.to_string()))?;
+            let resp: api::keys::claim::Response = fed
+                .client()
+                .send_json(
+                    &server,
+                    api::keys::claim::METHOD,
+                    api::keys::claim::PATH,
+                    Some(&api::keys::claim::Request {
+                        users: vec![fed_user.clone()],
+                    }),
+                )
+                .await
+                .map_err(|e| remote_error(&server, e, user_id))?;
+            let Some(claimed) = resp.users.get(&fed_user) else {
+                return Err(ServiceError::UnknownUser(user_id.to_string()));
+            };
+            return claimed
+                .iter()
+                .map(|c| {
+                    Ok(ClaimedKeyPackage {
+                        device_id: DeviceId::try_from(c.device_id.as_str()).map_err(|e| {
+                            ServiceError::Remote(format!("{server}: bad device id: {e}"))
+                        })?,
+                        data: c.key_package.0.clone(),
+                        last_resort: c.last_resort,
+                    })
+                })
+                .collect();
+        }
+        self.claim_local(user_id).await
+    }
+
+    /// Claims a local user's KeyPackages (for local clients and for peers).
+    pub async fn claim_local(
+        &self,
+        user_id: &UserId,
+    ) -> Result<Vec<ClaimedKeyPackage>, ServiceError> {
         self.local_user(user_id).await?;
         Ok(self.store.claim_key_packages(user_id).await?)
     }

@@ -174,6 +174,28 @@ async fn policy_changes_take_effect_at_runtime(backend: Backend) -> Result<()> {
     ensure!(listed.starts_with("mode allowlist"), "{listed}");
     let (status, body) = devices_of(&b, &bob, &alice).await?;
     ensure!(status == StatusCode::OK, "{status} {body}");
+    // Bob claims alice's KeyPackage through A.
+    let (status, body) = a
+        .post(
+            "/v1/keys/key_packages",
+            Some(&alice.token),
+            serde_json::json!({"key_packages": [parley_client_api::Payload(b"kp-one".to_vec())]}),
+        )
+        .await?;
+    ensure!(status.is_success(), "{status} {body}");
+    let (status, body) = b
+        .post(
+            "/v1/keys/claim",
+            Some(&bob.token),
+            serde_json::json!({ "user_id": alice.user_id }),
+        )
+        .await?;
+    ensure!(status == StatusCode::OK, "{status} {body}");
+    ensure!(
+        body["devices"][0]["key_package"]
+            == serde_json::json!(parley_client_api::Payload(b"kp-one".to_vec())),
+        "{body}"
+    );
     // Unknown users come back as such.
     let (status, body) = b
         .get(
