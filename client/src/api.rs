@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use parley_client_api::http::accounts::{self, DeviceInfo, Session};
-use parley_client_api::http::chats::{self, ChatEvent, ChatSummary};
+use parley_client_api::http::chats::{self, ChatEvent, ChatSummary, SendAck};
 use parley_client_api::http::keys::{self, ClaimedKeyPackage, KeyPackageCount};
 use parley_client_api::http::{Method, fill};
 use parley_client_api::{ChatId, DeviceId, ErrorBody, ErrorCode, Payload, UserId};
@@ -214,6 +214,57 @@ impl Api {
         let body: chats::create::Request = wire(serde_json::json!({ "members": members }))?;
         self.call(chats::create::METHOD, chats::create::PATH, Some(&body))
             .await
+    }
+
+    pub(crate) async fn create_group(
+        &self,
+        members: Vec<UserId>,
+        name: &str,
+    ) -> Result<ChatSummary> {
+        let body: chats::create::Request =
+            wire(serde_json::json!({ "members": members, "name": name }))?;
+        self.call(chats::create::METHOD, chats::create::PATH, Some(&body))
+            .await
+    }
+
+    pub(crate) async fn members(&self, chat: &ChatId) -> Result<chats::members::Response> {
+        let path = fill(chats::members::PATH, &[("chat_id", chat.as_str())]);
+        self.call::<(), _>(chats::members::METHOD, &path, None)
+            .await
+    }
+
+    pub(crate) async fn rename(&self, chat: &ChatId, name: &str) -> Result<()> {
+        let path = fill(chats::rename::PATH, &[("chat_id", chat.as_str())]);
+        let body: chats::rename::Request = wire(serde_json::json!({ "name": name }))?;
+        self.raw(chats::rename::METHOD, &path, Some(&body))
+            .await
+            .map(drop)
+    }
+
+    pub(crate) async fn set_admin(&self, chat: &ChatId, user: &UserId, admin: bool) -> Result<()> {
+        let path = fill(chats::set_admin::PATH, &[("chat_id", chat.as_str())]);
+        let body: chats::set_admin::Request =
+            wire(serde_json::json!({ "user_id": user, "admin": admin }))?;
+        self.raw(chats::set_admin::METHOD, &path, Some(&body))
+            .await
+            .map(drop)
+    }
+
+    pub(crate) async fn receipts(&self, chat: &ChatId) -> Result<chats::receipts::Response> {
+        let path = fill(chats::receipts::PATH, &[("chat_id", chat.as_str())]);
+        self.call::<(), _>(chats::receipts::METHOD, &path, None)
+            .await
+    }
+
+    /// Sends one event over HTTP (the server deduplicates by `client_msg_id`, so the
+    /// same send may also travel over the socket).
+    pub(crate) async fn send_event(
+        &self,
+        chat: &ChatId,
+        body: &chats::send::Request,
+    ) -> Result<SendAck> {
+        let path = fill(chats::send::PATH, &[("chat_id", chat.as_str())]);
+        self.call(chats::send::METHOD, &path, Some(body)).await
     }
 
     pub(crate) async fn chats(&self) -> Result<Vec<ChatSummary>> {

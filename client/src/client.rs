@@ -92,6 +92,9 @@ pub enum Event {
         delivered_seq: i64,
         read_seq: i64,
     },
+    /// This device left a chat's group (it left, or was removed): it reads nothing
+    /// sent afterwards.
+    ChatLeft { chat_id: ChatId },
     /// Devices joined or left a chat's MLS group.
     MembersChanged {
         chat_id: ChatId,
@@ -148,6 +151,9 @@ pub(crate) struct Inner {
     task: std::sync::Mutex<Option<JoinHandle<()>>>,
     /// A commit of ours lost a race: re-check the devices of our chats.
     pub(crate) needs_device_sync: AtomicBool,
+    /// Outbox commits an SDK call is sending itself (over HTTP, to learn the outcome):
+    /// the socket leaves them alone, but a chat's messages still wait behind them.
+    pub(crate) direct: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 pub(crate) fn now_ms() -> i64 {
@@ -165,7 +171,7 @@ fn crypto_device(d: &DeviceId) -> Result<parley_crypto::DeviceId> {
 }
 
 /// A fresh client message id for a commit.
-fn commit_msg_id() -> String {
+pub(crate) fn commit_msg_id() -> String {
     format!("commit-{}", parley_crypto::MessageId::random().as_str())
 }
 
@@ -309,6 +315,7 @@ impl Client {
             shutdown,
             task: std::sync::Mutex::new(None),
             needs_device_sync: AtomicBool::new(false),
+            direct: std::sync::Mutex::default(),
         });
         Client {
             inner,
@@ -561,7 +568,14 @@ impl Client {
             )
         };
         store::ensure_chat(&mut tx, &chat, now_ms()).await?;
-        store::set_joined(&mut tx, &chat, true, &[inner.user_id.clone(), peer.clone()]).await?;
+        store::set_joined(
+            &mut tx,
+            &chat,
+            true,
+            &[inner.user_id.clone(), peer.clone()],
+            0,
+        )
+        .await?;
         store::outbox_push(
             &mut tx,
             &chat,

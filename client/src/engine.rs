@@ -7,7 +7,7 @@
 
 use std::sync::atomic::Ordering;
 
-use parley_client_api::http::chats::{ChatEvent, Receipt, SendAck};
+use parley_client_api::http::chats::{ChatEvent, MembershipChange, Receipt, SendAck};
 
 use parley_client_api::{ChatId, DeviceId, ErrorCode, UserId};
 use parley_crypto::{Content, Envelope, Group, JoinError, ProcessError, Received};
@@ -30,6 +30,8 @@ pub(crate) struct Incoming {
     pub(crate) client_msg_id: String,
     pub(crate) ts: i64,
     pub(crate) payload: Vec<u8>,
+    /// With a commit: the membership change the hub applied with it.
+    pub(crate) membership: Option<MembershipChange>,
 }
 
 impl From<ChatEvent> for Incoming {
@@ -42,6 +44,7 @@ impl From<ChatEvent> for Incoming {
             client_msg_id: e.client_msg_id,
             ts: e.ts,
             payload: e.payload.0,
+            membership: e.membership,
         }
     }
 }
@@ -90,7 +93,90 @@ fn member_users(group: &Group) -> Vec<UserId> {
     users
 }
 
+/// The users a commit's membership change removed at the hub.
+fn hub_removed(m: Option<&MembershipChange>) -> Vec<UserId> {
+    m.map(|m| m.remove.clone()).unwrap_or_default()
+}
+
 impl Inner {
+    /// After a commit the hub applied with `remove: gone`, leaves of those users may
+    /// remain in the MLS group: a member cannot remove its own leaf in its commit (a
+    /// member that leaves removes its other devices only). The remaining device with the
+    /// lowest leaf index queues a commit removing them, in the same transaction.
+    async fn remove_stale_leaves(
+        &self,
+        tx: &mut SqliteConnection,
+        chat: &ChatId,
+        group: &mut Group,
+        gone: &[UserId],
+    ) -> Result<()> {
+        let members = group.members().map_err(fatal)?;
+        let stale: Vec<u32> = members
+            .iter()
+            .filter(|m| {
+                gone.iter()
+                    .any(|u| u.as_str() == m.identity.user_id().as_str())
+            })
+            .map(|m| m.leaf_index)
+            .collect();
+        let leader = members
+            .iter()
+            .filter(|m| !stale.contains(&m.leaf_index))
+            .map(|m| m.leaf_index)
+            .min();
+        if stale.is_empty() || leader != Some(group.own_leaf_index()) || group.has_pending_commit()
+        {
+            return Ok(());
+        }
+        let pc = {
+            let p = provider(&mut *tx);
+            match group.commit_remove(&p, &self.identity, &stale) {
+                Ok(pc) => pc,
+                Err(e) => {
+                    tracing::warn!(%chat, error = %e, "cannot remove the leaves of departed members");
+                    return Ok(());
+                }
+            }
+        };
+        let payload = ChatPayload::Commit {
+            epoch: pc.epoch,
+            commit: pc.commit,
+            welcome: pc.welcome,
+        };
+        store::outbox_push(
+            tx,
+            chat,
+            &crate::client::commit_msg_id(),
+            store::OUTBOX_COMMIT,
+            None,
+            Some((&payload.to_bytes(), pc.epoch)),
+        )
+        .await?;
+        tracing::info!(%chat, leaves = stale.len(), "removing the leaves of departed members");
+        self.kick();
+        Ok(())
+    }
+
+    /// Forgets an own commit the hub refused: its outbox row and the pending commit.
+    pub(crate) async fn drop_own_commit(&self, chat: &ChatId, client_msg_id: &str) -> Result<()> {
+        let mut conn = self.db.writer.lock().await;
+        let mut tx = store::begin(&mut conn).await?;
+        let still_queued = store::outbox_get(&mut tx, chat, client_msg_id)
+            .await?
+            .is_some();
+        store::outbox_remove(&mut tx, chat, client_msg_id).await?;
+        if still_queued {
+            let p = provider(&mut tx);
+            if let Some(mut g) = Group::load(&p, chat.as_str().as_bytes()).map_err(fatal)?
+                && g.has_pending_commit()
+            {
+                g.discard_pending_commit(&p).map_err(fatal)?;
+            }
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
     /// Processes one event of a chat (from the inbox, or our own send once the server
     /// sequenced it): skips what was processed already, fills a gap from the chat's
     /// history first.
@@ -234,7 +320,11 @@ impl Inner {
         };
         let members = member_users(&group);
         store::ensure_chat(&mut tx, &ev.chat_id, ev.ts).await?;
-        store::set_joined(&mut tx, &ev.chat_id, true, &members).await?;
+        store::set_joined(&mut tx, &ev.chat_id, true, &members, ev.seq).await?;
+        if members.len() > 2 {
+            // A first guess; the server's chat list says for sure (`refresh_chats`).
+            store::set_chat_meta(&mut tx, &ev.chat_id, true, None).await?;
+        }
         store::set_last_seq(&mut tx, &ev.chat_id, ev.seq).await?;
         tx.commit().await?;
         tracing::info!(chat = %ev.chat_id, seq = ev.seq, "joined chat");
@@ -327,8 +417,25 @@ impl Inner {
                         if summary.discarded_own_pending {
                             self.needs_device_sync.store(true, Ordering::SeqCst);
                         }
-                        let members = member_users(&group);
-                        store::set_joined(tx, &ev.chat_id, !summary.self_removed, &members).await?;
+                        let gone = hub_removed(ev.membership.as_ref());
+                        let members: Vec<UserId> = member_users(&group)
+                            .into_iter()
+                            .filter(|u| !gone.contains(u))
+                            .collect();
+                        store::set_joined(tx, &ev.chat_id, !summary.self_removed, &members, ev.seq)
+                            .await?;
+                        let mut events = Vec::new();
+                        if summary.self_removed {
+                            // Removed: forget the group's keys; nothing after this decrypts.
+                            let p = provider(&mut *tx);
+                            group.delete(&p).map_err(fatal)?;
+                            events.push(Event::ChatLeft {
+                                chat_id: ev.chat_id.clone(),
+                            });
+                        } else if !gone.is_empty() {
+                            self.remove_stale_leaves(tx, &ev.chat_id, &mut group, &gone)
+                                .await?;
+                        }
                         let added = summary
                             .added
                             .iter()
@@ -340,11 +447,15 @@ impl Inner {
                             })
                             .collect();
                         let removed = summary.removed.iter().filter_map(device_of).collect();
-                        Ok(Apply::Done(vec![Event::MembersChanged {
-                            chat_id: ev.chat_id.clone(),
-                            added,
-                            removed,
-                        }]))
+                        events.insert(
+                            0,
+                            Event::MembersChanged {
+                                chat_id: ev.chat_id.clone(),
+                                added,
+                                removed,
+                            },
+                        );
+                        Ok(Apply::Done(events))
                     }
                     Ok(_) => Ok(Apply::Done(Vec::new())),
                     Err(ProcessError::Storage(e)) => Err(Error::Store(e)),
@@ -410,7 +521,21 @@ impl Inner {
         let Some((before, after, users)) = merged else {
             return Ok(Apply::Skip(Skip::Stale));
         };
-        store::set_joined(tx, &ev.chat_id, true, &users).await?;
+        let gone = hub_removed(ev.membership.as_ref());
+        if gone.contains(&self.user_id) {
+            // We left: the hub no longer sends us the chat's events; forget its keys.
+            let users: Vec<UserId> = users.into_iter().filter(|u| !gone.contains(u)).collect();
+            store::set_joined(tx, &ev.chat_id, false, &users, ev.seq).await?;
+            let p = provider(&mut *tx);
+            if let Some(g) = Group::load(&p, gid).map_err(fatal)? {
+                g.delete(&p).map_err(fatal)?;
+            }
+            tracing::info!(chat = %ev.chat_id, seq = ev.seq, "left the chat");
+            return Ok(Apply::Done(vec![Event::ChatLeft {
+                chat_id: ev.chat_id.clone(),
+            }]));
+        }
+        store::set_joined(tx, &ev.chat_id, true, &users, ev.seq).await?;
         let added = after
             .iter()
             .filter(|m| !before.iter().any(|b| b.identity == m.identity))
@@ -451,6 +576,10 @@ impl Inner {
             client_msg_id: ack.client_msg_id,
             ts: ack.ts,
             payload,
+            membership: row
+                .membership
+                .as_deref()
+                .and_then(|m| serde_json::from_str(m).ok()),
         })
         .await
     }

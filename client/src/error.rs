@@ -43,6 +43,9 @@ pub enum Error {
     /// The other user has no device with a KeyPackage: nobody to encrypt to.
     #[error("{0} has no device that can receive encrypted messages yet")]
     NoDevices(String),
+    /// The hub refused a group change: only the group's admins may make it.
+    #[error("only an admin of chat {0} can do that")]
+    NotAdmin(String),
     /// An argument is invalid (bad user id, empty text, …).
     #[error("{0}")]
     Invalid(String),

@@ -8,6 +8,10 @@
 //!   device of both users; [`Client::send_text`] writes a message at once (pending),
 //!   encrypts it and sends it through the outbox exactly once; ticks move
 //!   pending → ✓ sent → ✓✓ delivered → read ([`MessageState`]).
+//! - Groups: [`Client::create_group`], [`Client::add_members`],
+//!   [`Client::remove_members`], [`Client::leave`], [`Client::rename`],
+//!   [`Client::set_admin`], [`Client::members`]; receipts per message as "delivered to
+//!   N of M / read by N of M" ([`Client::receipt_summary`]).
 //! - A local SQLite store per device ([`store`]) holds the MLS state and the decrypted
 //!   history: [`Reader`] reads history and searches it offline.
 //! - Other devices of the user are added to the user's chats by an existing device
@@ -20,13 +24,15 @@ mod api;
 mod client;
 mod engine;
 pub mod error;
+mod groups;
 pub mod payload;
 mod socket;
 pub mod store;
 
 pub use client::{Client, ClientConfig, ConnectionState, Event};
 pub use error::{Error, Result};
+pub use groups::{GroupMember, GroupMembers};
 pub use payload::ChatPayload;
-pub use store::{ChatInfo, Message, MessageState, Reader};
+pub use store::{ChatInfo, MemberReceipt, Message, MessageState, Reader, ReceiptSummary};
 
 pub use parley_client_api::{ChatId, DeviceId, ErrorCode, UserId};

@@ -343,6 +343,11 @@ impl Conn {
                 continue;
             }
             let is_commit = row.kind == store::OUTBOX_COMMIT;
+            if self.inner.is_direct(&row.client_msg_id) {
+                // An SDK call is sending this commit itself; what follows waits.
+                blocked.insert(row.chat_id.clone());
+                continue;
+            }
             if self.in_flight.contains(&row.client_msg_id) {
                 if is_commit {
                     blocked.insert(row.chat_id.clone());
@@ -365,12 +370,17 @@ impl Conn {
             } else {
                 MlsKind::Application
             };
+            let membership: Option<serde_json::Value> = row
+                .membership
+                .as_deref()
+                .and_then(|m| serde_json::from_str(m).ok());
             let frame = crate::api::wire(serde_json::json!({
                 "type": "send",
                 "chat_id": chat_id,
                 "client_msg_id": row.client_msg_id,
                 "payload": Payload(payload),
                 "mls": MlsMeta { kind, epoch },
+                "membership": membership,
             }))?;
             self.send(&frame).await?;
             self.in_flight.insert(row.client_msg_id.clone());

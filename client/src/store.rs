@@ -126,10 +126,48 @@ pub struct Message {
     pub state: MessageState,
 }
 
+/// How far a message got among its recipients: the members of the chat other than its
+/// sender at the time of the message (added by a commit before it, not removed by one
+/// before it). A receipt for `seq` n covers every event up to n.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReceiptSummary {
+    pub seq: i64,
+    /// M: the recipients.
+    pub total: usize,
+    /// How many recipients have it on at least one device.
+    pub delivered: usize,
+    /// How many recipients marked it read.
+    pub read: usize,
+    /// Per recipient.
+    pub members: Vec<MemberReceipt>,
+}
+
+impl ReceiptSummary {
+    /// `delivered to N of M · read by N of M`.
+    pub fn line(&self) -> String {
+        format!(
+            "delivered to {} of {} · read by {} of {}",
+            self.delivered, self.total, self.read, self.total
+        )
+    }
+}
+
+/// One recipient's receipt for one message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberReceipt {
+    pub user_id: UserId,
+    pub delivered: bool,
+    pub read: bool,
+}
+
 /// A chat as this device knows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChatInfo {
     pub chat_id: ChatId,
+    /// A group (created with a name or more than one other member), not a 1:1 chat.
+    pub is_group: bool,
+    /// A group's name, as last seen from the server.
+    pub name: Option<String>,
     /// Whether this device is in the chat's MLS group (can read and send).
     pub joined: bool,
     /// The members (users) of the MLS group, this user included.
@@ -246,14 +284,16 @@ impl Reader {
 
     /// The chats this device knows, most recently active first.
     pub async fn chats(&self) -> Result<Vec<ChatInfo>> {
-        let rows: Vec<(String, bool, i64, i64, String, i64)> = sqlx::query_as(
-            "SELECT chat_id, joined, last_seq, read_seq, members, last_activity
+        #[allow(clippy::type_complexity)]
+        let rows: Vec<(String, bool, i64, i64, String, i64, String, Option<String>)> =
+            sqlx::query_as(
+                "SELECT chat_id, joined, last_seq, read_seq, members, last_activity, kind, name
              FROM parley_chats ORDER BY last_activity DESC, chat_id",
-        )
-        .fetch_all(&self.pool)
-        .await?;
+            )
+            .fetch_all(&self.pool)
+            .await?;
         let mut out = Vec::with_capacity(rows.len());
-        for (chat_id, joined, last_seq, read_seq, members, last_activity) in rows {
+        for (chat_id, joined, last_seq, read_seq, members, last_activity, kind, name) in rows {
             let chat_id = ChatId::try_from(chat_id).map_err(Error::store)?;
             let unread: i64 = sqlx::query_scalar(
                 "SELECT count(*) FROM parley_messages
@@ -266,6 +306,8 @@ impl Reader {
             let last_message = self.history(&chat_id, 1).await?.pop();
             out.push(ChatInfo {
                 chat_id,
+                is_group: kind == "group",
+                name,
                 joined,
                 members: parse_members(&members),
                 last_seq,
@@ -341,6 +383,19 @@ impl Reader {
             .fetch_optional(&self.pool)
             .await?;
         row.map(Message::try_from).transpose()
+    }
+
+    /// "Delivered to N of M / read by N of M" for a message (by its seq and sender),
+    /// from the receipts this device has (see [`crate::Client::refresh_receipts`]).
+    /// M counts the chat's members other than the sender at the message's time.
+    pub async fn receipt_summary(&self, message: &Message) -> Result<Option<ReceiptSummary>> {
+        let Some(seq) = message.seq else {
+            return Ok(None);
+        };
+        let mut conn = self.pool.acquire().await?;
+        receipt_summary(&mut conn, &message.chat_id, seq, &message.sender)
+            .await
+            .map(Some)
     }
 
     /// How many messages wait in the outbox.
@@ -481,20 +536,168 @@ pub(crate) async fn set_last_seq(
     Ok(())
 }
 
+/// Records whether this device is in the chat's group and its members (users) as of
+/// the event `seq` (the commit or Welcome that made them so; 0 before the first).
 pub(crate) async fn set_joined(
     conn: &mut SqliteConnection,
     chat: &ChatId,
     joined: bool,
     members: &[UserId],
+    seq: i64,
 ) -> Result<()> {
-    let members: Vec<&str> = members.iter().map(UserId::as_str).collect();
+    let names: Vec<&str> = members.iter().map(UserId::as_str).collect();
     sqlx::query("UPDATE parley_chats SET joined = ?2, members = ?3 WHERE chat_id = ?1")
         .bind(chat.as_str())
         .bind(joined)
-        .bind(members.join(" "))
+        .bind(names.join(" "))
+        .execute(&mut *conn)
+        .await?;
+    record_members(conn, chat, members, seq).await
+}
+
+/// Closes the membership intervals of users no longer in `members` at `seq` and opens
+/// intervals for new ones.
+async fn record_members(
+    conn: &mut SqliteConnection,
+    chat: &ChatId,
+    members: &[UserId],
+    seq: i64,
+) -> Result<()> {
+    let open: Vec<String> = sqlx::query_scalar(
+        "SELECT user_id FROM parley_member_log WHERE chat_id = ?1 AND to_seq IS NULL",
+    )
+    .bind(chat.as_str())
+    .fetch_all(&mut *conn)
+    .await?;
+    for gone in open
+        .iter()
+        .filter(|u| !members.iter().any(|m| m.as_str() == u.as_str()))
+    {
+        sqlx::query(
+            "UPDATE parley_member_log SET to_seq = ?3
+             WHERE chat_id = ?1 AND user_id = ?2 AND to_seq IS NULL",
+        )
+        .bind(chat.as_str())
+        .bind(gone)
+        .bind(seq)
+        .execute(&mut *conn)
+        .await?;
+    }
+    for new in members
+        .iter()
+        .filter(|m| !open.iter().any(|u| u.as_str() == m.as_str()))
+    {
+        sqlx::query(
+            "INSERT INTO parley_member_log (chat_id, user_id, from_seq, to_seq)
+             VALUES (?1, ?2, ?3, NULL)",
+        )
+        .bind(chat.as_str())
+        .bind(new.as_str())
+        .bind(seq)
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(())
+}
+
+/// The chat's members (users) at the event `seq`: added by a commit before it and not
+/// removed by a commit before it. Falls back to the current members for chats this
+/// device knew before it kept the log.
+pub(crate) async fn members_at(
+    conn: &mut SqliteConnection,
+    chat: &ChatId,
+    seq: i64,
+) -> Result<Vec<UserId>> {
+    let logged: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM parley_member_log WHERE chat_id = ?1")
+            .bind(chat.as_str())
+            .fetch_one(&mut *conn)
+            .await?;
+    if logged == 0 {
+        return chat_members(conn, chat).await;
+    }
+    let rows: Vec<String> = sqlx::query_scalar(
+        "SELECT DISTINCT user_id FROM parley_member_log
+         WHERE chat_id = ?1 AND from_seq < ?2 AND (to_seq IS NULL OR to_seq > ?2)
+         ORDER BY user_id",
+    )
+    .bind(chat.as_str())
+    .bind(seq)
+    .fetch_all(conn)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .filter_map(|u| UserId::try_from(u).ok())
+        .collect())
+}
+
+/// Records a chat's kind and name as the server reported them.
+pub(crate) async fn set_chat_meta(
+    conn: &mut SqliteConnection,
+    chat: &ChatId,
+    group: bool,
+    name: Option<&str>,
+) -> Result<()> {
+    sqlx::query("UPDATE parley_chats SET kind = ?2, name = coalesce(?3, name) WHERE chat_id = ?1")
+        .bind(chat.as_str())
+        .bind(if group { "group" } else { "direct" })
+        .bind(name)
         .execute(conn)
         .await?;
     Ok(())
+}
+
+/// Every member's receipts stored for a chat: `(user, delivered_seq, read_seq)`.
+pub(crate) async fn receipts(
+    conn: &mut SqliteConnection,
+    chat: &ChatId,
+) -> Result<Vec<(UserId, i64, i64)>> {
+    let rows: Vec<(String, i64, i64)> = sqlx::query_as(
+        "SELECT user_id, delivered_seq, read_seq FROM parley_receipts WHERE chat_id = ?1",
+    )
+    .bind(chat.as_str())
+    .fetch_all(conn)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .filter_map(|(u, d, r)| Some((UserId::try_from(u).ok()?, d, r)))
+        .collect())
+}
+
+/// Who of a message's recipients has it and has read it (see [`ReceiptSummary`]).
+pub(crate) async fn receipt_summary(
+    conn: &mut SqliteConnection,
+    chat: &ChatId,
+    seq: i64,
+    sender: &UserId,
+) -> Result<ReceiptSummary> {
+    let recipients: Vec<UserId> = members_at(&mut *conn, chat, seq)
+        .await?
+        .into_iter()
+        .filter(|u| u != sender)
+        .collect();
+    let rows = receipts(&mut *conn, chat).await?;
+    let members: Vec<MemberReceipt> = recipients
+        .into_iter()
+        .map(|user| {
+            let (d, r) = rows
+                .iter()
+                .find(|(u, _, _)| *u == user)
+                .map_or((0, 0), |(_, d, r)| (*d, *r));
+            MemberReceipt {
+                delivered: d.max(r) >= seq,
+                read: r >= seq,
+                user_id: user,
+            }
+        })
+        .collect();
+    Ok(ReceiptSummary {
+        seq,
+        total: members.len(),
+        delivered: members.iter().filter(|m| m.delivered).count(),
+        read: members.iter().filter(|m| m.read).count(),
+        members,
+    })
 }
 
 pub(crate) async fn chat_members(
@@ -590,6 +793,8 @@ pub(crate) struct OutboxRow {
     pub(crate) plaintext: Option<Vec<u8>>,
     pub(crate) payload: Option<Vec<u8>>,
     pub(crate) epoch: Option<i64>,
+    /// With a commit: the JSON of the membership change it makes.
+    pub(crate) membership: Option<String>,
 }
 
 pub(crate) const OUTBOX_MESSAGE: &str = "message";
@@ -620,7 +825,7 @@ pub(crate) async fn outbox_push(
 
 pub(crate) async fn outbox_all(conn: &mut SqliteConnection) -> Result<Vec<OutboxRow>> {
     Ok(sqlx::query_as(
-        "SELECT id, chat_id, client_msg_id, kind, plaintext, payload, epoch FROM parley_outbox ORDER BY id",
+        "SELECT id, chat_id, client_msg_id, kind, plaintext, payload, epoch, membership FROM parley_outbox ORDER BY id",
     )
     .fetch_all(conn)
     .await?)
@@ -632,13 +837,30 @@ pub(crate) async fn outbox_get(
     client_msg_id: &str,
 ) -> Result<Option<OutboxRow>> {
     Ok(sqlx::query_as(
-        "SELECT id, chat_id, client_msg_id, kind, plaintext, payload, epoch FROM parley_outbox
+        "SELECT id, chat_id, client_msg_id, kind, plaintext, payload, epoch, membership FROM parley_outbox
          WHERE chat_id = ?1 AND client_msg_id = ?2",
     )
     .bind(chat.as_str())
     .bind(client_msg_id)
     .fetch_optional(conn)
     .await?)
+}
+
+pub(crate) async fn outbox_set_membership(
+    conn: &mut SqliteConnection,
+    chat: &ChatId,
+    client_msg_id: &str,
+    membership: &str,
+) -> Result<()> {
+    sqlx::query(
+        "UPDATE parley_outbox SET membership = ?3 WHERE chat_id = ?1 AND client_msg_id = ?2",
+    )
+    .bind(chat.as_str())
+    .bind(client_msg_id)
+    .bind(membership)
+    .execute(conn)
+    .await?;
+    Ok(())
 }
 
 pub(crate) async fn outbox_set_payload(
@@ -699,7 +921,7 @@ pub(crate) async fn state_from_receipts(
     me: &UserId,
     seq: i64,
 ) -> Result<MessageState> {
-    let members = chat_members(&mut *conn, chat).await?;
+    let members = members_at(&mut *conn, chat, seq).await?;
     let others: Vec<&UserId> = members.iter().filter(|m| *m != me).collect();
     if others.is_empty() {
         return Ok(MessageState::Sent);
