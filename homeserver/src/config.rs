@@ -45,6 +45,9 @@ pub struct Cli {
     /// Federation test mode: plain HTTP and loopback/private peers (tests on 127.0.0.x).
     #[arg(long, env = "PARLEY_FEDERATION_TEST_MODE")]
     pub federation_test_mode: bool,
+    /// Write every received federation request's bytes into this directory.
+    #[arg(long, env = "PARLEY_FEDERATION_DUMP_DIR")]
+    pub federation_dump_dir: Option<PathBuf>,
     #[command(subcommand)]
     pub command: Option<Command>,
 }
@@ -129,6 +132,9 @@ pub struct FederationConfig {
     /// Seeds the `federation_rules` table when it is empty (first start); afterwards the
     /// admin API and CLI change the table and this is ignored.
     pub policy: PolicySeed,
+    /// Interop debugging: when set, the exact bytes of every received federation
+    /// request (request line, headers, body) are written to a file in this directory.
+    pub dump_dir: Option<PathBuf>,
 }
 
 /// The initial policy: mode and rules (`{pattern, action = "allow"|"deny", reason}`).
@@ -234,6 +240,9 @@ impl Config {
         let mut federation = file.federation;
         federation.enabled |= cli.federation;
         federation.test_mode |= cli.federation_test_mode;
+        if cli.federation_dump_dir.is_some() {
+            federation.dump_dir = cli.federation_dump_dir;
+        }
         Ok(Self {
             server_name,
             listen,

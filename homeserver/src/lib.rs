@@ -37,6 +37,9 @@ pub async fn run(
     {
         std::fs::create_dir_all(dir)?;
     }
+    if let Some(dir) = &config.federation.dump_dir {
+        std::fs::create_dir_all(dir)?;
+    }
     let config = Arc::new(config);
     let store = AnyStore::connect(&config.database_url, config.limits.db_connections).await?;
     tracing::info!(

@@ -38,15 +38,64 @@ pub fn router<S: Clone + Send + Sync + 'static>(
     services: Services,
     federation: Federation,
 ) -> Router<S> {
-    Router::new()
+    let router = Router::new()
         .route(directory::PATH, get(key_directory))
         .route(version::PATH, get(versions))
         .route(keys::user_devices::PATH, get(user_devices))
-        .route(keys::claim::PATH, axum::routing::post(claim))
-        .with_state(FedState {
-            services,
-            federation,
-        })
+        .route(keys::claim::PATH, axum::routing::post(claim));
+    let router = match services.config.federation.dump_dir.clone() {
+        Some(dir) => router.route_layer(axum::middleware::from_fn_with_state(
+            Arc::new(Dumper {
+                dir,
+                next: std::sync::atomic::AtomicU64::new(0),
+            }),
+            dump_request,
+        )),
+        None => router,
+    };
+    router.with_state(FedState {
+        services,
+        federation,
+    })
+}
+
+/// Where received requests are dumped (interop debugging).
+struct Dumper {
+    dir: std::path::PathBuf,
+    next: std::sync::atomic::AtomicU64,
+}
+
+/// Writes the request exactly as received (request line, headers in order, body) to
+/// `<dir>/<ms>-<n>.http` before anything verifies it, then passes it on.
+async fn dump_request(
+    State(dumper): State<Arc<Dumper>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let (parts, body) = req.into_parts();
+    let Ok(body) = axum::body::to_bytes(body, parley_federation::api::send::MAX_BODY_BYTES).await
+    else {
+        return ProtocolError::new(parley_federation::FedErrorCode::TooLarge, "body too large")
+            .into_response();
+    };
+    let mut raw = format!("{} {} HTTP/1.1\r\n", parts.method, parts.uri).into_bytes();
+    for (name, value) in &parts.headers {
+        raw.extend_from_slice(name.as_str().as_bytes());
+        raw.extend_from_slice(b": ");
+        raw.extend_from_slice(value.as_bytes());
+        raw.extend_from_slice(b"\r\n");
+    }
+    raw.extend_from_slice(b"\r\n");
+    raw.extend_from_slice(&body);
+    let n = dumper
+        .next
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let path = dumper.dir.join(format!("{}-{n:06}.http", now_ms()));
+    if let Err(e) = tokio::fs::write(&path, &raw).await {
+        tracing::warn!(path = %path.display(), "cannot dump a federation request: {e}");
+    }
+    next.run(axum::extract::Request::from_parts(parts, body.into()))
+        .await
 }
 
 async fn key_directory(State(st): State<FedState>) -> Response {

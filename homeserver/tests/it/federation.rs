@@ -82,13 +82,10 @@ async fn publishes_a_verifiable_key_directory(backend: Backend) -> Result<()> {
 
 /// Starts a federating server on `ip` with an admin listener; returns it and the
 /// admin API's URL.
-async fn start_with_admin(backend: Backend, ip: &str) -> Result<(Server, String)> {
-    let server = Server::start_federated(
-        backend,
-        ip,
-        &["--admin-listen", "127.0.0.1:0", "--admin-token", TOKEN],
-    )
-    .await?;
+async fn start_with_admin(backend: Backend, ip: &str, extra: &[&str]) -> Result<(Server, String)> {
+    let mut args = vec!["--admin-listen", "127.0.0.1:0", "--admin-token", TOKEN];
+    args.extend_from_slice(extra);
+    let server = Server::start_federated(backend, ip, &args).await?;
     server
         .process
         .wait_for_log("admin listening on", crate::harness::WAIT)
@@ -126,8 +123,15 @@ async fn devices_of(
 }
 
 async fn policy_changes_take_effect_at_runtime(backend: Backend) -> Result<()> {
-    let (a, admin_a) = start_with_admin(backend, "127.0.0.2").await?;
-    let (b, admin_b) = start_with_admin(backend, "127.0.0.3").await?;
+    let dumps = tempfile::tempdir()?;
+    let dump_dir = dumps.path().join("fed-requests");
+    let (a, admin_a) = start_with_admin(
+        backend,
+        "127.0.0.2",
+        &["--federation-dump-dir", dump_dir.to_str().context("path")?],
+    )
+    .await?;
+    let (b, admin_b) = start_with_admin(backend, "127.0.0.3", &[]).await?;
     let alice = a.register("alice").await?;
     let bob = b.register("bob").await?;
     let a_rule = a.name().to_owned();
@@ -195,6 +199,22 @@ async fn policy_changes_take_effect_at_runtime(backend: Backend) -> Result<()> {
         body["devices"][0]["key_package"]
             == serde_json::json!(parley_client_api::Payload(b"kp-one".to_vec())),
         "{body}"
+    );
+    // A dumped the exact bytes of the signed claim it received (interop debugging).
+    let mut claim_dump = None;
+    for entry in std::fs::read_dir(&dump_dir)? {
+        let bytes = std::fs::read(entry?.path())?;
+        let text = String::from_utf8_lossy(&bytes).into_owned();
+        if text.starts_with("POST /_parley/fed/v1/keys/claim HTTP/1.1\r\n") {
+            claim_dump = Some(text);
+        }
+    }
+    let dump = claim_dump.context("no dump of the claim request")?;
+    ensure!(
+        dump.contains("\r\nsignature-input: parley=")
+            && dump.contains("\r\ncontent-digest: sha-256=:")
+            && dump.ends_with(&format!("{{\"users\":[\"{}\"]}}", alice.user_id)),
+        "{dump}"
     );
     // Unknown users come back as such.
     let (status, body) = b
