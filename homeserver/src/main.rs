@@ -2,6 +2,11 @@ use clap::Parser;
 use parley_homeserver::config::{Cli, Command, Config, LogFormat};
 use tracing_subscriber::EnvFilter;
 
+/// mimalloc returns freed memory to the OS; glibc's allocator kept hundreds of MiB after
+/// a burst of argon2 hashes (19 MiB each), as its mmap threshold grew past their size.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let mut cli = Cli::parse();

@@ -3,6 +3,8 @@
 //! Access tokens are 32 random bytes (base64url); only their SHA-256 is stored, so a
 //! database leak reveals no usable token. Each login is a new device.
 
+use std::sync::Arc;
+
 use argon2::Argon2;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use base64::Engine as _;
@@ -11,6 +13,7 @@ use parley_client_api::ids::validate_localpart;
 use parley_client_api::{DeviceId, ServerName, UserId};
 use rand::Rng as _;
 use sha2::{Digest, Sha256};
+use tokio::sync::Semaphore;
 
 use super::ServiceError;
 use crate::clock::now_ms;
@@ -37,11 +40,19 @@ const MAX_DEVICE_NAME: usize = 128;
 pub struct Accounts {
     store: AnyStore,
     server_name: ServerName,
+    /// argon2id runs (19 MiB and tens of ms of CPU each) at most this many at a time, so
+    /// a burst of logins cannot exhaust memory or the blocking pool.
+    hashing: Arc<Semaphore>,
 }
 
 impl Accounts {
     pub fn new(store: AnyStore, server_name: ServerName) -> Self {
-        Self { store, server_name }
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        Self {
+            store,
+            server_name,
+            hashing: Arc::new(Semaphore::new(cores)),
+        }
     }
 
     pub fn server_name(&self) -> &ServerName {
@@ -72,7 +83,7 @@ impl Accounts {
         let user = NewUser {
             user_id: user_id.clone(),
             localpart: username.to_owned(),
-            password_hash: hash_password(password).await?,
+            password_hash: self.hash_password(password).await?,
             created_at: now_ms(),
         };
         match self.store.create_user(&user).await {
@@ -95,7 +106,7 @@ impl Accounts {
         user_id: &UserId,
         password: &str,
     ) -> Result<(), ServiceError> {
-        let hash = hash_password(password).await?;
+        let hash = self.hash_password(password).await?;
         if self.store.set_password(user_id, &hash).await? {
             Ok(())
         } else {
@@ -118,6 +129,11 @@ impl Accounts {
         };
         let found = self.store.user_password(&localpart).await?;
         let password = password.to_owned();
+        let _permit = self
+            .hashing
+            .acquire()
+            .await
+            .map_err(|_| ServiceError::Unavailable)?;
         let ok = tokio::task::spawn_blocking(move || {
             // Verify against a dummy hash for unknown users so timing does not reveal
             // which usernames exist.
@@ -202,6 +218,17 @@ impl Accounts {
 }
 
 /// Checks the password policy and hashes it with argon2id (off the async threads).
+impl Accounts {
+    async fn hash_password(&self, password: &str) -> Result<String, ServiceError> {
+        let _permit = self
+            .hashing
+            .acquire()
+            .await
+            .map_err(|_| ServiceError::Unavailable)?;
+        hash_password(password).await
+    }
+}
+
 async fn hash_password(password: &str) -> Result<String, ServiceError> {
     if password.chars().count() < MIN_PASSWORD || password.len() > MAX_PASSWORD {
         return Err(ServiceError::InvalidParam(format!(
