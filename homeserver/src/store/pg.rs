@@ -369,40 +369,33 @@ impl Store for PgStore {
             .collect::<BTreeSet<_>>()
             .into_iter()
             .collect();
-        // Lock the heads first, in a fixed order.
-        let heads = sqlx::query(
-            "SELECT chat_id, kind, last_seq, mls_epoch FROM chats
-             WHERE chat_id = ANY($1) ORDER BY chat_id FOR UPDATE",
+        // Lock the heads in a fixed order, and read members and devices, in one query.
+        let rows = sqlx::query(
+            "SELECT c.chat_id, c.kind, c.last_seq, c.mls_epoch, m.user_id, m.admin, d.device_id
+             FROM chats c
+             LEFT JOIN chat_members m ON m.chat_id = c.chat_id AND m.left_at IS NULL
+             LEFT JOIN devices d ON d.user_id = m.user_id
+             WHERE c.chat_id = ANY($1) ORDER BY c.chat_id FOR UPDATE OF c",
         )
         .bind(&chat_ids)
         .fetch_all(&mut *tx)
         .await?;
         let mut chats: HashMap<ChatId, ChatState> = HashMap::new();
-        for r in heads {
-            chats.insert(
-                id(r.get("chat_id"))?,
-                ChatState {
+        for r in rows {
+            let chat: ChatId = id(r.get("chat_id"))?;
+            let state = match chats.entry(chat) {
+                std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                std::collections::hash_map::Entry::Vacant(e) => e.insert(ChatState {
                     kind: kind_from_i16(r.get("kind"))?,
                     last_seq: r.get("last_seq"),
                     mls_epoch: u64::try_from(r.get::<i64, _>("mls_epoch")).unwrap_or_default(),
                     members: BTreeMap::new(),
-                },
-            );
-        }
-        let members = sqlx::query(
-            "SELECT m.chat_id, m.user_id, m.admin, d.device_id FROM chat_members m
-             LEFT JOIN devices d ON d.user_id = m.user_id
-             WHERE m.chat_id = ANY($1) AND m.left_at IS NULL",
-        )
-        .bind(&chat_ids)
-        .fetch_all(&mut *tx)
-        .await?;
-        for r in members {
-            let chat: ChatId = id(r.get("chat_id"))?;
-            let Some(state) = chats.get_mut(&chat) else {
+                }),
+            };
+            let Some(user) = r.get::<Option<String>, _>("user_id") else {
                 continue;
             };
-            let member = state.members.entry(id(r.get("user_id"))?).or_default();
+            let member = state.members.entry(id(user)?).or_default();
             member.admin = r.get("admin");
             if let Some(d) = r.get::<Option<String>, _>("device_id") {
                 member.devices.push(id(d)?);
@@ -492,28 +485,7 @@ impl Store for PgStore {
             tx.commit().await?;
             return Ok(plan.finish(batch, []));
         }
-        sqlx::query(
-            "UPDATE chats SET last_seq = v.s, last_ts = v.t, mls_epoch = v.e
-             FROM UNNEST($1::text[], $2::bigint[], $3::bigint[], $4::bigint[]) AS v(c, s, t, e)
-             WHERE chats.chat_id = v.c",
-        )
-        .bind(
-            plan.heads
-                .iter()
-                .map(|h| h.chat_id.to_string())
-                .collect::<Vec<_>>(),
-        )
-        .bind(plan.heads.iter().map(|h| h.last_seq).collect::<Vec<_>>())
-        .bind(plan.heads.iter().map(|h| h.last_ts).collect::<Vec<_>>())
-        .bind(
-            plan.heads
-                .iter()
-                .map(|h| epoch_i64(h.mls_epoch))
-                .collect::<Vec<_>>(),
-        )
-        .execute(&mut *tx)
-        .await?;
-        let now = batch.iter().map(|r| r.ts).max().unwrap_or_default();
+        let now = now_ts;
         for op in &plan.membership {
             let sql = if op.add {
                 "INSERT INTO chat_members (chat_id, user_id, joined_at) VALUES ($1, $2, $3)
@@ -532,12 +504,37 @@ impl Store for PgStore {
         let ev = |f: fn(&SendRequest) -> String| -> Vec<String> {
             plan.events.iter().map(|(i, _)| f(&batch[*i])).collect()
         };
-        sqlx::query(
-            "INSERT INTO events (chat_id, seq, sender, sender_device, client_msg_id, ts, payload,
-                                 mls_kind, mls_epoch, membership, blobs)
-             SELECT * FROM UNNEST($1::text[], $2::bigint[], $3::text[], $4::text[], $5::text[],
-                                  $6::bigint[], $7::bytea[], $8::smallint[], $9::bigint[], $10::text[],
-                                  $11::text[])",
+        // One round trip writes the heads, the events and the inbox rows.
+        let ids = sqlx::query(
+            "WITH heads AS (
+                 UPDATE chats SET last_seq = v.s, last_ts = v.t, mls_epoch = v.e
+                 FROM UNNEST($1::text[], $2::bigint[], $3::bigint[], $4::bigint[]) AS v(c, s, t, e)
+                 WHERE chats.chat_id = v.c
+             ), new_events AS (
+                 INSERT INTO events (chat_id, seq, sender, sender_device, client_msg_id, ts, payload,
+                                     mls_kind, mls_epoch, membership, blobs)
+                 SELECT * FROM UNNEST($5::text[], $6::bigint[], $7::text[], $8::text[], $9::text[],
+                                      $10::bigint[], $11::bytea[], $12::smallint[], $13::bigint[],
+                                      $14::text[], $15::text[])
+             )
+             INSERT INTO inbox (device_id, chat_id, kind, seq, sender, created_at)
+             SELECT d, c, 0, s, u, $20
+             FROM UNNEST($16::text[], $17::text[], $18::bigint[], $19::text[]) AS w(d, c, s, u)
+             RETURNING id, device_id, chat_id, seq",
+        )
+        .bind(
+            plan.heads
+                .iter()
+                .map(|h| h.chat_id.to_string())
+                .collect::<Vec<_>>(),
+        )
+        .bind(plan.heads.iter().map(|h| h.last_seq).collect::<Vec<_>>())
+        .bind(plan.heads.iter().map(|h| h.last_ts).collect::<Vec<_>>())
+        .bind(
+            plan.heads
+                .iter()
+                .map(|h| epoch_i64(h.mls_epoch))
+                .collect::<Vec<_>>(),
         )
         .bind(ev(|r| r.chat_id.to_string()))
         .bind(plan.events.iter().map(|(_, s)| *s).collect::<Vec<_>>())
@@ -570,41 +567,28 @@ impl Store for PgStore {
                 .map(|(i, _)| blobs_to_json(&batch[*i].blobs))
                 .collect::<Vec<_>>(),
         )
-        .execute(&mut *tx)
+        .bind(
+            plan.inbox
+                .iter()
+                .map(|r| r.device_id.to_string())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            plan.inbox
+                .iter()
+                .map(|r| r.chat_id.to_string())
+                .collect::<Vec<_>>(),
+        )
+        .bind(plan.inbox.iter().map(|r| r.seq).collect::<Vec<_>>())
+        .bind(
+            plan.inbox
+                .iter()
+                .map(|r| r.sender.to_string())
+                .collect::<Vec<_>>(),
+        )
+        .bind(now)
+        .fetch_all(&mut *tx)
         .await?;
-        let now = batch.iter().map(|r| r.ts).max().unwrap_or_default();
-        let ids = if plan.inbox.is_empty() {
-            Vec::new()
-        } else {
-            sqlx::query(
-                "INSERT INTO inbox (device_id, chat_id, kind, seq, sender, created_at)
-                 SELECT d, c, 0, s, u, $5
-                 FROM UNNEST($1::text[], $2::text[], $3::bigint[], $4::text[]) AS v(d, c, s, u)
-                 RETURNING id, device_id, chat_id, seq",
-            )
-            .bind(
-                plan.inbox
-                    .iter()
-                    .map(|r| r.device_id.to_string())
-                    .collect::<Vec<_>>(),
-            )
-            .bind(
-                plan.inbox
-                    .iter()
-                    .map(|r| r.chat_id.to_string())
-                    .collect::<Vec<_>>(),
-            )
-            .bind(plan.inbox.iter().map(|r| r.seq).collect::<Vec<_>>())
-            .bind(
-                plan.inbox
-                    .iter()
-                    .map(|r| r.sender.to_string())
-                    .collect::<Vec<_>>(),
-            )
-            .bind(now)
-            .fetch_all(&mut *tx)
-            .await?
-        };
         tx.commit().await?;
         let ids = ids
             .into_iter()
