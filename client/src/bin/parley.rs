@@ -54,6 +54,11 @@ enum Command {
         #[command(subcommand)]
         action: ChatAction,
     },
+    /// Group chats: create one, add and remove members, leave, rename, admins.
+    Group {
+        #[command(subcommand)]
+        action: GroupAction,
+    },
     /// List your chats.
     Chats,
     /// Send a message: `parley send @bob:example.org hello there`.
@@ -108,6 +113,45 @@ enum DevicesAction {
 }
 
 #[derive(Subcommand)]
+enum GroupAction {
+    /// Create a group: `parley group new Team @bob:example.org @carol:example.org`.
+    New {
+        name: String,
+        #[arg(required = true)]
+        members: Vec<String>,
+    },
+    /// Add members (admins only).
+    Add {
+        chat: String,
+        #[arg(required = true)]
+        users: Vec<String>,
+    },
+    /// Remove members (admins only): they read nothing sent afterwards.
+    Remove {
+        chat: String,
+        #[arg(required = true)]
+        users: Vec<String>,
+    },
+    /// Leave a group.
+    Leave { chat: String },
+    /// Rename a group (admins only).
+    Rename {
+        chat: String,
+        #[arg(required = true, trailing_var_arg = true)]
+        name: Vec<String>,
+    },
+    /// Make a member an admin, or with `--revoke` no longer one (admins only).
+    Admin {
+        chat: String,
+        user: String,
+        #[arg(long)]
+        revoke: bool,
+    },
+    /// List a group's members and roles.
+    Members { chat: String },
+}
+
+#[derive(Subcommand)]
 enum ChatAction {
     /// Start a 1:1 chat: `parley chat new @bob:example.org`.
     New { user: String },
@@ -148,6 +192,7 @@ fn one_line(e: &anyhow::Error) -> String {
                 code: ErrorCode::UnknownToken | ErrorCode::MissingToken,
                 ..
             } => "this device is logged out; log in again with a new profile".into(),
+            SdkError::NotAdmin(_) => "only an admin of the group can do that".into(),
             SdkError::Unreachable { url, .. } => {
                 format!("cannot reach the homeserver at {url}: is it running?")
             }
@@ -282,6 +327,7 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Chat {
             action: ChatAction::Open { chat },
         } => interactive(config(), Some(chat)).await?,
+        Command::Group { action } => group(config(), action).await?,
         Command::Interactive { chat } => interactive(config(), chat).await?,
         Command::Chats => {
             let reader = Reader::open(&dir).await?;
@@ -301,13 +347,17 @@ async fn run(cli: Cli) -> Result<()> {
                     .last_message
                     .map(|m| format!("  {}: {}", who(&m, me.as_ref()), m.body))
                     .unwrap_or_default();
+                let who = if others.is_empty() {
+                    "(members unknown)".to_owned()
+                } else {
+                    others.join(", ")
+                };
                 println!(
                     "{}  {}{}{}{}",
                     c.chat_id,
-                    if others.is_empty() {
-                        "(members unknown)".to_owned()
-                    } else {
-                        others.join(", ")
+                    match &c.name {
+                        Some(name) if c.is_group => format!("{name} ({who})"),
+                        _ => who,
                     },
                     if c.joined { "" } else { " (not joined yet)" },
                     if c.unread > 0 {
@@ -322,7 +372,18 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Send { chat, text } => {
             let text = text.join(" ");
             let client = Client::open(config()).await?;
-            let chat = resolve_chat(&client, &chat, false).await?;
+            let chat = match resolve_chat(&client, &chat, false).await {
+                Ok(c) => c,
+                // A group this device was added to while offline: its inbox says so.
+                Err(e) if chat.starts_with('!') => {
+                    client.connect();
+                    if client.wait_synced(WAIT).await.is_err() {
+                        return Err(e);
+                    }
+                    resolve_chat(&client, &chat, false).await?
+                }
+                Err(e) => return Err(e),
+            };
             let mut events = client.subscribe();
             let msg = client.send_text(&chat, &text).await?;
             client.connect();
@@ -344,8 +405,10 @@ async fn run(cli: Cli) -> Result<()> {
             let reader = Reader::open(&dir).await?;
             let me = reader.user_id().await?;
             let chat = resolve_chat_offline(&reader, &chat).await?;
+            let group = reader.chat(&chat).await?.is_some_and(|c| is_group(&c));
             for m in reader.history(&chat, limit).await? {
-                println!("{}", line(&m, me.as_ref(), false));
+                let receipts = group_receipts(&reader, &m, group).await?;
+                println!("{}{receipts}", line(&m, me.as_ref(), false, group));
             }
         }
         Command::Search { text, chat } => {
@@ -356,7 +419,7 @@ async fn run(cli: Cli) -> Result<()> {
                 None => None,
             };
             for m in reader.search(&text, chat.as_ref(), 100).await? {
-                println!("{}  {}", m.chat_id, line(&m, me.as_ref(), false));
+                println!("{}  {}", m.chat_id, line(&m, me.as_ref(), false, false));
             }
         }
         Command::Listen => listen(config()).await?,
@@ -460,9 +523,29 @@ fn clock(ms: i64) -> String {
     format!("{:02}:{:02}", minutes / 60, minutes % 60)
 }
 
-/// One history line: `12:03  me: hello  ✓✓`.
-fn line(m: &Message, me: Option<&UserId>, color: bool) -> String {
-    let tick = if m.outgoing {
+/// A group or a chat of more than two.
+fn is_group(c: &parley_client::ChatInfo) -> bool {
+    c.is_group || c.members.len() > 2
+}
+
+/// `  delivered to N of M · read by N of M` for an own sent message in a group.
+async fn group_receipts(reader: &Reader, m: &Message, group: bool) -> Result<String> {
+    if !group || !m.outgoing || m.seq.is_none() {
+        return Ok(String::new());
+    }
+    Ok(reader
+        .receipt_summary(m)
+        .await?
+        .map(|s| format!("  {}", s.line()))
+        .unwrap_or_default())
+}
+
+/// One history line: `12:03  me: hello  ✓✓` (in a group, sent messages show
+/// "delivered to N of M" instead of ticks).
+fn line(m: &Message, me: Option<&UserId>, color: bool, group: bool) -> String {
+    let tick = if m.outgoing && group && m.seq.is_some() && m.state != MessageState::Failed {
+        String::new()
+    } else if m.outgoing {
         let t = m.state.tick();
         if color && m.state == MessageState::Read {
             format!("  \x1b[34m{t}\x1b[0m")
@@ -503,6 +586,7 @@ async fn listen(config: ClientConfig) -> Result<()> {
                 chat_id, id, state, ..
             }) => println!("[{chat_id}] your message {id}: {}", state.tick()),
             Ok(Event::ChatJoined { chat_id }) => println!("[{chat_id}] joined"),
+            Ok(Event::ChatLeft { chat_id }) => println!("[{chat_id}] left (no longer a member)"),
             Ok(Event::MembersChanged {
                 chat_id,
                 added,
@@ -535,6 +619,66 @@ async fn listen(config: ClientConfig) -> Result<()> {
     }
     client.shutdown().await;
     Ok(())
+}
+
+/// `parley group …`: connects (so the inbox is processed first), makes the change,
+/// waits until what it queued is sent.
+async fn group(config: ClientConfig, action: GroupAction) -> Result<()> {
+    let client = Client::open(config).await?;
+    client.connect();
+    client.wait_synced(WAIT).await?;
+    let users = |us: &[String]| us.iter().map(|u| parse_user(u)).collect::<Result<Vec<_>>>();
+    let result: Result<()> = async {
+        match action {
+            GroupAction::New { name, members } => {
+                let chat = client.create_group(&name, &users(&members)?).await?;
+                println!("{chat}");
+            }
+            GroupAction::Add { chat, users: us } => {
+                let chat = resolve_chat(&client, &chat, false).await?;
+                client.add_members(&chat, &users(&us)?).await?;
+                println!("added {}", us.join(", "));
+            }
+            GroupAction::Remove { chat, users: us } => {
+                let chat = resolve_chat(&client, &chat, false).await?;
+                client.remove_members(&chat, &users(&us)?).await?;
+                println!("removed {}", us.join(", "));
+            }
+            GroupAction::Leave { chat } => {
+                let chat = resolve_chat(&client, &chat, false).await?;
+                client.leave(&chat).await?;
+                println!("left {chat}");
+            }
+            GroupAction::Rename { chat, name } => {
+                let chat = resolve_chat(&client, &chat, false).await?;
+                client.rename(&chat, &name.join(" ")).await?;
+            }
+            GroupAction::Admin { chat, user, revoke } => {
+                let chat = resolve_chat(&client, &chat, false).await?;
+                client
+                    .set_admin(&chat, &parse_user(&user)?, !revoke)
+                    .await?;
+            }
+            GroupAction::Members { chat } => {
+                let chat = resolve_chat(&client, &chat, false).await?;
+                let _ = client.refresh_chats().await;
+                for m in client.members(&chat).await?.members {
+                    let devices = if m.devices == 1 { "device" } else { "devices" };
+                    println!(
+                        "{}{}  ({} {devices})",
+                        m.user_id,
+                        if m.admin { "  admin" } else { "" },
+                        m.devices
+                    );
+                }
+            }
+        }
+        wait_outbox_empty(&client).await;
+        Ok(())
+    }
+    .await;
+    client.shutdown().await;
+    result
 }
 
 /// The interactive view of one chat: the last messages with live ticks, a prompt; each
@@ -628,16 +772,18 @@ async fn render(
         })
         .unwrap_or_default();
     let joined = info.as_ref().is_some_and(|c| c.joined);
+    let group = info.as_ref().is_some_and(is_group);
+    let with = if others.is_empty() {
+        chat.to_string()
+    } else {
+        others.join(", ")
+    };
+    let title = match info.as_ref().and_then(|c| c.name.clone()) {
+        Some(name) if group => format!("{name} ({with})"),
+        _ => with,
+    };
     let mut out = String::from("\x1b[2J\x1b[H");
-    out.push_str(&format!(
-        "parley: {} with {}  [{status}]\r\n",
-        me,
-        if others.is_empty() {
-            chat.to_string()
-        } else {
-            others.join(", ")
-        }
-    ));
+    out.push_str(&format!("parley: {me} in {title}  [{status}]\r\n"));
     if !joined {
         out.push_str(
             "(this device has not joined the chat yet: another of your devices adds it)\r\n",
@@ -646,7 +792,8 @@ async fn render(
     out.push_str(&"-".repeat(60));
     out.push_str("\r\n");
     for m in client.history(chat, 20).await? {
-        out.push_str(&line(&m, Some(me), true));
+        out.push_str(&line(&m, Some(me), true, group));
+        out.push_str(&group_receipts(client.store(), &m, group).await?);
         out.push_str("\r\n");
     }
     out.push_str(&"-".repeat(60));

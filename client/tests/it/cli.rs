@@ -152,3 +152,63 @@ async fn commands_and_clear_errors() -> Result<()> {
     }
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn group_commands() -> Result<()> {
+    let server = Server::start(Backend::Sqlite).await?;
+    let url = server.url();
+    let dirs = tempfile::tempdir()?;
+    let [a, b, c] = ["a", "b", "c"].map(|d| dirs.path().join(d));
+    for (dir, name) in [(&a, "alice"), (&b, "bob"), (&c, "carol")] {
+        stdout(&parley(
+            dir,
+            &["register", name, "--server", &url],
+            PASSWORD,
+        )?)?;
+    }
+    let (bob, carol) = ("@bob:parley.test", "@carol:parley.test");
+    let chat = stdout(&parley(
+        &a,
+        &["group", "new", "Team", bob, carol],
+        PASSWORD,
+    )?)?;
+    let chat = chat.trim();
+    ensure!(chat.starts_with('!'), "{chat}");
+    // Bob's command connects first, so his device joins from the Welcome.
+    let sent = stdout(&parley(&b, &["send", chat, "hello team"], PASSWORD)?)?;
+    ensure!(sent.starts_with('✓'), "{sent}");
+    stdout(&parley(&a, &["send", chat, "hi all"], PASSWORD)?)?;
+    let members = stdout(&parley(&b, &["group", "members", chat], PASSWORD)?)?;
+    ensure!(
+        members.lines().count() == 3
+            && members.contains("@alice:parley.test  admin")
+            && members.contains("@bob:parley.test  (1 device)"),
+        "{members}"
+    );
+    fails_with(
+        &parley(&b, &["group", "remove", chat, carol], PASSWORD)?,
+        "only an admin",
+    )?;
+    let left = stdout(&parley(&c, &["group", "leave", chat], PASSWORD)?)?;
+    ensure!(left.starts_with("left"), "{left}");
+    // Alice's next command picks up the receipts; history shows them per message.
+    stdout(&parley(
+        &a,
+        &["group", "rename", chat, "Team", "2"],
+        PASSWORD,
+    )?)?;
+    let history = stdout(&parley(&a, &["history", chat], PASSWORD)?)?;
+    ensure!(
+        history.contains("me: hi all  delivered to 2 of 2 · read by 0 of 2")
+            && history.contains("@bob:parley.test: hello team"),
+        "{history}"
+    );
+    let members = stdout(&parley(&a, &["group", "members", chat], PASSWORD)?)?;
+    ensure!(
+        members.lines().count() == 2 && !members.contains("carol"),
+        "{members}"
+    );
+    let chats = stdout(&parley(&a, &["chats"], PASSWORD)?)?;
+    ensure!(chats.contains("Team 2 ("), "{chats}");
+    Ok(())
+}
