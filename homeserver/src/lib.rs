@@ -16,6 +16,7 @@ pub mod store;
 use std::future::Future;
 use std::sync::Arc;
 
+use axum::serve::ListenerExt as _;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -86,6 +87,13 @@ pub async fn run(
     };
     let app = http::app(state);
     let stop = cancel.clone();
+    // Frames go out as soon as they are written: without TCP_NODELAY a frame written
+    // while the previous one is unacknowledged waits for the client's delayed ACK (40 ms).
+    let listener = listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::warn!(error = %e, "TCP_NODELAY failed");
+        }
+    });
     axum::serve(listener, app)
         .with_graceful_shutdown(async move {
             shutdown.await;
