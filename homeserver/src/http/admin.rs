@@ -16,7 +16,6 @@ use super::extract::{ApiJson, ApiPath};
 use parley_federation::Policy;
 use parley_federation::policy::Rule;
 
-use crate::gateway::CloseReason;
 use crate::store::Store;
 
 /// The admin API's bodies, shared by the handlers and the CLI.
@@ -172,12 +171,7 @@ async fn deactivate(
     ApiPath(user_id): ApiPath<UserId>,
 ) -> ApiResult<Json<api::Deactivated>> {
     let removed = st.services.accounts.deactivate(&user_id).await?;
-    for device in &removed {
-        st.services
-            .gateway
-            .kick(device.clone(), CloseReason::DeviceRemoved)
-            .await;
-    }
+    st.services.close_sockets(removed.iter().cloned()).await;
     tracing::info!(user = %user_id, devices = removed.len(), "admin: user deactivated");
     Ok(Json(api::Deactivated {
         user_id,
@@ -198,13 +192,8 @@ async fn reset_password(
     if req.logout_devices {
         for device in st.services.accounts.devices(&user_id).await? {
             st.services
-                .accounts
                 .remove_device(&user_id, &device.device_id)
                 .await?;
-            st.services
-                .gateway
-                .kick(device.device_id, CloseReason::DeviceRemoved)
-                .await;
         }
     }
     tracing::info!(user = %user_id, "admin: password reset");
@@ -247,14 +236,7 @@ async fn revoke_device(
     _: Admin,
     ApiPath((user_id, device_id)): ApiPath<(UserId, DeviceId)>,
 ) -> ApiResult<StatusCode> {
-    st.services
-        .accounts
-        .remove_device(&user_id, &device_id)
-        .await?;
-    st.services
-        .gateway
-        .kick(device_id.clone(), CloseReason::DeviceRemoved)
-        .await;
+    st.services.remove_device(&user_id, &device_id).await?;
     tracing::info!(user = %user_id, device = %device_id, "admin: device revoked");
     Ok(StatusCode::NO_CONTENT)
 }

@@ -65,13 +65,8 @@ pub async fn login(
 
 pub async fn logout(State(st): State<AppState>, Auth(me): Auth) -> ApiResult<StatusCode> {
     st.services
-        .accounts
         .remove_device(&me.user_id, &me.device_id)
         .await?;
-    st.services
-        .gateway
-        .kick(me.device_id, crate::gateway::CloseReason::DeviceRemoved)
-        .await;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -98,14 +93,7 @@ pub async fn delete_device(
     Auth(me): Auth,
     ApiPath(device_id): ApiPath<DeviceId>,
 ) -> ApiResult<StatusCode> {
-    st.services
-        .accounts
-        .remove_device(&me.user_id, &device_id)
-        .await?;
-    st.services
-        .gateway
-        .kick(device_id, crate::gateway::CloseReason::DeviceRemoved)
-        .await;
+    st.services.remove_device(&me.user_id, &device_id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

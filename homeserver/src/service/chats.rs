@@ -290,14 +290,7 @@ impl Chats {
                 return Err(ServiceError::NotMember);
             }
         };
-        self.gateway
-            .deliver(
-                notices
-                    .into_iter()
-                    .map(super::inbox::receipt_frame)
-                    .collect(),
-            )
-            .await;
+        super::inbox::push_receipts(&self.gateway, notices).await;
         Ok(())
     }
 

@@ -77,7 +77,7 @@ impl Inbox {
 }
 
 /// The frame for a receipt change.
-pub fn receipt_frame(n: ReceiptNotice) -> (parley_client_api::DeviceId, Outbound) {
+fn receipt_frame(n: ReceiptNotice) -> (parley_client_api::DeviceId, Outbound) {
     let frame = ServerFrame::Receipt {
         id: n.id,
         chat_id: n.chat_id,
@@ -87,7 +87,8 @@ pub fn receipt_frame(n: ReceiptNotice) -> (parley_client_api::DeviceId, Outbound
     (n.device_id, Outbound::Frame { id: n.id, json })
 }
 
-async fn push_receipts(gateway: &Gateway, notices: Vec<ReceiptNotice>) {
+/// Pushes receipt changes to the devices connected now (they are in the inboxes too).
+pub async fn push_receipts(gateway: &Gateway, notices: Vec<ReceiptNotice>) {
     gateway
         .deliver(notices.into_iter().map(receipt_frame).collect())
         .await;

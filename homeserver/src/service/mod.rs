@@ -140,3 +140,28 @@ impl Services {
         })
     }
 }
+
+impl Services {
+    /// Removes a device (its token, its inbox) and closes its socket, wherever it is.
+    pub async fn remove_device(
+        &self,
+        user_id: &parley_client_api::UserId,
+        device_id: &parley_client_api::DeviceId,
+    ) -> Result<(), ServiceError> {
+        self.accounts.remove_device(user_id, device_id).await?;
+        self.close_sockets([device_id.clone()]).await;
+        Ok(())
+    }
+
+    /// Closes the sockets of devices that no longer exist.
+    pub async fn close_sockets(
+        &self,
+        devices: impl IntoIterator<Item = parley_client_api::DeviceId>,
+    ) {
+        for device in devices {
+            self.gateway
+                .kick(device, crate::gateway::CloseReason::DeviceRemoved)
+                .await;
+        }
+    }
+}
