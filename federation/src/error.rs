@@ -37,6 +37,9 @@ pub enum FedErrorCode {
     FederationDenied,
     /// The origin has no members in the chat it sends events for.
     NotMember,
+    /// The receiver refuses the entry (a rule of the chat, e.g. only admins change
+    /// membership); the message says which.
+    Forbidden,
     /// The body is not valid JSON for this endpoint.
     BadJson,
     /// A field is present but invalid.
@@ -64,7 +67,7 @@ impl FedErrorCode {
             MissingSignature | MalformedSignature | WrongProfile | MissingComponent
             | BadSignatureAgent | UnknownKey | BadSignature | BadDigest | StaleSignature
             | ReplayedNonce => 401,
-            FederationDenied | NotMember => 403,
+            FederationDenied | NotMember | Forbidden => 403,
             BadJson | InvalidParam => 400,
             UnknownUser | UnknownChat | NotFound => 404,
             WrongEpoch => 409,
@@ -90,6 +93,7 @@ impl FedErrorCode {
             ReplayedNonce => "replayed_nonce",
             FederationDenied => "federation_denied",
             NotMember => "not_member",
+            Forbidden => "forbidden",
             BadJson => "bad_json",
             InvalidParam => "invalid_param",
             UnknownUser => "unknown_user",

@@ -135,6 +135,16 @@ pub struct FederationConfig {
     /// Interop debugging: when set, the exact bytes of every received federation
     /// request (request line, headers, body) are written to a file in this directory.
     pub dump_dir: Option<PathBuf>,
+    /// How long a send to a chat hosted on another server waits for the hub's `seq`
+    /// before its client is answered "pending" (ms; default 10 000). The send stays
+    /// queued either way.
+    pub forward_wait_ms: Option<u64>,
+}
+
+impl FederationConfig {
+    pub fn forward_wait(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.forward_wait_ms.unwrap_or(10_000))
+    }
 }
 
 /// The initial policy: mode and rules (`{pattern, action = "allow"|"deny", reason}`).

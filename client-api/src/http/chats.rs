@@ -240,6 +240,11 @@ pub struct SendAck {
     pub ts: i64,
     /// True when this answers a resend of an already stored event.
     pub duplicate: bool,
+    /// True when the chat's hub is another server that has not answered yet: the send is
+    /// stored on this server (✓ sent) and forwarded when the hub is reachable; `seq` is 0
+    /// and the event arrives on the stream with its `seq` once the hub orders it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub pending: bool,
 }
 
 /// One event of a chat, as stored by its hub.

@@ -52,6 +52,44 @@ pub struct FedEvent {
     pub mls: Option<MlsMeta>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub membership: Option<MembershipChange>,
+    /// Media blobs the event refers to (SHA-256 hex addresses), stored on the hub.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub blobs: Vec<String>,
+}
+
+/// A chat's state as its hub sees it after event `seq` (hub → followers): sent when the
+/// chat is created with members on the receiver and whenever its name, roles or members
+/// change outside an MLS commit (rename, promote, leave). Receivers apply it after the
+/// events up to `seq` and before later ones.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChatSnapshot {
+    pub chat_id: ChatId,
+    pub kind: ChatKind,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// The chat's head when the snapshot was taken.
+    pub seq: i64,
+    pub mls_epoch: u64,
+    pub created_by: UserId,
+    pub created_at: i64,
+    /// Current members, with their roles.
+    pub members: Vec<SnapshotMember>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ChatKind {
+    Direct,
+    Group,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SnapshotMember {
+    pub user_id: UserId,
+    #[serde(default)]
+    pub admin: bool,
 }
 
 /// A local user's send, forwarded by a follower to the chat's hub (follower → hub). The
@@ -68,6 +106,8 @@ pub struct HubSend {
     pub mls: Option<MlsMeta>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub membership: Option<MembershipChange>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub blobs: Vec<String>,
 }
 
 /// One member's receipts in a chat; a receipt for `n` covers every event up to `n`.

@@ -10,7 +10,10 @@ pub mod payload;
 pub mod send;
 pub mod version;
 
-pub use events::{Ephemeral, FedEvent, FedReceipt, HubSend, MembershipChange, MlsKind, MlsMeta};
+pub use events::{
+    ChatKind, ChatSnapshot, Ephemeral, FedEvent, FedReceipt, HubSend, MembershipChange, MlsKind,
+    MlsMeta, SnapshotMember,
+};
 pub use payload::Payload;
 
 /// An HTTP method, as the endpoints name it.

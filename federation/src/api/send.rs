@@ -6,7 +6,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::events::{Ephemeral, FedEvent, FedReceipt, HubSend};
+use super::events::{ChatSnapshot, Ephemeral, FedEvent, FedReceipt, HubSend};
 use crate::error::FedErrorCode;
 use crate::ids::ServerName;
 
@@ -29,6 +29,10 @@ pub struct Request {
     /// Follower → hub: local users' sends for chats the receiver hosts.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub sends: Vec<HubSend>,
+    /// Hub → follower: chat states (creation, name, roles, members), each applied after
+    /// the events up to its `seq`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub chats: Vec<ChatSnapshot>,
     /// Hub → follower: sequenced events of chats the sender hosts.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub events: Vec<FedEvent>,
@@ -41,7 +45,7 @@ pub struct Request {
 impl Request {
     /// Durable entries, for the [`MAX_ENTRIES`] limit.
     pub fn entries(&self) -> usize {
-        self.sends.len() + self.events.len() + self.receipts.len()
+        self.sends.len() + self.chats.len() + self.events.len() + self.receipts.len()
     }
 }
 

@@ -279,7 +279,15 @@ fn map_reqwest(e: reqwest::Error) -> ClientError {
     if e.is_timeout() {
         ClientError::Timeout
     } else {
-        ClientError::Network(e.to_string())
+        // The source chain says what actually failed (refused, reset, TLS…).
+        let mut message = e.to_string();
+        let mut source = std::error::Error::source(&e);
+        while let Some(s) = source {
+            message.push_str(": ");
+            message.push_str(&s.to_string());
+            source = s.source();
+        }
+        ClientError::Network(message)
     }
 }
 

@@ -137,7 +137,9 @@ pub async fn send(
     ApiJson(req): ApiJson<chats::send::Request>,
 ) -> ApiResult<Response> {
     let ack = st.services.chats.send(&me, chat_id, req).await?;
-    let status = if ack.duplicate {
+    let status = if ack.pending {
+        StatusCode::ACCEPTED
+    } else if ack.duplicate {
         StatusCode::OK
     } else {
         StatusCode::CREATED

@@ -9,7 +9,7 @@ use axum::Router;
 use axum::extract::{FromRef, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use parley_federation::api::{keys, version};
+use parley_federation::api::{keys, send, version};
 use parley_federation::directory;
 use parley_federation::transport::http::VerifiedRequest;
 use parley_federation::transport::http::{InboundVerifier, directory_response};
@@ -42,7 +42,8 @@ pub fn router<S: Clone + Send + Sync + 'static>(
         .route(directory::PATH, get(key_directory))
         .route(version::PATH, get(versions))
         .route(keys::user_devices::PATH, get(user_devices))
-        .route(keys::claim::PATH, axum::routing::post(claim));
+        .route(keys::claim::PATH, axum::routing::post(claim))
+        .route(send::PATH, axum::routing::put(transaction));
     let router = match services.config.federation.dump_dir.clone() {
         Some(dir) => router.route_layer(axum::middleware::from_fn_with_state(
             Arc::new(Dumper {
@@ -179,4 +180,28 @@ async fn claim(
         out.users.insert(user, claimed);
     }
     Ok(Json(out))
+}
+
+/// `PUT /_parley/fed/v1/send/{txn_id}` (signed): one transaction from the origin's
+/// outbox. Answered after everything it reports is committed.
+async fn transaction(
+    State(st): State<FedState>,
+    axum::extract::Path(txn_id): axum::extract::Path<String>,
+    req: VerifiedRequest,
+) -> Result<Json<send::Response>, ProtocolError> {
+    if txn_id.is_empty() || txn_id.len() > 128 || !txn_id.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(ProtocolError::new(
+            parley_federation::FedErrorCode::InvalidParam,
+            "txn_id: 1 to 128 printable ASCII characters",
+        ));
+    }
+    let origin = req.origin().clone();
+    if let Some(relay) = &st.services.relay {
+        relay.inbound(origin.as_str());
+    }
+    let body: send::Request = req.json()?;
+    crate::service::inbound::receive(&st.services, &origin, &txn_id, body)
+        .await
+        .map(Json)
+        .map_err(fed_error)
 }

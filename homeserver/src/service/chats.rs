@@ -41,6 +41,15 @@ pub struct Chats {
     config: Arc<Config>,
     sequencer: Sequencer,
     gateway: Gateway,
+    /// Set when federation is on: remote members, forwarded sends.
+    remote: Option<Remote>,
+}
+
+#[derive(Clone)]
+pub struct Remote {
+    pub federation: super::federation::Federation,
+    pub relay: super::relay::Relay,
+    pub keys: super::keys::Keys,
 }
 
 impl Chats {
@@ -49,13 +58,29 @@ impl Chats {
         config: Arc<Config>,
         sequencer: Sequencer,
         gateway: Gateway,
+        remote: Option<Remote>,
     ) -> Self {
         Self {
             store,
             config,
             sequencer,
             gateway,
+            remote,
         }
+    }
+
+    /// Checks that a remote user may be reached and exists (asking their server).
+    async fn check_remote_user(&self, user: &UserId) -> Result<(), ServiceError> {
+        let Some(remote) = &self.remote else {
+            return Err(ServiceError::Forbidden(format!(
+                "{user} is on another server and this server does not federate"
+            )));
+        };
+        remote
+            .federation
+            .check_allowed(&super::keys::fed_server(user)?)?;
+        remote.keys.devices(user).await?;
+        Ok(())
     }
 
     /// Creates a chat with `others` (one other: a direct chat, returned as is if the
@@ -89,9 +114,11 @@ impl Chats {
                 ));
             }
             if other.server_name() != self.config.server_name.as_str() {
-                return Err(ServiceError::Forbidden(format!(
-                    "{other} is on another server; this server does not federate yet"
-                )));
+                if !members.contains(&other) {
+                    self.check_remote_user(&other).await?;
+                    members.push(other);
+                }
+                continue;
             }
             if !self.store.user_exists(&other).await? {
                 return Err(ServiceError::UnknownUser(other.to_string()));
@@ -110,7 +137,15 @@ impl Chats {
             pair.sort_unstable();
             pair.join("\n")
         });
+        let followers: Vec<String> = members
+            .iter()
+            .map(|m| m.server_name().to_owned())
+            .filter(|s| s != self.config.server_name.as_str())
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
         let chat = NewChat {
+            followers: followers.clone(),
             chat_id: self.new_chat_id()?,
             kind,
             direct_key,
@@ -120,6 +155,9 @@ impl Chats {
             created_at: now_ms(),
         };
         let (chat_id, created) = self.store.create_chat(&chat).await?;
+        if let Some(remote) = &self.remote {
+            remote.relay.wake(&followers);
+        }
         let row = self
             .store
             .list_chats(&me.user_id)
@@ -212,6 +250,11 @@ impl Chats {
                 "payload: must not be empty".into(),
             ));
         }
+        if chat_id.hub() != self.config.server_name.as_str() {
+            return self
+                .forward(me, chat_id, client_msg_id, payload, mls, membership, blobs)
+                .await;
+        }
         let req = SendRequest {
             chat_id: chat_id.clone(),
             sender: me.user_id.clone(),
@@ -229,8 +272,9 @@ impl Chats {
             seq,
             ts,
             duplicate,
+            pending: false,
         };
-        match self.sequencer.submit(req).await? {
+        match self.submit(req).await? {
             SendOutcome::Committed { seq, ts, .. } => Ok(ack(seq, ts, false)),
             SendOutcome::Duplicate { seq, ts } => Ok(ack(seq, ts, true)),
             SendOutcome::UnknownChat => Err(ServiceError::UnknownChat),
@@ -239,6 +283,86 @@ impl Chats {
             SendOutcome::UnknownUser(u) => Err(ServiceError::UnknownUser(u.to_string())),
             SendOutcome::UnknownBlob(b) => Err(ServiceError::UnknownBlob(b.to_string())),
             SendOutcome::Refused(why) => Err(ServiceError::Forbidden(why)),
+        }
+    }
+
+    /// Sequences a send as this chat's hub (a local client's, or one a follower
+    /// forwarded), and wakes the relay for the followers the event was queued for.
+    pub async fn submit(&self, req: SendRequest) -> Result<SendOutcome, ServiceError> {
+        let outcome = self.sequencer.submit(req).await?;
+        if let (SendOutcome::Committed { followers, .. }, Some(remote)) = (&outcome, &self.remote) {
+            remote.relay.wake(followers);
+        }
+        Ok(outcome)
+    }
+
+    /// A local user's send to a chat hosted elsewhere: queued durably for the hub, then
+    /// answered with the hub's `seq`, or as pending when the hub does not answer soon
+    /// (the send stays queued; its event arrives with its `seq` when the hub takes it).
+    #[allow(clippy::too_many_arguments)]
+    async fn forward(
+        &self,
+        me: &Session,
+        chat_id: ChatId,
+        client_msg_id: String,
+        payload: Vec<u8>,
+        mls: Option<parley_client_api::http::chats::MlsMeta>,
+        membership: Option<parley_client_api::http::chats::MembershipChange>,
+        blobs: Vec<parley_client_api::BlobHash>,
+    ) -> Result<SendAck, ServiceError> {
+        let Some(remote) = &self.remote else {
+            return Err(ServiceError::UnknownChat);
+        };
+        self.members_as_member(&chat_id, &me.user_id).await?;
+        let hub = parley_federation::ServerName::try_from(chat_id.hub())
+            .map_err(|e| ServiceError::Internal(e.to_string()))?;
+        remote.federation.check_allowed(&hub)?;
+        let send = parley_federation::api::HubSend {
+            chat_id: super::relay::convert(&chat_id).map_err(ServiceError::Internal)?,
+            sender: super::relay::convert(&me.user_id).map_err(ServiceError::Internal)?,
+            sender_device: super::relay::convert(&me.device_id).map_err(ServiceError::Internal)?,
+            client_msg_id: client_msg_id.clone(),
+            payload: parley_federation::api::Payload(payload),
+            mls: mls
+                .map(|m| super::relay::convert(&m))
+                .transpose()
+                .map_err(ServiceError::Internal)?,
+            membership: membership
+                .map(|m| super::relay::convert(&m))
+                .transpose()
+                .map_err(ServiceError::Internal)?,
+            blobs: blobs.iter().map(|b| b.to_string()).collect(),
+        };
+        let body =
+            serde_json::to_string(&send).map_err(|e| ServiceError::Internal(e.to_string()))?;
+        let row = crate::store::fed::NewOutboxRow {
+            destination: hub.to_string(),
+            kind: crate::store::fed::OutboxKind::Send,
+            body,
+        };
+        let ids =
+            crate::store::fed::FedStore::enqueue_outbox(&self.store, &[row], now_ms()).await?;
+        let Some(&row_id) = ids.first() else {
+            return Err(ServiceError::Internal("outbox row not written".into()));
+        };
+        remote.relay.wake([&hub.to_string()]);
+        use parley_federation::api::send::SendResult;
+        let ack = |seq, ts, duplicate, pending| SendAck {
+            chat_id: chat_id.clone(),
+            client_msg_id: client_msg_id.clone(),
+            seq,
+            ts,
+            duplicate,
+            pending,
+        };
+        match remote
+            .relay
+            .wait_result(row_id, self.config.federation.forward_wait())
+            .await
+        {
+            None => Ok(ack(0, now_ms(), false, true)),
+            Some(SendResult::Accepted { seq, ts, duplicate }) => Ok(ack(seq, ts, duplicate, false)),
+            Some(SendResult::Rejected(e)) => Err(super::federation::entry_error(e)),
         }
     }
 

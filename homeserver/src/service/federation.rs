@@ -230,6 +230,26 @@ impl FederationContext for Inner {
     }
 }
 
+/// The client-facing error for a hub's refusal of a forwarded send.
+pub fn entry_error(e: parley_federation::api::send::EntryError) -> ServiceError {
+    use parley_federation::FedErrorCode as C;
+    match e.error {
+        C::WrongEpoch => match e.current_epoch {
+            Some(current) => ServiceError::WrongEpoch { current },
+            None => ServiceError::Remote(e.message),
+        },
+        C::NotMember => ServiceError::NotMember,
+        C::UnknownChat => ServiceError::UnknownChat,
+        C::UnknownUser => ServiceError::UnknownUser(e.message),
+        C::NotFound => ServiceError::UnknownBlob(e.message),
+        C::Forbidden => ServiceError::Forbidden(e.message),
+        C::FederationDenied => ServiceError::FederationDenied(e.message),
+        C::InvalidParam | C::BadJson => ServiceError::InvalidParam(e.message),
+        C::TooLarge => ServiceError::InvalidParam(e.message),
+        _ => ServiceError::Remote(e.message),
+    }
+}
+
 /// Reads the PKCS#8 PEM key at `path`, or generates one and writes it there (0600).
 pub fn load_or_create_key(path: &Path) -> Result<ServerSigningKey, ServiceError> {
     let internal = |what: &str, e: &dyn std::fmt::Display| {

@@ -4,9 +4,11 @@
 pub mod accounts;
 pub mod chats;
 pub mod federation;
+pub mod inbound;
 pub mod inbox;
 pub mod keys;
 pub mod media;
+pub mod relay;
 pub mod sequencer;
 
 use std::sync::Arc;
@@ -78,6 +80,8 @@ pub struct Services {
     pub metrics: Arc<Metrics>,
     /// `None` unless `[federation] enabled`.
     pub federation: Option<federation::Federation>,
+    /// The federation outbox's handle; `None` unless federation is enabled.
+    pub relay: Option<relay::Relay>,
 }
 
 impl Services {
@@ -122,17 +126,40 @@ impl Services {
         } else {
             None
         };
+        let keys = keys::Keys::new(
+            store.clone(),
+            config.server_name.clone(),
+            federation.clone(),
+        );
+        let (relay, remote) = match &federation {
+            Some(fed) => {
+                let (relay, tasks) = relay::channel();
+                relay::spawn(tasks, store.clone(), fed.clone());
+                (
+                    Some(relay.clone()),
+                    Some(chats::Remote {
+                        federation: fed.clone(),
+                        relay,
+                        keys: keys.clone(),
+                    }),
+                )
+            }
+            None => (None, None),
+        };
         Ok(Self {
             federation: federation.clone(),
+            relay,
             media,
             accounts: accounts::Accounts::new(store.clone(), config.server_name.clone()),
-            chats: chats::Chats::new(store.clone(), config.clone(), sequencer, gateway.clone()),
-            inbox,
-            keys: keys::Keys::new(
+            chats: chats::Chats::new(
                 store.clone(),
-                config.server_name.clone(),
-                federation.clone(),
+                config.clone(),
+                sequencer,
+                gateway.clone(),
+                remote,
             ),
+            inbox,
+            keys,
             gateway,
             store,
             config,

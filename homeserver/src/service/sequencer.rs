@@ -102,6 +102,7 @@ async fn run_writer(
                         seq,
                         ts,
                         recipients,
+                        ..
                     } = outcome
                     {
                         if recipients.is_empty() {

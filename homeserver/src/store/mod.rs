@@ -6,6 +6,9 @@
 //! functions in [`plan`], which both backends call with what they read inside the
 //! transaction. Nothing here is acknowledged to anyone before its transaction commits.
 
+pub mod fed;
+mod fed_pg;
+mod fed_sqlite;
 pub mod pg;
 pub mod plan;
 pub mod sqlite;
@@ -72,6 +75,8 @@ pub struct NewChat {
     pub members: Vec<UserId>,
     pub name: Option<String>,
     pub created_at: i64,
+    /// Other servers with members: each gets the new chat's state (federation outbox).
+    pub followers: Vec<String>,
 }
 
 /// A chat's kind, name, MLS epoch and members with their roles.

@@ -12,6 +12,7 @@ use sqlx::{PgPool, Postgres, Row, Transaction};
 use parley_federation::Policy;
 use parley_federation::policy::{Mode, Rule};
 
+use super::fed::snapshot_rows;
 use super::plan::{self, AckedRow, ChatState, ReceiptRow, SendOutcome};
 use super::{
     AckRequest, BlobRow, ChatInfo, ChatListRow, ClaimedKeyPackage, DeviceRow, INBOX_RECEIPT,
@@ -285,6 +286,7 @@ impl Store for PgStore {
         .bind(chat.created_by.as_str())
         .execute(&mut *tx)
         .await?;
+        super::fed_pg::insert_outbox(&mut tx, &snapshot_rows(chat), chat.created_at).await?;
         tx.commit().await?;
         Ok((chat.chat_id.clone(), true))
     }
@@ -589,6 +591,7 @@ impl Store for PgStore {
         .bind(now)
         .fetch_all(&mut *tx)
         .await?;
+        super::fed_pg::insert_outbox(&mut tx, &plan.outbox_rows(), now).await?;
         tx.commit().await?;
         let ids = ids
             .into_iter()
@@ -1332,7 +1335,7 @@ fn receipts_from_rows(rows: Vec<sqlx::postgres::PgRow>) -> Result<Vec<(ChatId, R
         .collect()
 }
 
-fn event_from_row(r: sqlx::postgres::PgRow) -> Result<ChatEvent> {
+pub(super) fn event_from_row(r: sqlx::postgres::PgRow) -> Result<ChatEvent> {
     Ok(ChatEvent {
         chat_id: id(r.get("chat_id"))?,
         seq: r.get("seq"),

@@ -21,6 +21,8 @@ pub enum SendOutcome {
         seq: i64,
         ts: i64,
         recipients: Vec<(DeviceId, i64)>,
+        /// Other servers the event was queued for (federation outbox).
+        followers: Vec<String>,
     },
     /// The same device already sent this `client_msg_id` in this chat.
     Duplicate {
@@ -105,6 +107,8 @@ pub struct SendPlan {
     pub membership: Vec<MembershipOp>,
     /// (chat, seq, blob): which events refer to which blobs.
     pub blob_refs: Vec<(ChatId, i64, BlobHash)>,
+    /// Federation: (follower server, chat, seq) for each event a follower must receive.
+    pub outbox: Vec<(String, ChatId, i64)>,
 }
 
 /// Decides every send of a batch, in order, as the hub: duplicates, membership, MLS
@@ -176,6 +180,21 @@ pub fn plan_sends(
             .flat_map(|m| m.devices.iter().cloned())
             .chain(added.clone().flat_map(|(_, devices)| devices))
             .collect();
+        // Followers: every other server with a member before the change or one it adds
+        // (a removed member's server learns of the removal).
+        let hub = req.chat_id.hub();
+        let followers: BTreeSet<&str> = chat
+            .members
+            .keys()
+            .chain(change.add.iter())
+            .map(UserId::server_name)
+            .filter(|s| *s != hub)
+            .collect();
+        plan.outbox.extend(
+            followers
+                .into_iter()
+                .map(|s| (s.to_owned(), req.chat_id.clone(), seq)),
+        );
         for device in recipients {
             if device != req.sender_device {
                 plan.inbox.push(EventInboxRow {
@@ -212,6 +231,12 @@ pub fn plan_sends(
             seq,
             ts: req.ts,
             recipients: Vec::new(),
+            followers: plan
+                .outbox
+                .iter()
+                .filter(|(_, c, s)| *s == seq && *c == req.chat_id)
+                .map(|(d, _, _)| d.clone())
+                .collect(),
         });
     }
     plan.heads = state
@@ -269,7 +294,8 @@ fn check_send(
         ));
     }
     for user in &change.add {
-        if !users.contains_key(user) {
+        // A remote user's server vouched for them when their KeyPackages were claimed.
+        if !users.contains_key(user) && user.server_name() == req.chat_id.hub() {
             return Some(SendOutcome::UnknownUser(user.clone()));
         }
         if chat.members.contains_key(user) {
@@ -296,6 +322,18 @@ fn check_send(
 }
 
 impl SendPlan {
+    /// The federation outbox rows for the planned events.
+    pub fn outbox_rows(&self) -> Vec<super::fed::NewOutboxRow> {
+        self.outbox
+            .iter()
+            .map(|(destination, chat, seq)| super::fed::NewOutboxRow {
+                destination: destination.clone(),
+                kind: super::fed::OutboxKind::Event,
+                body: super::fed::ChatRef::event(chat, *seq),
+            })
+            .collect()
+    }
+
     /// Fills in the inbox ids the backend got back: `(inbox id, device, chat, seq)`.
     pub fn finish(
         mut self,
@@ -511,7 +549,8 @@ mod tests {
                 SendOutcome::Committed {
                     seq: 2,
                     ts: 11,
-                    recipients: vec![(d("B1"), 100)]
+                    recipients: vec![(d("B1"), 100)],
+                    followers: vec![],
                 },
                 SendOutcome::Duplicate { seq: 2, ts: 11 },
                 SendOutcome::UnknownChat,

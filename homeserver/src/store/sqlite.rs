@@ -17,6 +17,7 @@ use sqlx::{Row, Sqlite, SqlitePool, Transaction};
 use parley_federation::Policy;
 use parley_federation::policy::{Mode, Rule};
 
+use super::fed::snapshot_rows;
 use super::plan::{self, AckedRow, ChatState, ReceiptRow, SendOutcome};
 use super::{
     AckRequest, BlobRow, ChatInfo, ChatListRow, ClaimedKeyPackage, DeviceRow, INBOX_RECEIPT,
@@ -30,7 +31,7 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite")
 
 #[derive(Clone)]
 pub struct SqliteStore {
-    pool: SqlitePool,
+    pub(super) pool: SqlitePool,
 }
 
 impl SqliteStore {
@@ -55,12 +56,12 @@ impl SqliteStore {
         Ok(Self { pool })
     }
 
-    async fn write_tx(&self) -> Result<Transaction<'static, Sqlite>> {
+    pub(super) async fn write_tx(&self) -> Result<Transaction<'static, Sqlite>> {
         Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?)
     }
 }
 
-fn json_list<T: AsRef<str>>(v: impl IntoIterator<Item = T>) -> String {
+pub(super) fn json_list<T: AsRef<str>>(v: impl IntoIterator<Item = T>) -> String {
     serde_json::Value::Array(
         v.into_iter()
             .map(|s| serde_json::Value::String(s.as_ref().to_owned()))
@@ -167,7 +168,7 @@ fn receipt_from_row(r: &SqliteRow) -> Result<(ChatId, Receipt)> {
     ))
 }
 
-fn event_from_row(r: &SqliteRow) -> Result<ChatEvent> {
+pub(super) fn event_from_row(r: &SqliteRow) -> Result<ChatEvent> {
     Ok(ChatEvent {
         chat_id: id(r.get("chat_id"))?,
         seq: r.get("seq"),
@@ -332,6 +333,7 @@ impl Store for SqliteStore {
             .execute(&mut *tx)
             .await?;
         }
+        super::fed_sqlite::insert_outbox(&mut tx, &snapshot_rows(chat), chat.created_at).await?;
         tx.commit().await?;
         Ok((chat.chat_id.clone(), true))
     }
@@ -572,6 +574,7 @@ impl Store for SqliteStore {
             .await?;
             ids.push((new_id, row.device_id.clone(), row.chat_id.clone(), row.seq));
         }
+        super::fed_sqlite::insert_outbox(&mut tx, &plan.outbox_rows(), now).await?;
         tx.commit().await?;
         Ok(plan.finish(batch, ids))
     }

@@ -61,6 +61,8 @@ pub struct Server {
     identity: (String, String),
     _pg: Option<Arc<PgDatabase>>,
     http: reqwest::Client,
+    /// Directories that must outlive the process (its config file).
+    keep: Vec<tempfile::TempDir>,
 }
 
 fn default_identity() -> (String, String) {
@@ -84,6 +86,27 @@ impl Server {
         let mut args = vec!["--federation", "--federation-test-mode"];
         args.extend_from_slice(extra);
         Self::start_as(backend, (addr.clone(), addr), &args).await
+    }
+
+    /// A federating server on `ip` that allows the loopback peers 127.0.0.1–5 (any
+    /// port); `toml` adds lines to its `[federation]` section.
+    pub async fn start_peer(backend: Backend, ip: &str, toml: &str) -> Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("peer.toml");
+        let rules: Vec<String> = (1..=5)
+            .map(|i| format!("{{pattern = \"127.0.0.{i}:*\", action = \"allow\"}}"))
+            .collect();
+        std::fs::write(
+            &path,
+            format!(
+                "[federation]\n{toml}\n[federation.policy]\nrules = [{}]\n",
+                rules.join(", ")
+            ),
+        )?;
+        let path = path.to_str().context("config path")?.to_owned();
+        let mut server = Self::start_federated(backend, ip, &["--config", &path]).await?;
+        server.keep.push(dir);
+        Ok(server)
     }
 
     pub fn data_dir(&self) -> &std::path::Path {
@@ -123,6 +146,7 @@ impl Server {
             identity,
             _pg: pg,
             http: reqwest::Client::new(),
+            keep: Vec::new(),
         })
     }
 
@@ -143,6 +167,7 @@ impl Server {
                 identity: default_identity(),
                 _pg: Some(db.clone()),
                 http: reqwest::Client::new(),
+                keep: Vec::new(),
             });
         }
         Ok(nodes)
@@ -152,6 +177,25 @@ impl Server {
     /// the same database.
     pub async fn crash_and_restart(&mut self) -> Result<()> {
         self.process.kill_hard().await?;
+        self.process = spawn(
+            &self.database_url,
+            self.data_dir.path(),
+            &self.identity,
+            &self.extra_args,
+        )
+        .await?;
+        self.base = format!("http://{}", self.process.addr());
+        Ok(())
+    }
+
+    /// Kills the process with SIGKILL; [`Server::restart`] brings it back (same name,
+    /// address, database and data directory).
+    pub async fn stop_hard(&mut self) -> Result<()> {
+        self.process.kill_hard().await?;
+        Ok(())
+    }
+
+    pub async fn restart(&mut self) -> Result<()> {
         self.process = spawn(
             &self.database_url,
             self.data_dir.path(),

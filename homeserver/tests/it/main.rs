@@ -12,6 +12,7 @@ mod crash;
 mod delivery;
 mod errors;
 mod federation;
+mod federation_chats;
 mod groups;
 mod keys;
 mod media;

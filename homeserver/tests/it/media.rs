@@ -255,6 +255,7 @@ async fn unreferenced_blobs_are_collected_and_referenced_ones_kept() -> Result<(
     let chat: ChatId = "!c:x.test".try_into()?;
     store
         .create_chat(&NewChat {
+            followers: vec![],
             chat_id: chat.clone(),
             kind: parley_client_api::http::chats::ChatKind::Group,
             direct_key: None,

@@ -76,6 +76,7 @@ async fn chat<S: Store>(s: &S, id: &str, members: &[&str]) -> Result<ChatId> {
     let chat_id = ChatId::try_from(format!("!{id}:x.test"))?;
     let (got, created) = s
         .create_chat(&NewChat {
+            followers: vec![],
             chat_id: chat_id.clone(),
             kind: if members.len() == 2 {
                 ChatKind::Direct
@@ -141,6 +142,7 @@ async fn sends_are_sequenced_deduplicated_and_fanned_out<S: Store>(s: S) -> Resu
     // The same pair's direct chat is found again, not created twice.
     let (again, created) = s
         .create_chat(&NewChat {
+            followers: vec![],
             chat_id: ChatId::try_from("!other:x.test")?,
             kind: ChatKind::Direct,
             direct_key: Some("c1-key".into()),

@@ -1,0 +1,513 @@
+//! The federation relay: one task per destination server drives
+//! `parley_federation::outbox` (the pure state machine) over the durable outbox rows.
+//!
+//! - Rows are written by the transaction that makes them (store::fed); whoever writes
+//!   them calls [`Relay::wake`] after the commit. A woken task rereads its destination's
+//!   rows and feeds the new ones to the state machine, so a lost wake-up costs only
+//!   latency (every task also rereads on a timer).
+//! - One batch in flight per destination; its `txn_id` is persisted on the rows before
+//!   the request leaves, so a restarted server resends the same transaction, which the
+//!   receiver answers from its dedup table.
+//! - A forwarded send (follower → hub) is answered by the hub's `seq`: the task hands
+//!   each [`SendResult`] to the client request waiting for that outbox row.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use parley_federation::api::send::{self, SendResult};
+use parley_federation::api::{ChatSnapshot, FedEvent, FedReceipt, HubSend, SnapshotMember};
+use parley_federation::outbox::{
+    Action, DestinationBackoff, Input, Outbox, OutboxConfig, Queued, TxnId,
+};
+use parley_federation::transport::http::outcome_of;
+use parley_federation::{ServerName, api};
+use rand::Rng as _;
+use tokio::sync::{mpsc, oneshot};
+
+use super::federation::Federation;
+use crate::clock::now_ms;
+use crate::store::fed::{ChatRef, DestinationRow, FedStore, OutboxKind, OutboxRow};
+use crate::store::{AnyStore, StoreError};
+
+/// How often an idle destination task rereads its rows anyway.
+const REREAD: Duration = Duration::from_secs(5);
+/// Most results kept for senders that have not started waiting yet.
+const MAX_EARLY: usize = 4096;
+
+/// The handle: wakes destination tasks and matches forwarded sends with the hub's answer.
+#[derive(Clone)]
+pub struct Relay {
+    wake: mpsc::UnboundedSender<Wake>,
+    waiters: Arc<Mutex<Waiters>>,
+}
+
+#[derive(Default)]
+struct Waiters {
+    waiting: HashMap<i64, oneshot::Sender<SendResult>>,
+    /// Answers that arrived before their sender started waiting.
+    early: HashMap<i64, SendResult>,
+}
+
+#[derive(Debug)]
+enum Wake {
+    /// New rows for this destination.
+    Rows(String),
+    /// A signed request from this server arrived: it is up.
+    Inbound(String),
+}
+
+/// The receiving end, handed to [`spawn`] once federation has started.
+pub struct RelayTasks {
+    rx: mpsc::UnboundedReceiver<Wake>,
+    waiters: Arc<Mutex<Waiters>>,
+}
+
+pub fn channel() -> (Relay, RelayTasks) {
+    let (wake, rx) = mpsc::unbounded_channel();
+    let waiters = Arc::new(Mutex::new(Waiters::default()));
+    (
+        Relay {
+            wake,
+            waiters: waiters.clone(),
+        },
+        RelayTasks { rx, waiters },
+    )
+}
+
+impl Relay {
+    /// New outbox rows for `destinations` were committed.
+    pub fn wake<'a>(&self, destinations: impl IntoIterator<Item = &'a String>) {
+        for d in destinations {
+            let _ = self.wake.send(Wake::Rows(d.clone()));
+        }
+    }
+
+    /// A verified request from `origin` arrived.
+    pub fn inbound(&self, origin: &str) {
+        let _ = self.wake.send(Wake::Inbound(origin.to_owned()));
+    }
+
+    /// Waits up to `timeout` for the hub's answer to outbox row `id`.
+    pub async fn wait_result(&self, id: i64, timeout: Duration) -> Option<SendResult> {
+        let rx = {
+            let mut w = self.waiters.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(result) = w.early.remove(&id) {
+                return Some(result);
+            }
+            let (tx, rx) = oneshot::channel();
+            w.waiting.insert(id, tx);
+            rx
+        };
+        let result = tokio::time::timeout(timeout, rx).await.ok()?.ok();
+        if result.is_none() {
+            self.waiters
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .waiting
+                .remove(&id);
+        }
+        result
+    }
+}
+
+impl Waiters {
+    fn deliver(&mut self, id: i64, result: SendResult) {
+        match self.waiting.remove(&id) {
+            Some(tx) => {
+                let _ = tx.send(result);
+            }
+            None => {
+                if self.early.len() >= MAX_EARLY {
+                    self.early.clear();
+                }
+                self.early.insert(id, result);
+            }
+        }
+    }
+}
+
+/// Starts the dispatcher: one task per destination with rows, now and as rows appear.
+pub fn spawn(tasks: RelayTasks, store: AnyStore, federation: Federation) {
+    tokio::spawn(dispatch(tasks, store, federation));
+}
+
+async fn dispatch(mut tasks: RelayTasks, store: AnyStore, federation: Federation) {
+    let mut running: HashMap<String, mpsc::UnboundedSender<Wake>> = HashMap::new();
+    let mut ensure = |dest: &str| -> mpsc::UnboundedSender<Wake> {
+        if let Some(tx) = running.get(dest).filter(|tx| !tx.is_closed()) {
+            return tx.clone();
+        }
+        let (tx, rx) = mpsc::unbounded_channel();
+        let task = Destination {
+            name: dest.to_owned(),
+            store: store.clone(),
+            federation: federation.clone(),
+            waiters: tasks.waiters.clone(),
+            boot: now_ms(),
+        };
+        tokio::spawn(task.run(rx));
+        running.insert(dest.to_owned(), tx.clone());
+        tx
+    };
+    // Resume every destination that has rows (after a restart).
+    match store.outbox_rows(None).await {
+        Ok(rows) => {
+            let dests: HashSet<String> = rows.into_iter().map(|r| r.destination).collect();
+            for d in dests {
+                ensure(&d);
+            }
+        }
+        Err(e) => tracing::error!(error = %e, "cannot read the federation outbox"),
+    }
+    while let Some(wake) = tasks.rx.recv().await {
+        let (Wake::Rows(dest) | Wake::Inbound(dest)) = &wake;
+        let tx = ensure(&dest.clone());
+        let _ = tx.send(wake);
+    }
+}
+
+/// One queued outbox row, as the state machine carries it.
+#[derive(Debug, Clone)]
+struct Entry {
+    id: i64,
+    kind: OutboxKind,
+    body: String,
+}
+
+struct Destination {
+    name: String,
+    store: AnyStore,
+    federation: Federation,
+    waiters: Arc<Mutex<Waiters>>,
+    /// When this task started (ms): prefixes the transaction ids it forms, so ids stay
+    /// unique even if the outbox's row ids start over (a database restored or replaced).
+    boot: i64,
+}
+
+impl Destination {
+    async fn run(self, mut rx: mpsc::UnboundedReceiver<Wake>) {
+        let Ok(server) = ServerName::try_from(self.name.as_str()) else {
+            tracing::error!(destination = %self.name, "outbox rows for an invalid server name");
+            return;
+        };
+        let (mut outbox, mut known, restored) = match self.restore().await {
+            Ok(restored) => restored,
+            Err(e) => {
+                tracing::error!(destination = %self.name, error = %e, "cannot restore the outbox");
+                return;
+            }
+        };
+        let mut actions = outbox.step(Input::Tick, now_ms(), rand::rng().random());
+        loop {
+            let mut wait_until = None;
+            let mut send = None;
+            for action in actions.drain(..) {
+                match action {
+                    Action::SendBatch {
+                        txn_id,
+                        events,
+                        ephemeral: _,
+                    } => send = Some((txn_id, events)),
+                    Action::Acked { event_ids, .. } => {
+                        self.delete(&event_ids, &mut known).await;
+                    }
+                    Action::DeadLetter {
+                        event_ids, reason, ..
+                    } => {
+                        tracing::warn!(destination = %self.name, ?reason, rows = event_ids.len(),
+                            "federation events dead-lettered");
+                        self.delete(&event_ids, &mut known).await;
+                    }
+                    Action::Park { status } => {
+                        tracing::warn!(destination = %self.name, status, "destination refuses us: parked");
+                        self.persist(outbox.backoff(), true).await;
+                    }
+                    Action::PersistBackoff(b) => self.persist(b, false).await,
+                    Action::Wait { until_ms } => wait_until = Some(until_ms),
+                }
+            }
+            if let Some((txn_id, events)) = send {
+                let wire = if restored.as_ref() == Some(&txn_id) {
+                    txn_id.as_str().to_owned()
+                } else {
+                    format!("{}.{txn_id}", self.boot)
+                };
+                let outcome = self.send_batch(&server, &wire, &events).await;
+                actions = outbox.step(
+                    Input::Sent { txn_id, outcome },
+                    now_ms(),
+                    rand::rng().random(),
+                );
+                continue;
+            }
+            // Idle or waiting: the next wake-up, the end of the wait, or a reread.
+            let sleep = match wait_until {
+                Some(at) => Duration::from_millis(u64::try_from(at - now_ms()).unwrap_or(0)),
+                None => REREAD,
+            };
+            let now = |o: &mut Outbox<Entry>, i| o.step(i, now_ms(), rand::rng().random());
+            match tokio::time::timeout(sleep, rx.recv()).await {
+                Ok(None) => return,
+                Ok(Some(Wake::Inbound(_))) => actions = now(&mut outbox, Input::Inbound),
+                Ok(Some(Wake::Rows(_))) | Err(_) => {
+                    // Drain further wake-ups: one reread serves them all.
+                    while rx.try_recv().is_ok() {}
+                    if outbox.is_parked() && self.federation.decide(&server).allowed {
+                        actions.extend(now(&mut outbox, Input::Unpark));
+                    }
+                    match self.new_rows(&mut known).await {
+                        Ok(rows) => {
+                            for row in rows {
+                                actions.extend(now(&mut outbox, Input::Enqueue(row)));
+                            }
+                        }
+                        Err(e) => {
+                            tracing::warn!(destination = %self.name, error = %e, "cannot read the outbox")
+                        }
+                    }
+                    actions.extend(now(&mut outbox, Input::Tick));
+                }
+            }
+        }
+    }
+
+    /// The state machine as the rows left it, the row ids it holds, and the id of the
+    /// batch that was in flight (resent under the same id).
+    async fn restore(&self) -> Result<(Outbox<Entry>, HashSet<i64>, Option<TxnId>), StoreError> {
+        let rows = self.store.outbox_rows(Some(&self.name)).await?;
+        let backoff = self
+            .store
+            .destinations()
+            .await?
+            .into_iter()
+            .find(|d| d.destination == self.name)
+            .map(|d| DestinationBackoff {
+                failures: d.failures,
+                retry_at_ms: d.retry_at,
+            })
+            .unwrap_or_default();
+        let known: HashSet<i64> = rows.iter().map(|r| r.id).collect();
+        // The batch in flight when we stopped: the rows carrying the first txn id.
+        let in_flight_id = rows.iter().find_map(|r| r.txn_id.clone());
+        let (in_flight, queue): (Vec<OutboxRow>, Vec<OutboxRow>) = rows
+            .into_iter()
+            .partition(|r| r.txn_id.is_some() && r.txn_id == in_flight_id);
+        let restored = in_flight_id.map(TxnId::new);
+        let in_flight = restored
+            .clone()
+            .map(|id| (id, in_flight.into_iter().map(queued).collect()));
+        Ok((
+            Outbox::restore(
+                OutboxConfig::default(),
+                in_flight,
+                queue.into_iter().map(queued).collect(),
+                backoff,
+            ),
+            known,
+            restored,
+        ))
+    }
+
+    async fn new_rows(&self, known: &mut HashSet<i64>) -> Result<Vec<Queued<Entry>>, StoreError> {
+        let rows = self.store.outbox_rows(Some(&self.name)).await?;
+        Ok(rows
+            .into_iter()
+            .filter(|r| known.insert(r.id))
+            .map(queued)
+            .collect())
+    }
+
+    async fn delete(&self, ids: &[u64], known: &mut HashSet<i64>) {
+        let ids: Vec<i64> = ids.iter().filter_map(|i| i64::try_from(*i).ok()).collect();
+        if let Err(e) = self.store.outbox_delete(&ids).await {
+            tracing::error!(destination = %self.name, error = %e, "cannot delete acknowledged outbox rows");
+        }
+        for id in ids {
+            known.remove(&id);
+        }
+    }
+
+    async fn persist(&self, b: DestinationBackoff, parked: bool) {
+        let row = DestinationRow {
+            destination: self.name.clone(),
+            failures: b.failures,
+            retry_at: b.retry_at_ms,
+            parked,
+        };
+        if let Err(e) = self.store.save_destination(&row).await {
+            tracing::warn!(destination = %self.name, error = %e, "cannot persist the destination backoff");
+        }
+    }
+
+    /// Builds the transaction from the rows, persists its id on them, sends it, and hands
+    /// forwarded sends their answers.
+    async fn send_batch(
+        &self,
+        server: &ServerName,
+        txn_id: &str,
+        entries: &[Entry],
+    ) -> parley_federation::outbox::Outcome {
+        use parley_federation::outbox::Outcome;
+        if !self.federation.decide(server).allowed {
+            // Nothing goes to a server the policy refuses: park until it allows again.
+            return Outcome::Status(403);
+        }
+        let ids: Vec<i64> = entries.iter().map(|e| e.id).collect();
+        if let Err(e) = self.store.outbox_set_txn(&ids, txn_id).await {
+            tracing::warn!(destination = %self.name, error = %e, "cannot persist the txn id");
+            return Outcome::Network;
+        }
+        let (request, send_ids) = match self.build(entries).await {
+            Ok(built) => built,
+            Err(e) => {
+                tracing::warn!(destination = %self.name, error = %e, "cannot build a transaction");
+                return Outcome::Network;
+            }
+        };
+        let path = api::fill(send::PATH, &[("txn_id", txn_id)]);
+        let body = match serde_json::to_vec(&request) {
+            Ok(b) => b,
+            Err(_) => return Outcome::Status(400),
+        };
+        let result = self
+            .federation
+            .client()
+            .send(server, send::METHOD, &path, Some(body))
+            .await;
+        let outcome = outcome_of(&result);
+        match &result {
+            Ok(resp) if (200..300).contains(&resp.status) => {
+                match serde_json::from_slice::<send::Response>(&resp.body) {
+                    Ok(answer) => {
+                        let mut w = self.waiters.lock().unwrap_or_else(|p| p.into_inner());
+                        for (id, result) in send_ids.into_iter().zip(answer.sends) {
+                            w.deliver(id, result);
+                        }
+                        for r in answer.events {
+                            if let send::EventResult::Rejected(e) = r {
+                                tracing::warn!(destination = %self.name, error = ?e.error,
+                                    message = %e.message, "a follower refused an event");
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(destination = %self.name, error = %e, "unreadable transaction answer")
+                    }
+                }
+            }
+            Ok(resp) => {
+                tracing::info!(destination = %self.name, status = resp.status, "transaction refused")
+            }
+            Err(e) => tracing::info!(destination = %self.name, error = %e, "transaction failed"),
+        }
+        outcome
+    }
+
+    /// The wire transaction for `entries`, and the outbox ids of its `sends`, in order.
+    async fn build(&self, entries: &[Entry]) -> Result<(send::Request, Vec<i64>), String> {
+        let origin = self.federation.server_name().clone();
+        let mut request = send::Request {
+            origin,
+            origin_ts: now_ms(),
+            sends: Vec::new(),
+            chats: Vec::new(),
+            events: Vec::new(),
+            receipts: Vec::new(),
+            ephemeral: Vec::new(),
+        };
+        let mut send_ids = Vec::new();
+        let mut event_refs = Vec::new();
+        let mut snapshots_done = HashSet::new();
+        for e in entries {
+            match e.kind {
+                OutboxKind::Event => {
+                    let r: ChatRef = serde_json::from_str(&e.body).map_err(|e| e.to_string())?;
+                    if let Some(seq) = r.seq {
+                        event_refs.push((r.chat_id, seq));
+                    }
+                }
+                OutboxKind::Snapshot => {
+                    let r: ChatRef = serde_json::from_str(&e.body).map_err(|e| e.to_string())?;
+                    if !snapshots_done.insert(r.chat_id.clone()) {
+                        continue;
+                    }
+                    if let Some((s, seq)) = self
+                        .store
+                        .chat_snapshot(&r.chat_id)
+                        .await
+                        .map_err(|e| e.to_string())?
+                    {
+                        request.chats.push(to_wire_snapshot(s, seq)?);
+                    }
+                }
+                OutboxKind::Send => {
+                    let s: HubSend = serde_json::from_str(&e.body).map_err(|e| e.to_string())?;
+                    request.sends.push(s);
+                    send_ids.push(e.id);
+                }
+                OutboxKind::Receipt => {
+                    let r: FedReceipt = serde_json::from_str(&e.body).map_err(|e| e.to_string())?;
+                    request.receipts.push(r);
+                }
+            }
+        }
+        if !event_refs.is_empty() {
+            for ev in self
+                .store
+                .events_by_seq(&event_refs)
+                .await
+                .map_err(|e| e.to_string())?
+            {
+                request.events.push(convert::<_, FedEvent>(&ev)?);
+            }
+        }
+        Ok((request, send_ids))
+    }
+}
+
+fn queued(row: OutboxRow) -> Queued<Entry> {
+    Queued {
+        id: u64::try_from(row.id).unwrap_or_default(),
+        bytes: row.body.len() + 64,
+        item: Entry {
+            id: row.id,
+            kind: row.kind,
+            body: row.body,
+        },
+    }
+}
+
+/// Converts between the client API's and the federation API's mirror types (same JSON).
+pub(crate) fn convert<A: serde::Serialize, B: serde::de::DeserializeOwned>(
+    a: &A,
+) -> Result<B, String> {
+    serde_json::to_value(a)
+        .and_then(serde_json::from_value)
+        .map_err(|e| e.to_string())
+}
+
+fn to_wire_snapshot(
+    s: crate::store::fed::ChatSnapshotRow,
+    seq: i64,
+) -> Result<ChatSnapshot, String> {
+    Ok(ChatSnapshot {
+        chat_id: convert(&s.chat_id)?,
+        kind: convert(&s.kind)?,
+        name: s.name,
+        seq,
+        mls_epoch: s.mls_epoch,
+        created_by: convert(&s.created_by)?,
+        created_at: s.created_at,
+        members: s
+            .members
+            .iter()
+            .map(|(u, admin)| {
+                Ok(SnapshotMember {
+                    user_id: convert(u)?,
+                    admin: *admin,
+                })
+            })
+            .collect::<Result<_, String>>()?,
+    })
+}

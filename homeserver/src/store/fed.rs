@@ -1,0 +1,363 @@
+//! Federation storage: the per-destination outbox, destination backoff, received
+//! transactions, and the follower's copy of chats hosted on other servers. A separate
+//! trait from [`super::Store`] so the federation tables stay in one place; every method
+//! is one transaction.
+//!
+//! Outbox rows are written in the transaction that makes them (an event's rows with the
+//! event, a forwarded send before its client is answered), so nothing committed is
+//! forgotten by a crash; a row is deleted only after its destination acknowledged it.
+
+use std::future::Future;
+
+use parley_client_api::http::chats::{ChatEvent, ChatKind};
+use parley_client_api::{ChatId, DeviceId, UserId};
+use serde::{Deserialize, Serialize};
+
+use super::{AnyStore, Result};
+
+/// What an outbox row carries. Events and chat states are references (the row names
+/// them; the sender reads them when it forms the batch), the rest full bodies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutboxKind {
+    /// `{"chat_id","seq"}`: a sequenced event of a chat we host.
+    Event,
+    /// A `HubSend`: a local user's send forwarded to the chat's hub.
+    Send,
+    /// A `FedReceipt`.
+    Receipt,
+    /// `{"chat_id"}`: the current state of a chat we host.
+    Snapshot,
+}
+
+impl OutboxKind {
+    pub fn to_i16(self) -> i16 {
+        match self {
+            OutboxKind::Event => 0,
+            OutboxKind::Send => 1,
+            OutboxKind::Receipt => 2,
+            OutboxKind::Snapshot => 3,
+        }
+    }
+
+    pub fn from_i16(v: i16) -> Result<Self> {
+        Ok(match v {
+            0 => OutboxKind::Event,
+            1 => OutboxKind::Send,
+            2 => OutboxKind::Receipt,
+            3 => OutboxKind::Snapshot,
+            _ => return Err(super::StoreError::Corrupt(format!("outbox kind {v}"))),
+        })
+    }
+}
+
+/// The body of an [`OutboxKind::Event`] or [`OutboxKind::Snapshot`] row.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChatRef {
+    pub chat_id: ChatId,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seq: Option<i64>,
+}
+
+impl ChatRef {
+    pub fn event(chat_id: &ChatId, seq: i64) -> String {
+        serde_json::to_string(&ChatRef {
+            chat_id: chat_id.clone(),
+            seq: Some(seq),
+        })
+        .unwrap_or_default()
+    }
+
+    pub fn snapshot(chat_id: &ChatId) -> String {
+        serde_json::to_string(&ChatRef {
+            chat_id: chat_id.clone(),
+            seq: None,
+        })
+        .unwrap_or_default()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewOutboxRow {
+    pub destination: String,
+    pub kind: OutboxKind,
+    pub body: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxRow {
+    pub id: i64,
+    pub destination: String,
+    pub kind: OutboxKind,
+    pub body: String,
+    /// Set while the row is in the batch in flight (reused after a restart).
+    pub txn_id: Option<String>,
+}
+
+/// A destination's persisted backoff.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DestinationRow {
+    pub destination: String,
+    pub failures: u32,
+    pub retry_at: Option<i64>,
+    pub parked: bool,
+}
+
+/// A chat's state as its hub sent it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChatSnapshotRow {
+    pub chat_id: ChatId,
+    pub kind: ChatKind,
+    pub name: Option<String>,
+    pub mls_epoch: u64,
+    pub created_by: UserId,
+    pub created_at: i64,
+    pub members: Vec<(UserId, bool)>,
+}
+
+/// One step of applying a hub's transaction on a follower, in the order to apply.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FollowerOp {
+    Snapshot(ChatSnapshotRow),
+    Event(ChatEvent),
+}
+
+/// What applying a hub's transaction wrote: for each event, whether it was new, and the
+/// inbox rows to push live `(device, inbox id, index of the event in the ops)`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Applied {
+    pub inbox: Vec<(DeviceId, i64, usize)>,
+}
+
+/// The chat states and events a follower must receive, ordered for application: a chat's
+/// state before its events when the follower does not know the chat yet, otherwise after
+/// the events up to the state's `seq`. Pure, so the order is tested on its own.
+pub fn order_follower_ops(
+    snapshots: Vec<(ChatSnapshotRow, i64)>,
+    events: Vec<ChatEvent>,
+    known: &dyn Fn(&ChatId) -> bool,
+) -> Vec<FollowerOp> {
+    let mut keyed: Vec<((ChatId, i64, u8), FollowerOp)> = Vec::new();
+    for (snapshot, seq) in snapshots {
+        let seq = if known(&snapshot.chat_id) { seq } else { -1 };
+        keyed.push((
+            (snapshot.chat_id.clone(), seq, 1),
+            FollowerOp::Snapshot(snapshot),
+        ));
+    }
+    for event in events {
+        keyed.push((
+            (event.chat_id.clone(), event.seq, 0),
+            FollowerOp::Event(event),
+        ));
+    }
+    keyed.sort_by(|a, b| a.0.cmp(&b.0));
+    keyed.into_iter().map(|(_, op)| op).collect()
+}
+
+pub trait FedStore: Send + Sync + 'static {
+    /// Appends rows; returns their ids in order.
+    fn enqueue_outbox(
+        &self,
+        rows: &[NewOutboxRow],
+        at: i64,
+    ) -> impl Future<Output = Result<Vec<i64>>> + Send;
+    /// Pending rows, oldest first: one destination's, or every destination's.
+    fn outbox_rows(
+        &self,
+        destination: Option<&str>,
+    ) -> impl Future<Output = Result<Vec<OutboxRow>>> + Send;
+    /// Marks rows as the batch `txn_id` (persisted before the batch is sent).
+    fn outbox_set_txn(&self, ids: &[i64], txn_id: &str) -> impl Future<Output = Result<()>> + Send;
+    fn outbox_delete(&self, ids: &[i64]) -> impl Future<Output = Result<()>> + Send;
+    fn destinations(&self) -> impl Future<Output = Result<Vec<DestinationRow>>> + Send;
+    fn save_destination(&self, row: &DestinationRow) -> impl Future<Output = Result<()>> + Send;
+    /// Stored events by `(chat, seq)`, in the order asked (missing ones left out).
+    fn events_by_seq(
+        &self,
+        refs: &[(ChatId, i64)],
+    ) -> impl Future<Output = Result<Vec<ChatEvent>>> + Send;
+    /// The chat's state with its head `seq`, for a snapshot.
+    fn chat_snapshot(
+        &self,
+        chat_id: &ChatId,
+    ) -> impl Future<Output = Result<Option<(ChatSnapshotRow, i64)>>> + Send;
+    /// Which of these chats have a local copy (a row in `chats`).
+    fn known_chats(&self, chat_ids: &[ChatId]) -> impl Future<Output = Result<Vec<ChatId>>> + Send;
+    /// Applies a hub's chat states and events (deduplicated on `(chat_id, seq)`), writing
+    /// inbox rows for the local members' devices.
+    fn apply_from_hub(
+        &self,
+        ops: &[FollowerOp],
+        at: i64,
+    ) -> impl Future<Output = Result<Applied>> + Send;
+    /// The first response to `(origin, txn_id)`, if that transaction was answered.
+    fn received_txn(
+        &self,
+        origin: &str,
+        txn_id: &str,
+    ) -> impl Future<Output = Result<Option<String>>> + Send;
+    fn save_received_txn(
+        &self,
+        origin: &str,
+        txn_id: &str,
+        response: &str,
+        at: i64,
+    ) -> impl Future<Output = Result<()>> + Send;
+    /// The servers (other than the chat's hub) with a current member in each chat.
+    fn chat_followers(
+        &self,
+        chat_ids: &[ChatId],
+    ) -> impl Future<Output = Result<Vec<(ChatId, Vec<String>)>>> + Send;
+}
+
+macro_rules! dispatch {
+    ($self:ident, $s:ident => $e:expr) => {
+        match $self {
+            AnyStore::Postgres($s) => $e,
+            AnyStore::Sqlite($s) => $e,
+        }
+    };
+}
+
+impl FedStore for AnyStore {
+    async fn enqueue_outbox(&self, rows: &[NewOutboxRow], at: i64) -> Result<Vec<i64>> {
+        dispatch!(self, s => s.enqueue_outbox(rows, at).await)
+    }
+    async fn outbox_rows(&self, destination: Option<&str>) -> Result<Vec<OutboxRow>> {
+        dispatch!(self, s => s.outbox_rows(destination).await)
+    }
+    async fn outbox_set_txn(&self, ids: &[i64], txn_id: &str) -> Result<()> {
+        dispatch!(self, s => s.outbox_set_txn(ids, txn_id).await)
+    }
+    async fn outbox_delete(&self, ids: &[i64]) -> Result<()> {
+        dispatch!(self, s => s.outbox_delete(ids).await)
+    }
+    async fn destinations(&self) -> Result<Vec<DestinationRow>> {
+        dispatch!(self, s => s.destinations().await)
+    }
+    async fn save_destination(&self, row: &DestinationRow) -> Result<()> {
+        dispatch!(self, s => s.save_destination(row).await)
+    }
+    async fn events_by_seq(&self, refs: &[(ChatId, i64)]) -> Result<Vec<ChatEvent>> {
+        dispatch!(self, s => s.events_by_seq(refs).await)
+    }
+    async fn chat_snapshot(&self, chat_id: &ChatId) -> Result<Option<(ChatSnapshotRow, i64)>> {
+        dispatch!(self, s => s.chat_snapshot(chat_id).await)
+    }
+    async fn known_chats(&self, chat_ids: &[ChatId]) -> Result<Vec<ChatId>> {
+        dispatch!(self, s => s.known_chats(chat_ids).await)
+    }
+    async fn apply_from_hub(&self, ops: &[FollowerOp], at: i64) -> Result<Applied> {
+        dispatch!(self, s => s.apply_from_hub(ops, at).await)
+    }
+    async fn received_txn(&self, origin: &str, txn_id: &str) -> Result<Option<String>> {
+        dispatch!(self, s => s.received_txn(origin, txn_id).await)
+    }
+    async fn save_received_txn(
+        &self,
+        origin: &str,
+        txn_id: &str,
+        response: &str,
+        at: i64,
+    ) -> Result<()> {
+        dispatch!(self, s => s.save_received_txn(origin, txn_id, response, at).await)
+    }
+    async fn chat_followers(&self, chat_ids: &[ChatId]) -> Result<Vec<(ChatId, Vec<String>)>> {
+        dispatch!(self, s => s.chat_followers(chat_ids).await)
+    }
+}
+
+/// The outbox rows telling each follower of a new chat about it.
+pub fn snapshot_rows(chat: &super::NewChat) -> Vec<NewOutboxRow> {
+    chat.followers
+        .iter()
+        .map(|destination| NewOutboxRow {
+            destination: destination.clone(),
+            kind: OutboxKind::Snapshot,
+            body: ChatRef::snapshot(&chat.chat_id),
+        })
+        .collect()
+}
+
+/// Direct chats are unique per pair: `"a\nb"` with the two members sorted.
+pub fn direct_key(members: &[(UserId, bool)]) -> Option<String> {
+    if members.len() != 2 {
+        return None;
+    }
+    let mut pair = [members[0].0.as_str(), members[1].0.as_str()];
+    pair.sort_unstable();
+    Some(pair.join("\n"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use parley_client_api::Payload;
+
+    fn chat(s: &str) -> ChatId {
+        ChatId::try_from(format!("!{s}:hub.org")).unwrap()
+    }
+    fn snap(c: &str) -> ChatSnapshotRow {
+        ChatSnapshotRow {
+            chat_id: chat(c),
+            kind: ChatKind::Group,
+            name: None,
+            mls_epoch: 0,
+            created_by: UserId::try_from("@a:hub.org").unwrap(),
+            created_at: 0,
+            members: vec![],
+        }
+    }
+    fn ev(c: &str, seq: i64) -> ChatEvent {
+        ChatEvent {
+            chat_id: chat(c),
+            seq,
+            sender: UserId::try_from("@a:hub.org").unwrap(),
+            sender_device: DeviceId::try_from("D").unwrap(),
+            client_msg_id: format!("m{seq}"),
+            ts: 0,
+            payload: Payload(vec![1]),
+            mls: None,
+            membership: None,
+            blobs: vec![],
+        }
+    }
+    fn shape(ops: &[FollowerOp]) -> Vec<String> {
+        ops.iter()
+            .map(|op| match op {
+                FollowerOp::Snapshot(s) => format!("S {}", s.chat_id),
+                FollowerOp::Event(e) => format!("E {} {}", e.chat_id, e.seq),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_new_chat_state_comes_first_a_known_one_after_its_events() {
+        let ops = order_follower_ops(
+            vec![(snap("new"), 2), (snap("old"), 5)],
+            vec![ev("old", 6), ev("new", 1), ev("old", 5), ev("new", 2)],
+            &|c| c.as_str().starts_with("!old"),
+        );
+        assert_eq!(
+            shape(&ops),
+            [
+                "S !new:hub.org",
+                "E !new:hub.org 1",
+                "E !new:hub.org 2",
+                "E !old:hub.org 5",
+                "S !old:hub.org",
+                "E !old:hub.org 6",
+            ]
+        );
+    }
+
+    #[test]
+    fn direct_key_is_order_independent() {
+        let a = UserId::try_from("@a:x.org").unwrap();
+        let b = UserId::try_from("@b:y.org").unwrap();
+        assert_eq!(
+            direct_key(&[(a.clone(), true), (b.clone(), false)]),
+            direct_key(&[(b, false), (a, true)])
+        );
+    }
+}

@@ -1,0 +1,449 @@
+//! [`FedStore`] on SQLite (lists bound as JSON arrays, read with `json_each`).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use parley_client_api::http::chats::{ChatEvent, MlsKind};
+use parley_client_api::{ChatId, DeviceId, UserId};
+use sqlx::{Row, Sqlite, Transaction};
+
+use super::fed::{
+    Applied, ChatSnapshotRow, DestinationRow, FedStore, FollowerOp, NewOutboxRow, OutboxKind,
+    OutboxRow, direct_key,
+};
+use super::sqlite::{SqliteStore, event_from_row, json_list};
+use super::{
+    Result, blobs_to_json, epoch_i64, id, kind_from_i16, kind_to_i16, membership_to_json,
+    mls_kind_to_i16,
+};
+
+/// Writes outbox rows inside a caller's transaction.
+pub(super) async fn insert_outbox(
+    tx: &mut Transaction<'_, Sqlite>,
+    rows: &[NewOutboxRow],
+    at: i64,
+) -> Result<Vec<i64>> {
+    let mut ids = Vec::with_capacity(rows.len());
+    for row in rows {
+        let id: i64 = sqlx::query_scalar(
+            "INSERT INTO federation_outbox (destination, kind, body, created_at)
+             VALUES (?1, ?2, ?3, ?4) RETURNING id",
+        )
+        .bind(&row.destination)
+        .bind(row.kind.to_i16())
+        .bind(&row.body)
+        .bind(at)
+        .fetch_one(&mut **tx)
+        .await?;
+        ids.push(id);
+    }
+    Ok(ids)
+}
+
+async fn local_devices(
+    tx: &mut Transaction<'_, Sqlite>,
+    users: &BTreeSet<String>,
+) -> Result<Vec<DeviceId>> {
+    if users.is_empty() {
+        return Ok(Vec::new());
+    }
+    let rows: Vec<String> = sqlx::query_scalar(
+        "SELECT device_id FROM devices WHERE user_id IN (SELECT value FROM json_each(?1))
+         ORDER BY device_id",
+    )
+    .bind(json_list(users))
+    .fetch_all(&mut **tx)
+    .await?;
+    rows.into_iter().map(id).collect()
+}
+
+async fn apply_snapshot(
+    tx: &mut Transaction<'_, Sqlite>,
+    s: &ChatSnapshotRow,
+    at: i64,
+) -> Result<()> {
+    let key = direct_key(&s.members);
+    let taken: Option<String> = match &key {
+        Some(k) => {
+            sqlx::query_scalar("SELECT chat_id FROM chats WHERE direct_key = ?1")
+                .bind(k)
+                .fetch_optional(&mut **tx)
+                .await?
+        }
+        None => None,
+    };
+    let key = key.filter(|_| taken.as_deref().is_none_or(|c| c == s.chat_id.as_str()));
+    sqlx::query(
+        "INSERT INTO chats (chat_id, kind, direct_key, created_by, created_at, last_ts, name, mls_epoch)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?5, ?6, ?7)
+         ON CONFLICT (chat_id) DO UPDATE
+            SET name = excluded.name, mls_epoch = MAX(chats.mls_epoch, excluded.mls_epoch)",
+    )
+    .bind(s.chat_id.as_str())
+    .bind(kind_to_i16(s.kind))
+    .bind(key)
+    .bind(s.created_by.as_str())
+    .bind(s.created_at)
+    .bind(&s.name)
+    .bind(epoch_i64(s.mls_epoch))
+    .execute(&mut **tx)
+    .await?;
+    let members = json_list(s.members.iter().map(|(u, _)| u.as_str()));
+    sqlx::query(
+        "UPDATE chat_members SET left_at = ?3, admin = 0
+         WHERE chat_id = ?1 AND left_at IS NULL
+           AND user_id NOT IN (SELECT value FROM json_each(?2))",
+    )
+    .bind(s.chat_id.as_str())
+    .bind(&members)
+    .bind(at)
+    .execute(&mut **tx)
+    .await?;
+    for (user, admin) in &s.members {
+        sqlx::query(
+            "INSERT INTO chat_members (chat_id, user_id, joined_at, admin) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (chat_id, user_id) DO UPDATE
+                SET admin = excluded.admin, left_at = NULL,
+                    joined_at = CASE WHEN chat_members.left_at IS NULL
+                                     THEN chat_members.joined_at ELSE excluded.joined_at END",
+        )
+        .bind(s.chat_id.as_str())
+        .bind(user.as_str())
+        .bind(at)
+        .bind(*admin)
+        .execute(&mut **tx)
+        .await?;
+    }
+    Ok(())
+}
+
+/// Stores one hub event (once), applies its membership change, moves the head and
+/// writes inbox rows for the local devices that must see it.
+async fn apply_event(
+    tx: &mut Transaction<'_, Sqlite>,
+    e: &ChatEvent,
+    at: i64,
+) -> Result<Vec<(DeviceId, i64)>> {
+    let inserted = sqlx::query(
+        "INSERT INTO events (chat_id, seq, sender, sender_device, client_msg_id, ts, payload,
+                             mls_kind, mls_epoch, membership, blobs)
+         SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11
+         WHERE EXISTS (SELECT 1 FROM chats WHERE chat_id = ?1)
+         ON CONFLICT DO NOTHING",
+    )
+    .bind(e.chat_id.as_str())
+    .bind(e.seq)
+    .bind(e.sender.as_str())
+    .bind(e.sender_device.as_str())
+    .bind(&e.client_msg_id)
+    .bind(e.ts)
+    .bind(&e.payload.0)
+    .bind(e.mls.map(|m| mls_kind_to_i16(m.kind)))
+    .bind(e.mls.map(|m| epoch_i64(m.epoch)))
+    .bind(membership_to_json(&e.membership))
+    .bind(blobs_to_json(&e.blobs))
+    .execute(&mut **tx)
+    .await?
+    .rows_affected();
+    if inserted == 0 {
+        return Ok(Vec::new());
+    }
+    let current: Vec<String> = sqlx::query_scalar(
+        "SELECT user_id FROM chat_members WHERE chat_id = ?1 AND left_at IS NULL",
+    )
+    .bind(e.chat_id.as_str())
+    .fetch_all(&mut **tx)
+    .await?;
+    let mut recipients: BTreeSet<String> = current.into_iter().collect();
+    let change = e.membership.clone().unwrap_or_default();
+    recipients.extend(
+        change
+            .add
+            .iter()
+            .chain(&change.remove)
+            .map(UserId::to_string),
+    );
+    for user in &change.add {
+        sqlx::query(
+            "INSERT INTO chat_members (chat_id, user_id, joined_at) VALUES (?1, ?2, ?3)
+             ON CONFLICT (chat_id, user_id) DO UPDATE SET left_at = NULL, admin = 0,
+                joined_at = excluded.joined_at",
+        )
+        .bind(e.chat_id.as_str())
+        .bind(user.as_str())
+        .bind(at)
+        .execute(&mut **tx)
+        .await?;
+    }
+    for user in &change.remove {
+        sqlx::query(
+            "UPDATE chat_members SET left_at = ?3, admin = 0
+             WHERE chat_id = ?1 AND user_id = ?2 AND left_at IS NULL",
+        )
+        .bind(e.chat_id.as_str())
+        .bind(user.as_str())
+        .bind(at)
+        .execute(&mut **tx)
+        .await?;
+    }
+    let epoch = e
+        .mls
+        .filter(|m| m.kind == MlsKind::Commit)
+        .map(|m| epoch_i64(m.epoch) + 1)
+        .unwrap_or(0);
+    sqlx::query(
+        "UPDATE chats SET last_seq = MAX(last_seq, ?2), last_ts = MAX(last_ts, ?3),
+                          mls_epoch = MAX(mls_epoch, ?4)
+         WHERE chat_id = ?1",
+    )
+    .bind(e.chat_id.as_str())
+    .bind(e.seq)
+    .bind(e.ts)
+    .bind(epoch)
+    .execute(&mut **tx)
+    .await?;
+    let mut out = Vec::new();
+    for device in local_devices(tx, &recipients).await? {
+        if device == e.sender_device {
+            continue;
+        }
+        let inbox_id: i64 = sqlx::query_scalar(
+            "INSERT INTO inbox (device_id, chat_id, kind, seq, sender, created_at)
+             VALUES (?1, ?2, 0, ?3, ?4, ?5) RETURNING id",
+        )
+        .bind(device.as_str())
+        .bind(e.chat_id.as_str())
+        .bind(e.seq)
+        .bind(e.sender.as_str())
+        .bind(at)
+        .fetch_one(&mut **tx)
+        .await?;
+        out.push((device, inbox_id));
+    }
+    Ok(out)
+}
+
+impl FedStore for SqliteStore {
+    async fn enqueue_outbox(&self, rows: &[NewOutboxRow], at: i64) -> Result<Vec<i64>> {
+        let mut tx = self.write_tx().await?;
+        let ids = insert_outbox(&mut tx, rows, at).await?;
+        tx.commit().await?;
+        Ok(ids)
+    }
+
+    async fn outbox_rows(&self, destination: Option<&str>) -> Result<Vec<OutboxRow>> {
+        let rows = sqlx::query(
+            "SELECT id, destination, kind, body, txn_id FROM federation_outbox
+             WHERE ?1 IS NULL OR destination = ?1 ORDER BY id",
+        )
+        .bind(destination)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|r| {
+                Ok(OutboxRow {
+                    id: r.get("id"),
+                    destination: r.get("destination"),
+                    kind: OutboxKind::from_i16(r.get("kind"))?,
+                    body: r.get("body"),
+                    txn_id: r.get("txn_id"),
+                })
+            })
+            .collect()
+    }
+
+    async fn outbox_set_txn(&self, ids: &[i64], txn_id: &str) -> Result<()> {
+        let mut tx = self.write_tx().await?;
+        sqlx::query(
+            "UPDATE federation_outbox SET txn_id = ?2 WHERE id IN (SELECT value FROM json_each(?1))",
+        )
+        .bind(serde_json::to_string(ids).unwrap_or_default())
+        .bind(txn_id)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn outbox_delete(&self, ids: &[i64]) -> Result<()> {
+        let mut tx = self.write_tx().await?;
+        sqlx::query("DELETE FROM federation_outbox WHERE id IN (SELECT value FROM json_each(?1))")
+            .bind(serde_json::to_string(ids).unwrap_or_default())
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn destinations(&self) -> Result<Vec<DestinationRow>> {
+        let rows = sqlx::query(
+            "SELECT destination, failures, retry_at, parked FROM federation_destinations",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| DestinationRow {
+                destination: r.get("destination"),
+                failures: u32::try_from(r.get::<i64, _>("failures")).unwrap_or(u32::MAX),
+                retry_at: r.get("retry_at"),
+                parked: r.get("parked"),
+            })
+            .collect())
+    }
+
+    async fn save_destination(&self, row: &DestinationRow) -> Result<()> {
+        let mut tx = self.write_tx().await?;
+        sqlx::query(
+            "INSERT INTO federation_destinations (destination, failures, retry_at, parked)
+             VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (destination) DO UPDATE
+                SET failures = excluded.failures, retry_at = excluded.retry_at,
+                    parked = excluded.parked",
+        )
+        .bind(&row.destination)
+        .bind(i64::from(row.failures))
+        .bind(row.retry_at)
+        .bind(row.parked)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn events_by_seq(&self, refs: &[(ChatId, i64)]) -> Result<Vec<ChatEvent>> {
+        let mut out = Vec::with_capacity(refs.len());
+        for (chat, seq) in refs {
+            let row = sqlx::query(
+                "SELECT chat_id, seq, sender, sender_device, client_msg_id, ts, payload, mls_kind,
+                        mls_epoch, membership, blobs FROM events WHERE chat_id = ?1 AND seq = ?2",
+            )
+            .bind(chat.as_str())
+            .bind(seq)
+            .fetch_optional(&self.pool)
+            .await?;
+            if let Some(row) = row {
+                out.push(event_from_row(&row)?);
+            }
+        }
+        Ok(out)
+    }
+
+    async fn chat_snapshot(&self, chat_id: &ChatId) -> Result<Option<(ChatSnapshotRow, i64)>> {
+        let mut tx = self.pool.begin().await?;
+        let Some(chat) = sqlx::query(
+            "SELECT kind, name, mls_epoch, created_by, created_at, last_seq FROM chats
+             WHERE chat_id = ?1",
+        )
+        .bind(chat_id.as_str())
+        .fetch_optional(&mut *tx)
+        .await?
+        else {
+            return Ok(None);
+        };
+        let members = sqlx::query(
+            "SELECT user_id, admin FROM chat_members WHERE chat_id = ?1 AND left_at IS NULL
+             ORDER BY user_id",
+        )
+        .bind(chat_id.as_str())
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(Some((
+            ChatSnapshotRow {
+                chat_id: chat_id.clone(),
+                kind: kind_from_i16(chat.get("kind"))?,
+                name: chat.get("name"),
+                mls_epoch: u64::try_from(chat.get::<i64, _>("mls_epoch")).unwrap_or_default(),
+                created_by: id(chat.get("created_by"))?,
+                created_at: chat.get("created_at"),
+                members: members
+                    .iter()
+                    .map(|r| Ok((id(r.get("user_id"))?, r.get("admin"))))
+                    .collect::<Result<_>>()?,
+            },
+            chat.get("last_seq"),
+        )))
+    }
+
+    async fn known_chats(&self, chat_ids: &[ChatId]) -> Result<Vec<ChatId>> {
+        let rows: Vec<String> = sqlx::query_scalar(
+            "SELECT chat_id FROM chats WHERE chat_id IN (SELECT value FROM json_each(?1))",
+        )
+        .bind(json_list(chat_ids))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter().map(id).collect()
+    }
+
+    async fn apply_from_hub(&self, ops: &[FollowerOp], at: i64) -> Result<Applied> {
+        let mut tx = self.write_tx().await?;
+        let mut applied = Applied::default();
+        for (i, op) in ops.iter().enumerate() {
+            match op {
+                FollowerOp::Snapshot(s) => apply_snapshot(&mut tx, s, at).await?,
+                FollowerOp::Event(e) => {
+                    for (device, inbox_id) in apply_event(&mut tx, e, at).await? {
+                        applied.inbox.push((device, inbox_id, i));
+                    }
+                }
+            }
+        }
+        tx.commit().await?;
+        Ok(applied)
+    }
+
+    async fn received_txn(&self, origin: &str, txn_id: &str) -> Result<Option<String>> {
+        Ok(sqlx::query_scalar(
+            "SELECT response FROM federation_received WHERE origin = ?1 AND txn_id = ?2",
+        )
+        .bind(origin)
+        .bind(txn_id)
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+
+    async fn save_received_txn(
+        &self,
+        origin: &str,
+        txn_id: &str,
+        response: &str,
+        at: i64,
+    ) -> Result<()> {
+        let mut tx = self.write_tx().await?;
+        sqlx::query(
+            "INSERT INTO federation_received (origin, txn_id, response, received_at)
+             VALUES (?1, ?2, ?3, ?4) ON CONFLICT (origin, txn_id) DO NOTHING",
+        )
+        .bind(origin)
+        .bind(txn_id)
+        .bind(response)
+        .bind(at)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn chat_followers(&self, chat_ids: &[ChatId]) -> Result<Vec<(ChatId, Vec<String>)>> {
+        let rows = sqlx::query(
+            "SELECT chat_id, user_id FROM chat_members
+             WHERE chat_id IN (SELECT value FROM json_each(?1)) AND left_at IS NULL",
+        )
+        .bind(json_list(chat_ids))
+        .fetch_all(&self.pool)
+        .await?;
+        let mut out: BTreeMap<ChatId, BTreeSet<String>> = BTreeMap::new();
+        for r in rows {
+            let chat: ChatId = id(r.get("chat_id"))?;
+            let user: UserId = id(r.get("user_id"))?;
+            let servers = out.entry(chat.clone()).or_default();
+            if user.server_name() != chat.hub() {
+                servers.insert(user.server_name().to_owned());
+            }
+        }
+        Ok(out
+            .into_iter()
+            .map(|(c, s)| (c, s.into_iter().collect()))
+            .collect())
+    }
+}

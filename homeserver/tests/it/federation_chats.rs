@@ -1,0 +1,227 @@
+//! Chats spanning servers: three real homeservers on 127.0.0.1–3. The chat's creator's
+//! server is its hub; the others follow. Payloads are opaque bytes here (the SDK's own
+//! tests carry MLS through the same path).
+
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail, ensure};
+use parley_client_api::ChatId;
+use parley_client_api::http::chats::ChatEvent;
+use parley_client_api::ws::ServerFrame;
+use reqwest::StatusCode;
+use serde_json::json;
+
+use crate::harness::{Backend, Server, User, Ws};
+
+crate::on_both_backends!(
+    a_group_spans_three_servers_in_hub_order,
+    nothing_is_lost_while_a_follower_is_down,
+    sends_wait_in_the_outbox_while_the_hub_is_down,
+);
+
+/// Waits up to 20 s for `n` events on `ws`, acking them; returns them in arrival order.
+async fn events(ws: &mut Ws, n: usize) -> Result<Vec<ChatEvent>> {
+    let mut out = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while out.len() < n {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match ws.next_within(left).await? {
+            Some(ServerFrame::Event { id, event }) => {
+                ws.ack(vec![id]).await?;
+                out.push(event);
+            }
+            Some(_) => {}
+            None => bail!("got {} of {n} events: {out:?}", out.len()),
+        }
+    }
+    Ok(out)
+}
+
+/// No further event arrives within `d`.
+async fn no_more_events(ws: &mut Ws, d: Duration) -> Result<()> {
+    let deadline = tokio::time::Instant::now() + d;
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match ws.next_within(left).await? {
+            Some(ServerFrame::Event { event, .. }) => bail!("unexpected event {event:?}"),
+            Some(_) => {}
+            None => return Ok(()),
+        }
+    }
+}
+
+async fn create_group(hub: &Server, me: &User, others: &[&User]) -> Result<ChatId> {
+    let members: Vec<&str> = others.iter().map(|u| u.user_id.as_str()).collect();
+    let (status, body) = hub
+        .post(
+            "/v1/chats",
+            Some(&me.token),
+            json!({"members": members, "name": "across"}),
+        )
+        .await?;
+    ensure!(status.is_success(), "create: {status} {body}");
+    Ok(serde_json::from_value(body["chat_id"].clone())?)
+}
+
+/// Waits until `user`'s server lists `chat` (a follower learns of a chat shortly after
+/// its hub created it).
+async fn wait_listed(server: &Server, user: &User, chat: &ChatId) -> Result<()> {
+    for _ in 0..200 {
+        if server.chats(user).await?.iter().any(|c| c.chat_id == *chat) {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    bail!("{chat} never listed on {}", server.name())
+}
+
+/// Sends and returns the ack's `seq` (0 when pending).
+async fn send(server: &Server, me: &User, chat: &ChatId, id: &str) -> Result<(i64, bool)> {
+    let (status, body) = server.send(me, chat, id, id.as_bytes()).await?;
+    let pending = body["pending"].as_bool().unwrap_or(false);
+    let want = if pending {
+        StatusCode::ACCEPTED
+    } else {
+        StatusCode::CREATED
+    };
+    ensure!(status == want, "send {id}: {status} {body}");
+    Ok((body["seq"].as_i64().context("seq")?, pending))
+}
+
+fn texts(events: &[ChatEvent]) -> Vec<(i64, String)> {
+    events
+        .iter()
+        .map(|e| (e.seq, String::from_utf8_lossy(&e.payload.0).into_owned()))
+        .collect()
+}
+
+async fn a_group_spans_three_servers_in_hub_order(backend: Backend) -> Result<()> {
+    let a = Server::start_peer(backend, "127.0.0.1", "").await?;
+    let b = Server::start_peer(backend, "127.0.0.2", "").await?;
+    let c = Server::start_peer(backend, "127.0.0.3", "").await?;
+    let alice = a.register("alice").await?;
+    let bob = b.register("bob").await?;
+    let carol = c.register("carol").await?;
+
+    let chat = create_group(&a, &alice, &[&bob, &carol]).await?;
+    ensure!(chat.hub() == a.name(), "the creator's server is the hub");
+    wait_listed(&b, &bob, &chat).await?;
+    wait_listed(&c, &carol, &chat).await?;
+    let mut alice_ws = a.connect(&alice).await?;
+    let mut bob_ws = b.connect(&bob).await?;
+    let mut carol_ws = c.connect(&carol).await?;
+    for ws in [&mut alice_ws, &mut bob_ws, &mut carol_ws] {
+        ws.until_synced().await?;
+    }
+
+    // The hub orders everyone's sends; every member sees the same order.
+    assert_eq!(send(&a, &alice, &chat, "a1").await?, (1, false));
+    assert_eq!(send(&b, &bob, &chat, "b1").await?, (2, false));
+    assert_eq!(send(&c, &carol, &chat, "c1").await?, (3, false));
+    assert_eq!(send(&a, &alice, &chat, "a2").await?, (4, false));
+    // A resend through the follower returns the first result and stores nothing new.
+    let (status, body) = b.send(&bob, &chat, "b1", b"b1").await?;
+    ensure!(
+        status == StatusCode::OK && body["seq"] == 2 && body["duplicate"] == true,
+        "{body}"
+    );
+
+    let want_bob = vec![(1, "a1".into()), (3, "c1".into()), (4, "a2".into())];
+    assert_eq!(texts(&events(&mut bob_ws, 3).await?), want_bob);
+    let want_carol = vec![(1, "a1".into()), (2, "b1".into()), (4, "a2".into())];
+    assert_eq!(texts(&events(&mut carol_ws, 3).await?), want_carol);
+    let want_alice = vec![(2, "b1".into()), (3, "c1".into())];
+    assert_eq!(texts(&events(&mut alice_ws, 2).await?), want_alice);
+    no_more_events(&mut bob_ws, Duration::from_millis(300)).await?;
+
+    // Each follower lists the chat with its members and the hub's head.
+    for (server, user) in [(&b, &bob), (&c, &carol)] {
+        let listed = server.chats(user).await?;
+        let row = listed
+            .iter()
+            .find(|r| r.chat_id == chat)
+            .context("listed on the follower")?;
+        assert_eq!(row.name.as_deref(), Some("across"));
+        assert_eq!(row.members.len(), 3);
+        assert_eq!(row.last_seq, 4);
+        // History is served from the follower's copy.
+        let (status, body) = server
+            .get(&format!("/v1/chats/{chat}/events?after=0"), &user.token)
+            .await?;
+        ensure!(status == StatusCode::OK, "{body}");
+        ensure!(body["events"].as_array().map(Vec::len) == Some(4), "{body}");
+    }
+
+    // A follower refuses to forward for someone who is not a member.
+    let dave = b.register("dave").await?;
+    let (status, body) = b.send(&dave, &chat, "d1", b"d1").await?;
+    ensure!(status == StatusCode::FORBIDDEN, "{status} {body}");
+    ensure!(body["error"] == "not_member", "{body}");
+    Ok(())
+}
+
+async fn nothing_is_lost_while_a_follower_is_down(backend: Backend) -> Result<()> {
+    let a = Server::start_peer(backend, "127.0.0.1", "").await?;
+    let mut b = Server::start_peer(backend, "127.0.0.2", "").await?;
+    let alice = a.register("alice").await?;
+    let bob = b.register("bob").await?;
+    let chat = a.create_chat(&alice, &[&bob]).await?;
+    assert_eq!(send(&a, &alice, &chat, "m1").await?, (1, false));
+
+    // The follower dies; the hub keeps committing and queues for it.
+    b.stop_hard().await?;
+    for i in 2..=6 {
+        assert_eq!(send(&a, &alice, &chat, &format!("m{i}")).await?, (i, false));
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    b.restart().await?;
+
+    // Bob gets every message exactly once, in order, from his inbox then live.
+    let mut bob_ws = b.connect(&bob).await?;
+    let got = events(&mut bob_ws, 6).await?;
+    let want: Vec<(i64, String)> = (1..=6).map(|i| (i, format!("m{i}"))).collect();
+    assert_eq!(texts(&got), want);
+    assert_eq!(send(&a, &alice, &chat, "m7").await?, (7, false));
+    assert_eq!(texts(&events(&mut bob_ws, 1).await?), [(7, "m7".into())]);
+    no_more_events(&mut bob_ws, Duration::from_millis(500)).await?;
+    Ok(())
+}
+
+async fn sends_wait_in_the_outbox_while_the_hub_is_down(backend: Backend) -> Result<()> {
+    let mut a = Server::start_peer(backend, "127.0.0.1", "").await?;
+    let b = Server::start_peer(backend, "127.0.0.2", "forward_wait_ms = 300").await?;
+    let alice = a.register("alice").await?;
+    let bob = b.register("bob").await?;
+    let chat = a.create_chat(&alice, &[&bob]).await?;
+    wait_listed(&b, &bob, &chat).await?;
+    assert_eq!(send(&b, &bob, &chat, "b1").await?, (1, false));
+
+    // The hub dies: the follower stores Bob's sends and answers "pending" (✓ sent).
+    a.stop_hard().await?;
+    for i in 2..=4 {
+        let (seq, pending) = send(&b, &bob, &chat, &format!("b{i}")).await?;
+        ensure!(pending && seq == 0, "b{i}: seq {seq}, pending {pending}");
+    }
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    a.restart().await?;
+
+    // When the hub is back, the follower's retries deliver them once each, in order;
+    // Bob's own server receives them back with their seq.
+    let mut alice_ws = a.connect(&alice).await?;
+    let got = events(&mut alice_ws, 4).await?;
+    let want: Vec<(i64, String)> = (1..=4).map(|i| (i, format!("b{i}"))).collect();
+    assert_eq!(texts(&got), want);
+    no_more_events(&mut alice_ws, Duration::from_millis(500)).await?;
+    let (status, body) = b
+        .get(&format!("/v1/chats/{chat}/events?after=0"), &bob.token)
+        .await?;
+    ensure!(status == StatusCode::OK, "{body}");
+    let seqs: Vec<i64> = body["events"]
+        .as_array()
+        .context("events")?
+        .iter()
+        .filter_map(|e| e["seq"].as_i64())
+        .collect();
+    assert_eq!(seqs, [1, 2, 3, 4]);
+    Ok(())
+}
