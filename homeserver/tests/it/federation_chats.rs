@@ -17,6 +17,7 @@ crate::on_both_backends!(
     a_group_spans_three_servers_in_hub_order,
     nothing_is_lost_while_a_follower_is_down,
     sends_wait_in_the_outbox_while_the_hub_is_down,
+    peers_cannot_act_for_chats_or_users_they_do_not_own,
 );
 
 /// Waits up to 20 s for `n` events on `ws`, acking them; returns them in arrival order.
@@ -224,4 +225,122 @@ async fn sends_wait_in_the_outbox_while_the_hub_is_down(backend: Backend) -> Res
         .collect();
     assert_eq!(seqs, [1, 2, 3, 4]);
     Ok(())
+}
+
+/// A client that signs as `server` with its own key (read from its data directory):
+/// what a misbehaving peer could send.
+fn impersonate(server: &Server) -> Result<parley_federation::transport::http::FederationClient> {
+    use parley_federation::transport::http::{ClientConfig, FederationClient};
+    use parley_federation::{RequestSigner, ServerName, ServerSigningKey};
+    let pem = std::fs::read_to_string(server.data_dir().join("federation.key"))?;
+    let key = ServerSigningKey::from_pkcs8_pem(&pem)?;
+    let name = ServerName::try_from(server.name())?;
+    Ok(FederationClient::new(
+        RequestSigner::new(name, key),
+        ClientConfig {
+            insecure_test_mode: true,
+            ..ClientConfig::default()
+        },
+    )?)
+}
+
+/// `PUT /send/{txn}` from `client` to `to`; returns the status and the JSON answer.
+async fn put_txn(
+    client: &parley_federation::transport::http::FederationClient,
+    to: &Server,
+    txn: &str,
+    body: serde_json::Value,
+) -> Result<(u16, serde_json::Value)> {
+    use parley_federation::api::{self, send};
+    let to = parley_federation::ServerName::try_from(to.name())?;
+    let resp = client
+        .send(
+            &to,
+            send::METHOD,
+            &api::fill(send::PATH, &[("txn_id", txn)]),
+            Some(serde_json::to_vec(&body)?),
+        )
+        .await?;
+    Ok((
+        resp.status,
+        serde_json::from_slice(&resp.body).unwrap_or_default(),
+    ))
+}
+
+async fn peers_cannot_act_for_chats_or_users_they_do_not_own(backend: Backend) -> Result<()> {
+    let a = Server::start_peer(backend, "127.0.0.1", "").await?;
+    let b = Server::start_peer(backend, "127.0.0.2", "").await?;
+    let c = Server::start_peer(backend, "127.0.0.3", "").await?;
+    let alice = a.register("alice").await?;
+    let bob = b.register("bob").await?;
+    let mallory = c.register("mallory").await?;
+    let chat = a.create_chat(&alice, &[&bob]).await?;
+    wait_listed(&b, &bob, &chat).await?;
+    let mut bob_ws = b.connect(&bob).await?;
+    bob_ws.until_synced().await?;
+    let from_c = impersonate(&c)?;
+    let send = |sender: &User, id: &str| {
+        json!({"chat_id": chat, "sender": sender.user_id, "sender_device": sender.device_id,
+               "client_msg_id": id, "payload": "aGk="})
+    };
+
+    // C forwards sends to the hub: one for a user of C who is not a member, one
+    // pretending to be B's user. Each entry is refused; nothing is sequenced.
+    let (status, answer) = put_txn(
+        &from_c,
+        &a,
+        "t1",
+        json!({"origin": c.name(), "origin_ts": 0,
+               "sends": [send(&mallory, "x1"), send(&bob, "x2")]}),
+    )
+    .await?;
+    ensure!(status == 200, "{status} {answer}");
+    assert_eq!(answer["sends"][0]["error"], "not_member", "{answer}");
+    assert_eq!(answer["sends"][1]["error"], "forbidden", "{answer}");
+
+    // C pushes an event for A's chat to B as if it were the hub: refused, not stored.
+    let event = json!({"chat_id": chat, "seq": 1, "sender": mallory.user_id,
+        "sender_device": mallory.device_id, "client_msg_id": "e1", "ts": 1, "payload": "aGk="});
+    let (status, answer) = put_txn(
+        &from_c,
+        &b,
+        "t2",
+        json!({"origin": c.name(), "origin_ts": 0, "events": [event]}),
+    )
+    .await?;
+    ensure!(status == 200, "{status} {answer}");
+    assert_eq!(answer["events"][0]["error"], "forbidden", "{answer}");
+    no_more_events(&mut bob_ws, Duration::from_millis(300)).await?;
+
+    // A transaction whose body names another origin than its signer: 400.
+    let (status, answer) = put_txn(
+        &from_c,
+        &a,
+        "t3",
+        json!({"origin": b.name(), "origin_ts": 0, "sends": [send(&bob, "x3")]}),
+    )
+    .await?;
+    ensure!(status == 400, "{status} {answer}");
+    // Unsigned: 401.
+    let resp = reqwest::Client::new()
+        .put(format!("{}/_parley/fed/v1/send/t4", a.base))
+        .json(&json!({"origin": c.name(), "origin_ts": 0}))
+        .send()
+        .await?;
+    ensure!(
+        resp.status() == StatusCode::UNAUTHORIZED,
+        "{}",
+        resp.status()
+    );
+
+    // Nothing of the above reached the chat: the next real send is seq 1.
+    assert_eq!(send_ok(&a, &alice, &chat, "real").await?, 1);
+    assert_eq!(texts(&events(&mut bob_ws, 1).await?), [(1, "real".into())]);
+    Ok(())
+}
+
+async fn send_ok(server: &Server, me: &User, chat: &ChatId, id: &str) -> Result<i64> {
+    let (seq, pending) = send(server, me, chat, id).await?;
+    ensure!(!pending, "{id} pending");
+    Ok(seq)
 }
