@@ -415,6 +415,16 @@ impl Chats {
             }
         };
         super::inbox::push_receipts(&self.gateway, notices).await;
+        if let Some(remote) = &self.remote {
+            super::relay::federate_receipts(
+                &self.store,
+                &remote.relay,
+                self.config.server_name.as_str(),
+                vec![(chat_id.clone(), me.user_id.clone())],
+                None,
+            )
+            .await?;
+        }
         Ok(())
     }
 

@@ -58,6 +58,7 @@ pub async fn receive(
         sends: hub_sends(services, origin, request.sends).await,
         events: follower_events(services, origin, request.chats, request.events).await?,
     };
+    receipts(services, origin, request.receipts).await?;
     let json =
         serde_json::to_string(&response).map_err(|e| ServiceError::Internal(e.to_string()))?;
     services
@@ -300,6 +301,64 @@ async fn follower_events(
         results[i] = Some(EventResult::Stored { seq: ev.seq });
     }
     Ok(results.into_iter().flatten().collect())
+}
+
+/// Members' receipts from `origin`: its own users' (we are the hub, or it is), or any
+/// member's when `origin` is the chat's hub. Raised here, pushed to local devices, and,
+/// for chats we host, passed on to the other followers.
+async fn receipts(
+    services: &Services,
+    origin: &ServerName,
+    receipts: Vec<parley_federation::api::FedReceipt>,
+) -> Result<(), ServiceError> {
+    if receipts.is_empty() {
+        return Ok(());
+    }
+    let local = services.config.server_name.as_str();
+    let mut accepted = Vec::new();
+    for r in receipts {
+        let (Ok(chat), Ok(user)) = (
+            convert::<_, ChatId>(&r.chat_id),
+            convert::<_, UserId>(&r.user_id),
+        ) else {
+            continue;
+        };
+        let from_hub = chat.hub() == origin.as_str();
+        let own_user = user.server_name() == origin.as_str() && chat.hub() == local;
+        if !(from_hub || own_user) || r.delivered_seq < 0 || r.read_seq < 0 {
+            tracing::warn!(%origin, %chat, %user, "receipt refused: not the hub's or the origin's user");
+            continue;
+        }
+        accepted.push((
+            chat,
+            parley_client_api::http::chats::Receipt {
+                user_id: user,
+                delivered_seq: r.delivered_seq,
+                read_seq: r.read_seq,
+            },
+        ));
+    }
+    let notices = services
+        .store
+        .apply_remote_receipts(&accepted, now_ms())
+        .await?;
+    super::inbox::push_receipts(&services.gateway, notices).await;
+    if let Some(relay) = &services.relay {
+        let hosted: Vec<(ChatId, UserId)> = accepted
+            .into_iter()
+            .filter(|(c, _)| c.hub() == local)
+            .map(|(c, r)| (c, r.user_id))
+            .collect();
+        super::relay::federate_receipts(
+            &services.store,
+            relay,
+            local,
+            hosted,
+            Some(origin.as_str()),
+        )
+        .await?;
+    }
+    Ok(())
 }
 
 /// A hub's chat state, checked: the origin hosts it and we have a member in it.

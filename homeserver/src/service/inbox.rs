@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use parley_client_api::ws::ServerFrame;
-use parley_client_api::{DeviceId, UserId};
+use parley_client_api::{ChatId, DeviceId, UserId};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::clock::now_ms;
@@ -27,11 +27,14 @@ pub struct Inbox {
 }
 
 impl Inbox {
+    /// `federated`: the relay and this server's name, when federation is on (receipts of
+    /// chats shared with other servers are queued for them after each commit).
     pub fn spawn(
         store: AnyStore,
         gateway: Gateway,
         max_batch: usize,
         metrics: Arc<Metrics>,
+        federated: Option<(super::relay::Relay, String)>,
     ) -> Self {
         let (acks, rx) = mpsc::channel(max_batch * 4);
         tokio::spawn(run_ack_writer(
@@ -40,6 +43,7 @@ impl Inbox {
             rx,
             max_batch,
             metrics,
+            federated,
         ));
         Self { store, acks }
     }
@@ -100,16 +104,36 @@ async fn run_ack_writer(
     mut rx: mpsc::Receiver<AckJob>,
     max_batch: usize,
     metrics: Arc<Metrics>,
+    federated: Option<(super::relay::Relay, String)>,
 ) {
     let mut jobs = Vec::with_capacity(max_batch);
     while rx.recv_many(&mut jobs, max_batch).await > 0 {
         let batch: Vec<AckRequest> = jobs.iter().map(|j| j.ack.clone()).collect();
+        // Federation: which (chat, member) receipts these acks may raise (read before the
+        // items are gone).
+        let pairs = match &federated {
+            Some(_) => receipt_pairs(&store, &batch).await,
+            None => Vec::new(),
+        };
         match store.commit_acks(&batch, now_ms()).await {
             Ok(notices) => {
                 metrics
                     .acks
                     .inc_by(batch.iter().map(|a| a.ids.len() as u64).sum());
                 push_receipts(&gateway, notices).await;
+                if let Some((relay, local)) = &federated
+                    && !pairs.is_empty()
+                {
+                    let (store, relay, local) = (store.clone(), relay.clone(), local.clone());
+                    tokio::spawn(async move {
+                        if let Err(e) =
+                            super::relay::federate_receipts(&store, &relay, &local, pairs, None)
+                                .await
+                        {
+                            tracing::warn!(error = %e, "cannot queue receipts for federation");
+                        }
+                    });
+                }
             }
             // Unacknowledged items stay in the inbox and are sent again on reconnect:
             // safe, only late.
@@ -117,6 +141,27 @@ async fn run_ack_writer(
         }
         for job in jobs.drain(..) {
             let _ = job.done.send(());
+        }
+    }
+}
+
+/// The `(chat, member)` pairs of the items a batch of acks names.
+async fn receipt_pairs(store: &AnyStore, batch: &[AckRequest]) -> Vec<(ChatId, UserId)> {
+    use crate::store::fed::FedStore as _;
+    let items: Vec<(DeviceId, i64)> = batch
+        .iter()
+        .flat_map(|a| a.ids.iter().map(|n| (a.device_id.clone(), *n)))
+        .collect();
+    let owner: std::collections::HashMap<&DeviceId, &UserId> =
+        batch.iter().map(|a| (&a.device_id, &a.user_id)).collect();
+    match store.inbox_chats(&items).await {
+        Ok(chats) => chats
+            .into_iter()
+            .filter_map(|(device, chat)| Some((chat, owner.get(&device)?.to_owned().clone())))
+            .collect(),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the chats of acknowledged items");
+            Vec::new()
         }
     }
 }

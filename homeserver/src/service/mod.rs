@@ -104,11 +104,15 @@ impl Services {
             config.limits.max_group_members,
             metrics.clone(),
         );
+        let relay_channel = config.federation.enabled.then(relay::channel);
         let inbox = inbox::Inbox::spawn(
             store.clone(),
             gateway.clone(),
             config.limits.max_batch,
             metrics.clone(),
+            relay_channel
+                .as_ref()
+                .map(|(relay, _)| (relay.clone(), config.server_name.to_string())),
         );
         let media = media::Media::new(
             store.clone(),
@@ -131,9 +135,8 @@ impl Services {
             config.server_name.clone(),
             federation.clone(),
         );
-        let (relay, remote) = match &federation {
-            Some(fed) => {
-                let (relay, tasks) = relay::channel();
+        let (relay, remote) = match (&federation, relay_channel) {
+            (Some(fed), Some((relay, tasks))) => {
                 relay::spawn(tasks, store.clone(), fed.clone());
                 (
                     Some(relay.clone()),
@@ -144,7 +147,7 @@ impl Services {
                     }),
                 )
             }
-            None => (None, None),
+            _ => (None, None),
         };
         Ok(Self {
             federation: federation.clone(),

@@ -511,3 +511,74 @@ fn to_wire_snapshot(
             .collect::<Result<_, String>>()?,
     })
 }
+
+/// Queues members' current receipts for the servers that must hear of them: for a chat
+/// hosted elsewhere, its hub; for a chat we host, every follower except `except` (the
+/// server that told us). Receipts are cumulative, so a receipt lost to a crash before
+/// this ran is carried by the member's next one.
+pub async fn federate_receipts(
+    store: &AnyStore,
+    relay: &Relay,
+    local: &str,
+    pairs: Vec<(parley_client_api::ChatId, parley_client_api::UserId)>,
+    except: Option<&str>,
+) -> Result<(), StoreError> {
+    let pairs: Vec<_> = pairs
+        .into_iter()
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    if pairs.is_empty() {
+        return Ok(());
+    }
+    let hosted: Vec<parley_client_api::ChatId> = pairs
+        .iter()
+        .filter(|(c, _)| c.hub() == local)
+        .map(|(c, _)| c.clone())
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let followers: HashMap<parley_client_api::ChatId, Vec<String>> = if hosted.is_empty() {
+        HashMap::new()
+    } else {
+        store.chat_followers(&hosted).await?.into_iter().collect()
+    };
+    let mut rows = Vec::new();
+    for (chat, receipt) in store.member_receipts(&pairs).await? {
+        let destinations: Vec<String> = if chat.hub() == local {
+            followers
+                .get(&chat)
+                .into_iter()
+                .flatten()
+                .filter(|d| Some(d.as_str()) != except)
+                .cloned()
+                .collect()
+        } else {
+            vec![chat.hub().to_owned()]
+        };
+        if destinations.is_empty() {
+            continue;
+        }
+        let body = FedReceipt {
+            chat_id: convert(&chat).map_err(StoreError::Corrupt)?,
+            user_id: convert(&receipt.user_id).map_err(StoreError::Corrupt)?,
+            delivered_seq: receipt.delivered_seq,
+            read_seq: receipt.read_seq,
+        };
+        let body = serde_json::to_string(&body).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        for destination in destinations {
+            rows.push(crate::store::fed::NewOutboxRow {
+                destination,
+                kind: OutboxKind::Receipt,
+                body: body.clone(),
+            });
+        }
+    }
+    if rows.is_empty() {
+        return Ok(());
+    }
+    store.enqueue_outbox(&rows, now_ms()).await?;
+    let destinations: HashSet<String> = rows.into_iter().map(|r| r.destination).collect();
+    relay.wake(&destinations);
+    Ok(())
+}

@@ -9,11 +9,11 @@
 
 use std::future::Future;
 
-use parley_client_api::http::chats::{ChatEvent, ChatKind};
+use parley_client_api::http::chats::{ChatEvent, ChatKind, Receipt};
 use parley_client_api::{ChatId, DeviceId, UserId};
 use serde::{Deserialize, Serialize};
 
-use super::{AnyStore, Result};
+use super::{AnyStore, ReceiptNotice, Result};
 
 /// What an outbox row carries. Events and chat states are references (the row names
 /// them; the sender reads them when it forms the batch), the rest full bodies.
@@ -203,6 +203,23 @@ pub trait FedStore: Send + Sync + 'static {
         response: &str,
         at: i64,
     ) -> impl Future<Output = Result<()>> + Send;
+    /// The chats of these inbox items (read before they are acknowledged).
+    fn inbox_chats(
+        &self,
+        items: &[(DeviceId, i64)],
+    ) -> impl Future<Output = Result<Vec<(DeviceId, ChatId)>>> + Send;
+    /// Members' current receipts (one per `(chat, user)` that is a member).
+    fn member_receipts(
+        &self,
+        pairs: &[(ChatId, UserId)],
+    ) -> impl Future<Output = Result<Vec<(ChatId, Receipt)>>> + Send;
+    /// Raises members' receipts as another server reported them (never lowers one) and
+    /// writes a receipt item for every local device of the chat's other members.
+    fn apply_remote_receipts(
+        &self,
+        receipts: &[(ChatId, Receipt)],
+        at: i64,
+    ) -> impl Future<Output = Result<Vec<ReceiptNotice>>> + Send;
     /// The servers (other than the chat's hub) with a current member in each chat.
     fn chat_followers(
         &self,
@@ -261,6 +278,19 @@ impl FedStore for AnyStore {
         at: i64,
     ) -> Result<()> {
         dispatch!(self, s => s.save_received_txn(origin, txn_id, response, at).await)
+    }
+    async fn inbox_chats(&self, items: &[(DeviceId, i64)]) -> Result<Vec<(DeviceId, ChatId)>> {
+        dispatch!(self, s => s.inbox_chats(items).await)
+    }
+    async fn member_receipts(&self, pairs: &[(ChatId, UserId)]) -> Result<Vec<(ChatId, Receipt)>> {
+        dispatch!(self, s => s.member_receipts(pairs).await)
+    }
+    async fn apply_remote_receipts(
+        &self,
+        receipts: &[(ChatId, Receipt)],
+        at: i64,
+    ) -> Result<Vec<ReceiptNotice>> {
+        dispatch!(self, s => s.apply_remote_receipts(receipts, at).await)
     }
     async fn chat_followers(&self, chat_ids: &[ChatId]) -> Result<Vec<(ChatId, Vec<String>)>> {
         dispatch!(self, s => s.chat_followers(chat_ids).await)

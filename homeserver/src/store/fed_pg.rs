@@ -3,15 +3,17 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use parley_client_api::http::chats::{ChatEvent, MlsKind};
+use parley_client_api::http::chats::{ChatEvent, MlsKind, Receipt};
 use parley_client_api::{ChatId, DeviceId, UserId};
 use sqlx::{Postgres, Row, Transaction};
 
+use super::ReceiptNotice;
 use super::fed::{
     Applied, ChatSnapshotRow, DestinationRow, FedStore, FollowerOp, NewOutboxRow, OutboxKind,
     OutboxRow, direct_key,
 };
-use super::pg::{PgStore, event_from_row};
+use super::pg::{PgStore, event_from_row, upsert_receipts};
+use super::plan::ReceiptRow;
 use super::{
     Result, blobs_to_json, epoch_i64, id, kind_from_i16, kind_to_i16, membership_to_json,
     mls_kind_to_i16,
@@ -446,6 +448,92 @@ impl FedStore for PgStore {
         .execute(self.pool())
         .await?;
         Ok(())
+    }
+
+    async fn inbox_chats(&self, items: &[(DeviceId, i64)]) -> Result<Vec<(DeviceId, ChatId)>> {
+        let rows = sqlx::query(
+            "SELECT DISTINCT i.device_id, i.chat_id
+             FROM UNNEST($1::text[], $2::bigint[]) AS k(d, n)
+             JOIN inbox i ON i.device_id = k.d AND i.id = k.n",
+        )
+        .bind(items.iter().map(|(d, _)| d.to_string()).collect::<Vec<_>>())
+        .bind(items.iter().map(|(_, n)| *n).collect::<Vec<_>>())
+        .fetch_all(self.pool())
+        .await?;
+        rows.into_iter()
+            .map(|r| Ok((id(r.get("device_id"))?, id(r.get("chat_id"))?)))
+            .collect()
+    }
+
+    async fn member_receipts(&self, pairs: &[(ChatId, UserId)]) -> Result<Vec<(ChatId, Receipt)>> {
+        let rows = sqlx::query(
+            "SELECT m.chat_id, m.user_id, m.delivered_seq, m.read_seq
+             FROM UNNEST($1::text[], $2::text[]) AS k(c, u)
+             JOIN chat_members m ON m.chat_id = k.c AND m.user_id = k.u",
+        )
+        .bind(pairs.iter().map(|(c, _)| c.to_string()).collect::<Vec<_>>())
+        .bind(pairs.iter().map(|(_, u)| u.to_string()).collect::<Vec<_>>())
+        .fetch_all(self.pool())
+        .await?;
+        rows.into_iter()
+            .map(|r| {
+                Ok((
+                    id(r.get("chat_id"))?,
+                    Receipt {
+                        user_id: id(r.get("user_id"))?,
+                        delivered_seq: r.get("delivered_seq"),
+                        read_seq: r.get("read_seq"),
+                    },
+                ))
+            })
+            .collect()
+    }
+
+    async fn apply_remote_receipts(
+        &self,
+        receipts: &[(ChatId, Receipt)],
+        at: i64,
+    ) -> Result<Vec<ReceiptNotice>> {
+        let mut tx = self.pool().begin().await?;
+        let mut rows = Vec::new();
+        for (chat, r) in receipts {
+            let raised = sqlx::query(
+                "UPDATE chat_members
+                    SET delivered_seq = GREATEST(delivered_seq, $3), read_seq = GREATEST(read_seq, $4)
+                 WHERE chat_id = $1 AND user_id = $2 AND (delivered_seq < $3 OR read_seq < $4)
+                 RETURNING delivered_seq, read_seq",
+            )
+            .bind(chat.as_str())
+            .bind(r.user_id.as_str())
+            .bind(r.delivered_seq)
+            .bind(r.read_seq)
+            .fetch_optional(&mut *tx)
+            .await?;
+            let Some(raised) = raised else { continue };
+            let receipt = Receipt {
+                user_id: r.user_id.clone(),
+                delivered_seq: raised.get("delivered_seq"),
+                read_seq: raised.get("read_seq"),
+            };
+            let devices: Vec<String> = sqlx::query_scalar(
+                "SELECT d.device_id FROM chat_members m JOIN devices d ON d.user_id = m.user_id
+                 WHERE m.chat_id = $1 AND m.left_at IS NULL AND m.user_id <> $2",
+            )
+            .bind(chat.as_str())
+            .bind(r.user_id.as_str())
+            .fetch_all(&mut *tx)
+            .await?;
+            for device in devices {
+                rows.push(ReceiptRow {
+                    device_id: id(device)?,
+                    chat_id: chat.clone(),
+                    receipt: receipt.clone(),
+                });
+            }
+        }
+        let notices = upsert_receipts(&mut tx, rows, at).await?;
+        tx.commit().await?;
+        Ok(notices)
     }
 
     async fn chat_followers(&self, chat_ids: &[ChatId]) -> Result<Vec<(ChatId, Vec<String>)>> {

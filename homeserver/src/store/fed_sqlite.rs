@@ -2,15 +2,17 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use parley_client_api::http::chats::{ChatEvent, MlsKind};
+use parley_client_api::http::chats::{ChatEvent, MlsKind, Receipt};
 use parley_client_api::{ChatId, DeviceId, UserId};
 use sqlx::{Row, Sqlite, Transaction};
 
+use super::ReceiptNotice;
 use super::fed::{
     Applied, ChatSnapshotRow, DestinationRow, FedStore, FollowerOp, NewOutboxRow, OutboxKind,
     OutboxRow, direct_key,
 };
-use super::sqlite::{SqliteStore, event_from_row, json_list};
+use super::plan::ReceiptRow;
+use super::sqlite::{SqliteStore, event_from_row, json_list, upsert_receipts};
 use super::{
     Result, blobs_to_json, epoch_i64, id, kind_from_i16, kind_to_i16, membership_to_json,
     mls_kind_to_i16,
@@ -422,6 +424,93 @@ impl FedStore for SqliteStore {
         .await?;
         tx.commit().await?;
         Ok(())
+    }
+
+    async fn inbox_chats(&self, items: &[(DeviceId, i64)]) -> Result<Vec<(DeviceId, ChatId)>> {
+        let mut out = BTreeSet::new();
+        for (device, n) in items {
+            let chat: Option<String> =
+                sqlx::query_scalar("SELECT chat_id FROM inbox WHERE device_id = ?1 AND id = ?2")
+                    .bind(device.as_str())
+                    .bind(n)
+                    .fetch_optional(&self.pool)
+                    .await?;
+            if let Some(chat) = chat {
+                out.insert((device.clone(), id::<ChatId>(chat)?));
+            }
+        }
+        Ok(out.into_iter().collect())
+    }
+
+    async fn member_receipts(&self, pairs: &[(ChatId, UserId)]) -> Result<Vec<(ChatId, Receipt)>> {
+        let mut out = Vec::new();
+        for (chat, user) in pairs {
+            let row = sqlx::query(
+                "SELECT delivered_seq, read_seq FROM chat_members WHERE chat_id = ?1 AND user_id = ?2",
+            )
+            .bind(chat.as_str())
+            .bind(user.as_str())
+            .fetch_optional(&self.pool)
+            .await?;
+            if let Some(r) = row {
+                out.push((
+                    chat.clone(),
+                    Receipt {
+                        user_id: user.clone(),
+                        delivered_seq: r.get("delivered_seq"),
+                        read_seq: r.get("read_seq"),
+                    },
+                ));
+            }
+        }
+        Ok(out)
+    }
+
+    async fn apply_remote_receipts(
+        &self,
+        receipts: &[(ChatId, Receipt)],
+        at: i64,
+    ) -> Result<Vec<ReceiptNotice>> {
+        let mut tx = self.write_tx().await?;
+        let mut rows = Vec::new();
+        for (chat, r) in receipts {
+            let raised = sqlx::query(
+                "UPDATE chat_members
+                    SET delivered_seq = MAX(delivered_seq, ?3), read_seq = MAX(read_seq, ?4)
+                 WHERE chat_id = ?1 AND user_id = ?2 AND (delivered_seq < ?3 OR read_seq < ?4)
+                 RETURNING delivered_seq, read_seq",
+            )
+            .bind(chat.as_str())
+            .bind(r.user_id.as_str())
+            .bind(r.delivered_seq)
+            .bind(r.read_seq)
+            .fetch_optional(&mut *tx)
+            .await?;
+            let Some(raised) = raised else { continue };
+            let receipt = Receipt {
+                user_id: r.user_id.clone(),
+                delivered_seq: raised.get("delivered_seq"),
+                read_seq: raised.get("read_seq"),
+            };
+            let devices: Vec<String> = sqlx::query_scalar(
+                "SELECT d.device_id FROM chat_members m JOIN devices d ON d.user_id = m.user_id
+                 WHERE m.chat_id = ?1 AND m.left_at IS NULL AND m.user_id <> ?2",
+            )
+            .bind(chat.as_str())
+            .bind(r.user_id.as_str())
+            .fetch_all(&mut *tx)
+            .await?;
+            for device in devices {
+                rows.push(ReceiptRow {
+                    device_id: id(device)?,
+                    chat_id: chat.clone(),
+                    receipt: receipt.clone(),
+                });
+            }
+        }
+        let notices = upsert_receipts(&mut tx, rows, at).await?;
+        tx.commit().await?;
+        Ok(notices)
     }
 
     async fn chat_followers(&self, chat_ids: &[ChatId]) -> Result<Vec<(ChatId, Vec<String>)>> {

@@ -99,7 +99,7 @@ async fn devices_of(
 
 /// Writes receipt changes into inboxes, replacing an unacknowledged older change of the
 /// same member; the replacement takes a new, later id.
-async fn upsert_receipts(
+pub(super) async fn upsert_receipts(
     tx: &mut Transaction<'_, Sqlite>,
     rows: Vec<ReceiptRow>,
     now: i64,

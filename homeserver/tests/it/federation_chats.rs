@@ -18,6 +18,7 @@ crate::on_both_backends!(
     nothing_is_lost_while_a_follower_is_down,
     sends_wait_in_the_outbox_while_the_hub_is_down,
     peers_cannot_act_for_chats_or_users_they_do_not_own,
+    receipts_cross_servers,
 );
 
 /// Waits up to 20 s for `n` events on `ws`, acking them; returns them in arrival order.
@@ -343,4 +344,78 @@ async fn send_ok(server: &Server, me: &User, chat: &ChatId, id: &str) -> Result<
     let (seq, pending) = send(server, me, chat, id).await?;
     ensure!(!pending, "{id} pending");
     Ok(seq)
+}
+
+/// Waits up to 20 s for a receipt of `user` reaching `(delivered, read)` on `ws`.
+async fn receipt(ws: &mut Ws, user: &User, delivered: i64, read: i64) -> Result<()> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match ws.next_within(left).await? {
+            Some(ServerFrame::Receipt { id, receipt, .. }) => {
+                ws.ack(vec![id]).await?;
+                if receipt.user_id == user.user_id
+                    && receipt.delivered_seq >= delivered
+                    && receipt.read_seq >= read
+                {
+                    return Ok(());
+                }
+            }
+            Some(ServerFrame::Event { id, .. }) => ws.ack(vec![id]).await?,
+            Some(_) => {}
+            None => bail!("no receipt of {} at ({delivered}, {read})", user.user_id),
+        }
+    }
+}
+
+async fn receipts_cross_servers(backend: Backend) -> Result<()> {
+    let a = Server::start_peer(backend, "127.0.0.1", "").await?;
+    let b = Server::start_peer(backend, "127.0.0.2", "").await?;
+    let c = Server::start_peer(backend, "127.0.0.3", "").await?;
+    let alice = a.register("alice").await?;
+    let bob = b.register("bob").await?;
+    let carol = c.register("carol").await?;
+    let chat = create_group(&a, &alice, &[&bob, &carol]).await?;
+    wait_listed(&b, &bob, &chat).await?;
+    wait_listed(&c, &carol, &chat).await?;
+    let mut alice_ws = a.connect(&alice).await?;
+    let mut bob_ws = b.connect(&bob).await?;
+    let mut carol_ws = c.connect(&carol).await?;
+    for ws in [&mut alice_ws, &mut bob_ws, &mut carol_ws] {
+        ws.until_synced().await?;
+    }
+    assert_eq!(send_ok(&a, &alice, &chat, "hello").await?, 1);
+    // Bob's device acks the event (events() acks): ✓✓ delivered reaches the hub's
+    // member and, through the hub, the other follower's.
+    events(&mut bob_ws, 1).await?;
+    receipt(&mut alice_ws, &bob, 1, 0).await?;
+    receipt(&mut carol_ws, &bob, 1, 0).await?;
+    // Bob reads it: read reaches both.
+    let (status, body) = b
+        .post(
+            &format!("/v1/chats/{chat}/read"),
+            Some(&bob.token),
+            json!({"seq": 1}),
+        )
+        .await?;
+    ensure!(status.is_success(), "{status} {body}");
+    receipt(&mut alice_ws, &bob, 1, 1).await?;
+    receipt(&mut carol_ws, &bob, 1, 1).await?;
+    // The hub's receipts list shows it too.
+    let (status, body) = a
+        .get(&format!("/v1/chats/{chat}/receipts"), &alice.token)
+        .await?;
+    ensure!(status == StatusCode::OK, "{body}");
+    let bob_row = body["receipts"]
+        .as_array()
+        .context("receipts")?
+        .iter()
+        .find(|r| r["user_id"] == bob.user_id.as_str())
+        .cloned()
+        .context("bob's receipt")?;
+    ensure!(
+        bob_row["delivered_seq"] == 1 && bob_row["read_seq"] == 1,
+        "{bob_row}"
+    );
+    Ok(())
 }
