@@ -6,9 +6,14 @@
 //! - throughput (`--window W[,W…]`): closed loop, every sender keeps `W` sends in flight;
 //! - latency (`--rate R[,R…]`): open loop, `R` messages/s in total, spread over the pairs.
 //!
-//! The bench talks only HTTP and WebSocket (the types of `parley-client-api`), never to
-//! the server's internals or database. See bench/README.md for the figures.
+//! A third scenario, `--group N`, measures one group chat of N members (see
+//! [`group`]): fan-out of one message to every member's socket, and adding a member.
+//!
+//! The bench talks only HTTP and WebSocket (the types of `parley-client-api`, and the
+//! SDK for the group's MLS setup and commits), never to the server's internals or
+//! database. See bench/README.md for the figures.
 
+mod group;
 mod load;
 mod procfs;
 mod report;
@@ -82,7 +87,26 @@ struct Args {
     /// Print one JSON object per run on stdout instead of the table.
     #[arg(long)]
     json: bool,
+    /// Instead of pairs: one group chat of this many members (one device each, all
+    /// online), see `--group-*`.
+    #[arg(long, conflicts_with_all = ["window", "rate"])]
+    group: Option<usize>,
+    /// Group: messages timed one at a time (send → last member's socket).
+    #[arg(long, default_value_t = 200)]
+    group_repeats: usize,
+    /// Group: messages of the burst (rows inserted per second).
+    #[arg(long, default_value_t = 500)]
+    group_burst: usize,
+    /// Group: messages of the burst in flight at once.
+    #[arg(long, default_value_t = 32)]
+    group_window: usize,
+    /// Group: members added one at a time through the admin's SDK (each timed).
+    #[arg(long, default_value_t = 10)]
+    group_commits: usize,
 }
+
+/// Most members of a bench group.
+const MAX_GROUP: usize = 4096;
 
 /// Bounds on every input, so a run is bounded in count and time.
 const MAX_PAIRS: usize = 4000;
@@ -127,6 +151,16 @@ impl Args {
         if !(1..=64).contains(&self.setup_concurrency) {
             bail!("--setup-concurrency: 1 to 64");
         }
+        if self.group.is_some_and(|n| !(3..=MAX_GROUP).contains(&n))
+            || self.group_repeats > 100_000
+            || self.group_burst > 1_000_000
+            || !(1..=256).contains(&self.group_window)
+            || self.group_commits > 1000
+        {
+            bail!(
+                "--group: 3 to {MAX_GROUP}; --group-repeats ≤ 100000; --group-burst ≤ 1000000; --group-window 1 to 256; --group-commits ≤ 1000"
+            );
+        }
         Ok(())
     }
 
@@ -154,6 +188,15 @@ impl Args {
 async fn main() -> Result<()> {
     let args = Args::parse();
     args.validate()?;
+    let group = args.group.map(|members| group::GroupOptions {
+        members,
+        repeats: args.group_repeats,
+        burst: args.group_burst,
+        window: args.group_window,
+        commits: args.group_commits,
+        payload_size: args.payload_size,
+        setup_concurrency: args.setup_concurrency,
+    });
     let server = match &args.url {
         Some(url) => Server::attach(url, args.pid, args.backend.clone())?,
         None => {
@@ -161,7 +204,8 @@ async fn main() -> Result<()> {
                 Some(path) => path.clone(),
                 None => server::default_binary()?,
             };
-            Server::spawn(&binary, args.database_url.as_deref()).await?
+            let config = group.as_ref().map(group::server_config);
+            Server::spawn(&binary, args.database_url.as_deref(), config.as_deref()).await?
         }
     };
     eprintln!(
@@ -170,7 +214,16 @@ async fn main() -> Result<()> {
         server.backend,
         server.pid.map_or("unknown".into(), |p| p.to_string())
     );
-    let result = bench(&args, &server).await;
+    let result = match &group {
+        Some(opts) => group::run(&server, opts).await.map(|r| {
+            if args.json {
+                println!("{}", serde_json::to_string(&r).unwrap_or_default());
+            } else {
+                group::print(&r);
+            }
+        }),
+        None => bench(&args, &server).await,
+    };
     server.stop().await?;
     result
 }

@@ -30,8 +30,13 @@ pub(crate) struct Server {
 
 impl Server {
     /// Spawns `binary` with `PARLEY_LOG=warn` on a free port of 127.0.0.1 and waits for its
-    /// ready line. Without `database_url` it uses SQLite in a temporary directory.
-    pub(crate) async fn spawn(binary: &Path, database_url: Option<&str>) -> Result<Self> {
+    /// ready line. Without `database_url` it uses SQLite in a temporary directory;
+    /// `config` is the text of a config file to start it with (e.g. limits).
+    pub(crate) async fn spawn(
+        binary: &Path,
+        database_url: Option<&str>,
+        config: Option<&str>,
+    ) -> Result<Self> {
         if !binary.is_file() {
             bail!(
                 "no homeserver binary at {} (build it with `cargo build --release -p parley-homeserver`, or pass --spawn PATH or --url)",
@@ -48,7 +53,13 @@ impl Server {
         };
         let backend = backend_of(&database_url)?;
         let port = free_port()?;
-        let mut child = Command::new(binary)
+        let mut cmd = Command::new(binary);
+        if let Some(text) = config {
+            let path = data.path().join("bench.toml");
+            std::fs::write(&path, text).context("writing the server's config file")?;
+            cmd.arg("--config").arg(path);
+        }
+        let mut child = cmd
             .arg("--listen")
             .arg(format!("127.0.0.1:{port}"))
             .arg("--database-url")

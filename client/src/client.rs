@@ -323,6 +323,17 @@ impl Client {
         }
     }
 
+    /// This device's access token, for tools that speak the client API directly (the
+    /// load harness opens its own sockets with it). Keep it secret.
+    pub async fn access_token(&self) -> Result<String> {
+        self.inner
+            .db
+            .reader
+            .state("access_token")
+            .await?
+            .ok_or_else(|| Error::NotLoggedIn(self.inner.config.profile.display().to_string()))
+    }
+
     /// This device's user.
     pub fn user_id(&self) -> &UserId {
         &self.inner.user_id

@@ -99,17 +99,38 @@ fn hub_removed(m: Option<&MembershipChange>) -> Vec<UserId> {
 }
 
 impl Inner {
-    /// After a commit the hub applied with `remove: gone`, leaves of those users may
-    /// remain in the MLS group: a member cannot remove its own leaf in its commit (a
-    /// member that leaves removes its other devices only). The remaining device with the
-    /// lowest leaf index queues a commit removing them, in the same transaction.
-    async fn remove_stale_leaves(
+    /// Users the hub no longer lists but who still have leaves in the MLS group: they
+    /// left with a proposal (see [`crate::Client::leave`]) that is not committed yet, or
+    /// that a commit racing with it left out. The chat's stored members are the hub's
+    /// view; the group's leaves are MLS's.
+    pub(crate) async fn departed(
+        &self,
+        tx: &mut SqliteConnection,
+        chat: &ChatId,
+        group: &Group,
+    ) -> Result<Vec<UserId>> {
+        let listed = store::chat_members(tx, chat).await?;
+        Ok(member_users(group)
+            .into_iter()
+            .filter(|u| !listed.contains(u))
+            .collect())
+    }
+
+    /// Leaves of users who are gone at the hub (`gone`: left, or removed by a commit
+    /// that could not remove every leaf) are removed by a commit that also covers any
+    /// queued proposals (a member's request to leave). Made by the remaining device with
+    /// the lowest leaf index, or by any device when `anyone` (it has a message to send,
+    /// which MLS allows only once the proposals are committed). Queued in the same
+    /// transaction; the socket sends it, and the hub's one-commit-per-epoch settles a
+    /// race between two devices doing this at once. Returns whether a commit was queued.
+    pub(crate) async fn commit_departures(
         &self,
         tx: &mut SqliteConnection,
         chat: &ChatId,
         group: &mut Group,
         gone: &[UserId],
-    ) -> Result<()> {
+        anyone: bool,
+    ) -> Result<bool> {
         let members = group.members().map_err(fatal)?;
         let stale: Vec<u32> = members
             .iter()
@@ -124,17 +145,27 @@ impl Inner {
             .filter(|m| !stale.contains(&m.leaf_index))
             .map(|m| m.leaf_index)
             .min();
-        if stale.is_empty() || leader != Some(group.own_leaf_index()) || group.has_pending_commit()
+        let nothing = stale.is_empty() && !group.has_pending_proposals();
+        if nothing
+            || stale.contains(&group.own_leaf_index())
+            || (!anyone && leader != Some(group.own_leaf_index()))
+            || group.has_pending_commit()
         {
-            return Ok(());
+            return Ok(false);
         }
         let pc = {
             let p = provider(&mut *tx);
-            match group.commit_remove(&p, &self.identity, &stale) {
+            let made = if stale.is_empty() {
+                group.commit_pending_proposals(&p, &self.identity)
+            } else {
+                // Queued proposals (a Remove of the same leaf included) are covered too.
+                group.commit_remove(&p, &self.identity, &stale)
+            };
+            match made {
                 Ok(pc) => pc,
                 Err(e) => {
-                    tracing::warn!(%chat, error = %e, "cannot remove the leaves of departed members");
-                    return Ok(());
+                    tracing::warn!(%chat, error = %e, "cannot commit the departure of members");
+                    return Ok(false);
                 }
             }
         };
@@ -152,9 +183,9 @@ impl Inner {
             Some((&payload.to_bytes(), pc.epoch)),
         )
         .await?;
-        tracing::info!(%chat, leaves = stale.len(), "removing the leaves of departed members");
+        tracing::info!(%chat, leaves = stale.len(), "committing the departure of members");
         self.kick();
-        Ok(())
+        Ok(true)
     }
 
     /// Forgets an own commit the hub refused: its outbox row and the pending commit.
@@ -408,6 +439,7 @@ impl Inner {
                         group.epoch()
                     ))));
                 }
+                let departed = self.departed(tx, &ev.chat_id, &group).await?;
                 let result = {
                     let p = provider(&mut *tx);
                     group.process(&p, commit)
@@ -417,7 +449,8 @@ impl Inner {
                         if summary.discarded_own_pending {
                             self.needs_device_sync.store(true, Ordering::SeqCst);
                         }
-                        let gone = hub_removed(ev.membership.as_ref());
+                        let mut gone = hub_removed(ev.membership.as_ref());
+                        gone.extend(departed);
                         let members: Vec<UserId> = member_users(&group)
                             .into_iter()
                             .filter(|u| !gone.contains(u))
@@ -433,7 +466,7 @@ impl Inner {
                                 chat_id: ev.chat_id.clone(),
                             });
                         } else if !gone.is_empty() {
-                            self.remove_stale_leaves(tx, &ev.chat_id, &mut group, &gone)
+                            self.commit_departures(tx, &ev.chat_id, &mut group, &gone, false)
                                 .await?;
                         }
                         let added = summary
@@ -462,6 +495,86 @@ impl Inner {
                     Err(e) => Ok(Apply::Skip(Skip::Failed(e.to_string()))),
                 }
             }
+            ChatPayload::Proposal { epoch, proposal } => {
+                self.apply_proposal(tx, ev, own, *epoch, proposal).await
+            }
+        }
+    }
+
+    /// A member's request to leave (a Remove Proposal of its own leaf, with
+    /// `membership: {remove: [it]}`, which the hub applied): queue it for the next
+    /// commit, which the leader makes at once. Another device of the leaving user leaves
+    /// too.
+    async fn apply_proposal(
+        &self,
+        tx: &mut SqliteConnection,
+        ev: &Incoming,
+        own: bool,
+        epoch: u64,
+        proposal: &[u8],
+    ) -> Result<Apply> {
+        if own {
+            // Our own leave: `Client::leave` handled it.
+            return Ok(Apply::Done(Vec::new()));
+        }
+        let gid = ev.chat_id.as_str().as_bytes();
+        let loaded = {
+            let p = provider(&mut *tx);
+            Group::load(&p, gid).map_err(fatal)?
+        };
+        let Some(mut group) = loaded else {
+            return Ok(Apply::Skip(Skip::NotForMe));
+        };
+        if epoch != group.epoch() {
+            return Ok(Apply::Skip(Skip::Failed(format!(
+                "proposal for epoch {epoch}, this device is at {}",
+                group.epoch()
+            ))));
+        }
+        let departed = self.departed(tx, &ev.chat_id, &group).await?;
+        let result = {
+            let p = provider(&mut *tx);
+            group.process(&p, proposal)
+        };
+        match result {
+            Ok(Received::ProposalQueued { sender, removes }) => {
+                let leaving = removes.is_some_and(|r| r.leaf_index == sender.leaf_index)
+                    && sender.identity.user_id().as_str() == ev.sender.as_str();
+                let gone = hub_removed(ev.membership.as_ref());
+                if !leaving || gone != [ev.sender.clone()] {
+                    // Parley's only proposal is a member leaving.
+                    return Ok(Apply::Skip(Skip::Failed(
+                        "a proposal other than a member leaving".into(),
+                    )));
+                }
+                if gone.contains(&self.user_id) {
+                    // Another device of this user left the group: this one leaves too.
+                    let users: Vec<UserId> = member_users(&group)
+                        .into_iter()
+                        .filter(|u| !gone.contains(u))
+                        .collect();
+                    store::set_joined(tx, &ev.chat_id, false, &users, ev.seq).await?;
+                    let p = provider(&mut *tx);
+                    group.delete(&p).map_err(fatal)?;
+                    tracing::info!(chat = %ev.chat_id, seq = ev.seq, "left the chat (another device left)");
+                    return Ok(Apply::Done(vec![Event::ChatLeft {
+                        chat_id: ev.chat_id.clone(),
+                    }]));
+                }
+                let mut gone_all = gone;
+                gone_all.extend(departed);
+                let users: Vec<UserId> = member_users(&group)
+                    .into_iter()
+                    .filter(|u| !gone_all.contains(u))
+                    .collect();
+                store::set_joined(tx, &ev.chat_id, true, &users, ev.seq).await?;
+                self.commit_departures(tx, &ev.chat_id, &mut group, &gone_all, false)
+                    .await?;
+                Ok(Apply::Done(Vec::new()))
+            }
+            Ok(_) => Ok(Apply::Done(Vec::new())),
+            Err(ProcessError::Storage(e)) => Err(Error::Store(e)),
+            Err(e) => Ok(Apply::Skip(Skip::Failed(e.to_string()))),
         }
     }
 
@@ -505,37 +618,37 @@ impl Inner {
         epoch: u64,
     ) -> Result<Apply> {
         let gid = ev.chat_id.as_str().as_bytes();
-        let merged = {
+        let loaded = {
             let p = provider(&mut *tx);
-            match Group::load(&p, gid).map_err(fatal)? {
-                Some(mut g) if g.has_pending_commit() && g.epoch() == epoch => {
-                    let before: Vec<_> = g.members().unwrap_or_default();
-                    g.confirm_pending_commit(&p).map_err(fatal)?;
-                    let after = g.members().unwrap_or_default();
-                    Some((before, after, member_users(&g)))
-                }
-                _ => None,
-            }
+            Group::load(&p, gid).map_err(fatal)?
         };
+        let mut merged = None;
+        if let Some(mut g) = loaded
+            && g.has_pending_commit()
+            && g.epoch() == epoch
+        {
+            let departed = self.departed(tx, &ev.chat_id, &g).await?;
+            let before: Vec<_> = g.members().unwrap_or_default();
+            g.confirm_pending_commit(&provider(&mut *tx))
+                .map_err(fatal)?;
+            let after = g.members().unwrap_or_default();
+            merged = Some((g, departed, before, after));
+        }
         store::outbox_remove(tx, &ev.chat_id, &ev.client_msg_id).await?;
-        let Some((before, after, users)) = merged else {
+        let Some((mut group, departed, before, after)) = merged else {
             return Ok(Apply::Skip(Skip::Stale));
         };
-        let gone = hub_removed(ev.membership.as_ref());
-        if gone.contains(&self.user_id) {
-            // We left: the hub no longer sends us the chat's events; forget its keys.
-            let users: Vec<UserId> = users.into_iter().filter(|u| !gone.contains(u)).collect();
-            store::set_joined(tx, &ev.chat_id, false, &users, ev.seq).await?;
-            let p = provider(&mut *tx);
-            if let Some(g) = Group::load(&p, gid).map_err(fatal)? {
-                g.delete(&p).map_err(fatal)?;
-            }
-            tracing::info!(chat = %ev.chat_id, seq = ev.seq, "left the chat");
-            return Ok(Apply::Done(vec![Event::ChatLeft {
-                chat_id: ev.chat_id.clone(),
-            }]));
-        }
+        let mut gone = hub_removed(ev.membership.as_ref());
+        gone.extend(departed);
+        let users: Vec<UserId> = member_users(&group)
+            .into_iter()
+            .filter(|u| !gone.contains(u))
+            .collect();
         store::set_joined(tx, &ev.chat_id, true, &users, ev.seq).await?;
+        if !gone.is_empty() {
+            self.commit_departures(tx, &ev.chat_id, &mut group, &gone, false)
+                .await?;
+        }
         let added = after
             .iter()
             .filter(|m| !before.iter().any(|b| b.identity == m.identity))
@@ -764,6 +877,30 @@ impl Inner {
             .iter()
             .any(|r| r.chat_id == row.chat_id && r.kind == store::OUTBOX_COMMIT);
         let mut tx = store::begin(&mut conn).await?;
+        let loaded = {
+            let p = provider(&mut tx);
+            Group::load(&p, chat.as_str().as_bytes()).map_err(fatal)?
+        };
+        if let Some(mut g) = loaded
+            && g.has_pending_proposals()
+            && !commit_queued
+        {
+            // A member asked to leave: MLS lets nobody send until that is committed, so
+            // commit it first; the message goes in the epoch that commit creates. (A
+            // pending commit that is not queued can never be confirmed.)
+            if g.has_pending_commit() {
+                g.discard_pending_commit(&provider(&mut tx))
+                    .map_err(fatal)?;
+            }
+            let departed = self.departed(&mut tx, &chat, &g).await?;
+            if self
+                .commit_departures(&mut tx, &chat, &mut g, &departed, true)
+                .await?
+            {
+                tx.commit().await?;
+                return Ok(None);
+            }
+        }
         let result = {
             let p = provider(&mut tx);
             match Group::load(&p, chat.as_str().as_bytes()).map_err(fatal)? {

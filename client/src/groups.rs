@@ -52,7 +52,6 @@ pub struct GroupMembers {
 enum Change {
     Add(Vec<ValidatedKeyPackage>, Vec<UserId>),
     Remove(Vec<UserId>),
-    Leave,
 }
 
 /// What one attempt came to.
@@ -62,6 +61,81 @@ enum Attempt {
 }
 
 impl Inner {
+    /// The Remove Proposal of this device's leaf in the group's current epoch. Nothing
+    /// of it is kept: the proposal is signed and complete, so the store is rolled back
+    /// (the device needs no trace of it; it forgets the group once the hub accepts it).
+    async fn make_leave_proposal(&self, chat: &ChatId) -> Result<(u64, Vec<u8>)> {
+        let deadline = tokio::time::Instant::now() + BUSY_WAIT;
+        loop {
+            let mut conn = self.db.writer.lock().await;
+            let cur = store::cursor(&mut conn, chat).await?;
+            if !cur.known {
+                return Err(Error::UnknownChat(chat.to_string()));
+            }
+            if !cur.joined {
+                return Err(Error::NotJoined(chat.to_string()));
+            }
+            let busy = store::outbox_all(&mut conn)
+                .await?
+                .iter()
+                .any(|r| r.chat_id == chat.as_str() && r.kind == store::OUTBOX_COMMIT);
+            let mut tx = store::begin(&mut conn).await?;
+            let p = provider(&mut tx);
+            let Some(mut group) =
+                Group::load(&p, chat.as_str().as_bytes()).map_err(Error::crypto)?
+            else {
+                return Err(Error::NotJoined(chat.to_string()));
+            };
+            if group.has_pending_commit() {
+                if busy {
+                    tx.rollback().await?;
+                    drop(conn);
+                    if tokio::time::Instant::now() > deadline {
+                        return Err(Error::Protocol(format!(
+                            "a commit of this device to {chat} is still unconfirmed"
+                        )));
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+                group.discard_pending_commit(&p).map_err(Error::crypto)?;
+            }
+            let epoch = group.epoch();
+            let proposal = group.leave(&p, &self.identity).map_err(Error::crypto);
+            tx.rollback().await?;
+            return Ok((epoch, proposal?));
+        }
+    }
+
+    /// This device left the chat (the hub sequenced its leave as `seq`): forget the
+    /// group's keys and the queued sends, keep the history.
+    async fn forget_group(&self, chat: &ChatId, seq: i64) -> Result<()> {
+        {
+            let mut conn = self.db.writer.lock().await;
+            let mut tx = store::begin(&mut conn).await?;
+            let users: Vec<UserId> = store::chat_members(&mut tx, chat)
+                .await?
+                .into_iter()
+                .filter(|u| *u != self.user_id)
+                .collect();
+            store::set_joined(&mut tx, chat, false, &users, seq).await?;
+            let p = provider(&mut tx);
+            if let Some(g) = Group::load(&p, chat.as_str().as_bytes()).map_err(Error::crypto)? {
+                g.delete(&p).map_err(Error::crypto)?;
+            }
+            let cur = store::cursor(&mut tx, chat).await?;
+            if seq > cur.last_seq {
+                store::set_last_seq(&mut tx, chat, seq).await?;
+            }
+            tx.commit().await?;
+        }
+        tracing::info!(%chat, seq, "left the chat");
+        self.emit(Event::ChatLeft {
+            chat_id: chat.clone(),
+        });
+        Ok(())
+    }
+
     pub(crate) fn is_direct(&self, client_msg_id: &str) -> bool {
         self.direct
             .lock()
@@ -158,7 +232,7 @@ impl Inner {
                 group.discard_pending_commit(&p).map_err(Error::crypto)?;
             }
             let members = group.members().map_err(Error::crypto)?;
-            let leaves_of = |users: &[UserId], skip_self: bool| -> Vec<u32> {
+            let leaves_of = |users: &[UserId]| -> Vec<u32> {
                 members
                     .iter()
                     .filter(|m| {
@@ -166,7 +240,6 @@ impl Inner {
                             .iter()
                             .any(|u| u.as_str() == m.identity.user_id().as_str())
                     })
-                    .filter(|m| !skip_self || m.leaf_index != group.own_leaf_index())
                     .map(|m| m.leaf_index)
                     .collect()
             };
@@ -203,7 +276,7 @@ impl Inner {
                     )
                 }
                 Change::Remove(users) => {
-                    let leaves = leaves_of(users, false);
+                    let leaves = leaves_of(users);
                     if leaves.is_empty() {
                         return Ok(None);
                     }
@@ -217,24 +290,6 @@ impl Inner {
                         MembershipChange {
                             add: Vec::new(),
                             remove: users.clone(),
-                        },
-                    )
-                }
-                Change::Leave => {
-                    // MLS forbids a commit removing its committer: remove our other
-                    // devices (or commit nothing but a key update); a remaining member
-                    // removes this leaf once the hub applied our departure.
-                    let leaves = leaves_of(std::slice::from_ref(&self.user_id), true);
-                    let pc = if leaves.is_empty() {
-                        group.commit_update(&p, &self.identity)
-                    } else {
-                        group.commit_remove(&p, &self.identity, &leaves)
-                    };
-                    (
-                        pc,
-                        MembershipChange {
-                            add: Vec::new(),
-                            remove: vec![self.user_id.clone()],
                         },
                     )
                 }
@@ -441,11 +496,44 @@ impl Client {
             .await
     }
 
-    /// Leaves a group (anyone may): a Commit removing this user's other devices, with
-    /// `membership: {remove: [me]}`. Once the hub accepted it, this device forgets the
-    /// group's keys (history stays) and the chat shows as left.
+    /// Leaves a group (anyone may). MLS forbids a Commit removing its committer, so
+    /// this device sends a Proposal removing its own leaf, with
+    /// `membership: {remove: [me]}`: the hub takes this user off the member list at once
+    /// (its later sends are refused, nothing more is sent to its devices), and a
+    /// remaining member's device commits the removal of every leaf of this user
+    /// automatically (the one with the lowest leaf index at once, or whoever sends
+    /// next). Once the hub accepted the Proposal, this device forgets the group's keys
+    /// (history stays) and the chat shows as left; the user's other devices follow when
+    /// they see it. Re-made and retried when another Commit changes the epoch first.
     pub async fn leave(&self, chat: &ChatId) -> Result<()> {
-        self.inner.change_members(chat, Change::Leave).await
+        let inner = &self.inner;
+        for _ in 0..MAX_ATTEMPTS {
+            let (epoch, proposal) = inner.make_leave_proposal(chat).await?;
+            let id = format!("leave-{}", parley_crypto::MessageId::random().as_str());
+            let body = crate::api::wire(serde_json::json!({
+                "client_msg_id": id,
+                "payload": Payload(ChatPayload::Proposal { epoch, proposal }.to_bytes()),
+                "mls": MlsMeta { kind: MlsKind::Proposal, epoch },
+                "membership": MembershipChange { add: Vec::new(), remove: vec![inner.user_id.clone()] },
+            }))?;
+            match inner.api.send_event(chat, &body).await {
+                Ok(ack) => {
+                    inner.forget_group(chat, ack.seq).await?;
+                    return Ok(());
+                }
+                Err(Error::Server {
+                    code: ErrorCode::WrongEpoch,
+                    ..
+                }) => {
+                    tracing::info!(%chat, "our leave lost its epoch; catching up");
+                    inner.catch_up(chat).await?;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(Error::Protocol(format!(
+            "leaving {chat} lost its epoch {MAX_ATTEMPTS} times in a row"
+        )))
     }
 
     /// Renames a group (admins only).

@@ -8,6 +8,7 @@
 //! 0x01 ‖ mls_message            Application: an MLS PrivateMessage (an encrypted Envelope)
 //! 0x02 ‖ u64 epoch ‖ u32 len ‖ commit ‖ 0x00                      Commit without Welcome
 //! 0x02 ‖ u64 epoch ‖ u32 len ‖ commit ‖ 0x01 ‖ u32 len ‖ welcome  Commit with Welcome
+//! 0x03 ‖ u64 epoch ‖ u32 len ‖ proposal   Proposal (a member leaving: a Remove of its own leaf)
 //! ```
 //!
 //! Integers are big-endian. `epoch` is the epoch the Commit was created in (the
@@ -22,6 +23,7 @@ pub const FRAMING_VERSION: u8 = 1;
 
 const TAG_APPLICATION: u8 = 1;
 const TAG_COMMIT: u8 = 2;
+const TAG_PROPOSAL: u8 = 3;
 
 /// What one chat event carries.
 #[derive(Clone, PartialEq, Eq)]
@@ -35,6 +37,9 @@ pub enum ChatPayload {
         commit: Vec<u8>,
         welcome: Option<Vec<u8>>,
     },
+    /// An MLS Proposal (TLS-encoded `MLSMessage`, PublicMessage) made in `epoch`; another
+    /// member commits it. Parley sends one kind: a member's request to leave.
+    Proposal { epoch: u64, proposal: Vec<u8> },
 }
 
 impl std::fmt::Debug for ChatPayload {
@@ -53,6 +58,11 @@ impl std::fmt::Debug for ChatPayload {
                 .field("epoch", epoch)
                 .field("commit_len", &commit.len())
                 .field("welcome_len", &welcome.as_ref().map(Vec::len))
+                .finish(),
+            ChatPayload::Proposal { epoch, proposal } => f
+                .debug_struct("Proposal")
+                .field("epoch", epoch)
+                .field("len", &proposal.len())
                 .finish(),
         }
     }
@@ -99,6 +109,13 @@ impl ChatPayload {
                 }
                 out
             }
+            ChatPayload::Proposal { epoch, proposal } => {
+                let mut out = Vec::with_capacity(14 + proposal.len());
+                out.extend_from_slice(&[FRAMING_VERSION, TAG_PROPOSAL]);
+                out.extend_from_slice(&epoch.to_be_bytes());
+                put_len_prefixed(&mut out, proposal);
+                out
+            }
         }
     }
 
@@ -143,6 +160,17 @@ impl ChatPayload {
                     epoch: u64::from_be_bytes(epoch),
                     commit: commit.to_vec(),
                     welcome,
+                })
+            }
+            TAG_PROPOSAL => {
+                let (epoch, rest) = take::<8>(rest)?;
+                let (proposal, rest) = take_len_prefixed(rest)?;
+                if proposal.is_empty() || !rest.is_empty() {
+                    return Err(PayloadError::Malformed("proposal"));
+                }
+                Ok(ChatPayload::Proposal {
+                    epoch: u64::from_be_bytes(epoch),
+                    proposal: proposal.to_vec(),
                 })
             }
             other => Err(PayloadError::UnknownKind(other)),
@@ -196,12 +224,16 @@ mod tests {
                 commit: vec![1],
                 welcome: Some(vec![2; 300]),
             },
+            ChatPayload::Proposal {
+                epoch: 3,
+                proposal: vec![4; 20],
+            },
         ];
         for p in cases {
             let bytes = p.to_bytes();
             assert_eq!(ChatPayload::from_bytes(&bytes).unwrap(), p);
             // Every strict prefix of a commit fails cleanly.
-            if matches!(p, ChatPayload::Commit { .. }) {
+            if !matches!(p, ChatPayload::Application { .. }) {
                 for n in 0..bytes.len() {
                     assert!(ChatPayload::from_bytes(&bytes[..n]).is_err(), "prefix {n}");
                 }

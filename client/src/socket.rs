@@ -338,11 +338,14 @@ impl Conn {
             store::set_read_sent(&mut conn, &chat, seq).await?;
         }
         let mut blocked: HashSet<String> = HashSet::new();
+        // Chats whose first message waits for a commit of ours: later messages wait
+        // too, but a commit queued after them (the one they wait for) goes.
+        let mut waiting: HashSet<String> = HashSet::new();
         for row in rows {
-            if blocked.contains(&row.chat_id) {
+            let is_commit = row.kind == store::OUTBOX_COMMIT;
+            if blocked.contains(&row.chat_id) || (!is_commit && waiting.contains(&row.chat_id)) {
                 continue;
             }
-            let is_commit = row.kind == store::OUTBOX_COMMIT;
             if self.inner.is_direct(&row.client_msg_id) {
                 // An SDK call is sending this commit itself; what follows waits.
                 blocked.insert(row.chat_id.clone());
@@ -359,7 +362,7 @@ impl Conn {
                 _ => match self.inner.encrypt_queued(&row).await? {
                     Some(p) => p,
                     None => {
-                        blocked.insert(row.chat_id.clone());
+                        waiting.insert(row.chat_id.clone());
                         continue;
                     }
                 },

@@ -73,6 +73,10 @@ pub enum LogFormat {
 pub struct Limits {
     /// Largest event payload, in bytes.
     pub max_payload_bytes: usize,
+    /// Largest payload of an MLS handshake event (a Commit, with the Welcome for the
+    /// devices it adds, or a Proposal). A Welcome carries the group's ratchet tree, about
+    /// 0.5 KiB per device, so adding to a group of 1,024 devices needs about 0.5 MiB.
+    pub max_commit_bytes: usize,
     /// Most open device WebSockets.
     pub max_connections: usize,
     /// Inbox rows and stored events older than this are deleted.
@@ -98,10 +102,18 @@ pub struct Limits {
     pub user_quota_bytes: u64,
 }
 
+impl Limits {
+    /// The largest payload any event may have (an application message or a handshake).
+    pub fn max_event_bytes(&self) -> usize {
+        self.max_payload_bytes.max(self.max_commit_bytes)
+    }
+}
+
 impl Default for Limits {
     fn default() -> Self {
         Self {
             max_payload_bytes: 64 * 1024,
+            max_commit_bytes: 4 * 1024 * 1024,
             max_connections: 10_000,
             retention_days: 30,
             max_batch: 512,
@@ -246,6 +258,9 @@ impl Config {
         }
         if limits.max_payload_bytes == 0 || limits.max_payload_bytes > 16 * 1024 * 1024 {
             return Err(ConfigError::Limit("max_payload_bytes must be 1..=16 MiB"));
+        }
+        if limits.max_commit_bytes == 0 || limits.max_commit_bytes > 64 * 1024 * 1024 {
+            return Err(ConfigError::Limit("max_commit_bytes must be 1..=64 MiB"));
         }
         let mut federation = file.federation;
         federation.enabled |= cli.federation;

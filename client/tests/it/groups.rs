@@ -10,6 +10,15 @@ use parley_client::{ChatId, Error, Event, MessageState, UserId};
 
 use crate::harness::{Backend, Device, Server, drain, eventually};
 
+crate::on_both_backends!(
+    a_group_of_four_reads_the_same_messages_in_the_same_order,
+    adding_removing_and_leaving,
+    two_admins_committing_at_once_end_on_one_epoch,
+    a_member_offline_for_several_epochs_catches_up,
+    a_group_of_fifty,
+    leaving_is_a_proposal_that_the_next_sender_commits,
+);
+
 fn users(ds: &[&Device]) -> Vec<UserId> {
     ds.iter().map(|d| d.user().clone()).collect()
 }
@@ -64,9 +73,8 @@ async fn not_joined(d: &Device, chat: &ChatId) -> Result<()> {
     .await
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_group_of_four_reads_the_same_messages_in_the_same_order() -> Result<()> {
-    let server = Server::start(Backend::Sqlite).await?;
+async fn a_group_of_four_reads_the_same_messages_in_the_same_order(backend: Backend) -> Result<()> {
+    let server = Server::start(backend).await?;
     let alice = server.register("alice").await?;
     let bob = server.register("bob").await?;
     let carol = server.register("carol").await?;
@@ -163,9 +171,8 @@ async fn a_group_of_four_reads_the_same_messages_in_the_same_order() -> Result<(
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn adding_removing_and_leaving() -> Result<()> {
-    let server = Server::start(Backend::Sqlite).await?;
+async fn adding_removing_and_leaving(backend: Backend) -> Result<()> {
+    let server = Server::start(backend).await?;
     let alice = server.register("alice").await?;
     let bob = server.register("bob").await?;
     let carol = server.register("carol").await?;
@@ -321,16 +328,17 @@ async fn adding_removing_and_leaving() -> Result<()> {
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_admins_committing_at_once_end_on_one_epoch() -> Result<()> {
-    let server = Server::start(Backend::Sqlite).await?;
+async fn two_admins_committing_at_once_end_on_one_epoch(backend: Backend) -> Result<()> {
+    let server = Server::start(backend).await?;
     let alice = server.register("alice").await?;
     let bob = server.register("bob").await?;
     let carol = server.register("carol").await?;
     let dave = server.register("dave").await?;
     let erin = server.register("erin").await?;
     let frank = server.register("frank").await?;
-    for d in [&alice, &bob, &carol, &dave, &erin, &frank] {
+    let carol2 = server.register("carol2").await?;
+    let grace = server.register("grace").await?;
+    for d in [&alice, &bob, &carol, &dave, &erin, &frank, &carol2, &grace] {
         d.online().await?;
     }
     let chat = alice
@@ -341,16 +349,34 @@ async fn two_admins_committing_at_once_end_on_one_epoch() -> Result<()> {
         d.joined(&chat).await?;
     }
     alice.client.set_admin(&chat, bob.user(), true).await?;
-    // Round 1: both add someone else at once. One commit wins the epoch; the other is
+    bob.joined(&chat).await?;
+    // Round 1, made certain: bob's device is offline while alice adds dave, so bob
+    // commits (adding erin) in the epoch alice's commit already took. The hub refuses it
+    // (wrong_epoch); bob's SDK processes alice's commit, re-bases and retries.
+    let bob = bob.restart().await?;
+    alice.client.add_members(&chat, &users(&[&dave])).await?;
+    let refused = refused_sends(&server).await?;
+    bob.client.add_members(&chat, &users(&[&erin])).await?;
+    ensure!(
+        refused_sends(&server).await? > refused,
+        "bob's stale commit was not refused"
+    );
+    bob.online().await?;
+    let now = [&alice, &bob, &carol, &dave, &erin];
+    for d in now {
+        d.joined(&chat).await?;
+    }
+    same_epoch(&chat, &now).await?;
+    // Round 2: both add someone else at once. One commit wins the epoch; the other is
     // refused (wrong_epoch), re-based on the winner and retried by the SDK.
-    let (add_dave, add_erin) = (users(&[&dave]), users(&[&erin]));
+    let (add_grace, add_carol2) = (users(&[&grace]), users(&[&carol2]));
     let (x, y) = tokio::join!(
-        alice.client.add_members(&chat, &add_dave),
-        bob.client.add_members(&chat, &add_erin)
+        alice.client.add_members(&chat, &add_grace),
+        bob.client.add_members(&chat, &add_carol2)
     );
     x?;
     y?;
-    // Round 2: both add the same user: the loser finds nothing left to do.
+    // Round 3: both add the same user: the loser finds nothing left to do.
     let add_frank = users(&[&frank]);
     let (x, y) = tokio::join!(
         alice.client.add_members(&chat, &add_frank),
@@ -358,14 +384,14 @@ async fn two_admins_committing_at_once_end_on_one_epoch() -> Result<()> {
     );
     x?;
     y?;
-    let everyone = [&alice, &bob, &carol, &dave, &erin, &frank];
+    let everyone = [&alice, &bob, &carol, &dave, &erin, &frank, &carol2, &grace];
     for d in everyone {
         d.joined(&chat).await?;
     }
     let epoch = same_epoch(&chat, &everyone).await?;
     let hub = alice.client.members(&chat).await?;
     ensure!(
-        hub.hub_epoch == epoch && hub.members.len() == 6,
+        hub.hub_epoch == epoch && hub.members.len() == 8,
         "{hub:?} vs {epoch}"
     );
     carol.client.send_text(&chat, "all on one epoch").await?;
@@ -382,9 +408,8 @@ async fn two_admins_committing_at_once_end_on_one_epoch() -> Result<()> {
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_member_offline_for_several_epochs_catches_up() -> Result<()> {
-    let server = Server::start(Backend::Sqlite).await?;
+async fn a_member_offline_for_several_epochs_catches_up(backend: Backend) -> Result<()> {
+    let server = Server::start(backend).await?;
     let alice = server.register("alice").await?;
     let bob = server.register("bob").await?;
     let carol = server.register("carol").await?;
@@ -424,10 +449,9 @@ async fn a_member_offline_for_several_epochs_catches_up() -> Result<()> {
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_group_of_fifty() -> Result<()> {
+async fn a_group_of_fifty(backend: Backend) -> Result<()> {
     const N: usize = 50;
-    let server = Server::start(Backend::Sqlite).await?;
+    let server = Server::start(backend).await?;
     let mut ds = Vec::new();
     for i in 0..N {
         let d = server.register(&format!("user{i:02}")).await?;
@@ -467,4 +491,102 @@ async fn a_group_of_fifty() -> Result<()> {
          add one member (claim → joined) {added:?}"
     );
     Ok(())
+}
+
+async fn leaving_is_a_proposal_that_the_next_sender_commits(backend: Backend) -> Result<()> {
+    let server = Server::start(backend).await?;
+    let alice = server.register("alice").await?;
+    let bob = server.register("bob").await?;
+    let carol = server.register("carol").await?;
+    let carol2 = server.login("carol").await?;
+    let dave = server.register("dave").await?;
+    for d in [&alice, &bob, &carol, &carol2, &dave] {
+        d.online().await?;
+    }
+    let chat = alice
+        .client
+        .create_group("Leavers", &users(&[&bob, &carol, &dave]))
+        .await?;
+    for d in [&bob, &carol, &carol2, &dave] {
+        d.joined(&chat).await?;
+    }
+    let before = same_epoch(&chat, &[&alice, &bob, &carol, &carol2, &dave]).await?;
+    // Alice, whose device would commit the departure at once, is offline.
+    let alice_id = alice.user().clone();
+    let Device { client, dir, .. } = alice;
+    client.shutdown().await;
+
+    // Carol leaves from one device: a proposal, which the hub applies at once. Both her
+    // devices forget the group; the hub refuses her sends; the epoch has not moved.
+    carol.client.leave(&chat).await?;
+    not_joined(&carol, &chat).await?;
+    not_joined(&carol2, &chat).await?;
+    let hub = bob.client.members(&chat).await?;
+    ensure!(
+        hub.members.iter().map(|m| &m.user_id).collect::<Vec<_>>()
+            == [&alice_id, bob.user(), dave.user()]
+            && hub.hub_epoch == before,
+        "{hub:?}"
+    );
+    let resp = reqwest::Client::new()
+        .post(format!("{}/v1/chats/{chat}/events", server.url()))
+        .bearer_auth(carol2.token().await?)
+        .json(&serde_json::json!({"client_msg_id": "x1", "payload": "aGk="}))
+        .send()
+        .await?;
+    ensure!(resp.status() == 403, "{}", resp.status());
+    match carol.client.send_text(&chat, "still here?").await {
+        Err(Error::NotJoined(_)) => {}
+        other => bail!("carol's send: {other:?}"),
+    }
+
+    // Bob sends next: MLS lets nobody send with a proposal pending, so his device
+    // commits carol's removal (both her leaves) first, then sends in the new epoch.
+    bob.client.send_text(&chat, "after carol").await?;
+    dave.received(&chat, "after carol").await?;
+    let after = same_epoch(&chat, &[&bob, &dave]).await?;
+    ensure!(after == before + 1, "{before} → {after}");
+    let leaves = bob.client.members(&chat).await?;
+    ensure!(
+        leaves.members.iter().map(|m| m.devices).sum::<usize>() == 3,
+        "{leaves:?}"
+    );
+    for c in [&carol, &carol2] {
+        ensure!(
+            !c.history(&chat)
+                .await?
+                .iter()
+                .any(|m| m.body == "after carol")
+        );
+    }
+
+    // Alice comes back, catches up (proposal, commit, message) and talks with the rest.
+    let alice = Device::new(
+        parley_client::Client::open(crate::harness::config(dir.path())).await?,
+        dir,
+    );
+    alice.online().await?;
+    alice.received(&chat, "after carol").await?;
+    same_epoch(&chat, &[&alice, &bob, &dave]).await?;
+    alice.client.send_text(&chat, "welcome back").await?;
+    same_order(
+        &chat,
+        &[&alice, &bob, &dave],
+        &["after carol", "welcome back"],
+    )
+    .await?;
+    Ok(())
+}
+
+/// The hub's count of refused sends (`wrong_epoch` among them), from `/metrics`.
+async fn refused_sends(server: &Server) -> Result<u64> {
+    let text = reqwest::get(format!("{}/metrics", server.url()))
+        .await?
+        .text()
+        .await?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("parley_sends_refused_total "))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .map(|v| v as u64)
+        .ok_or_else(|| anyhow::anyhow!("no parley_sends_refused_total in /metrics"))
 }

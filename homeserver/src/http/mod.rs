@@ -37,7 +37,7 @@ pub struct AppState {
 /// The client API router.
 pub fn app(state: AppState) -> Router {
     // Base64 inflates payloads by 4/3; leave room for the JSON around them.
-    let body_limit = state.services.config.limits.max_payload_bytes / 3 * 4 + 8 * 1024;
+    let body_limit = state.services.config.limits.max_event_bytes() / 3 * 4 + 8 * 1024;
     let federation = match &state.services.federation {
         Some(fed) => federation::router(state.services.clone(), fed.clone()),
         None => Router::new(),

@@ -60,7 +60,7 @@ pub async fn upgrade(
         )
         .into_response();
     };
-    let max = st.services.config.limits.max_payload_bytes / 3 * 4 + FRAME_OVERHEAD;
+    let max = st.services.config.limits.max_event_bytes() / 3 * 4 + FRAME_OVERHEAD;
     ws.max_message_size(max)
         .max_frame_size(max)
         .on_upgrade(move |socket| connection(st, me, socket, permit))

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use parley_client_api::Payload;
 use parley_client_api::http::chats::{
-    ChatEvent, ChatKind, Receipt, SendAck, send, valid_client_msg_id,
+    ChatEvent, ChatKind, MlsKind, Receipt, SendAck, send, valid_client_msg_id,
 };
 use parley_client_api::{ChatId, UserId};
 use rand::Rng as _;
@@ -238,7 +238,14 @@ impl Chats {
                 "client_msg_id: 1 to 128 printable ASCII characters".into(),
             ));
         }
-        let limit = self.config.limits.max_payload_bytes;
+        // Handshakes may be larger: a Commit carries the Welcome (with the ratchet tree)
+        // for the devices it adds.
+        let handshake = mls.is_some_and(|m| m.kind != MlsKind::Application);
+        let limit = if handshake {
+            self.config.limits.max_commit_bytes
+        } else {
+            self.config.limits.max_payload_bytes
+        };
         if payload.len() > limit {
             return Err(ServiceError::TooLarge {
                 size: payload.len(),

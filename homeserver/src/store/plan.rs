@@ -277,7 +277,8 @@ fn check_send(
     let Some(change) = &req.membership else {
         return None;
     };
-    if req.mls.map(|m| m.kind) != Some(MlsKind::Commit) {
+    let kind = req.mls.map(|m| m.kind);
+    if kind != Some(MlsKind::Commit) && kind != Some(MlsKind::Proposal) {
         return Some(SendOutcome::Refused(
             "a membership change travels with the MLS commit that makes it".into(),
         ));
@@ -287,10 +288,23 @@ fn check_send(
             "a 1:1 chat's members are fixed".into(),
         ));
     }
-    let only_self_removal = change.add.is_empty() && change.remove == [req.sender.clone()];
-    if !sender.admin && !only_self_removal {
+    // MLS forbids a Commit that removes its committer: a member leaves with a Proposal
+    // removing its own leaf (which another member commits), and that Proposal may carry
+    // nothing but the sender's own departure.
+    let own_leave = change.add.is_empty() && change.remove == [req.sender.clone()];
+    if kind == Some(MlsKind::Proposal) {
+        if !own_leave {
+            return Some(SendOutcome::Refused(
+                "a proposal's membership change can only be its sender leaving".into(),
+            ));
+        }
+    } else if !sender.admin {
         return Some(SendOutcome::Refused(
             "only admins add or remove members".into(),
+        ));
+    } else if change.remove.contains(&req.sender) {
+        return Some(SendOutcome::Refused(
+            "a commit cannot remove its committer: leave with a proposal".into(),
         ));
     }
     for user in &change.add {
@@ -667,12 +681,44 @@ mod tests {
         assert_eq!(to(2), ["B1", "D1", "D2"]);
         assert_eq!(p.outcomes[2], SendOutcome::NotMember);
         assert_eq!(p.membership.len(), 2);
-        // Anyone may remove themselves.
+        // Anyone may leave, with a proposal removing themselves (and nobody else); a
+        // commit cannot remove its committer, and a non-admin's commit removes nobody.
+        let leave = |r: SendRequest, remove: &[&str]| SendRequest {
+            mls: mls(MlsKind::Proposal, 0),
+            ..change(r, &[], remove)
+        };
+        let p = plan(&[leave(req("g", "bob", "B1", "x", 1), &["bob"])], &chats);
+        assert!(matches!(p.outcomes[0], SendOutcome::Committed { .. }));
+        assert_eq!(to_members(&p), [("bob", false)]);
+        assert_eq!(p.heads[0].mls_epoch, 0, "a proposal does not end the epoch");
+        for refused in [
+            leave(req("g", "bob", "B1", "x", 1), &["carol"]),
+            leave(req("g", "bob", "B1", "x", 1), &["bob", "carol"]),
+            change(req("g", "bob", "B1", "x", 1), &[], &["bob"]),
+            change(req("g", "alice", "A1", "x", 1), &[], &["alice"]),
+        ] {
+            let p = plan(&[refused], &chats);
+            assert!(matches!(p.outcomes[0], SendOutcome::Refused(_)), "{p:?}");
+        }
+        // After leaving, bob's sends are refused.
         let p = plan(
-            &[change(req("g", "bob", "B1", "x", 1), &[], &["bob"])],
+            &[
+                leave(req("g", "bob", "B1", "x", 1), &["bob"]),
+                req("g", "bob", "B1", "y", 2),
+            ],
             &chats,
         );
-        assert!(matches!(p.outcomes[0], SendOutcome::Committed { .. }));
+        assert_eq!(p.outcomes[1], SendOutcome::NotMember);
+    }
+
+    fn to_members(p: &SendPlan) -> Vec<(&str, bool)> {
+        p.membership
+            .iter()
+            .map(|m| {
+                let name = m.user_id.as_str();
+                (&name[1..name.find(':').unwrap_or(name.len())], m.add)
+            })
+            .collect()
     }
 
     #[test]

@@ -3,6 +3,7 @@
 
 use anyhow::{Result, ensure};
 use parley_client_api::ChatId;
+use parley_client_api::http::chats::MlsKind;
 use parley_client_api::ws::ServerFrame;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -21,6 +22,16 @@ fn commit(msg_id: &str, epoch: u64, add: &[&User], remove: &[&User]) -> Value {
         "payload": "Y29tbWl0",
         "mls": {"kind": "commit", "epoch": epoch},
         "membership": {"add": ids(add), "remove": ids(remove)},
+    })
+}
+
+fn proposal(msg_id: &str, epoch: u64, remove: &[&User]) -> Value {
+    let ids: Vec<String> = remove.iter().map(|u| u.user_id.to_string()).collect();
+    json!({
+        "client_msg_id": msg_id,
+        "payload": "cHJvcG9zYWw=",
+        "mls": {"kind": "proposal", "epoch": epoch},
+        "membership": {"remove": ids},
     })
 }
 
@@ -182,8 +193,54 @@ async fn membership_changes_are_admin_commits_applied_by_the_hub(backend: Backen
         .await?;
     ensure!(status == StatusCode::FORBIDDEN, "{body}");
 
-    // Anyone may leave by removing themselves in a commit.
-    let (status, _) = send(&server, &dave, &chat, commit("d2", 1, &[], &[&dave])).await?;
+    // MLS forbids a commit removing its committer: leaving is a proposal removing
+    // oneself (another member commits it), and it may carry nothing else.
+    let (status, body) = send(&server, &dave, &chat, commit("d2", 1, &[], &[&dave])).await?;
+    ensure!(status == StatusCode::FORBIDDEN, "{body}");
+    let (status, body) = send(&server, &dave, &chat, proposal("d3", 1, &[&dave, &bob])).await?;
+    ensure!(status == StatusCode::FORBIDDEN, "{body}");
+    let (status, body) = send(&server, &dave, &chat, proposal("d4", 0, &[&dave])).await?;
+    ensure!(
+        status == StatusCode::CONFLICT && body["current_epoch"] == 1,
+        "{body}"
+    );
+    let mut bob_ws = server.connect(&bob).await?;
+    bob_ws.until_synced().await?;
+    let (status, ack) = send(&server, &dave, &chat, proposal("d5", 1, &[&dave])).await?;
+    ensure!(status == StatusCode::CREATED, "{ack}");
+    // The members get the proposal (to commit it); the hub lists dave no more, refuses
+    // his sends, and the epoch stays until someone commits.
+    loop {
+        if let ServerFrame::Event { event, .. } = bob_ws.next().await?
+            && event.client_msg_id == "d5"
+        {
+            ensure!(event.mls.is_some_and(|m| m.kind == MlsKind::Proposal));
+            ensure!(
+                event
+                    .membership
+                    .is_some_and(|m| m.remove == [dave.user_id.clone()])
+            );
+            break;
+        }
+    }
+    let m = members(&server, &bob, &chat).await?;
+    ensure!(
+        m["mls_epoch"] == 1 && m["members"].as_array().map(Vec::len) == Some(2),
+        "{m}"
+    );
+    let (status, body) = send(&server, &dave, &chat, app("d6", 1)).await?;
+    ensure!(
+        status == StatusCode::FORBIDDEN && body["error"] == "not_member",
+        "{body}"
+    );
+    // Any remaining member may commit the departure (no membership change left to make).
+    let (status, _) = send(
+        &server,
+        &bob,
+        &chat,
+        json!({"client_msg_id": "b3", "payload": "Y29tbWl0", "mls": {"kind": "commit", "epoch": 1}}),
+    )
+    .await?;
     ensure!(status == StatusCode::CREATED);
 
     // Receipts: one row per member; "delivered to N of M" is counted from them.
