@@ -73,6 +73,14 @@ pub enum FederationAction {
     Remove { pattern: String },
     /// `open` (anyone not denied) or `allowlist` (only allowed servers).
     Mode { mode: String },
+    /// Show the signing key ids (current, next during a rotation, retired).
+    Keys,
+    /// Start a key rotation: the new key is published now and signs from `--grace-secs`
+    /// on (default: the server's `key_rotation_grace_ms`, 70 s).
+    RotateKey {
+        #[arg(long)]
+        grace_secs: Option<u64>,
+    },
 }
 
 /// Runs one admin command and prints its result.
@@ -149,6 +157,21 @@ pub async fn run(args: AdminArgs) -> Result<()> {
             .await?;
             println!("revoked {device_id} of {user_id}");
         }
+        AdminAction::Federation(FederationAction::Keys) => {
+            let keys: Value =
+                send(call(reqwest::Method::GET, "/federation/keys".into(), None)).await?;
+            print_keys(&keys);
+        }
+        AdminAction::Federation(FederationAction::RotateKey { grace_secs }) => {
+            let body = serde_json::json!({ "grace_secs": grace_secs });
+            let keys: Value = send(call(
+                reqwest::Method::POST,
+                "/federation/keys/rotate".into(),
+                Some(body),
+            ))
+            .await?;
+            print_keys(&keys);
+        }
         AdminAction::Federation(action) => {
             let path = "/federation/rules".to_owned();
             let policy: Value = match action {
@@ -175,6 +198,9 @@ pub async fn run(args: AdminArgs) -> Result<()> {
                     ))
                     .await?
                 }
+                FederationAction::Keys | FederationAction::RotateKey { .. } => {
+                    unreachable!("handled above")
+                }
             };
             print_policy(&policy);
         }
@@ -187,6 +213,17 @@ pub async fn run(args: AdminArgs) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// `current <kid>`, `next <kid> at <ms>` during a rotation, `retired <kid>` each.
+fn print_keys(keys: &Value) {
+    println!("current {}", keys["current"].as_str().unwrap_or("?"));
+    if let Some(next) = keys["next"].as_str() {
+        println!("next {next} at {}", keys["switch_at"]);
+    }
+    for kid in keys["retired"].as_array().into_iter().flatten() {
+        println!("retired {}", kid.as_str().unwrap_or("?"));
+    }
 }
 
 /// `mode <mode>` then one line per rule: `allow|deny <pattern> [reason]`.

@@ -151,9 +151,16 @@ pub struct FederationConfig {
     /// before its client is answered "pending" (ms; default 10 000). The send stays
     /// queued either way.
     pub forward_wait_ms: Option<u64>,
+    /// How long a rotation publishes the new key before signing with it (ms; default
+    /// 70 000: peers refetch an origin's keys at most once a minute).
+    pub key_rotation_grace_ms: Option<u64>,
 }
 
 impl FederationConfig {
+    pub fn key_rotation_grace(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.key_rotation_grace_ms.unwrap_or(70_000))
+    }
+
     pub fn forward_wait(&self) -> std::time::Duration {
         std::time::Duration::from_millis(self.forward_wait_ms.unwrap_or(10_000))
     }

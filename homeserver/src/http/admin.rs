@@ -79,6 +79,15 @@ pub mod api {
         pub mode: parley_federation::policy::Mode,
     }
 
+    /// `POST /_parley/admin/v1/federation/keys/rotate`.
+    #[derive(Debug, Clone, Default, Serialize, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct RotateKey {
+        /// Seconds until the new key signs (default: the configured grace).
+        #[serde(default)]
+        pub grace_secs: Option<u64>,
+    }
+
     #[derive(Debug, Clone, Serialize, Deserialize)]
     pub struct Stats {
         pub users: i64,
@@ -116,6 +125,11 @@ pub fn admin_app(state: AppState) -> Router {
         .route(
             "/_parley/admin/v1/federation/mode",
             post(set_federation_mode),
+        )
+        .route("/_parley/admin/v1/federation/keys", get(federation_keys))
+        .route(
+            "/_parley/admin/v1/federation/keys/rotate",
+            post(rotate_federation_key),
         )
         .fallback(|| async { ApiError::new(ErrorCode::NotFound, "no such admin endpoint") })
         .with_state(state)
@@ -300,4 +314,26 @@ async fn set_federation_mode(
     let policy = federation(&st)?.set_mode(req.mode).await?;
     tracing::info!(mode = ?req.mode, "admin: federation mode set");
     Ok(Json(policy))
+}
+
+async fn federation_keys(
+    State(st): State<AppState>,
+    _: Admin,
+) -> ApiResult<Json<crate::service::federation::KeyStatus>> {
+    Ok(Json(federation(&st)?.key_status()))
+}
+
+/// Starts a key rotation: the new key is published now and signs after the grace.
+async fn rotate_federation_key(
+    State(st): State<AppState>,
+    _: Admin,
+    ApiJson(req): ApiJson<api::RotateKey>,
+) -> ApiResult<Json<crate::service::federation::KeyStatus>> {
+    let grace = match req.grace_secs {
+        Some(secs) => std::time::Duration::from_secs(secs),
+        None => st.services.config.federation.key_rotation_grace(),
+    };
+    let status = federation(&st)?.rotate_key(grace)?;
+    tracing::info!(next = ?status.next, switch_at = ?status.switch_at, "admin: federation key rotation started");
+    Ok(Json(status))
 }

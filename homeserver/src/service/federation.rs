@@ -35,8 +35,10 @@ pub struct Federation {
 struct Inner {
     store: AnyStore,
     name: ServerName,
-    key: ServerSigningKey,
-    client: FederationClient,
+    /// The signing keys; replaced whole on rotation.
+    keys: RwLock<Keys>,
+    key_path: std::path::PathBuf,
+    client_config: ClientConfig,
     policy: RwLock<Policy>,
     test_mode: bool,
     /// When this process started (ms): the published key's `nbf` is a day before.
@@ -77,20 +79,18 @@ impl Federation {
             .clone()
             .unwrap_or_else(|| config.data_dir.join("federation.key"));
         let key = load_or_create_key(&key_path)?;
-        let client = FederationClient::new(
-            RequestSigner::new(name.clone(), key.clone()),
-            ClientConfig {
-                insecure_test_mode: config.federation.test_mode,
-                ..ClientConfig::default()
-            },
-        )
-        .map_err(|e| ServiceError::Internal(e.to_string()))?;
-        tracing::info!(key_id = %key.key_id(), path = %key_path.display(), "federation key loaded");
+        let client_config = ClientConfig {
+            insecure_test_mode: config.federation.test_mode,
+            ..ClientConfig::default()
+        };
+        let keys = Keys::load(&name, key, &key_path, &client_config)?;
+        tracing::info!(key_id = %keys.current.key_id(), path = %key_path.display(), "federation key loaded");
         let inner = Arc::new(Inner {
             store,
             name,
-            key,
-            client,
+            keys: RwLock::new(keys),
+            key_path,
+            client_config,
             policy: RwLock::new(policy),
             test_mode: config.federation.test_mode,
             started_ms: now_ms(),
@@ -107,8 +107,34 @@ impl Federation {
         &self.verifier
     }
 
-    pub fn client(&self) -> &FederationClient {
-        &self.inner.client
+    /// The signing client (with the current key: after a rotation switched, new clients
+    /// sign with the new key).
+    pub fn client(&self) -> FederationClient {
+        self.inner.switch_if_due(now_ms());
+        self.inner.keys().client.clone()
+    }
+
+    /// Starts a key rotation: a new key is published at once beside the current one and
+    /// used for signing from `grace` on, so every peer can fetch it first (peers refetch
+    /// an origin's keys at most once a minute: keep `grace` above that). The old key is
+    /// then retired: published as retired, it verifies no request.
+    pub fn rotate_key(&self, grace: std::time::Duration) -> Result<KeyStatus, ServiceError> {
+        let next =
+            ServerSigningKey::generate().map_err(|e| ServiceError::Internal(e.to_string()))?;
+        write_key(&next_path(&self.inner.key_path), &next)?;
+        let switch_at = now_ms() + i64::try_from(grace.as_millis()).unwrap_or(i64::MAX);
+        std::fs::write(switch_path(&self.inner.key_path), switch_at.to_string())
+            .map_err(|e| ServiceError::Internal(format!("federation key switch time: {e}")))?;
+        let mut keys = self.inner.keys.write().unwrap_or_else(|p| p.into_inner());
+        keys.next = Some((next, switch_at));
+        tracing::info!(switch_at, "federation key rotation started");
+        Ok(keys.status())
+    }
+
+    /// The current, next and retired key ids.
+    pub fn key_status(&self) -> KeyStatus {
+        self.inner.switch_if_due(now_ms());
+        self.inner.keys().status()
     }
 
     pub fn test_mode(&self) -> bool {
@@ -170,26 +196,193 @@ impl Federation {
         Ok(policy)
     }
 
-    /// The signed key directory we serve at `now_ms`.
+    /// The signed key directory we serve at `now_ms`: the current key, the next one
+    /// during a rotation, and the retired ones.
     pub fn directory(&self, now_ms: i64) -> Result<DirectoryResponse, ServiceError> {
+        self.inner.switch_if_due(now_ms);
+        let keys = self.inner.keys();
         let nbf = self.inner.started_ms / 1000 - 24 * 3600;
         let exp = now_ms / 1000 + KEY_VALIDITY_SECS;
-        directory::build_response(
-            &self.inner.name,
-            &[KeyToPublish {
-                key: &self.inner.key,
-                nbf,
+        let mut publish = vec![KeyToPublish {
+            key: &keys.current,
+            nbf,
+            exp,
+        }];
+        if let Some((next, _)) = &keys.next {
+            publish.push(KeyToPublish {
+                key: next,
+                nbf: now_ms / 1000 - 60,
                 exp,
-            }],
-            &[],
-            now_ms,
-            DIRECTORY_CACHE_SECS,
-        )
-        .map_err(|e| ServiceError::Internal(e.to_string()))
+            });
+        }
+        // During a rotation peers may cache for a short while only.
+        let cache = if keys.next.is_some() {
+            30
+        } else {
+            DIRECTORY_CACHE_SECS
+        };
+        directory::build_response(&self.inner.name, &publish, &keys.retired, now_ms, cache)
+            .map_err(|e| ServiceError::Internal(e.to_string()))
     }
 }
 
+/// This server's keys: the one it signs with, the one a rotation will switch to (and
+/// when), and the retired ones (published, never verifying a request).
+struct Keys {
+    current: ServerSigningKey,
+    next: Option<(ServerSigningKey, i64)>,
+    retired: Vec<directory::RetiredKey>,
+    client: FederationClient,
+}
+
+/// Key ids, for the admin API.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct KeyStatus {
+    pub current: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next: Option<String>,
+    /// When the next key replaces the current one (ms since the Unix epoch).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub switch_at: Option<i64>,
+    pub retired: Vec<String>,
+}
+
+impl Keys {
+    /// The current key, plus a rotation in progress and the retired keys from their
+    /// files beside it.
+    fn load(
+        name: &ServerName,
+        current: ServerSigningKey,
+        path: &Path,
+        config: &ClientConfig,
+    ) -> Result<Self, ServiceError> {
+        let next = match std::fs::read_to_string(next_path(path)) {
+            Ok(pem) => {
+                let key = ServerSigningKey::from_pkcs8_pem(&pem)
+                    .map_err(|e| ServiceError::Internal(format!("next federation key: {e}")))?;
+                let at = std::fs::read_to_string(switch_path(path))
+                    .ok()
+                    .and_then(|s| s.trim().parse().ok())
+                    .unwrap_or(0);
+                Some((key, at))
+            }
+            Err(_) => None,
+        };
+        let retired = std::fs::read_to_string(retired_path(path))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| {
+                let (x, at) = l.split_once(' ')?;
+                Some(directory::RetiredKey {
+                    key: parley_federation::ServerPublicKey::from_jwk_x(x).ok()?,
+                    retired_at: at.trim().parse().ok()?,
+                })
+            })
+            .collect();
+        let client = signing_client(name, &current, config)?;
+        Ok(Self {
+            current,
+            next,
+            retired,
+            client,
+        })
+    }
+
+    fn status(&self) -> KeyStatus {
+        KeyStatus {
+            current: self.current.key_id().to_string(),
+            next: self.next.as_ref().map(|(k, _)| k.key_id().to_string()),
+            switch_at: self.next.as_ref().map(|(_, at)| *at),
+            retired: self
+                .retired
+                .iter()
+                .map(|r| r.key.key_id().to_string())
+                .collect(),
+        }
+    }
+}
+
+fn signing_client(
+    name: &ServerName,
+    key: &ServerSigningKey,
+    config: &ClientConfig,
+) -> Result<FederationClient, ServiceError> {
+    FederationClient::new(
+        RequestSigner::new(name.clone(), key.clone()),
+        config.clone(),
+    )
+    .map_err(|e| ServiceError::Internal(e.to_string()))
+}
+
+fn next_path(path: &Path) -> std::path::PathBuf {
+    path.with_extension("next")
+}
+fn switch_path(path: &Path) -> std::path::PathBuf {
+    path.with_extension("switch")
+}
+fn retired_path(path: &Path) -> std::path::PathBuf {
+    path.with_extension("retired")
+}
+
 impl Inner {
+    fn keys(&self) -> std::sync::RwLockReadGuard<'_, Keys> {
+        self.keys.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Completes a rotation whose switch time has come: the next key becomes current
+    /// (its file replaces the key file), the old one is retired.
+    fn switch_if_due(&self, now_ms: i64) {
+        let due = self
+            .keys()
+            .next
+            .as_ref()
+            .is_some_and(|(_, at)| *at <= now_ms);
+        if !due {
+            return;
+        }
+        let mut keys = self.keys.write().unwrap_or_else(|p| p.into_inner());
+        let Some((next, at)) = keys.next.take() else {
+            return;
+        };
+        if at > now_ms {
+            keys.next = Some((next, at));
+            return;
+        }
+        let client = match signing_client(&self.name, &next, &self.client_config) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot switch the federation key");
+                keys.next = Some((next, at));
+                return;
+            }
+        };
+        // Persist first: the key file, then the retired list, then drop the rotation.
+        if let Err(e) = replace_key_file(&self.key_path, &next) {
+            tracing::error!(error = %e, "cannot switch the federation key");
+            keys.next = Some((next, at));
+            return;
+        }
+        let old = keys.current.public();
+        let line = format!("{} {}\n", old.jwk_x(), now_ms / 1000);
+        let appended = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(retired_path(&self.key_path))
+            .and_then(|mut f| std::io::Write::write_all(&mut f, line.as_bytes()));
+        if let Err(e) = appended {
+            tracing::warn!(error = %e, "cannot record the retired federation key");
+        }
+        let _ = std::fs::remove_file(next_path(&self.key_path));
+        let _ = std::fs::remove_file(switch_path(&self.key_path));
+        keys.retired.push(directory::RetiredKey {
+            key: old,
+            retired_at: now_ms / 1000,
+        });
+        tracing::info!(old = %keys.current.key_id(), new = %next.key_id(), "federation key switched");
+        keys.current = next;
+        keys.client = client;
+    }
+
     fn set_policy(&self, policy: Policy) {
         *self.policy.write().unwrap_or_else(|p| p.into_inner()) = policy;
     }
@@ -225,7 +418,8 @@ impl FederationContext for Inner {
                     decision.reason
                 )));
             }
-            self.client.fetch_directory(origin).await
+            let client = self.keys().client.clone();
+            client.fetch_directory(origin).await
         })
     }
 }
@@ -248,6 +442,30 @@ pub fn entry_error(e: parley_federation::api::send::EntryError) -> ServiceError 
         C::TooLarge => ServiceError::InvalidParam(e.message),
         _ => ServiceError::Remote(e.message),
     }
+}
+
+/// Writes a new key file (0600), failing if it exists.
+fn write_key(path: &Path, key: &ServerSigningKey) -> Result<(), ServiceError> {
+    let internal = |what: &str, e: &dyn std::fmt::Display| {
+        ServiceError::Internal(format!("federation key {}: {what}: {e}", path.display()))
+    };
+    let _ = std::fs::remove_file(path);
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options.open(path).map_err(|e| internal("create", &e))?;
+    std::io::Write::write_all(&mut file, key.to_pkcs8_pem().as_bytes())
+        .and_then(|()| file.sync_all())
+        .map_err(|e| internal("write", &e))
+}
+
+/// Replaces the key file atomically (write beside it, then rename over it).
+fn replace_key_file(path: &Path, key: &ServerSigningKey) -> Result<(), ServiceError> {
+    let tmp = path.with_extension("tmp");
+    write_key(&tmp, key)?;
+    std::fs::rename(&tmp, path)
+        .map_err(|e| ServiceError::Internal(format!("federation key {}: {e}", path.display())))
 }
 
 /// Reads the PKCS#8 PEM key at `path`, or generates one and writes it there (0600).

@@ -419,3 +419,121 @@ async fn receipts_cross_servers(backend: Backend) -> Result<()> {
     );
     Ok(())
 }
+
+const ADMIN_TOKEN: &str = "admin-token-for-tests-0123456789";
+
+/// The admin API's URL of a server started with an admin listener.
+async fn admin_url(server: &Server) -> Result<String> {
+    server
+        .process
+        .wait_for_log("admin listening on", crate::harness::WAIT)
+        .await?;
+    server
+        .process
+        .logs()
+        .lines()
+        .find_map(|l| l.strip_prefix("parley-homeserver admin listening on "))
+        .map(|a| format!("http://{}", a.trim()))
+        .context("admin address")
+}
+
+async fn admin(
+    url: &str,
+    method: reqwest::Method,
+    path: &str,
+    body: serde_json::Value,
+) -> Result<serde_json::Value> {
+    let mut req = reqwest::Client::new()
+        .request(method.clone(), format!("{url}/_parley/admin/v1{path}"))
+        .bearer_auth(ADMIN_TOKEN);
+    if method != reqwest::Method::GET {
+        req = req.json(&body);
+    }
+    let resp = req.send().await?;
+    ensure!(resp.status().is_success(), "{path}: {}", resp.status());
+    Ok(resp.json().await?)
+}
+
+/// A key rotation in the middle of a conversation: the new key is published first and
+/// signs only after every peer may refetch (peers refetch at most once a minute), so no
+/// request is refused; afterwards the retired key verifies nothing. Takes about a minute.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_rotation_mid_conversation_breaks_nothing() -> Result<()> {
+    let backend = Backend::Sqlite;
+    let a = Server::start_peer(backend, "127.0.0.1", "").await?;
+    let top = format!("admin_listen = \"127.0.0.2:0\"\nadmin_token = \"{ADMIN_TOKEN}\"");
+    let b = Server::start_peer_with(backend, "127.0.0.2", &top, "").await?;
+    let b_admin = admin_url(&b).await?;
+    let alice = a.register("alice").await?;
+    let bob = b.register("bob").await?;
+    let chat = a.create_chat(&alice, &[&bob]).await?;
+    wait_listed(&b, &bob, &chat).await?;
+    let mut alice_ws = a.connect(&alice).await?;
+    alice_ws.until_synced().await?;
+    assert_eq!(send_ok(&b, &bob, &chat, "before").await?, 1);
+    let old_pem = std::fs::read_to_string(b.data_dir().join("federation.key"))?;
+
+    let rotation = admin(
+        &b_admin,
+        reqwest::Method::POST,
+        "/federation/keys/rotate",
+        json!({"grace_secs": 61}),
+    )
+    .await?;
+    let switch_at = rotation["switch_at"].as_i64().context("switch_at")?;
+    let new_kid = rotation["next"].as_str().context("next")?.to_owned();
+    // Both keys are published while the old one still signs.
+    assert_eq!(send_ok(&b, &bob, &chat, "during").await?, 2);
+    let wait = switch_at - now_ms() + 500;
+    tokio::time::sleep(Duration::from_millis(u64::try_from(wait).unwrap_or(0))).await;
+
+    // Signed with the new key now: A fetches it and accepts at once.
+    assert_eq!(send_ok(&b, &bob, &chat, "after").await?, 3);
+    let got = events(&mut alice_ws, 3).await?;
+    assert_eq!(
+        texts(&got),
+        [
+            (1, "before".into()),
+            (2, "during".into()),
+            (3, "after".into())
+        ]
+    );
+    let keys = admin(
+        &b_admin,
+        reqwest::Method::GET,
+        "/federation/keys",
+        json!(null),
+    )
+    .await?;
+    assert_eq!(keys["current"], new_kid.as_str(), "{keys}");
+    assert_eq!(keys["retired"].as_array().map(Vec::len), Some(1), "{keys}");
+
+    // The retired key verifies no request any more.
+    use parley_federation::transport::http::{ClientConfig, FederationClient};
+    let old = FederationClient::new(
+        parley_federation::RequestSigner::new(
+            parley_federation::ServerName::try_from(b.name())?,
+            parley_federation::ServerSigningKey::from_pkcs8_pem(&old_pem)?,
+        ),
+        ClientConfig {
+            insecure_test_mode: true,
+            ..ClientConfig::default()
+        },
+    )?;
+    let (status, answer) = put_txn(
+        &old,
+        &a,
+        "old-key",
+        json!({"origin": b.name(), "origin_ts": 0}),
+    )
+    .await?;
+    ensure!(status == 401, "{status} {answer}");
+    Ok(())
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or_default()
+}

@@ -91,6 +91,16 @@ impl Server {
     /// A federating server on `ip` that allows the loopback peers 127.0.0.1–5 (any
     /// port); `toml` adds lines to its `[federation]` section.
     pub async fn start_peer(backend: Backend, ip: &str, toml: &str) -> Result<Self> {
+        Self::start_peer_with(backend, ip, "", toml).await
+    }
+
+    /// [`Server::start_peer`] with top-level config lines too (`top`).
+    pub async fn start_peer_with(
+        backend: Backend,
+        ip: &str,
+        top: &str,
+        toml: &str,
+    ) -> Result<Self> {
         let dir = tempfile::tempdir()?;
         let path = dir.path().join("peer.toml");
         let rules: Vec<String> = (1..=5)
@@ -99,7 +109,7 @@ impl Server {
         std::fs::write(
             &path,
             format!(
-                "[federation]\n{toml}\n[federation.policy]\nrules = [{}]\n",
+                "{top}\n[federation]\n{toml}\n[federation.policy]\nrules = [{}]\n",
                 rules.join(", ")
             ),
         )?;
