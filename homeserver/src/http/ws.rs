@@ -75,6 +75,10 @@ struct Conn {
     socket: WebSocket,
     /// Items sent on this connection and not acknowledged yet.
     sent: HashSet<i64>,
+    /// Acknowledged ids not handed to the ack writer yet (its queue was full). Live
+    /// delivery never waits for them; reading from the client pauses while there are
+    /// `MAX_ACK_IDS` of them.
+    pending_acks: Vec<i64>,
     /// The last acknowledgement handed to the ack writer (FIFO: awaiting it awaits all).
     last_ack: Option<oneshot::Receiver<()>>,
 }
@@ -99,12 +103,22 @@ async fn connection(st: AppState, me: Session, socket: WebSocket, _permit: Owned
         me,
         socket,
         sent: HashSet::new(),
+        pending_acks: Vec::new(),
         last_ack: None,
     };
     let end = conn.run(&mut reg.rx).await;
     gateway.unregister(device.clone(), reg.conn).await;
     // Acknowledgements received before the close are committed before we finish, so a
     // quick reconnect does not see them again.
+    if !conn.pending_acks.is_empty() {
+        let inbox = conn.st.services.inbox.clone();
+        if let Ok(Ok(permit)) =
+            tokio::time::timeout(Duration::from_secs(5), inbox.reserve_ack()).await
+        {
+            let ids = std::mem::take(&mut conn.pending_acks);
+            conn.last_ack = Some(permit.send(conn.me.user_id.clone(), device.clone(), ids));
+        }
+    }
     if let Some(ack) = conn.last_ack.take() {
         let _ = tokio::time::timeout(Duration::from_secs(5), ack).await;
     }
@@ -133,6 +147,7 @@ impl Conn {
     ) -> Result<End, axum::Error> {
         let limits = self.st.services.config.limits.clone();
         let shutdown = self.st.shutdown.clone();
+        let inbox = self.st.services.inbox.clone();
         let mut sends: FuturesUnordered<SendFuture> = FuturesUnordered::new();
         let mut replaying = true;
         let mut replay_after = 0i64;
@@ -146,7 +161,21 @@ impl Conn {
             tokio::select! {
                 biased;
                 () = shutdown.cancelled() => return Ok(End::Closed(CloseReason::Shutdown)),
-                incoming = self.socket.recv(), if sends.len() < limits.max_inflight_sends => {
+                permit = inbox.reserve_ack(), if !self.pending_acks.is_empty() => {
+                    let ids = std::mem::take(&mut self.pending_acks);
+                    match permit {
+                        Ok(permit) => {
+                            let (user, device) = (self.me.user_id.clone(), self.me.device_id.clone());
+                            self.last_ack = Some(permit.send(user, device, ids));
+                        }
+                        Err(e) => {
+                            let e = ApiError::from(e);
+                            self.error(e.code, &e.message, None).await?;
+                        }
+                    }
+                }
+                incoming = self.socket.recv(),
+                    if sends.len() < limits.max_inflight_sends && self.pending_acks.len() < MAX_ACK_IDS => {
                     silent_ticks = 0;
                     let Some(msg) = incoming else { return Ok(End::Client) };
                     match msg? {
@@ -307,19 +336,8 @@ impl Conn {
                 for id in &ids {
                     self.sent.remove(id);
                 }
-                match self
-                    .st
-                    .services
-                    .inbox
-                    .ack(self.me.user_id.clone(), self.me.device_id.clone(), ids)
-                    .await
-                {
-                    Ok(done) => self.last_ack = Some(done),
-                    Err(e) => {
-                        let e = ApiError::from(e);
-                        self.error(e.code, &e.message, None).await?;
-                    }
-                }
+                // Handed to the ack writer by `run` as soon as its queue has room.
+                self.pending_acks.extend(ids);
             }
             ClientFrame::Read { chat_id, seq } => {
                 if let Err(e) = self

@@ -15,6 +15,12 @@ use crate::store::{AckRequest, AnyStore, InboxItem, ReceiptNotice, Store};
 
 use super::ServiceError;
 
+/// The ack writer commits at most once per tick: every device's acknowledgements (and
+/// the receipts they raise) that arrive within a tick share one transaction, so at a
+/// low rate a message does not cost the database one commit per acknowledgement.
+/// ✓✓ delivered reaches the sender at most this much later.
+const ACK_TICK: Duration = Duration::from_millis(10);
+
 struct AckJob {
     ack: AckRequest,
     done: oneshot::Sender<()>,
@@ -24,6 +30,31 @@ struct AckJob {
 pub struct Inbox {
     store: AnyStore,
     acks: mpsc::Sender<AckJob>,
+}
+
+/// Room for one acknowledgement in the ack writer's (bounded) queue.
+pub struct AckPermit<'a>(mpsc::Permit<'a, AckJob>);
+
+impl AckPermit<'_> {
+    /// Queues a device's acknowledgement; the receiver fires once it is committed (or
+    /// failed: the items then stay in the inbox and come again on reconnect).
+    pub fn send(
+        self,
+        user_id: UserId,
+        device_id: DeviceId,
+        ids: Vec<i64>,
+    ) -> oneshot::Receiver<()> {
+        let (done, wait) = oneshot::channel();
+        self.0.send(AckJob {
+            ack: AckRequest {
+                user_id,
+                device_id,
+                ids,
+            },
+            done,
+        });
+        wait
+    }
 }
 
 impl Inbox {
@@ -48,26 +79,14 @@ impl Inbox {
         Self { store, acks }
     }
 
-    /// Queues an acknowledgement; the returned receiver fires once it is committed.
-    pub async fn ack(
-        &self,
-        user_id: UserId,
-        device_id: DeviceId,
-        ids: Vec<i64>,
-    ) -> Result<oneshot::Receiver<()>, ServiceError> {
-        let (done, wait) = oneshot::channel();
+    /// Waits for room in the ack queue. A socket waits on this beside its other work,
+    /// never instead of it.
+    pub async fn reserve_ack(&self) -> Result<AckPermit<'_>, ServiceError> {
         self.acks
-            .send(AckJob {
-                ack: AckRequest {
-                    user_id,
-                    device_id,
-                    ids,
-                },
-                done,
-            })
+            .reserve()
             .await
-            .map_err(|_| ServiceError::Unavailable)?;
-        Ok(wait)
+            .map(AckPermit)
+            .map_err(|_| ServiceError::Unavailable)
     }
 
     pub async fn page(
@@ -107,7 +126,17 @@ async fn run_ack_writer(
     federated: Option<(super::relay::Relay, String)>,
 ) {
     let mut jobs = Vec::with_capacity(max_batch);
+    let mut next_commit = tokio::time::Instant::now();
     while rx.recv_many(&mut jobs, max_batch).await > 0 {
+        // Collect until this tick is over, then commit everything in one transaction.
+        tokio::time::sleep_until(next_commit).await;
+        while jobs.len() < max_batch {
+            match rx.try_recv() {
+                Ok(job) => jobs.push(job),
+                Err(_) => break,
+            }
+        }
+        next_commit = tokio::time::Instant::now() + ACK_TICK;
         let batch: Vec<AckRequest> = jobs.iter().map(|j| j.ack.clone()).collect();
         // Federation: which (chat, member) receipts these acks may raise (read before the
         // items are gone).

@@ -37,6 +37,19 @@ impl PgStore {
             .connect_with(options)
             .await?;
         MIGRATOR.run(&pool).await?;
+        let autovacuum: String = sqlx::query_scalar(
+            "SELECT CASE WHEN current_setting('autovacuum')::bool
+                          AND current_setting('track_counts')::bool THEN 'on' ELSE 'off' END",
+        )
+        .fetch_one(&pool)
+        .await?;
+        if autovacuum == "off" {
+            tracing::warn!(
+                "Postgres runs with autovacuum (or track_counts) off: acknowledged inbox rows \
+                 are never vacuumed, so tables and indexes grow without bound and the planner \
+                 has no statistics; turn autovacuum on, or VACUUM ANALYZE regularly"
+            );
+        }
         Ok(Self { pool })
     }
 
@@ -136,6 +149,271 @@ pub(super) async fn upsert_receipts(
             })
         })
         .collect()
+}
+
+impl PgStore {
+    /// Commits a batch of sends in one transaction. With `check_resends` false it does not
+    /// look for earlier sends with the same keys, and returns `None` (having rolled back)
+    /// if the batch holds one.
+    ///
+    /// Every statement reads through an index whatever the planner knows about table sizes
+    /// (`= ANY($n)` on a leading key column, or a per-key probe), so a cached generic plan
+    /// stays cheap on a database that was never analysed.
+    async fn commit_sends_once(
+        &self,
+        batch: &[SendRequest],
+        max_members: usize,
+        check_resends: bool,
+    ) -> Result<Option<Vec<SendOutcome>>> {
+        let mut tx = self.pool.begin().await?;
+        let chat_ids: Vec<String> = batch
+            .iter()
+            .map(|r| r.chat_id.to_string())
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        // Lock the heads in a fixed order, and read members and devices, in one query.
+        let rows = sqlx::query(
+            "SELECT c.chat_id, c.kind, c.last_seq, c.mls_epoch, m.user_id, m.admin, d.device_id
+             FROM chats c
+             LEFT JOIN chat_members m
+               ON m.chat_id = c.chat_id AND m.left_at IS NULL AND m.chat_id = ANY($1)
+             LEFT JOIN devices d ON d.user_id = m.user_id AND d.user_id = ANY(ARRAY(
+                 SELECT user_id FROM chat_members WHERE chat_id = ANY($1) AND left_at IS NULL))
+             WHERE c.chat_id = ANY($1) ORDER BY c.chat_id FOR UPDATE OF c",
+        )
+        .bind(&chat_ids)
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut chats: HashMap<ChatId, ChatState> = HashMap::new();
+        for r in rows {
+            let chat: ChatId = id(r.get("chat_id"))?;
+            let state = match chats.entry(chat) {
+                std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                std::collections::hash_map::Entry::Vacant(e) => e.insert(ChatState {
+                    kind: kind_from_i16(r.get("kind"))?,
+                    last_seq: r.get("last_seq"),
+                    mls_epoch: u64::try_from(r.get::<i64, _>("mls_epoch")).unwrap_or_default(),
+                    members: BTreeMap::new(),
+                }),
+            };
+            let Some(user) = r.get::<Option<String>, _>("user_id") else {
+                continue;
+            };
+            let member = state.members.entry(id(user)?).or_default();
+            member.admin = r.get("admin");
+            if let Some(d) = r.get::<Option<String>, _>("device_id") {
+                member.devices.push(id(d)?);
+            }
+        }
+        // Users that membership changes add: they must exist; their devices get the commit.
+        let adds: BTreeSet<String> = batch
+            .iter()
+            .filter_map(|r| r.membership.as_ref())
+            .flat_map(|m| m.add.iter().map(|u| u.to_string()))
+            .collect();
+        let mut users: HashMap<UserId, Vec<DeviceId>> = HashMap::new();
+        if !adds.is_empty() {
+            let rows = sqlx::query(
+                "SELECT u.user_id, d.device_id FROM users u
+                 LEFT JOIN devices d ON d.user_id = u.user_id AND d.user_id = ANY($1)
+                 WHERE u.user_id = ANY($1)",
+            )
+            .bind(adds.into_iter().collect::<Vec<_>>())
+            .fetch_all(&mut *tx)
+            .await?;
+            for r in rows {
+                let devices = users.entry(id(r.get("user_id"))?).or_default();
+                if let Some(d) = r.get::<Option<String>, _>("device_id") {
+                    devices.push(id(d)?);
+                }
+            }
+        }
+        let mut existing = HashMap::new();
+        if check_resends {
+            // One unique-index probe per send (OFFSET 0 keeps the planner from turning
+            // the lookup into a join that scans `events`).
+            let rows = sqlx::query(
+                "SELECT k.i, e.seq, e.ts
+                 FROM UNNEST($1::text[], $2::text[], $3::text[]) WITH ORDINALITY AS k(c, d, m, i)
+                 CROSS JOIN LATERAL (
+                     SELECT seq, ts FROM events
+                     WHERE chat_id = k.c AND sender_device = k.d AND client_msg_id = k.m OFFSET 0
+                 ) e",
+            )
+            .bind(strs(batch.iter().map(|r| r.chat_id.as_str())))
+            .bind(strs(batch.iter().map(|r| r.sender_device.as_str())))
+            .bind(strs(batch.iter().map(|r| r.client_msg_id.as_str())))
+            .fetch_all(&mut *tx)
+            .await?;
+            for r in rows {
+                let i = usize::try_from(r.get::<i64, _>("i") - 1)
+                    .map_err(|_| StoreError::Corrupt("ordinality".into()))?;
+                let req = batch
+                    .get(i)
+                    .ok_or_else(|| StoreError::Corrupt("ordinality".into()))?;
+                existing.insert(
+                    plan::send_key(req),
+                    (r.get::<i64, _>("seq"), r.get::<i64, _>("ts")),
+                );
+            }
+        }
+
+        let wanted: BTreeSet<&BlobHash> = batch.iter().flat_map(|r| r.blobs.iter()).collect();
+        let mut present: HashSet<BlobHash> = HashSet::new();
+        if !wanted.is_empty() {
+            let rows: Vec<String> =
+                sqlx::query_scalar("SELECT hash FROM blobs WHERE hash = ANY($1)")
+                    .bind(wanted.iter().map(|b| b.to_string()).collect::<Vec<_>>())
+                    .fetch_all(&mut *tx)
+                    .await?;
+            present = rows.into_iter().map(id).collect::<Result<_>>()?;
+        }
+        let plan = plan::plan_sends(batch, &existing, &chats, &users, &present, max_members);
+        let now_ts = batch.iter().map(|r| r.ts).max().unwrap_or_default();
+        for (chat, seq, blob) in &plan.blob_refs {
+            sqlx::query("INSERT INTO blob_refs (chat_id, seq, hash, ts) VALUES ($1, $2, $3, $4)")
+                .bind(chat.as_str())
+                .bind(seq)
+                .bind(blob.as_str())
+                .bind(now_ts)
+                .execute(&mut *tx)
+                .await?;
+        }
+        if plan.events.is_empty() {
+            tx.commit().await?;
+            return Ok(Some(plan.finish(batch, [])));
+        }
+        let now = now_ts;
+        for op in &plan.membership {
+            let sql = if op.add {
+                "INSERT INTO chat_members (chat_id, user_id, joined_at) VALUES ($1, $2, $3)
+                 ON CONFLICT (chat_id, user_id) DO UPDATE
+                    SET left_at = NULL, joined_at = EXCLUDED.joined_at, admin = FALSE"
+            } else {
+                "UPDATE chat_members SET left_at = $3, admin = FALSE WHERE chat_id = $1 AND user_id = $2"
+            };
+            sqlx::query(sql)
+                .bind(op.chat_id.as_str())
+                .bind(op.user_id.as_str())
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+        }
+        let ev = |f: fn(&SendRequest) -> String| -> Vec<String> {
+            plan.events.iter().map(|(i, _)| f(&batch[*i])).collect()
+        };
+        // One round trip writes the heads, the events and the inbox rows.
+        let rows = sqlx::query(
+            "WITH heads AS (
+                 UPDATE chats SET last_seq = v.s, last_ts = v.t, mls_epoch = v.e
+                 FROM UNNEST($1::text[], $2::bigint[], $3::bigint[], $4::bigint[]) AS v(c, s, t, e)
+                 WHERE chats.chat_id = ANY($1) AND chats.chat_id = v.c
+             ), new_events AS (
+                 INSERT INTO events (chat_id, seq, sender, sender_device, client_msg_id, ts, payload,
+                                     mls_kind, mls_epoch, membership, blobs)
+                 SELECT * FROM UNNEST($5::text[], $6::bigint[], $7::text[], $8::text[], $9::text[],
+                                      $10::bigint[], $11::bytea[], $12::smallint[], $13::bigint[],
+                                      $14::text[], $15::text[])
+                 ON CONFLICT (chat_id, sender_device, client_msg_id) DO NOTHING
+                 RETURNING 1
+             ), new_inbox AS (
+                 INSERT INTO inbox (device_id, chat_id, kind, seq, sender, created_at)
+                 SELECT d, c, 0, s, u, $20
+                 FROM UNNEST($16::text[], $17::text[], $18::bigint[], $19::text[]) AS w(d, c, s, u)
+                 RETURNING id, device_id, chat_id, seq
+             )
+             SELECT n.events, i.id, i.device_id, i.chat_id, i.seq
+             FROM (SELECT count(*) AS events FROM new_events) n LEFT JOIN new_inbox i ON TRUE",
+        )
+        .bind(
+            plan.heads
+                .iter()
+                .map(|h| h.chat_id.to_string())
+                .collect::<Vec<_>>(),
+        )
+        .bind(plan.heads.iter().map(|h| h.last_seq).collect::<Vec<_>>())
+        .bind(plan.heads.iter().map(|h| h.last_ts).collect::<Vec<_>>())
+        .bind(
+            plan.heads
+                .iter()
+                .map(|h| epoch_i64(h.mls_epoch))
+                .collect::<Vec<_>>(),
+        )
+        .bind(ev(|r| r.chat_id.to_string()))
+        .bind(plan.events.iter().map(|(_, s)| *s).collect::<Vec<_>>())
+        .bind(ev(|r| r.sender.to_string()))
+        .bind(ev(|r| r.sender_device.to_string()))
+        .bind(ev(|r| r.client_msg_id.clone()))
+        .bind(plan.events.iter().map(|(i, _)| batch[*i].ts).collect::<Vec<_>>())
+        .bind(plan.events.iter().map(|(i, _)| batch[*i].payload.clone()).collect::<Vec<_>>())
+        .bind(
+            plan.events
+                .iter()
+                .map(|(i, _)| batch[*i].mls.map(|m| mls_kind_to_i16(m.kind)))
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            plan.events
+                .iter()
+                .map(|(i, _)| batch[*i].mls.map(|m| epoch_i64(m.epoch)))
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            plan.events
+                .iter()
+                .map(|(i, _)| membership_to_json(&batch[*i].membership))
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            plan.events
+                .iter()
+                .map(|(i, _)| blobs_to_json(&batch[*i].blobs))
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            plan.inbox
+                .iter()
+                .map(|r| r.device_id.to_string())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            plan.inbox
+                .iter()
+                .map(|r| r.chat_id.to_string())
+                .collect::<Vec<_>>(),
+        )
+        .bind(plan.inbox.iter().map(|r| r.seq).collect::<Vec<_>>())
+        .bind(
+            plan.inbox
+                .iter()
+                .map(|r| r.sender.to_string())
+                .collect::<Vec<_>>(),
+        )
+        .bind(now)
+        .fetch_all(&mut *tx)
+        .await?;
+        let stored = rows.first().map_or(0, |r| r.get::<i64, _>("events"));
+        if usize::try_from(stored).ok() != Some(plan.events.len()) {
+            // A send of the batch was stored before: roll back (dropping `tx`).
+            return Ok(None);
+        }
+        super::fed_pg::insert_outbox(&mut tx, &plan.outbox_rows(), now).await?;
+        tx.commit().await?;
+        let ids = rows
+            .into_iter()
+            .filter(|r| r.get::<Option<i64>, _>("id").is_some())
+            .map(|r| {
+                Ok((
+                    r.get::<i64, _>("id"),
+                    id(r.get("device_id"))?,
+                    id(r.get("chat_id"))?,
+                    r.get::<i64, _>("seq"),
+                ))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Some(plan.finish(batch, ids)))
+    }
 }
 
 impl Store for PgStore {
@@ -364,247 +642,15 @@ impl Store for PgStore {
         batch: &[SendRequest],
         max_members: usize,
     ) -> Result<Vec<SendOutcome>> {
-        let mut tx = self.pool.begin().await?;
-        let chat_ids: Vec<String> = batch
-            .iter()
-            .map(|r| r.chat_id.to_string())
-            .collect::<BTreeSet<_>>()
-            .into_iter()
-            .collect();
-        // Lock the heads in a fixed order, and read members and devices, in one query.
-        let rows = sqlx::query(
-            "SELECT c.chat_id, c.kind, c.last_seq, c.mls_epoch, m.user_id, m.admin, d.device_id
-             FROM chats c
-             LEFT JOIN chat_members m ON m.chat_id = c.chat_id AND m.left_at IS NULL
-             LEFT JOIN devices d ON d.user_id = m.user_id
-             WHERE c.chat_id = ANY($1) ORDER BY c.chat_id FOR UPDATE OF c",
-        )
-        .bind(&chat_ids)
-        .fetch_all(&mut *tx)
-        .await?;
-        let mut chats: HashMap<ChatId, ChatState> = HashMap::new();
-        for r in rows {
-            let chat: ChatId = id(r.get("chat_id"))?;
-            let state = match chats.entry(chat) {
-                std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
-                std::collections::hash_map::Entry::Vacant(e) => e.insert(ChatState {
-                    kind: kind_from_i16(r.get("kind"))?,
-                    last_seq: r.get("last_seq"),
-                    mls_epoch: u64::try_from(r.get::<i64, _>("mls_epoch")).unwrap_or_default(),
-                    members: BTreeMap::new(),
-                }),
-            };
-            let Some(user) = r.get::<Option<String>, _>("user_id") else {
-                continue;
-            };
-            let member = state.members.entry(id(user)?).or_default();
-            member.admin = r.get("admin");
-            if let Some(d) = r.get::<Option<String>, _>("device_id") {
-                member.devices.push(id(d)?);
-            }
+        // Resends are rare: first commit without looking for them (the events insert's
+        // ON CONFLICT notices one, and the transaction is rolled back); only then look
+        // every send up and plan again.
+        if let Some(outcomes) = self.commit_sends_once(batch, max_members, false).await? {
+            return Ok(outcomes);
         }
-        // Users that membership changes add: they must exist; their devices get the commit.
-        let adds: BTreeSet<String> = batch
-            .iter()
-            .filter_map(|r| r.membership.as_ref())
-            .flat_map(|m| m.add.iter().map(|u| u.to_string()))
-            .collect();
-        let mut users: HashMap<UserId, Vec<DeviceId>> = HashMap::new();
-        if !adds.is_empty() {
-            let rows = sqlx::query(
-                "SELECT u.user_id, d.device_id FROM users u
-                 LEFT JOIN devices d ON d.user_id = u.user_id WHERE u.user_id = ANY($1)",
-            )
-            .bind(adds.into_iter().collect::<Vec<_>>())
-            .fetch_all(&mut *tx)
-            .await?;
-            for r in rows {
-                let devices = users.entry(id(r.get("user_id"))?).or_default();
-                if let Some(d) = r.get::<Option<String>, _>("device_id") {
-                    devices.push(id(d)?);
-                }
-            }
-        }
-        let existing_rows = sqlx::query(
-            "SELECT e.chat_id, e.sender_device, e.client_msg_id, e.seq, e.ts FROM events e
-             JOIN UNNEST($1::text[], $2::text[], $3::text[]) AS k(c, d, m)
-               ON e.chat_id = k.c AND e.sender_device = k.d AND e.client_msg_id = k.m",
-        )
-        .bind(
-            batch
-                .iter()
-                .map(|r| r.chat_id.to_string())
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            batch
-                .iter()
-                .map(|r| r.sender_device.to_string())
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            batch
-                .iter()
-                .map(|r| r.client_msg_id.clone())
-                .collect::<Vec<_>>(),
-        )
-        .fetch_all(&mut *tx)
-        .await?;
-        let mut existing = HashMap::new();
-        for r in existing_rows {
-            existing.insert(
-                (
-                    id(r.get("chat_id"))?,
-                    id(r.get("sender_device"))?,
-                    r.get::<String, _>("client_msg_id"),
-                ),
-                (r.get::<i64, _>("seq"), r.get::<i64, _>("ts")),
-            );
-        }
-
-        let wanted: BTreeSet<&BlobHash> = batch.iter().flat_map(|r| r.blobs.iter()).collect();
-        let mut present: HashSet<BlobHash> = HashSet::new();
-        if !wanted.is_empty() {
-            let rows: Vec<String> =
-                sqlx::query_scalar("SELECT hash FROM blobs WHERE hash = ANY($1)")
-                    .bind(wanted.iter().map(|b| b.to_string()).collect::<Vec<_>>())
-                    .fetch_all(&mut *tx)
-                    .await?;
-            present = rows.into_iter().map(id).collect::<Result<_>>()?;
-        }
-        let plan = plan::plan_sends(batch, &existing, &chats, &users, &present, max_members);
-        let now_ts = batch.iter().map(|r| r.ts).max().unwrap_or_default();
-        for (chat, seq, blob) in &plan.blob_refs {
-            sqlx::query("INSERT INTO blob_refs (chat_id, seq, hash, ts) VALUES ($1, $2, $3, $4)")
-                .bind(chat.as_str())
-                .bind(seq)
-                .bind(blob.as_str())
-                .bind(now_ts)
-                .execute(&mut *tx)
-                .await?;
-        }
-        if plan.events.is_empty() {
-            tx.commit().await?;
-            return Ok(plan.finish(batch, []));
-        }
-        let now = now_ts;
-        for op in &plan.membership {
-            let sql = if op.add {
-                "INSERT INTO chat_members (chat_id, user_id, joined_at) VALUES ($1, $2, $3)
-                 ON CONFLICT (chat_id, user_id) DO UPDATE
-                    SET left_at = NULL, joined_at = EXCLUDED.joined_at, admin = FALSE"
-            } else {
-                "UPDATE chat_members SET left_at = $3, admin = FALSE WHERE chat_id = $1 AND user_id = $2"
-            };
-            sqlx::query(sql)
-                .bind(op.chat_id.as_str())
-                .bind(op.user_id.as_str())
-                .bind(now)
-                .execute(&mut *tx)
-                .await?;
-        }
-        let ev = |f: fn(&SendRequest) -> String| -> Vec<String> {
-            plan.events.iter().map(|(i, _)| f(&batch[*i])).collect()
-        };
-        // One round trip writes the heads, the events and the inbox rows.
-        let ids = sqlx::query(
-            "WITH heads AS (
-                 UPDATE chats SET last_seq = v.s, last_ts = v.t, mls_epoch = v.e
-                 FROM UNNEST($1::text[], $2::bigint[], $3::bigint[], $4::bigint[]) AS v(c, s, t, e)
-                 WHERE chats.chat_id = v.c
-             ), new_events AS (
-                 INSERT INTO events (chat_id, seq, sender, sender_device, client_msg_id, ts, payload,
-                                     mls_kind, mls_epoch, membership, blobs)
-                 SELECT * FROM UNNEST($5::text[], $6::bigint[], $7::text[], $8::text[], $9::text[],
-                                      $10::bigint[], $11::bytea[], $12::smallint[], $13::bigint[],
-                                      $14::text[], $15::text[])
-             )
-             INSERT INTO inbox (device_id, chat_id, kind, seq, sender, created_at)
-             SELECT d, c, 0, s, u, $20
-             FROM UNNEST($16::text[], $17::text[], $18::bigint[], $19::text[]) AS w(d, c, s, u)
-             RETURNING id, device_id, chat_id, seq",
-        )
-        .bind(
-            plan.heads
-                .iter()
-                .map(|h| h.chat_id.to_string())
-                .collect::<Vec<_>>(),
-        )
-        .bind(plan.heads.iter().map(|h| h.last_seq).collect::<Vec<_>>())
-        .bind(plan.heads.iter().map(|h| h.last_ts).collect::<Vec<_>>())
-        .bind(
-            plan.heads
-                .iter()
-                .map(|h| epoch_i64(h.mls_epoch))
-                .collect::<Vec<_>>(),
-        )
-        .bind(ev(|r| r.chat_id.to_string()))
-        .bind(plan.events.iter().map(|(_, s)| *s).collect::<Vec<_>>())
-        .bind(ev(|r| r.sender.to_string()))
-        .bind(ev(|r| r.sender_device.to_string()))
-        .bind(ev(|r| r.client_msg_id.clone()))
-        .bind(plan.events.iter().map(|(i, _)| batch[*i].ts).collect::<Vec<_>>())
-        .bind(plan.events.iter().map(|(i, _)| batch[*i].payload.clone()).collect::<Vec<_>>())
-        .bind(
-            plan.events
-                .iter()
-                .map(|(i, _)| batch[*i].mls.map(|m| mls_kind_to_i16(m.kind)))
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            plan.events
-                .iter()
-                .map(|(i, _)| batch[*i].mls.map(|m| epoch_i64(m.epoch)))
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            plan.events
-                .iter()
-                .map(|(i, _)| membership_to_json(&batch[*i].membership))
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            plan.events
-                .iter()
-                .map(|(i, _)| blobs_to_json(&batch[*i].blobs))
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            plan.inbox
-                .iter()
-                .map(|r| r.device_id.to_string())
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            plan.inbox
-                .iter()
-                .map(|r| r.chat_id.to_string())
-                .collect::<Vec<_>>(),
-        )
-        .bind(plan.inbox.iter().map(|r| r.seq).collect::<Vec<_>>())
-        .bind(
-            plan.inbox
-                .iter()
-                .map(|r| r.sender.to_string())
-                .collect::<Vec<_>>(),
-        )
-        .bind(now)
-        .fetch_all(&mut *tx)
-        .await?;
-        super::fed_pg::insert_outbox(&mut tx, &plan.outbox_rows(), now).await?;
-        tx.commit().await?;
-        let ids = ids
-            .into_iter()
-            .map(|r| {
-                Ok((
-                    r.get::<i64, _>("id"),
-                    id(r.get("device_id"))?,
-                    id(r.get("chat_id"))?,
-                    r.get::<i64, _>("seq"),
-                ))
-            })
-            .collect::<Result<Vec<_>>>()?;
-        Ok(plan.finish(batch, ids))
+        self.commit_sends_once(batch, max_members, true)
+            .await?
+            .ok_or_else(|| StoreError::Corrupt("a send conflicted under its chat's lock".into()))
     }
 
     async fn history(&self, chat_id: &ChatId, after: i64, limit: u32) -> Result<Vec<ChatEvent>> {
@@ -685,38 +731,37 @@ impl Store for PgStore {
     }
 
     async fn commit_acks(&self, batch: &[AckRequest], at: i64) -> Result<Vec<ReceiptNotice>> {
-        let (mut devs, mut ids) = (Vec::new(), Vec::new());
-        let mut owner: HashMap<String, UserId> = HashMap::new();
+        // One statement per device: `device_id = $1 AND id = ANY($2)` is an index probe
+        // per id, whatever the planner knows about the table, and stays within one
+        // device's key.
+        let mut by_device: BTreeMap<&DeviceId, (&UserId, BTreeSet<i64>)> = BTreeMap::new();
         for ack in batch {
-            owner.insert(ack.device_id.to_string(), ack.user_id.clone());
-            for i in &ack.ids {
-                devs.push(ack.device_id.to_string());
-                ids.push(*i);
-            }
+            by_device
+                .entry(&ack.device_id)
+                .or_insert_with(|| (&ack.user_id, BTreeSet::new()))
+                .1
+                .extend(ack.ids.iter().copied());
         }
         let mut tx = self.pool.begin().await?;
-        let deleted = sqlx::query(
-            "DELETE FROM inbox i USING UNNEST($1::text[], $2::bigint[]) AS k(d, id)
-             WHERE i.device_id = k.d AND i.id = k.id
-             RETURNING i.device_id, i.chat_id, i.kind, i.seq, i.sender",
-        )
-        .bind(devs)
-        .bind(ids)
-        .fetch_all(&mut *tx)
-        .await?;
-        let mut rows = Vec::with_capacity(deleted.len());
-        for r in deleted {
-            let device: String = r.get("device_id");
-            let Some(user) = owner.get(&device) else {
-                continue;
-            };
-            rows.push(AckedRow {
-                user_id: user.clone(),
-                chat_id: id(r.get("chat_id"))?,
-                kind: r.get("kind"),
-                seq: r.get("seq"),
-                sender: id(r.get("sender"))?,
-            });
+        let mut rows = Vec::new();
+        for (device, (user, ids)) in by_device {
+            let deleted = sqlx::query(
+                "DELETE FROM inbox WHERE device_id = $1 AND id = ANY($2)
+                 RETURNING chat_id, kind, seq, sender",
+            )
+            .bind(device.as_str())
+            .bind(ids.into_iter().collect::<Vec<_>>())
+            .fetch_all(&mut *tx)
+            .await?;
+            for r in deleted {
+                rows.push(AckedRow {
+                    user_id: user.clone(),
+                    chat_id: id(r.get("chat_id"))?,
+                    kind: r.get("kind"),
+                    seq: r.get("seq"),
+                    sender: id(r.get("sender"))?,
+                });
+            }
         }
         let plan = plan::plan_acks(&rows);
         if plan.delivered.is_empty() {
@@ -726,7 +771,8 @@ impl Store for PgStore {
         let changed = sqlx::query(
             "UPDATE chat_members m SET delivered_seq = v.s
              FROM UNNEST($1::text[], $2::text[], $3::bigint[]) AS v(c, u, s)
-             WHERE m.chat_id = v.c AND m.user_id = v.u AND m.delivered_seq < v.s
+             WHERE m.chat_id = ANY($1) AND m.chat_id = v.c AND m.user_id = v.u
+               AND m.delivered_seq < v.s
              RETURNING m.chat_id, m.user_id, m.delivered_seq, m.read_seq",
         )
         .bind(

@@ -9,7 +9,10 @@ use parley_client_api::ws::{ClientFrame, ServerFrame};
 
 use crate::harness::{Backend, Server};
 
-crate::on_both_backends!(acknowledged_events_survive_kill_9);
+crate::on_both_backends!(
+    acknowledged_events_survive_kill_9,
+    coalesced_acknowledgements_survive_kill_9
+);
 
 async fn acknowledged_events_survive_kill_9(backend: Backend) -> Result<()> {
     let mut server = Server::start(backend).await?;
@@ -101,5 +104,74 @@ async fn acknowledged_events_survive_kill_9(backend: Backend) -> Result<()> {
         })
         .collect();
     ensure!(got == seqs, "bob's replay differs from the stored events");
+    Ok(())
+}
+
+/// Acknowledgements of several devices (and several frames of one device) share one
+/// transaction per tick. Once the sender sees ✓✓ delivered, that transaction has
+/// committed: after a kill -9 nothing acknowledged comes back and the receipts stay.
+async fn coalesced_acknowledgements_survive_kill_9(backend: Backend) -> Result<()> {
+    let mut server = Server::start(backend).await?;
+    let alice = server.register("alice").await?;
+    let bob = server.register("bob").await?;
+    let carol = server.register("carol").await?;
+    let to_bob = server.create_chat(&alice, &[&bob]).await?;
+    let to_carol = server.create_chat(&alice, &[&carol]).await?;
+    for i in 1..=6 {
+        server.send(&alice, &to_bob, &format!("b{i}"), b"x").await?;
+        server
+            .send(&alice, &to_carol, &format!("c{i}"), b"x")
+            .await?;
+    }
+    let mut alice_ws = server.connect(&alice).await?;
+    alice_ws.until_synced().await?;
+    let mut bob_ws = server.connect(&bob).await?;
+    let mut carol_ws = server.connect(&carol).await?;
+    let bob_ids: Vec<i64> = bob_ws
+        .until_synced()
+        .await?
+        .iter()
+        .filter_map(ServerFrame::inbox_id)
+        .collect();
+    let carol_ids: Vec<i64> = carol_ws
+        .until_synced()
+        .await?
+        .iter()
+        .filter_map(ServerFrame::inbox_id)
+        .collect();
+    ensure!(bob_ids.len() == 6 && carol_ids.len() == 6);
+    // Bob acknowledges in three frames, Carol in one, all at once.
+    for part in bob_ids.chunks(2) {
+        bob_ws.ack(part.to_vec()).await?;
+    }
+    carol_ws.ack(carol_ids).await?;
+
+    // ✓✓ delivered for both chats reaches Alice (only ever pushed after commit).
+    let mut delivered: BTreeMap<String, i64> = BTreeMap::new();
+    while delivered.values().filter(|&&s| s == 6).count() < 2 {
+        if let ServerFrame::Receipt { receipt, .. } = alice_ws.next().await? {
+            delivered.insert(receipt.user_id.to_string(), receipt.delivered_seq);
+        }
+    }
+    server.crash_and_restart().await?;
+
+    for (user, chat) in [(&bob, &to_bob), (&carol, &to_carol)] {
+        let mut ws = server.connect(user).await?;
+        let replay = ws.until_synced().await?;
+        ensure!(
+            replay.is_empty(),
+            "{} gets acknowledged items again: {replay:?}",
+            user.user_id
+        );
+        let (_, body) = server
+            .get(&format!("/v1/chats/{chat}/receipts"), &alice.token)
+            .await?;
+        let theirs = body["receipts"]
+            .as_array()
+            .and_then(|r| r.iter().find(|r| r["user_id"] == user.user_id.as_str()))
+            .cloned()
+            .unwrap_or_default();
+        ensure!(theirs["delivered_seq"] == 6, "{body}");
+    }
     Ok(())
 }

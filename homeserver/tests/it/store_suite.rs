@@ -44,6 +44,8 @@ suite!(
     concurrent_batches_stay_gap_free,
     acks_raise_receipts_once_and_notify_senders,
     retention_purges_old_rows,
+    a_resend_among_new_sends_keeps_seqs_gap_free,
+    one_ack_batch_of_several_devices_deletes_only_their_own_items,
 );
 
 async fn setup<S: Store>(s: &S, users: &[(&str, &[&str])]) -> Result<()> {
@@ -324,5 +326,121 @@ async fn retention_purges_old_rows<S: Store>(s: S) -> Result<()> {
     let purged = s.purge_expired(5_000).await?;
     ensure!(purged.events == 1 && purged.inbox_rows == 1, "{purged:?}");
     ensure!(s.inbox_page(&d("B1"), 0, 10).await?.len() == 1);
+    Ok(())
+}
+
+fn event_seqs(items: &[InboxItem]) -> Vec<i64> {
+    items
+        .iter()
+        .filter_map(|i| match i {
+            InboxItem::Event { event, .. } => Some(event.seq),
+            InboxItem::Receipt { .. } => None,
+        })
+        .collect()
+}
+
+async fn a_resend_among_new_sends_keeps_seqs_gap_free<S: Store>(s: S) -> Result<()> {
+    setup(&s, &[("alice", &["A1"]), ("bob", &["B1"])]).await?;
+    let c = chat(&s, "c1", &["alice", "bob"]).await?;
+    s.commit_sends(
+        &[send(&c, "alice", "A1", "m1"), send(&c, "alice", "A1", "m2")],
+        1024,
+    )
+    .await?;
+    // A stored send (m1) between new ones, and a new one twice.
+    let out = s
+        .commit_sends(
+            &[
+                send(&c, "alice", "A1", "m3"),
+                send(&c, "alice", "A1", "m1"),
+                send(&c, "bob", "B1", "m4"),
+                send(&c, "alice", "A1", "m3"),
+            ],
+            1024,
+        )
+        .await?;
+    ensure!(
+        matches!(out[0], SendOutcome::Committed { seq: 3, .. })
+            && out[1] == SendOutcome::Duplicate { seq: 1, ts: 100 }
+            && matches!(out[2], SendOutcome::Committed { seq: 4, .. })
+            && out[3] == SendOutcome::Duplicate { seq: 3, ts: 100 },
+        "{out:?}"
+    );
+    ensure!(event_seqs(&s.inbox_page(&d("B1"), 0, 10).await?) == vec![1, 2, 3]);
+    ensure!(event_seqs(&s.inbox_page(&d("A1"), 0, 10).await?) == vec![4]);
+    let seqs: Vec<i64> = s.history(&c, 0, 10).await?.iter().map(|e| e.seq).collect();
+    ensure!(seqs == vec![1, 2, 3, 4], "{seqs:?}");
+    Ok(())
+}
+
+async fn one_ack_batch_of_several_devices_deletes_only_their_own_items<S: Store>(
+    s: S,
+) -> Result<()> {
+    setup(
+        &s,
+        &[("alice", &["A1"]), ("bob", &["B1"]), ("carol", &["C1"])],
+    )
+    .await?;
+    let to_bob = chat(&s, "c1", &["alice", "bob"]).await?;
+    let to_carol = chat(&s, "c2", &["alice", "carol"]).await?;
+    s.commit_sends(
+        &[
+            send(&to_bob, "alice", "A1", "b1"),
+            send(&to_carol, "alice", "A1", "c1"),
+        ],
+        1024,
+    )
+    .await?;
+    let bobs = s.inbox_page(&d("B1"), 0, 10).await?[0].id();
+    let carols = s.inbox_page(&d("C1"), 0, 10).await?[0].id();
+    let ack = |user: &str, dev: &str, ids: Vec<i64>| AckRequest {
+        user_id: u(user),
+        device_id: d(dev),
+        ids,
+    };
+    // Bob's device naming Carol's item, beside Carol's device in the same batch, removes
+    // nothing of Carol's.
+    let notices = s
+        .commit_acks(
+            &[
+                ack("bob", "B1", vec![carols]),
+                ack("carol", "C1", vec![bobs]),
+            ],
+            200,
+        )
+        .await?;
+    ensure!(notices.is_empty(), "{notices:?}");
+    ensure!(s.inbox_page(&d("B1"), 0, 10).await?.len() == 1);
+    ensure!(s.inbox_page(&d("C1"), 0, 10).await?.len() == 1);
+
+    let notices = s
+        .commit_acks(
+            &[
+                ack("bob", "B1", vec![bobs]),
+                ack("carol", "C1", vec![carols]),
+            ],
+            201,
+        )
+        .await?;
+    let raised: BTreeSet<(String, String, i64)> = notices
+        .iter()
+        .map(|n| {
+            (
+                n.device_id.to_string(),
+                n.receipt.user_id.to_string(),
+                n.receipt.delivered_seq,
+            )
+        })
+        .collect();
+    ensure!(
+        raised
+            == BTreeSet::from([
+                ("A1".into(), u("bob").to_string(), 1),
+                ("A1".into(), u("carol").to_string(), 1),
+            ]),
+        "{raised:?}"
+    );
+    ensure!(s.inbox_page(&d("B1"), 0, 10).await?.is_empty());
+    ensure!(s.inbox_page(&d("C1"), 0, 10).await?.is_empty());
     Ok(())
 }
