@@ -38,6 +38,8 @@ struct Inner {
     /// The signing keys; replaced whole on rotation.
     keys: RwLock<Keys>,
     key_path: std::path::PathBuf,
+    /// This node's stable id (kept in its data directory): the holder of outbox leases.
+    node_id: String,
     client_config: ClientConfig,
     policy: RwLock<Policy>,
     test_mode: bool,
@@ -90,6 +92,7 @@ impl Federation {
             name,
             keys: RwLock::new(keys),
             key_path,
+            node_id: load_or_create_node_id(&config.data_dir)?,
             client_config,
             policy: RwLock::new(policy),
             test_mode: config.federation.test_mode,
@@ -101,6 +104,12 @@ impl Federation {
 
     pub fn server_name(&self) -> &ServerName {
         &self.inner.name
+    }
+
+    /// This node's id (stable across restarts): several nodes of a domain share the
+    /// outboxes, one node per destination at a time.
+    pub fn node_id(&self) -> &str {
+        &self.inner.node_id
     }
 
     pub fn verifier(&self) -> &Arc<InboundVerifier> {
@@ -442,6 +451,26 @@ pub fn entry_error(e: parley_federation::api::send::EntryError) -> ServiceError 
         C::TooLarge => ServiceError::InvalidParam(e.message),
         _ => ServiceError::Remote(e.message),
     }
+}
+
+/// Reads `<data_dir>/node-id`, or writes a new random one there.
+fn load_or_create_node_id(data_dir: &Path) -> Result<String, ServiceError> {
+    use rand::Rng as _;
+    let path = data_dir.join("node-id");
+    if let Ok(id) = std::fs::read_to_string(&path)
+        && !id.trim().is_empty()
+    {
+        return Ok(id.trim().to_owned());
+    }
+    let id: String = rand::rng()
+        .sample_iter(rand::distr::Alphanumeric)
+        .take(16)
+        .map(char::from)
+        .collect();
+    std::fs::create_dir_all(data_dir)
+        .and_then(|()| std::fs::write(&path, &id))
+        .map_err(|e| ServiceError::Internal(format!("node id {}: {e}", path.display())))?;
+    Ok(id)
 }
 
 /// Writes a new key file (0600), failing if it exists.

@@ -30,8 +30,13 @@ use crate::clock::now_ms;
 use crate::store::fed::{ChatRef, DestinationRow, FedStore, OutboxKind, OutboxRow};
 use crate::store::{AnyStore, StoreError};
 
-/// How often an idle destination task rereads its rows anyway.
-const REREAD: Duration = Duration::from_secs(5);
+/// How often an idle destination task rereads its rows anyway (rows another node of the
+/// domain wrote reach the lease holder this way).
+const REREAD: Duration = Duration::from_secs(2);
+/// How long a node's lease on a destination lasts without renewal (ms).
+const LEASE_MS: i64 = 15_000;
+/// How often the dispatcher looks for destinations with rows but no task.
+const SCAN: Duration = Duration::from_secs(10);
 /// Most results kept for senders that have not started waiting yet.
 const MAX_EARLY: usize = 4096;
 
@@ -150,20 +155,26 @@ async fn dispatch(mut tasks: RelayTasks, store: AnyStore, federation: Federation
         running.insert(dest.to_owned(), tx.clone());
         tx
     };
-    // Resume every destination that has rows (after a restart).
-    match store.outbox_rows(None).await {
-        Ok(rows) => {
-            let dests: HashSet<String> = rows.into_iter().map(|r| r.destination).collect();
-            for d in dests {
-                ensure(&d);
+    // Every destination with rows gets a task: now (after a restart) and on a timer, so
+    // rows another node of the domain left behind (it died) are taken over.
+    let mut scan = tokio::time::interval(SCAN);
+    loop {
+        tokio::select! {
+            _ = scan.tick() => match store.outbox_destinations().await {
+                Ok(dests) => {
+                    for d in dests {
+                        ensure(&d);
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot read the federation outbox"),
+            },
+            wake = tasks.rx.recv() => {
+                let Some(wake) = wake else { return };
+                let (Wake::Rows(dest) | Wake::Inbound(dest)) = &wake;
+                let tx = ensure(&dest.clone());
+                let _ = tx.send(wake);
             }
         }
-        Err(e) => tracing::error!(error = %e, "cannot read the federation outbox"),
-    }
-    while let Some(wake) = tasks.rx.recv().await {
-        let (Wake::Rows(dest) | Wake::Inbound(dest)) = &wake;
-        let tx = ensure(&dest.clone());
-        let _ = tx.send(wake);
     }
 }
 
@@ -191,11 +202,59 @@ impl Destination {
             tracing::error!(destination = %self.name, "outbox rows for an invalid server name");
             return;
         };
+        let mut lease_until = 0;
+        // Drive the destination while this node holds its lease; when it is lost (another
+        // node took over after a stall), wait for it again and start from the rows.
+        loop {
+            while !self.hold(&mut lease_until).await {
+                if let Ok(None) = tokio::time::timeout(REREAD, rx.recv()).await {
+                    return;
+                }
+            }
+            if self.drive(&server, &mut rx, &mut lease_until).await {
+                return;
+            }
+        }
+    }
+
+    /// True while this node holds the destination's lease (renewed at half time).
+    async fn hold(&self, lease_until: &mut i64) -> bool {
+        let now = now_ms();
+        if now < *lease_until - LEASE_MS / 2 {
+            return true;
+        }
+        let node = self.federation.node_id();
+        match self
+            .store
+            .take_lease(&self.name, node, now, now + LEASE_MS)
+            .await
+        {
+            Ok(true) => {
+                *lease_until = now + LEASE_MS;
+                true
+            }
+            Ok(false) => false,
+            Err(e) => {
+                tracing::warn!(destination = %self.name, error = %e, "cannot take the outbox lease");
+                false
+            }
+        }
+    }
+
+    /// Drives the outbox until the lease is lost (returns false) or the relay stops
+    /// (returns true).
+    async fn drive(
+        &self,
+        server: &ServerName,
+        rx: &mut mpsc::UnboundedReceiver<Wake>,
+        lease_until: &mut i64,
+    ) -> bool {
         let (mut outbox, mut known, restored) = match self.restore().await {
             Ok(restored) => restored,
             Err(e) => {
                 tracing::error!(destination = %self.name, error = %e, "cannot restore the outbox");
-                return;
+                tokio::time::sleep(REREAD).await;
+                return false;
             }
         };
         let mut actions = outbox.step(Input::Tick, now_ms(), rand::rng().random());
@@ -228,12 +287,16 @@ impl Destination {
                 }
             }
             if let Some((txn_id, events)) = send {
+                if !self.hold(lease_until).await {
+                    tracing::info!(destination = %self.name, "outbox lease lost to another node");
+                    return false;
+                }
                 let wire = if restored.as_ref() == Some(&txn_id) {
                     txn_id.as_str().to_owned()
                 } else {
                     format!("{}.{txn_id}", self.boot)
                 };
-                let outcome = self.send_batch(&server, &wire, &events).await;
+                let outcome = self.send_batch(server, &wire, &events).await;
                 actions = outbox.step(
                     Input::Sent { txn_id, outcome },
                     now_ms(),
@@ -248,12 +311,12 @@ impl Destination {
             };
             let now = |o: &mut Outbox<Entry>, i| o.step(i, now_ms(), rand::rng().random());
             match tokio::time::timeout(sleep, rx.recv()).await {
-                Ok(None) => return,
+                Ok(None) => return true,
                 Ok(Some(Wake::Inbound(_))) => actions = now(&mut outbox, Input::Inbound),
                 Ok(Some(Wake::Rows(_))) | Err(_) => {
                     // Drain further wake-ups: one reread serves them all.
                     while rx.try_recv().is_ok() {}
-                    if outbox.is_parked() && self.federation.decide(&server).allowed {
+                    if outbox.is_parked() && self.federation.decide(server).allowed {
                         actions.extend(now(&mut outbox, Input::Unpark));
                     }
                     match self.new_rows(&mut known).await {

@@ -166,6 +166,8 @@ pub trait FedStore: Send + Sync + 'static {
         &self,
         destination: Option<&str>,
     ) -> impl Future<Output = Result<Vec<OutboxRow>>> + Send;
+    /// The destinations that have rows.
+    fn outbox_destinations(&self) -> impl Future<Output = Result<Vec<String>>> + Send;
     /// Marks rows as the batch `txn_id` (persisted before the batch is sent).
     fn outbox_set_txn(&self, ids: &[i64], txn_id: &str) -> impl Future<Output = Result<()>> + Send;
     fn outbox_delete(&self, ids: &[i64]) -> impl Future<Output = Result<()>> + Send;
@@ -220,6 +222,15 @@ pub trait FedStore: Send + Sync + 'static {
         receipts: &[(ChatId, Receipt)],
         at: i64,
     ) -> impl Future<Output = Result<Vec<ReceiptNotice>>> + Send;
+    /// Takes or renews the lease on driving `destination`'s outbox for `holder` until
+    /// `until`; true when `holder` has it (it was free, expired, or already its own).
+    fn take_lease(
+        &self,
+        destination: &str,
+        holder: &str,
+        now: i64,
+        until: i64,
+    ) -> impl Future<Output = Result<bool>> + Send;
     /// The servers (other than the chat's hub) with a current member in each chat.
     fn chat_followers(
         &self,
@@ -242,6 +253,9 @@ impl FedStore for AnyStore {
     }
     async fn outbox_rows(&self, destination: Option<&str>) -> Result<Vec<OutboxRow>> {
         dispatch!(self, s => s.outbox_rows(destination).await)
+    }
+    async fn outbox_destinations(&self) -> Result<Vec<String>> {
+        dispatch!(self, s => s.outbox_destinations().await)
     }
     async fn outbox_set_txn(&self, ids: &[i64], txn_id: &str) -> Result<()> {
         dispatch!(self, s => s.outbox_set_txn(ids, txn_id).await)
@@ -291,6 +305,15 @@ impl FedStore for AnyStore {
         at: i64,
     ) -> Result<Vec<ReceiptNotice>> {
         dispatch!(self, s => s.apply_remote_receipts(receipts, at).await)
+    }
+    async fn take_lease(
+        &self,
+        destination: &str,
+        holder: &str,
+        now: i64,
+        until: i64,
+    ) -> Result<bool> {
+        dispatch!(self, s => s.take_lease(destination, holder, now, until).await)
     }
     async fn chat_followers(&self, chat_ids: &[ChatId]) -> Result<Vec<(ChatId, Vec<String>)>> {
         dispatch!(self, s => s.chat_followers(chat_ids).await)

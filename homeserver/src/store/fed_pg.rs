@@ -291,6 +291,14 @@ impl FedStore for PgStore {
             .collect()
     }
 
+    async fn outbox_destinations(&self) -> Result<Vec<String>> {
+        Ok(
+            sqlx::query_scalar("SELECT DISTINCT destination FROM federation_outbox")
+                .fetch_all(self.pool())
+                .await?,
+        )
+    }
+
     async fn outbox_set_txn(&self, ids: &[i64], txn_id: &str) -> Result<()> {
         sqlx::query("UPDATE federation_outbox SET txn_id = $2 WHERE id = ANY($1)")
             .bind(ids)
@@ -534,6 +542,30 @@ impl FedStore for PgStore {
         let notices = upsert_receipts(&mut tx, rows, at).await?;
         tx.commit().await?;
         Ok(notices)
+    }
+
+    async fn take_lease(
+        &self,
+        destination: &str,
+        holder: &str,
+        now: i64,
+        until: i64,
+    ) -> Result<bool> {
+        let got: Option<String> = sqlx::query_scalar(
+            "INSERT INTO federation_leases (destination, holder, expires_at) VALUES ($1, $2, $4)
+             ON CONFLICT (destination) DO UPDATE
+                SET holder = excluded.holder, expires_at = excluded.expires_at
+                WHERE federation_leases.holder = excluded.holder
+                   OR federation_leases.expires_at < $3
+             RETURNING holder",
+        )
+        .bind(destination)
+        .bind(holder)
+        .bind(now)
+        .bind(until)
+        .fetch_optional(self.pool())
+        .await?;
+        Ok(got.as_deref() == Some(holder))
     }
 
     async fn chat_followers(&self, chat_ids: &[ChatId]) -> Result<Vec<(ChatId, Vec<String>)>> {

@@ -214,16 +214,24 @@ async fn sends_wait_in_the_outbox_while_the_hub_is_down(backend: Backend) -> Res
     let want: Vec<(i64, String)> = (1..=4).map(|i| (i, format!("b{i}"))).collect();
     assert_eq!(texts(&got), want);
     no_more_events(&mut alice_ws, Duration::from_millis(500)).await?;
-    let (status, body) = b
-        .get(&format!("/v1/chats/{chat}/events?after=0"), &bob.token)
-        .await?;
-    ensure!(status == StatusCode::OK, "{body}");
-    let seqs: Vec<i64> = body["events"]
-        .as_array()
-        .context("events")?
-        .iter()
-        .filter_map(|e| e["seq"].as_i64())
-        .collect();
+    // The hub's events reach the follower's copy shortly after.
+    let mut seqs = Vec::new();
+    for _ in 0..200 {
+        let (status, body) = b
+            .get(&format!("/v1/chats/{chat}/events?after=0"), &bob.token)
+            .await?;
+        ensure!(status == StatusCode::OK, "{body}");
+        seqs = body["events"]
+            .as_array()
+            .context("events")?
+            .iter()
+            .filter_map(|e| e["seq"].as_i64())
+            .collect();
+        if seqs.len() >= 4 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     assert_eq!(seqs, [1, 2, 3, 4]);
     Ok(())
 }

@@ -11,6 +11,7 @@ mod admin;
 mod crash;
 mod delivery;
 mod errors;
+mod fed_store;
 mod federation;
 mod federation_chats;
 mod groups;

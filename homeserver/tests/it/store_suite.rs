@@ -18,14 +18,14 @@ fn d(s: &str) -> DeviceId {
     DeviceId::try_from(s).unwrap()
 }
 
-async fn on_sqlite(f: impl AsyncFnOnce(SqliteStore) -> Result<()>) -> Result<()> {
+pub async fn on_sqlite(f: impl AsyncFnOnce(SqliteStore) -> Result<()>) -> Result<()> {
     let dir = tempfile::tempdir()?;
     let store =
         SqliteStore::connect(&format!("sqlite://{}", dir.path().join("s.db").display())).await?;
     f(store).await
 }
 
-async fn on_postgres(f: impl AsyncFnOnce(PgStore) -> Result<()>) -> Result<()> {
+pub async fn on_postgres(f: impl AsyncFnOnce(PgStore) -> Result<()>) -> Result<()> {
     let db = parley_testkit::postgres().await?;
     let store = PgStore::connect(db.url(), 8).await?;
     f(store).await
