@@ -9,12 +9,15 @@
 //! A third scenario, `--group N`, measures one group chat of N members (see
 //! [`group`]): fan-out of one message to every member's socket, and adding a member.
 //!
+//! `parley-bench media --size 10MiB,100MiB`: media throughput and server RSS (`media`).
+//!
 //! The bench talks only HTTP and WebSocket (the types of `parley-client-api`, and the
 //! SDK for the group's MLS setup and commits), never to the server's internals or
 //! database. See bench/README.md for the figures.
 
 mod group;
 mod load;
+mod media;
 mod procfs;
 mod report;
 mod run;
@@ -103,6 +106,15 @@ struct Args {
     /// Group: members added one at a time through the admin's SDK (each timed).
     #[arg(long, default_value_t = 10)]
     group_commits: usize,
+    #[command(subcommand)]
+    command: Option<Mode>,
+}
+
+/// Other benchmarks than the message load (the default).
+#[derive(Debug, clap::Subcommand)]
+enum Mode {
+    /// Media: upload/download throughput and server RSS per file size.
+    Media(media::MediaArgs),
 }
 
 /// Most members of a bench group.
@@ -187,6 +199,9 @@ impl Args {
 #[tokio::main]
 async fn main() -> Result<()> {
     let args = Args::parse();
+    if let Some(Mode::Media(m)) = args.command {
+        return media::run(m).await;
+    }
     args.validate()?;
     let group = args.group.map(|members| group::GroupOptions {
         members,

@@ -5,8 +5,9 @@ use std::time::Duration;
 use parley_client_api::http::accounts::{self, DeviceInfo, Session};
 use parley_client_api::http::chats::{self, ChatEvent, ChatSummary, SendAck};
 use parley_client_api::http::keys::{self, ClaimedKeyPackage, KeyPackageCount};
+use parley_client_api::http::media;
 use parley_client_api::http::{Method, fill};
-use parley_client_api::{ChatId, DeviceId, ErrorBody, ErrorCode, Payload, UserId};
+use parley_client_api::{BlobHash, ChatId, DeviceId, ErrorBody, ErrorCode, Payload, UserId};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -15,10 +16,16 @@ use crate::error::{Error, Result};
 /// How long one HTTP request may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// How long a media transfer may wait for the next bytes.
+const MEDIA_READ_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// The homeserver's HTTP API for one device.
 #[derive(Clone)]
 pub(crate) struct Api {
     http: reqwest::Client,
+    /// For media transfers: no limit on a whole request (a large segment may take long
+    /// on a slow link), but on each wait for bytes.
+    media: reqwest::Client,
     base: String,
     token: Option<String>,
 }
@@ -57,8 +64,14 @@ impl Api {
             .connect_timeout(Duration::from_secs(10))
             .build()
             .map_err(|e| Error::Protocol(format!("building the HTTP client: {e}")))?;
+        let media = reqwest::Client::builder()
+            .read_timeout(MEDIA_READ_TIMEOUT)
+            .connect_timeout(Duration::from_secs(10))
+            .build()
+            .map_err(|e| Error::Protocol(format!("building the HTTP client: {e}")))?;
         Ok(Self {
             http,
+            media,
             base: normalize_url(base)?,
             token,
         })
@@ -131,22 +144,7 @@ impl Api {
         if status.is_success() {
             return Ok(bytes.to_vec());
         }
-        match serde_json::from_slice::<ErrorBody>(&bytes) {
-            Ok(body) => Err(Error::Server {
-                code: body.error,
-                status: status.as_u16(),
-                message: body.message,
-            }),
-            Err(_) => Err(Error::Server {
-                code: if status.is_server_error() {
-                    ErrorCode::Internal
-                } else {
-                    ErrorCode::NotFound
-                },
-                status: status.as_u16(),
-                message: format!("the server answered {status} to {} {path}", method.as_str()),
-            }),
-        }
+        Err(server_error(status, &bytes, method, path))
     }
 
     pub(crate) async fn register(
@@ -326,8 +324,114 @@ impl Api {
     }
 }
 
+/// The error a refused request carries (its body's code, else one from its status).
+fn server_error(status: reqwest::StatusCode, body: &[u8], method: Method, path: &str) -> Error {
+    match serde_json::from_slice::<ErrorBody>(body) {
+        Ok(body) => Error::Server {
+            code: body.error,
+            status: status.as_u16(),
+            message: body.message,
+        },
+        Err(_) => Error::Server {
+            code: if status.is_server_error() {
+                ErrorCode::Internal
+            } else {
+                ErrorCode::NotFound
+            },
+            status: status.as_u16(),
+            message: format!("the server answered {status} to {} {path}", method.as_str()),
+        },
+    }
+}
+
+impl Api {
+    fn unreachable(&self, e: &reqwest::Error) -> Error {
+        Error::Unreachable {
+            url: self.base.clone(),
+            reason: describe(e),
+        }
+    }
+
+    fn media_request(&self, method: Method, path: &str) -> Result<reqwest::RequestBuilder> {
+        let m = reqwest::Method::from_bytes(method.as_str().as_bytes())
+            .map_err(|e| Error::Protocol(format!("method {}: {e}", method.as_str())))?;
+        let mut req = self.media.request(m, format!("{}{path}", self.base));
+        if let Some(t) = &self.token {
+            req = req.bearer_auth(t);
+        }
+        Ok(req)
+    }
+
+    /// Whether the server stores the blob (`HEAD /v1/media/{blob}`).
+    pub(crate) async fn blob_exists(&self, blob: &BlobHash) -> Result<bool> {
+        let path = fill(media::exists::PATH, &[("blob", blob.as_str())]);
+        let resp = self
+            .media_request(media::exists::METHOD, &path)?
+            .send()
+            .await
+            .map_err(|e| self.unreachable(&e))?;
+        match resp.status() {
+            s if s.is_success() => Ok(true),
+            reqwest::StatusCode::NOT_FOUND => Ok(false),
+            s => Err(server_error(s, b"", media::exists::METHOD, &path)),
+        }
+    }
+
+    /// How many bytes of this device's user's upload of `blob` the server holds.
+    pub(crate) async fn upload_status(&self, blob: &BlobHash) -> Result<media::UploadState> {
+        let path = fill(media::upload_status::PATH, &[("blob", blob.as_str())]);
+        self.call::<(), _>(media::upload_status::METHOD, &path, None)
+            .await
+    }
+
+    /// Appends `len` bytes (`body`) at `offset` to the upload of `blob` (`total` bytes).
+    pub(crate) async fn upload_chunk(
+        &self,
+        blob: &BlobHash,
+        offset: u64,
+        total: u64,
+        len: u64,
+        body: reqwest::Body,
+    ) -> Result<media::UploadState> {
+        let path = format!(
+            "{}?offset={offset}&total={total}",
+            fill(media::upload::PATH, &[("blob", blob.as_str())])
+        );
+        let resp = self
+            .media_request(media::upload::METHOD, &path)?
+            .header(reqwest::header::CONTENT_LENGTH, len)
+            .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| self.unreachable(&e))?;
+        let status = resp.status();
+        let bytes = resp.bytes().await.map_err(|e| self.unreachable(&e))?;
+        if !status.is_success() {
+            return Err(server_error(status, &bytes, media::upload::METHOD, &path));
+        }
+        serde_json::from_slice(&bytes).map_err(|e| Error::Protocol(format!("PUT {path}: {e}")))
+    }
+
+    /// Starts downloading `blob` from byte `from`: the response streams the rest.
+    pub(crate) async fn download(&self, blob: &BlobHash, from: u64) -> Result<reqwest::Response> {
+        let path = fill(media::download::PATH, &[("blob", blob.as_str())]);
+        let mut req = self.media_request(media::download::METHOD, &path)?;
+        if from > 0 {
+            req = req.header(reqwest::header::RANGE, format!("bytes={from}-"));
+        }
+        let resp = req.send().await.map_err(|e| self.unreachable(&e))?;
+        let status = resp.status();
+        if status.is_success() {
+            return Ok(resp);
+        }
+        let bytes = resp.bytes().await.map_err(|e| self.unreachable(&e))?;
+        Err(server_error(status, &bytes, media::download::METHOD, &path))
+    }
+}
+
 /// A one-line reason for a transport failure.
-fn describe(e: &reqwest::Error) -> String {
+pub(crate) fn describe(e: &reqwest::Error) -> String {
     if e.is_connect() {
         "connection refused or unreachable".to_owned()
     } else if e.is_timeout() {

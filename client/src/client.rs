@@ -154,6 +154,8 @@ pub(crate) struct Inner {
     /// Outbox commits an SDK call is sending itself (over HTTP, to learn the outcome):
     /// the socket leaves them alone, but a chat's messages still wait behind them.
     pub(crate) direct: std::sync::Mutex<std::collections::HashSet<String>>,
+    /// Media uploads and downloads running in this process.
+    pub(crate) transfers: crate::media::Transfers,
 }
 
 pub(crate) fn now_ms() -> i64 {
@@ -316,6 +318,7 @@ impl Client {
             task: std::sync::Mutex::new(None),
             needs_device_sync: AtomicBool::new(false),
             direct: std::sync::Mutex::default(),
+            transfers: crate::media::Transfers::default(),
         });
         Client {
             inner,

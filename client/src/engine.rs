@@ -398,8 +398,18 @@ impl Inner {
                                 ev.sender, ev.sender_device
                             ))));
                         }
-                        let message = decode_message(ev, &user, &device, &plaintext);
+                        let (message, media) = decode_message(ev, &user, &device, &plaintext);
                         if store::insert_message(tx, &message).await? {
+                            if let Some(media) = media {
+                                store::set_message_media(
+                                    tx,
+                                    &ev.chat_id,
+                                    &device,
+                                    &message.id,
+                                    &media,
+                                )
+                                .await?;
+                            }
                             Ok(Apply::Done(vec![Event::MessageReceived(message)]))
                         } else {
                             Ok(Apply::Done(Vec::new()))
@@ -957,19 +967,33 @@ impl Inner {
 }
 
 /// Turns a decrypted envelope into a history row (a placeholder for kinds this
-/// version does not show).
-fn decode_message(ev: &Incoming, user: &UserId, device: &DeviceId, plaintext: &[u8]) -> Message {
+/// version does not show), with the media reference (JSON) of a file message.
+fn decode_message(
+    ev: &Incoming,
+    user: &UserId,
+    device: &DeviceId,
+    plaintext: &[u8],
+) -> (Message, Option<String>) {
+    let mut media_json = None;
     let (id, sent_at, kind, body) = match Envelope::from_bytes(plaintext) {
         Ok(env) => {
             let (kind, body) = match env.content {
                 Content::Text { text } => ("text".to_owned(), text),
+                Content::Media { media, caption } => {
+                    let body = crate::media::describe(&media, caption.as_deref());
+                    media_json = serde_json::to_string(&crate::media::StoredMedia {
+                        media: *media,
+                        caption,
+                    })
+                    .ok();
+                    ("media".to_owned(), body)
+                }
                 Content::Reply { text, .. } => ("text".to_owned(), text),
                 Content::Unknown { kind } => {
                     (kind.clone(), format!("[unsupported message: {kind}]"))
                 }
                 other => {
                     let kind = match other {
-                        Content::Media { .. } => "media",
                         Content::Reaction { .. } => "reaction",
                         Content::Edit { .. } => "edit",
                         Content::Delete { .. } => "delete",
@@ -992,7 +1016,7 @@ fn decode_message(ev: &Incoming, user: &UserId, device: &DeviceId, plaintext: &[
             format!("[unreadable message: {e}]"),
         ),
     };
-    Message {
+    let message = Message {
         chat_id: ev.chat_id.clone(),
         id,
         seq: Some(ev.seq),
@@ -1004,5 +1028,6 @@ fn decode_message(ev: &Incoming, user: &UserId, device: &DeviceId, plaintext: &[
         sent_at_ms: sent_at,
         server_ts: Some(ev.ts),
         state: MessageState::Received,
-    }
+    };
+    (message, media_json)
 }

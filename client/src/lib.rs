@@ -12,6 +12,10 @@
 //!   [`Client::remove_members`], [`Client::leave`], [`Client::rename`],
 //!   [`Client::set_admin`], [`Client::members`]; receipts per message as "delivered to
 //!   N of M / read by N of M" ([`Client::receipt_summary`]).
+//! - Media: [`Client::send_file`] encrypts a file (streaming), uploads the ciphertext
+//!   unless the server has it (resuming an interrupted upload) and sends the reference;
+//!   [`Client::download`] fetches, checks and decrypts one; [`Client::forward`] sends a
+//!   received file on without uploading it again.
 //! - A local SQLite store per device ([`store`]) holds the MLS state and the decrypted
 //!   history: [`Reader`] reads history and searches it offline.
 //! - Other devices of the user are added to the user's chats by an existing device
@@ -25,6 +29,7 @@ mod client;
 mod engine;
 pub mod error;
 mod groups;
+mod media;
 pub mod payload;
 mod socket;
 pub mod store;
@@ -32,6 +37,7 @@ pub mod store;
 pub use client::{Client, ClientConfig, ConnectionState, Event};
 pub use error::{Error, Result};
 pub use groups::{GroupMember, GroupMembers};
+pub use media::{Attachment, Downloaded, FileOptions, SentFile, guess_mime, human_size};
 pub use payload::ChatPayload;
 pub use store::{ChatInfo, MemberReceipt, Message, MessageState, Reader, ReceiptSummary};
 

@@ -346,6 +346,13 @@ impl Conn {
             if blocked.contains(&row.chat_id) || (!is_commit && waiting.contains(&row.chat_id)) {
                 continue;
             }
+            if row.upload.is_some() {
+                // A file message whose upload is not complete: it (and the messages
+                // after it in its chat) waits; the upload resumes in the background.
+                crate::media::resume_upload(&self.inner, &row);
+                waiting.insert(row.chat_id.clone());
+                continue;
+            }
             if self.inner.is_direct(&row.client_msg_id) {
                 // An SDK call is sending this commit itself; what follows waits.
                 blocked.insert(row.chat_id.clone());
@@ -377,6 +384,11 @@ impl Conn {
                 .membership
                 .as_deref()
                 .and_then(|m| serde_json::from_str(m).ok());
+            let blobs: serde_json::Value = row
+                .blobs
+                .as_deref()
+                .and_then(|b| serde_json::from_str(b).ok())
+                .unwrap_or_else(|| serde_json::json!([]));
             let frame = crate::api::wire(serde_json::json!({
                 "type": "send",
                 "chat_id": chat_id,
@@ -384,6 +396,7 @@ impl Conn {
                 "payload": Payload(payload),
                 "mls": MlsMeta { kind, epoch },
                 "membership": membership,
+                "blobs": blobs,
             }))?;
             self.send(&frame).await?;
             self.in_flight.insert(row.client_msg_id.clone());

@@ -269,6 +269,11 @@ impl Reader {
         )
     }
 
+    /// The session's access token (for tools that also talk to the server directly).
+    pub async fn access_token(&self) -> Result<Option<String>> {
+        self.state("access_token").await
+    }
+
     /// The server URL of this profile's session.
     pub async fn server_url(&self) -> Result<Option<String>> {
         self.state("server_url").await
@@ -795,6 +800,10 @@ pub(crate) struct OutboxRow {
     pub(crate) epoch: Option<i64>,
     /// With a commit: the JSON of the membership change it makes.
     pub(crate) membership: Option<String>,
+    /// The JSON array of the blobs the message refers to.
+    pub(crate) blobs: Option<String>,
+    /// While set: the encrypted file still to upload before the message can go.
+    pub(crate) upload: Option<String>,
 }
 
 pub(crate) const OUTBOX_MESSAGE: &str = "message";
@@ -825,7 +834,7 @@ pub(crate) async fn outbox_push(
 
 pub(crate) async fn outbox_all(conn: &mut SqliteConnection) -> Result<Vec<OutboxRow>> {
     Ok(sqlx::query_as(
-        "SELECT id, chat_id, client_msg_id, kind, plaintext, payload, epoch, membership FROM parley_outbox ORDER BY id",
+        "SELECT id, chat_id, client_msg_id, kind, plaintext, payload, epoch, membership, blobs, upload FROM parley_outbox ORDER BY id",
     )
     .fetch_all(conn)
     .await?)
@@ -837,7 +846,7 @@ pub(crate) async fn outbox_get(
     client_msg_id: &str,
 ) -> Result<Option<OutboxRow>> {
     Ok(sqlx::query_as(
-        "SELECT id, chat_id, client_msg_id, kind, plaintext, payload, epoch, membership FROM parley_outbox
+        "SELECT id, chat_id, client_msg_id, kind, plaintext, payload, epoch, membership, blobs, upload FROM parley_outbox
          WHERE chat_id = ?1 AND client_msg_id = ?2",
     )
     .bind(chat.as_str())
@@ -1022,4 +1031,76 @@ pub(crate) async fn last_incoming(conn: &mut SqliteConnection, chat: &ChatId) ->
     .fetch_one(conn)
     .await?;
     Ok(v.unwrap_or(0))
+}
+
+// ---- media ----
+
+/// Records what a queued message needs besides its ciphertext: the blobs it refers to
+/// and, while the file is not uploaded yet, the encrypted file to upload.
+pub(crate) async fn outbox_set_media(
+    conn: &mut SqliteConnection,
+    chat: &ChatId,
+    client_msg_id: &str,
+    blobs: &str,
+    upload: Option<&str>,
+) -> Result<()> {
+    sqlx::query(
+        "UPDATE parley_outbox SET blobs = ?3, upload = ?4 WHERE chat_id = ?1 AND client_msg_id = ?2",
+    )
+    .bind(chat.as_str())
+    .bind(client_msg_id)
+    .bind(blobs)
+    .bind(upload)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// The upload of a queued message is complete: it may be sent.
+pub(crate) async fn outbox_upload_done(
+    conn: &mut SqliteConnection,
+    chat: &ChatId,
+    client_msg_id: &str,
+) -> Result<()> {
+    sqlx::query("UPDATE parley_outbox SET upload = NULL WHERE chat_id = ?1 AND client_msg_id = ?2")
+        .bind(chat.as_str())
+        .bind(client_msg_id)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// Stores the media reference (JSON) of a message.
+pub(crate) async fn set_message_media(
+    conn: &mut SqliteConnection,
+    chat: &ChatId,
+    sender_device: &DeviceId,
+    msg_id: &str,
+    media: &str,
+) -> Result<()> {
+    sqlx::query(
+        "UPDATE parley_messages SET media = ?4
+         WHERE chat_id = ?1 AND sender_device = ?2 AND msg_id = ?3",
+    )
+    .bind(chat.as_str())
+    .bind(sender_device.as_str())
+    .bind(msg_id)
+    .bind(media)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+impl Reader {
+    /// The media reference (JSON) of a message, if it carries a file.
+    pub(crate) async fn message_media(&self, chat_id: &ChatId, id: &str) -> Result<Option<String>> {
+        Ok(sqlx::query_scalar(
+            "SELECT media FROM parley_messages WHERE chat_id = ?1 AND msg_id = ?2
+             AND media IS NOT NULL ORDER BY outgoing DESC LIMIT 1",
+        )
+        .bind(chat_id.as_str())
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?)
+    }
 }

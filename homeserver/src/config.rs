@@ -96,7 +96,8 @@ pub struct Limits {
     pub max_inflight_sends: usize,
     /// Most members of a group.
     pub max_group_members: usize,
-    /// Largest media blob, in bytes.
+    /// Largest media blob (ciphertext), in bytes. The default has room for a 100 MiB
+    /// file: padding adds at most 2 MiB at that size, and 16 bytes per 64 KiB chunk.
     pub max_blob_bytes: u64,
     /// Media bytes one user may have uploaded (blobs and uploads in progress).
     pub user_quota_bytes: u64,
@@ -123,7 +124,7 @@ impl Default for Limits {
             max_unacked: 100_000,
             max_inflight_sends: 256,
             max_group_members: 1024,
-            max_blob_bytes: 100 * 1024 * 1024,
+            max_blob_bytes: 103 * 1024 * 1024,
             user_quota_bytes: 1024 * 1024 * 1024,
         }
     }
@@ -166,6 +167,34 @@ impl FederationConfig {
     }
 }
 
+/// Where media blobs are stored.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MediaStore {
+    /// The local filesystem, under `<data_dir>/media`.
+    #[default]
+    Fs,
+    /// An S3-compatible object store (`bucket`, `endpoint`, `region`; credentials from
+    /// `AWS_ACCESS_KEY_ID` / `AWS_SECRET_ACCESS_KEY` / `AWS_SESSION_TOKEN`).
+    S3,
+}
+
+/// The `[media]` section. Uploads in progress are always staged on local disk
+/// (`<data_dir>/uploads`); only complete, verified blobs go to the store.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MediaConfig {
+    pub store: MediaStore,
+    /// S3: the bucket (required).
+    pub bucket: Option<String>,
+    /// S3: the endpoint URL (default: AWS; else e.g. `http://127.0.0.1:9000`).
+    pub endpoint: Option<String>,
+    /// S3: the region (default `us-east-1`, or `AWS_REGION`).
+    pub region: Option<String>,
+    /// S3: allow a plain-HTTP endpoint (a local S3-compatible server).
+    pub allow_http: bool,
+}
+
 /// The initial policy: mode and rules (`{pattern, action = "allow"|"deny", reason}`).
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -188,6 +217,7 @@ struct FileConfig {
     admin_token: Option<String>,
     limits: Limits,
     federation: FederationConfig,
+    media: MediaConfig,
 }
 
 /// The resolved configuration.
@@ -205,6 +235,7 @@ pub struct Config {
     pub admin_token: Option<String>,
     pub limits: Limits,
     pub federation: FederationConfig,
+    pub media: MediaConfig,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -269,6 +300,11 @@ impl Config {
         if limits.max_commit_bytes == 0 || limits.max_commit_bytes > 64 * 1024 * 1024 {
             return Err(ConfigError::Limit("max_commit_bytes must be 1..=64 MiB"));
         }
+        if file.media.store == MediaStore::S3
+            && file.media.bucket.as_deref().is_none_or(str::is_empty)
+        {
+            return Err(ConfigError::Limit("[media] store = \"s3\" needs a bucket"));
+        }
         let mut federation = file.federation;
         federation.enabled |= cli.federation;
         federation.test_mode |= cli.federation_test_mode;
@@ -286,6 +322,7 @@ impl Config {
             admin_token,
             limits,
             federation,
+            media: file.media,
         })
     }
 

@@ -8,12 +8,14 @@
 //!   stderr captured, started once it prints `listening on <addr>`.
 //! - [`nats`]: a NATS server for multi-node tests (`NATS_URL`, the local one, or a
 //!   private one).
+//! - [`s3_server`]: a private S3-compatible server (moto) for media tests.
 //! - [`free_port`]: an unused TCP port on a loopback address.
 
 mod cluster;
 mod nats;
 mod pg;
 mod process;
+mod s3;
 
 use std::net::TcpListener;
 
@@ -21,6 +23,7 @@ pub use cluster::{Cluster, throwaway_cluster};
 pub use nats::{Nats, nats};
 pub use pg::{PgDatabase, postgres};
 pub use process::{READY_TIMEOUT, ServerProcess};
+pub use s3::{S3Server, s3_server};
 
 /// Returns a TCP port that is free on `ip` right now (found by binding port 0).
 ///

@@ -11,8 +11,8 @@ use std::time::Duration;
 use anyhow::{Context, Result, anyhow, bail};
 use clap::{Parser, Subcommand};
 use parley_client::{
-    ChatId, Client, ClientConfig, ConnectionState, Error as SdkError, ErrorCode, Event, Message,
-    MessageState, Reader, UserId,
+    ChatId, Client, ClientConfig, ConnectionState, Error as SdkError, ErrorCode, Event,
+    FileOptions, Message, MessageState, Reader, UserId, human_size,
 };
 use tokio::io::AsyncBufReadExt;
 use tokio::sync::broadcast::error::RecvError;
@@ -67,6 +67,37 @@ enum Command {
         chat: String,
         #[arg(required = true, trailing_var_arg = true)]
         text: Vec<String>,
+    },
+    /// Send a file, end-to-end encrypted: `parley send-file @bob:example.org photo.jpg`.
+    /// Interrupted uploads resume from where the server stopped.
+    SendFile {
+        /// A chat id (`!…`), a unique prefix of one, or a user (`@bob:server`).
+        chat: String,
+        path: PathBuf,
+        /// The MIME type [default: from the file name's extension].
+        #[arg(long)]
+        mime: Option<String>,
+        /// A caption.
+        #[arg(long)]
+        caption: Option<String>,
+    },
+    /// Download and decrypt the file of a message (the id `listen` and `history` show).
+    Download {
+        chat: String,
+        /// The message id.
+        message: String,
+        /// A file, or a directory for the sender's file name [default: .].
+        #[arg(long, short = 'o', default_value = ".")]
+        out: PathBuf,
+    },
+    /// Send the file of a message to another chat (nothing is uploaded again).
+    Forward {
+        /// The chat the message is in.
+        from: String,
+        /// The message id.
+        message: String,
+        /// The chat to send it to.
+        to: String,
     },
     /// Show a chat's history (from the local store; works offline).
     History {
@@ -193,6 +224,16 @@ fn one_line(e: &anyhow::Error) -> String {
                 ..
             } => "this device is logged out; log in again with a new profile".into(),
             SdkError::NotAdmin(_) => "only an admin of the group can do that".into(),
+            SdkError::Server {
+                code: ErrorCode::QuotaExceeded,
+                message,
+                ..
+            } => format!("not sent: your storage quota on the server is full ({message})"),
+            SdkError::Server {
+                code: ErrorCode::TooLarge,
+                message,
+                ..
+            } => format!("not sent: the file is larger than the server accepts ({message})"),
             SdkError::Unreachable { url, .. } => {
                 format!("cannot reach the homeserver at {url}: is it running?")
             }
@@ -372,18 +413,7 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Send { chat, text } => {
             let text = text.join(" ");
             let client = Client::open(config()).await?;
-            let chat = match resolve_chat(&client, &chat, false).await {
-                Ok(c) => c,
-                // A group this device was added to while offline: its inbox says so.
-                Err(e) if chat.starts_with('!') => {
-                    client.connect();
-                    if client.wait_synced(WAIT).await.is_err() {
-                        return Err(e);
-                    }
-                    resolve_chat(&client, &chat, false).await?
-                }
-                Err(e) => return Err(e),
-            };
+            let chat = chat_to_send_to(&client, &chat).await?;
             let mut events = client.subscribe();
             let msg = client.send_text(&chat, &text).await?;
             client.connect();
@@ -398,6 +428,78 @@ async fn run(cli: Cli) -> Result<()> {
                 ),
                 MessageState::Failed => bail!("the server refused the message"),
                 s => println!("{} {}", s.tick(), msg.id),
+            }
+            client.shutdown().await;
+        }
+        Command::SendFile {
+            chat,
+            path,
+            mime,
+            caption,
+        } => {
+            let client = Client::open(config()).await?;
+            let chat = chat_to_send_to(&client, &chat).await?;
+            let mut events = client.subscribe();
+            client.connect();
+            let options = FileOptions {
+                mime,
+                caption,
+                name: None,
+            };
+            let sent = client.send_file(&chat, &path, options).await?;
+            let id = &sent.message.id;
+            let how = if sent.uploaded == 0 && sent.upload_complete {
+                "the server had it already".to_owned()
+            } else {
+                format!("uploaded {}", human_size(sent.uploaded))
+            };
+            if !sent.upload_complete {
+                println!(
+                    "queued {id} ({how}; the upload was interrupted: it resumes from there the next time parley connects)"
+                );
+                client.shutdown().await;
+                return Ok(());
+            }
+            let state = match client.wait_synced(Duration::from_secs(3)).await {
+                Ok(()) => wait_state(&mut events, &sent.message, WAIT).await,
+                Err(_) => MessageState::Pending,
+            };
+            match state {
+                MessageState::Pending => println!(
+                    "queued {id} ({how}; the message goes out the next time parley connects)"
+                ),
+                MessageState::Failed => bail!("the server refused the message"),
+                s => println!("{} {id} {} ({how})", s.tick(), sent.message.body),
+            }
+            client.shutdown().await;
+        }
+        Command::Download { chat, message, out } => {
+            let client = Client::open(config()).await?;
+            let chat = chat_to_send_to(&client, &chat).await?;
+            if client.attachment(&chat, &message).await?.is_none() {
+                // Perhaps not received yet: read the inbox first.
+                client.connect();
+                let _ = client.wait_synced(WAIT).await;
+            }
+            let done = client.download(&chat, &message, &out).await?;
+            println!("saved {} ({})", done.path.display(), human_size(done.size));
+            client.shutdown().await;
+        }
+        Command::Forward { from, message, to } => {
+            let client = Client::open(config()).await?;
+            let from = resolve_chat(&client, &from, false).await?;
+            let to = chat_to_send_to(&client, &to).await?;
+            let mut events = client.subscribe();
+            let msg = client.forward(&from, &message, &to).await?;
+            client.connect();
+            let state = match client.wait_synced(Duration::from_secs(3)).await {
+                Ok(()) => wait_state(&mut events, &msg, WAIT).await,
+                Err(_) => MessageState::Pending,
+            };
+            match state {
+                MessageState::Pending => println!("queued {} (not sent yet)", msg.id),
+                MessageState::Failed => bail!("the server refused the message"),
+                s => println!("{} {} {}", s.tick(), msg.id, msg.body),
             }
             client.shutdown().await;
         }
@@ -439,6 +541,22 @@ fn hex(bytes: &[u8]) -> String {
 
 fn parse_user(s: &str) -> Result<UserId> {
     UserId::try_from(s).map_err(|e| anyhow!("{s:?} is not a user id like @bob:example.org ({e})"))
+}
+
+/// The chat to send to: as [`resolve_chat`], and a group this device was added to while
+/// offline (its inbox says so) after connecting.
+async fn chat_to_send_to(client: &Client, chat: &str) -> Result<ChatId> {
+    match resolve_chat(client, chat, false).await {
+        Ok(c) => Ok(c),
+        Err(e) if chat.starts_with('!') => {
+            client.connect();
+            if client.wait_synced(WAIT).await.is_err() {
+                return Err(e);
+            }
+            resolve_chat(client, chat, false).await
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// Finds a chat by id, unique id prefix, or peer user id (creating the 1:1 chat with a
@@ -555,11 +673,18 @@ fn line(m: &Message, me: Option<&UserId>, color: bool, group: bool) -> String {
     } else {
         String::new()
     };
+    // A file's id is what `parley download` takes.
+    let id = if m.kind == "media" {
+        format!("  [id {}]", m.id)
+    } else {
+        String::new()
+    };
     format!(
-        "{}  {}: {}{}",
+        "{}  {}: {}{}{}",
         clock(m.server_ts.unwrap_or(m.sent_at_ms)),
         who(m, me),
         m.body,
+        id,
         tick
     )
 }
@@ -579,6 +704,12 @@ async fn listen(config: ClientConfig) -> Result<()> {
             _ = tokio::signal::ctrl_c() => break,
         };
         match event {
+            Ok(Event::MessageReceived(m)) if m.kind == "media" => {
+                println!(
+                    "[{}] {}: {}  (id {}: parley download {} {})",
+                    m.chat_id, m.sender, m.body, m.id, m.chat_id, m.id
+                );
+            }
             Ok(Event::MessageReceived(m)) => {
                 println!("[{}] {}: {}", m.chat_id, m.sender, m.body);
             }

@@ -71,6 +71,8 @@ pub struct Server {
     pub proxy: Proxy,
     pub database_url: String,
     pub data_dir: tempfile::TempDir,
+    /// Extra command-line arguments of the server process.
+    extra: Vec<String>,
     earlier_logs: Mutex<String>,
     _pg: Option<PgDatabase>,
 }
@@ -87,7 +89,13 @@ fn init_logging() {
 
 impl Server {
     pub async fn start(backend: Backend) -> Result<Self> {
+        Self::start_with(backend, &[]).await
+    }
+
+    /// Starts a server with extra command-line arguments (e.g. `--config FILE`).
+    pub async fn start_with(backend: Backend, extra: &[&str]) -> Result<Self> {
         init_logging();
+        let extra: Vec<String> = extra.iter().map(|s| (*s).to_owned()).collect();
         let data_dir = tempfile::tempdir()?;
         let (database_url, pg) = match backend {
             Backend::Sqlite => (
@@ -99,13 +107,14 @@ impl Server {
                 (db.url().to_owned(), Some(db))
             }
         };
-        let process = spawn(&database_url, data_dir.path()).await?;
+        let process = spawn(&database_url, data_dir.path(), &extra).await?;
         let proxy = Proxy::start(process.addr()).await?;
         Ok(Self {
             process,
             proxy,
             database_url,
             data_dir,
+            extra,
             earlier_logs: Mutex::new(String::new()),
             _pg: pg,
         })
@@ -125,7 +134,7 @@ impl Server {
     /// Starts the server again on the same database (a new port; the proxy follows).
     pub async fn restart(&mut self) -> Result<()> {
         let logs = self.process.logs();
-        self.process = spawn(&self.database_url, self.data_dir.path()).await?;
+        self.process = spawn(&self.database_url, self.data_dir.path(), &self.extra).await?;
         self.proxy.set_upstream(self.process.addr());
         self.earlier_logs
             .lock()
@@ -169,19 +178,21 @@ pub fn config(dir: &Path) -> ClientConfig {
     c
 }
 
-async fn spawn(database_url: &str, data_dir: &Path) -> Result<ServerProcess> {
+async fn spawn(database_url: &str, data_dir: &Path, extra: &[String]) -> Result<ServerProcess> {
+    let data_dir = data_dir.display().to_string();
+    let args = [
+        "--listen",
+        "127.0.0.1:0",
+        "--server-name",
+        SERVER_NAME,
+        "--database-url",
+        database_url,
+        "--data-dir",
+        &data_dir,
+    ];
     ServerProcess::spawn(
         homeserver_binary()?,
-        [
-            "--listen",
-            "127.0.0.1:0",
-            "--server-name",
-            SERVER_NAME,
-            "--database-url",
-            database_url,
-            "--data-dir",
-            &data_dir.display().to_string(),
-        ],
+        args.into_iter().chain(extra.iter().map(String::as_str)),
         [("PARLEY_LOG", "debug")],
     )
     .await
@@ -351,8 +362,18 @@ pub struct Proxy {
     upstream: Arc<Mutex<String>>,
     offline: watch::Sender<bool>,
     mute_down: Arc<std::sync::atomic::AtomicBool>,
+    cut: Arc<Cut>,
     recorded: Arc<Mutex<Vec<Arc<Mutex<Recorded>>>>>,
     task: tokio::task::JoinHandle<()>,
+}
+
+/// Client → server bytes so far (all connections), and a one-shot cut: the connection
+/// that carries the byte at `at` is closed there.
+#[derive(Debug)]
+struct Cut {
+    up: std::sync::atomic::AtomicU64,
+    at: std::sync::atomic::AtomicU64,
+    done: std::sync::atomic::AtomicU64,
 }
 
 impl Drop for Proxy {
@@ -368,11 +389,17 @@ impl Proxy {
         let upstream = Arc::new(Mutex::new(upstream.to_owned()));
         let (offline, offline_rx) = watch::channel(false);
         let mute_down = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let cut = Arc::new(Cut {
+            up: 0.into(),
+            at: u64::MAX.into(),
+            done: 0.into(),
+        });
         let recorded: Arc<Mutex<Vec<Arc<Mutex<Recorded>>>>> = Arc::default();
         let task = tokio::spawn({
             let upstream = upstream.clone();
             let recorded = recorded.clone();
             let mute_down = mute_down.clone();
+            let cut = cut.clone();
             async move {
                 while let Ok((client, _)) = listener.accept().await {
                     if *offline_rx.borrow() {
@@ -394,6 +421,7 @@ impl Proxy {
                         rec,
                         offline_rx.clone(),
                         mute_down.clone(),
+                        cut.clone(),
                     ));
                 }
             }
@@ -403,9 +431,26 @@ impl Proxy {
             upstream,
             offline,
             mute_down,
+            cut,
             recorded,
             task,
         })
+    }
+
+    /// Client → server bytes so far, over all connections.
+    pub fn bytes_up(&self) -> u64 {
+        self.cut.up.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Closes the connection that carries the client's `n`-th byte from now on (once).
+    pub fn cut_after_up(&self, n: u64) {
+        let at = self.bytes_up().saturating_add(n);
+        self.cut.at.store(at, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// How many connections [`Proxy::cut_after_up`] closed.
+    pub fn cuts(&self) -> u64 {
+        self.cut.done.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     pub fn url(&self) -> String {
@@ -444,6 +489,7 @@ async fn pipe(
     rec: Arc<Mutex<Recorded>>,
     mut offline: watch::Receiver<bool>,
     mute_down: Arc<std::sync::atomic::AtomicBool>,
+    cut: Arc<Cut>,
 ) {
     let Ok(server) = TcpStream::connect(&target).await else {
         return;
@@ -458,6 +504,22 @@ async fn pipe(
                 Ok(0) | Err(_) => break,
                 Ok(n) => n,
             };
+            use std::sync::atomic::Ordering::SeqCst;
+            let before = cut.up.fetch_add(n as u64, SeqCst);
+            let at = cut.at.load(SeqCst);
+            if before < at
+                && before + n as u64 >= at
+                && cut
+                    .at
+                    .compare_exchange(at, u64::MAX, SeqCst, SeqCst)
+                    .is_ok()
+            {
+                // Forward what came before the cut, then drop the connection.
+                let keep = usize::try_from(at - before).unwrap_or(n).min(n);
+                let _ = sw.write_all(&buf[..keep]).await;
+                cut.done.fetch_add(1, SeqCst);
+                break;
+            }
             rec_up
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)

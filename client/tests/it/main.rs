@@ -8,6 +8,7 @@ mod cli;
 mod devices;
 mod e2e;
 mod groups;
+mod media;
 mod offline;
 mod races;
 mod tmux;

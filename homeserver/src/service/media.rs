@@ -4,11 +4,24 @@
 //! Uploads are staged in `data_dir/uploads/` (one file per blob and uploader, appended
 //! as bytes arrive and synced before each answer), so an interrupted upload resumes from
 //! the last stored byte. When every byte is in, the file's hash is checked and the blob
-//! moves to the object store (`object_store`: local filesystem by default; S3 and others
-//! implement the same trait).
+//! moves to the object store (`object_store`: the local filesystem by default, or an
+//! S3-compatible store with `[media] store = "s3"`, see `media/s3.rs`).
+//!
+//! One request at a time appends to a given upload (per process): a second one arriving
+//! while the first still writes — a client resuming before the server noticed its old
+//! connection drop — is answered `409 upload_offset` with the bytes stored so far, and
+//! retries from there.
+//!
+//! Blobs of other servers: a message may refer to a blob stored on the sender's server.
+//! Fetching it from there (signed federation request, hash check, cached here under the
+//! same address) belongs in [`Media::download`] where the blob is not stored locally;
+//! it is not built yet, so such a download answers `404 unknown_blob`.
 
+mod s3;
+
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
@@ -20,6 +33,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::ServiceError;
 use crate::clock::now_ms;
+use crate::config::{Config, MediaStore};
 use crate::store::{AnyStore, Store, UploadStart};
 
 /// Bytes read from a staged file per step (hashing, copying into the object store).
@@ -46,9 +60,47 @@ pub struct Media {
     staging: PathBuf,
     max_blob: u64,
     quota: u64,
+    /// Staged uploads a request is appending to now.
+    appending: Arc<Mutex<HashSet<PathBuf>>>,
+}
+
+/// Holds an upload's append slot; frees it on drop.
+struct Appending {
+    set: Arc<Mutex<HashSet<PathBuf>>>,
+    path: PathBuf,
+}
+
+impl Drop for Appending {
+    fn drop(&mut self) {
+        self.set
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&self.path);
+    }
 }
 
 impl Media {
+    /// Media as the config says: blobs on the local filesystem under `data_dir/media`,
+    /// or in an S3-compatible store; uploads staged in `data_dir/uploads`.
+    pub fn from_config(store: AnyStore, config: &Config) -> Result<Self, ServiceError> {
+        let (max, quota) = (config.limits.max_blob_bytes, config.limits.user_quota_bytes);
+        match config.media.store {
+            MediaStore::Fs => Self::new(store, &config.data_dir, max, quota),
+            MediaStore::S3 => {
+                let staging = config.data_dir.join("uploads");
+                std::fs::create_dir_all(&staging)
+                    .map_err(|e| ServiceError::Internal(format!("{}: {e}", staging.display())))?;
+                let objects = s3::store(&config.media).map_err(ServiceError::Internal)?;
+                tracing::info!(
+                    bucket = config.media.bucket.as_deref().unwrap_or_default(),
+                    endpoint = config.media.endpoint.as_deref().unwrap_or("(AWS)"),
+                    "media blobs in S3"
+                );
+                Ok(Self::with_objects(store, objects, staging, max, quota))
+            }
+        }
+    }
+
     /// Media under `data_dir` (`media/` for blobs, `uploads/` for staged uploads).
     pub fn new(
         store: AnyStore,
@@ -87,6 +139,7 @@ impl Media {
             staging,
             max_blob,
             quota,
+            appending: Arc::default(),
         }
     }
 
@@ -155,6 +208,11 @@ impl Media {
             }
         }
         let path = self.staging_path(hash, user);
+        let Some(_slot) = self.append_slot(&path) else {
+            return Err(ServiceError::UploadOffset {
+                received: staged_len(&path).await,
+            });
+        };
         let mut file = tokio::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -261,6 +319,17 @@ impl Media {
             let _ = tokio::fs::remove_file(self.staging_path(hash, user)).await;
         }
         Ok((blobs.len(), uploads.len()))
+    }
+
+    fn append_slot(&self, path: &Path) -> Option<Appending> {
+        let mut set = self
+            .appending
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        set.insert(path.to_owned()).then(|| Appending {
+            set: self.appending.clone(),
+            path: path.to_owned(),
+        })
     }
 
     fn staging_path(&self, hash: &BlobHash, user: &UserId) -> PathBuf {

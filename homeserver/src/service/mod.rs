@@ -114,12 +114,7 @@ impl Services {
                 .as_ref()
                 .map(|(relay, _)| (relay.clone(), config.server_name.to_string())),
         );
-        let media = media::Media::new(
-            store.clone(),
-            &config.data_dir,
-            config.limits.max_blob_bytes,
-            config.limits.user_quota_bytes,
-        )?;
+        let media = media::Media::from_config(store.clone(), &config)?;
         inbox::spawn_janitor(store.clone(), media.clone(), config.limits.retention_days);
         let federation = if config.federation.enabled {
             let seed = parley_federation::Policy {

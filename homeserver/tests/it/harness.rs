@@ -57,6 +57,8 @@ pub struct Server {
     database_url: String,
     data_dir: tempfile::TempDir,
     extra_args: Vec<String>,
+    /// Extra environment variables of the server process.
+    extra_env: Vec<(String, String)>,
     /// `(listen, server name)`; a restart keeps both (peers know the name).
     identity: (String, String),
     _pg: Option<Arc<PgDatabase>>,
@@ -76,7 +78,16 @@ impl Server {
 
     /// Starts a server with extra command-line arguments.
     pub async fn start_with(backend: Backend, extra: &[&str]) -> Result<Self> {
-        Self::start_as(backend, default_identity(), extra).await
+        Self::start_as(backend, default_identity(), extra, &[]).await
+    }
+
+    /// Starts a server with extra command-line arguments and environment variables.
+    pub async fn start_with_env(
+        backend: Backend,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<Self> {
+        Self::start_as(backend, default_identity(), extra, env).await
     }
 
     /// A federating server on `ip` (e.g. `127.0.0.2`) with a fixed free port: its
@@ -85,7 +96,7 @@ impl Server {
         let addr = format!("{ip}:{}", parley_testkit::free_port(ip));
         let mut args = vec!["--federation", "--federation-test-mode"];
         args.extend_from_slice(extra);
-        Self::start_as(backend, (addr.clone(), addr), &args).await
+        Self::start_as(backend, (addr.clone(), addr), &args, &[]).await
     }
 
     /// A federating server on `ip` that allows the loopback peers 127.0.0.1–5 (any
@@ -132,8 +143,13 @@ impl Server {
         backend: Backend,
         identity: (String, String),
         extra: &[&str],
+        env: &[(&str, &str)],
     ) -> Result<Self> {
         let extra_args: Vec<String> = extra.iter().map(|s| (*s).to_owned()).collect();
+        let extra_env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
         let data_dir = tempfile::tempdir()?;
         let (database_url, pg) = match backend {
             Backend::Sqlite => (
@@ -145,7 +161,14 @@ impl Server {
                 (db.url().to_owned(), Some(Arc::new(db)))
             }
         };
-        let process = spawn(&database_url, data_dir.path(), &identity, &extra_args).await?;
+        let process = spawn(
+            &database_url,
+            data_dir.path(),
+            &identity,
+            &extra_args,
+            &extra_env,
+        )
+        .await?;
         let base = format!("http://{}", process.addr());
         Ok(Self {
             process,
@@ -153,6 +176,7 @@ impl Server {
             database_url,
             data_dir,
             extra_args,
+            extra_env,
             identity,
             _pg: pg,
             http: reqwest::Client::new(),
@@ -167,13 +191,15 @@ impl Server {
         let mut nodes = Vec::with_capacity(n);
         for _ in 0..n {
             let data_dir = tempfile::tempdir()?;
-            let process = spawn(db.url(), data_dir.path(), &default_identity(), &extra).await?;
+            let process =
+                spawn(db.url(), data_dir.path(), &default_identity(), &extra, &[]).await?;
             nodes.push(Self {
                 base: format!("http://{}", process.addr()),
                 process,
                 database_url: db.url().to_owned(),
                 data_dir,
                 extra_args: extra.clone(),
+                extra_env: Vec::new(),
                 identity: default_identity(),
                 _pg: Some(db.clone()),
                 http: reqwest::Client::new(),
@@ -192,6 +218,7 @@ impl Server {
             self.data_dir.path(),
             &self.identity,
             &self.extra_args,
+            &self.extra_env,
         )
         .await?;
         self.base = format!("http://{}", self.process.addr());
@@ -337,6 +364,7 @@ async fn spawn(
     data_dir: &std::path::Path,
     (listen, server_name): &(String, String),
     extra: &[String],
+    env: &[(String, String)],
 ) -> Result<ServerProcess> {
     let mut args = vec![
         "--listen".to_owned(),
@@ -352,7 +380,10 @@ async fn spawn(
     ServerProcess::spawn(
         env!("CARGO_BIN_EXE_parley-homeserver"),
         args,
-        [("PARLEY_LOG", "info,parley_homeserver=debug")],
+        [("PARLEY_LOG", "info,parley_homeserver=debug")]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .chain(env.iter().cloned()),
     )
     .await
 }

@@ -303,3 +303,97 @@ async fn unreferenced_blobs_are_collected_and_referenced_ones_kept() -> Result<(
     ensure!(media.size(&hashes[0]).await?.is_none());
     Ok(())
 }
+
+/// `[media] store = "s3"`: blobs go to an S3-compatible server (moto on loopback) in
+/// multipart uploads, and come back ranged, to members only, after a restart too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blobs_live_in_an_s3_store_when_configured() -> Result<()> {
+    let s3 = parley_testkit::s3_server()?;
+    let http = reqwest::Client::new();
+    // moto takes unsigned requests: create the bucket.
+    let resp = http
+        .put(format!("{}/parley-media", s3.endpoint()))
+        .send()
+        .await?;
+    ensure!(
+        resp.status().is_success(),
+        "creating the bucket: {}",
+        resp.status()
+    );
+    let dir = tempfile::tempdir()?;
+    let config = dir.path().join("parley.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[media]\nstore = \"s3\"\nbucket = \"parley-media\"\nendpoint = \"{}\"\n\
+             region = \"us-east-1\"\nallow_http = true\n",
+            s3.endpoint()
+        ),
+    )?;
+    let mut server = Server::start_with_env(
+        Backend::Sqlite,
+        &["--config", config.to_str().unwrap_or_default()],
+        &[
+            ("AWS_ACCESS_KEY_ID", "parley-test"),
+            ("AWS_SECRET_ACCESS_KEY", "parley-test-secret"),
+        ],
+    )
+    .await?;
+    let [alice, bob, eve] = [
+        server.register("alice").await?,
+        server.register("bob").await?,
+        server.register("eve").await?,
+    ];
+    let chat = server.create_chat(&alice, &[&bob]).await?;
+    // Past S3's 5 MiB multipart part size, so the store writes more than one part.
+    let data: Vec<u8> = (0..6 * 1024 * 1024 + 123u32)
+        .map(|i| (i * 31 % 253) as u8)
+        .collect();
+    let blob = blob_of(&data);
+    let (status, _) = put(&server, &alice, &blob, 0, data.len(), &data[..1 << 20]).await?;
+    ensure!(status == StatusCode::OK);
+    let (status, body) = put(
+        &server,
+        &alice,
+        &blob,
+        1 << 20,
+        data.len(),
+        &data[1 << 20..],
+    )
+    .await?;
+    ensure!(status == StatusCode::CREATED, "{status} {body}");
+
+    // The blob is an object in the bucket, and nothing is kept on local disk.
+    let object = http
+        .get(format!(
+            "{}/parley-media/blobs/{}/{blob}",
+            s3.endpoint(),
+            &blob[..2]
+        ))
+        .send()
+        .await?;
+    ensure!(object.status().is_success(), "object: {}", object.status());
+    ensure!(object.bytes().await?.as_ref() == data.as_slice());
+    ensure!(!server.data_dir().join("media").exists());
+
+    let (status, _) = send_with_blob(&server, &alice, &chat, "m1", &blob).await?;
+    ensure!(status == StatusCode::CREATED);
+    let (status, got) = get_blob(&server, &bob, &blob, Some("bytes=5000000-5999999")).await?;
+    ensure!(status == StatusCode::PARTIAL_CONTENT && got == data[5_000_000..6_000_000]);
+    ensure!(get_blob(&server, &eve, &blob, None).await?.0 == StatusCode::NOT_FOUND);
+
+    // A second upload of the same ciphertext stores nothing new.
+    let (status, body) = put(&server, &bob, &blob, 0, data.len(), &data[..10]).await?;
+    ensure!(
+        status == StatusCode::CREATED && body["received"] == data.len(),
+        "{body}"
+    );
+
+    server.crash_and_restart().await?;
+    let (status, got) = get_blob(&server, &bob, &blob, None).await?;
+    ensure!(
+        status == StatusCode::OK && got == data,
+        "after restart: {status}"
+    );
+    Ok(())
+}
