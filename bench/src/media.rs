@@ -117,7 +117,7 @@ pub(crate) async fn run(args: MediaArgs) -> Result<()> {
         Some(p) => p.clone(),
         None => crate::server::default_binary()?,
     };
-    let server = Server::spawn(&binary, args.database_url.as_deref()).await?;
+    let server = Server::spawn(&binary, args.database_url.as_deref(), None).await?;
     let result = bench(&server, &sizes).await;
     server.stop().await?;
     result

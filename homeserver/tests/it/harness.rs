@@ -238,6 +238,7 @@ impl Server {
             self.data_dir.path(),
             &self.identity,
             &self.extra_args,
+            &self.extra_env,
         )
         .await?;
         self.base = format!("http://{}", self.process.addr());
