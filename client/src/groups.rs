@@ -607,6 +607,13 @@ impl Client {
         Ok(())
     }
 
+    /// Fetches and processes, in `seq` order, every event of the chat the server holds
+    /// after this device's cursor (what the socket would deliver, for a chat whose
+    /// events reached this device's inbox through another connection).
+    pub async fn catch_up(&self, chat: &ChatId) -> Result<()> {
+        self.inner.catch_up(chat).await
+    }
+
     /// Records the server's kind and name of the chats this device knows.
     pub async fn refresh_chats(&self) -> Result<()> {
         let chats = self.inner.api.chats().await?;
