@@ -4,8 +4,10 @@
 //! (no global registry). Gauges that are cheap to read from the store (inbox depth) are
 //! read at scrape time.
 
+use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
@@ -26,6 +28,15 @@ pub struct Metrics {
     pub acks: Counter,
     /// Inbox items waiting for their devices (set at scrape time).
     pub inbox_depth: Gauge,
+    /// Federation requests refused before any handler ran, by the protocol error code
+    /// (`missing_signature`, `federation_denied`, `too_large`, …).
+    federation_rejected: Family<ReasonLabel, Counter>,
+}
+
+/// The `reason` label: a stable, machine-readable error code.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabel {
+    reason: &'static str,
 }
 
 impl Default for Metrics {
@@ -45,6 +56,7 @@ impl Metrics {
         let commit_seconds = Histogram::new(exponential_buckets(0.0001, 2.0, 16));
         let acks = Counter::default();
         let inbox_depth = Gauge::default();
+        let federation_rejected = Family::<ReasonLabel, Counter>::default();
         registry.register(
             "connected_sockets",
             "Device sockets open now",
@@ -80,6 +92,11 @@ impl Metrics {
             "Inbox items waiting for their devices",
             inbox_depth.clone(),
         );
+        registry.register(
+            "federation_requests_rejected",
+            "Federation requests refused by the verifier or the body limit, by error code",
+            federation_rejected.clone(),
+        );
         Self {
             registry,
             sockets,
@@ -89,7 +106,15 @@ impl Metrics {
             commit_seconds,
             acks,
             inbox_depth,
+            federation_rejected,
         }
+    }
+
+    /// Counts one refused federation request under its error code.
+    pub fn federation_rejected(&self, reason: &'static str) {
+        self.federation_rejected
+            .get_or_create(&ReasonLabel { reason })
+            .inc();
     }
 
     /// The text exposition of every metric.
@@ -109,8 +134,16 @@ mod tests {
         let m = super::Metrics::new();
         m.events_committed.inc_by(3);
         m.commit_seconds.observe(0.002);
+        m.federation_rejected("federation_denied");
+        m.federation_rejected("federation_denied");
         let text = m.render();
         assert!(text.contains("parley_events_committed_total 3"), "{text}");
         assert!(text.contains("parley_commit_seconds_count 1"), "{text}");
+        assert!(
+            text.contains(
+                "parley_federation_requests_rejected_total{reason=\"federation_denied\"} 2"
+            ),
+            "{text}"
+        );
     }
 }

@@ -480,6 +480,12 @@ impl InboundVerifier {
         lock(&self.keys).remove(origin);
     }
 
+    /// Reports a refusal made before verification (the body limit) to the context.
+    fn refused(&self, error: ProtocolError) -> ProtocolError {
+        self.ctx.on_refused(&error);
+        error
+    }
+
     /// Runs the whole verifier on a received request (path and query as received).
     pub async fn verify(
         &self,
@@ -610,11 +616,11 @@ async fn buffer_and_verify(
         .get(http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
     if declared.is_some_and(|n| n > verifier.max_body as u64) {
-        return Err(too_large());
+        return Err(verifier.refused(too_large()));
     }
     let bytes = axum::body::to_bytes(body, verifier.max_body)
         .await
-        .map_err(|_| too_large())?;
+        .map_err(|_| verifier.refused(too_large()))?;
     let verified = verifier
         .verify(
             parts.method.as_str(),

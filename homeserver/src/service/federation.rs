@@ -10,11 +10,12 @@ use parley_federation::policy::{self, Decision, Mode, Policy, Rule};
 use parley_federation::transport::http::{
     BoxFuture, ClientConfig, ClientError, FederationClient, FederationContext, InboundVerifier,
 };
-use parley_federation::{RequestSigner, ServerName, ServerSigningKey};
+use parley_federation::{ProtocolError, RequestSigner, ServerName, ServerSigningKey};
 
 use super::ServiceError;
 use crate::clock::now_ms;
 use crate::config::Config;
+use crate::metrics::Metrics;
 use crate::store::{AnyStore, Store};
 
 /// How often each node rereads the policy table (changes made through another node).
@@ -43,6 +44,8 @@ struct Inner {
     client_config: ClientConfig,
     policy: RwLock<Policy>,
     test_mode: bool,
+    /// Counts refused inbound requests by reason.
+    metrics: Arc<Metrics>,
     /// When this process started (ms): the published key's `nbf` is a day before.
     started_ms: i64,
 }
@@ -54,10 +57,11 @@ impl Federation {
         config: &Config,
         store: AnyStore,
         seed: &Policy,
+        metrics: Arc<Metrics>,
     ) -> Result<Self, ServiceError> {
         store.seed_federation_policy(seed, now_ms()).await?;
         let policy = store.federation_policy().await?;
-        let fed = Self::new(config, store, policy)?;
+        let fed = Self::new(config, store, policy, metrics)?;
         let weak = Arc::downgrade(&fed.inner);
         tokio::spawn(async move {
             loop {
@@ -72,7 +76,12 @@ impl Federation {
         Ok(fed)
     }
 
-    fn new(config: &Config, store: AnyStore, policy: Policy) -> Result<Self, ServiceError> {
+    fn new(
+        config: &Config,
+        store: AnyStore,
+        policy: Policy,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, ServiceError> {
         let name = ServerName::try_from(config.server_name.as_str())
             .map_err(|e| ServiceError::Internal(format!("server name: {e}")))?;
         let key_path = config
@@ -96,6 +105,7 @@ impl Federation {
             client_config,
             policy: RwLock::new(policy),
             test_mode: config.federation.test_mode,
+            metrics,
             started_ms: now_ms(),
         });
         let verifier = Arc::new(InboundVerifier::new(inner.clone()));
@@ -430,6 +440,16 @@ impl FederationContext for Inner {
             let client = self.keys().client.clone();
             client.fetch_directory(origin).await
         })
+    }
+
+    fn on_refused(&self, error: &ProtocolError) {
+        self.metrics.federation_rejected(error.body.error.as_str());
+        tracing::warn!(
+            status = error.status(),
+            code = error.body.error.as_str(),
+            "federation request refused: {}",
+            error.body.message
+        );
     }
 }
 

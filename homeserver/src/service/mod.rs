@@ -121,7 +121,10 @@ impl Services {
                 mode: config.federation.policy.mode,
                 rules: config.federation.policy.rules.clone(),
             };
-            Some(federation::Federation::start(&config, store.clone(), &seed).await?)
+            Some(
+                federation::Federation::start(&config, store.clone(), &seed, metrics.clone())
+                    .await?,
+            )
         } else {
             None
         };

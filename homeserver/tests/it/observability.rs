@@ -1,11 +1,13 @@
 //! Health, readiness, request ids and metrics that move as messages flow.
 
 use anyhow::{Result, ensure};
+use reqwest::StatusCode;
 
 use crate::harness::{Backend, Server};
 
 crate::on_both_backends!(metrics_count_what_flows);
 
+/// The value of the sample `name` (with its labels, e.g. `x_total{reason="a"}`).
 fn metric(text: &str, name: &str) -> Option<f64> {
     text.lines()
         .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
@@ -98,5 +100,75 @@ async fn metrics_count_what_flows(backend: Backend) -> Result<()> {
     );
     // Alice now has one receipt item waiting.
     ensure!(metric(&after, "parley_inbox_depth") == Some(1.0), "{after}");
+    Ok(())
+}
+
+/// Refused federation requests are counted by reason: the body limit, a missing
+/// signature, and the policy (a real peer server that A does not allow).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn federation_rejections_are_counted_by_reason() -> Result<()> {
+    let rejected =
+        |reason: &str| format!("parley_federation_requests_rejected_total{{reason=\"{reason}\"}}");
+    let a = Server::start_federated(Backend::Sqlite, "127.0.0.2", &[]).await?;
+    // B allows A by name; A keeps its default (open, but no IP-literal server unless a
+    // rule names it), so A refuses B.
+    let dir = tempfile::tempdir()?;
+    let config = dir.path().join("b.toml");
+    std::fs::write(
+        &config,
+        "[federation.policy]\nrules = [{ pattern = \"127.0.0.2:*\", action = \"allow\" }]\n",
+    )?;
+    let config = config.display().to_string();
+    let b = Server::start_federated(Backend::Sqlite, "127.0.0.3", &["--config", &config]).await?;
+    let alice = a.register("alice").await?;
+    let bob = b.register("bob").await?;
+    let before = scrape(&a).await?;
+    ensure!(
+        !before.contains("parley_federation_requests_rejected_total{"),
+        "{before}"
+    );
+
+    let http = reqwest::Client::new();
+    let claim = format!("{}/_parley/fed/v1/keys/claim", a.base);
+    // No signature: 401.
+    let resp = http
+        .post(&claim)
+        .header("content-type", "application/json")
+        .body(r#"{"users":[]}"#)
+        .send()
+        .await?;
+    ensure!(
+        resp.status() == StatusCode::UNAUTHORIZED,
+        "{}",
+        resp.status()
+    );
+    // A body over the limit: 413, before anything is verified.
+    let big = vec![b' '; parley_federation::api::send::MAX_BODY_BYTES + 1];
+    let resp = http.post(&claim).body(big).send().await?;
+    ensure!(
+        resp.status() == StatusCode::PAYLOAD_TOO_LARGE,
+        "{}",
+        resp.status()
+    );
+    // A signed request from B, whom A's policy refuses: 403 (B passes it on to Bob).
+    let (status, body) = b
+        .get(&format!("/v1/users/{}/devices", alice.user_id), &bob.token)
+        .await?;
+    ensure!(status == StatusCode::FORBIDDEN, "{status} {body}");
+
+    let after = scrape(&a).await?;
+    for reason in ["missing_signature", "too_large", "federation_denied"] {
+        ensure!(
+            metric(&after, &rejected(reason)) == Some(1.0),
+            "{reason}: {after}"
+        );
+    }
+    // B refused nothing: every request it got was a client's.
+    ensure!(
+        !scrape(&b)
+            .await?
+            .contains("parley_federation_requests_rejected_total{"),
+        "B counted a rejection"
+    );
     Ok(())
 }
