@@ -11,6 +11,9 @@
 //!
 //! `parley-bench media --size 10MiB,100MiB`: media throughput and server RSS (`media`).
 //!
+//! `--nodes N` spawns N homeserver nodes of one domain on one Postgres database, routing
+//! through NATS (`--bus-url`), and spreads each pair over two nodes (see `nodes.rs`).
+//!
 //! The bench talks only HTTP and WebSocket (the types of `parley-client-api`, and the
 //! SDK for the group's MLS setup and commits), never to the server's internals or
 //! database. See bench/README.md for the figures.
@@ -18,6 +21,7 @@
 mod group;
 mod load;
 mod media;
+mod nodes;
 mod procfs;
 mod report;
 mod run;
@@ -31,6 +35,7 @@ use std::time::Duration;
 use anyhow::{Result, bail};
 use clap::Parser;
 
+use nodes::Nodes;
 use run::{Options, Spec};
 use server::Server;
 
@@ -45,6 +50,14 @@ struct Args {
     /// a temporary directory].
     #[arg(long, conflicts_with = "url")]
     database_url: Option<String>,
+    /// Spawn this many homeserver nodes of one domain, sharing the --database-url
+    /// (Postgres) and routing through NATS at --bus-url; each pair's sender and recipient
+    /// connect to different nodes.
+    #[arg(long, default_value_t = 1, conflicts_with = "url")]
+    nodes: usize,
+    /// With --nodes: the NATS server the nodes route through.
+    #[arg(long, default_value = "nats://127.0.0.1:4222")]
+    bus_url: String,
     /// Use a server already running at this loopback URL (`http://127.0.0.1:PORT`).
     #[arg(long)]
     url: Option<String>,
@@ -129,6 +142,12 @@ const MAX_PAYLOAD: usize = 60 * 1024;
 
 impl Args {
     fn validate(&self) -> Result<()> {
+        if !(1..=nodes::MAX_NODES).contains(&self.nodes) {
+            bail!("--nodes: 1 to {}", nodes::MAX_NODES);
+        }
+        if self.nodes > 1 && self.group.is_some() {
+            bail!("--group runs against one node; drop --nodes");
+        }
         if self.pairs.iter().any(|&p| p == 0 || p > MAX_PAIRS) {
             bail!("--pairs: 1 to {MAX_PAIRS}");
         }
@@ -212,45 +231,57 @@ async fn main() -> Result<()> {
         payload_size: args.payload_size,
         setup_concurrency: args.setup_concurrency,
     });
-    let server = match &args.url {
-        Some(url) => Server::attach(url, args.pid, args.backend.clone())?,
+    let nodes = match &args.url {
+        Some(url) => Nodes::single(Server::attach(url, args.pid, args.backend.clone())?),
         None => {
             let binary = match &args.spawn {
                 Some(path) => path.clone(),
                 None => server::default_binary()?,
             };
             let config = group.as_ref().map(group::server_config);
-            Server::spawn(&binary, args.database_url.as_deref(), config.as_deref()).await?
+            if args.nodes == 1 {
+                Nodes::single(
+                    Server::spawn(&binary, args.database_url.as_deref(), config.as_deref()).await?,
+                )
+            } else {
+                Nodes::spawn(
+                    &binary,
+                    args.database_url.as_deref(),
+                    args.nodes,
+                    &args.bus_url,
+                )
+                .await?
+            }
         }
     };
     eprintln!(
-        "server {} ({}), pid {}",
-        server.url,
-        server.backend,
-        server.pid.map_or("unknown".into(), |p| p.to_string())
+        "{} node(s) ({}): {}",
+        nodes.len(),
+        nodes.label(),
+        nodes.describe()
     );
     let result = match &group {
-        Some(opts) => group::run(&server, opts).await.map(|r| {
+        Some(opts) => group::run(nodes.first(), opts).await.map(|r| {
             if args.json {
                 println!("{}", serde_json::to_string(&r).unwrap_or_default());
             } else {
                 group::print(&r);
             }
         }),
-        None => bench(&args, &server).await,
+        None => bench(&args, &nodes).await,
     };
-    server.stop().await?;
+    nodes.stop().await?;
     result
 }
 
-async fn bench(args: &Args, server: &Server) -> Result<()> {
+async fn bench(args: &Args, nodes: &Nodes) -> Result<()> {
     let max_pairs = args.pairs.iter().copied().max().unwrap_or(1);
     eprintln!(
         "registering {} users and creating {max_pairs} chats",
         2 * max_pairs
     );
     let started = std::time::Instant::now();
-    let pairs = setup::pairs(&server.url, max_pairs, args.setup_concurrency).await?;
+    let pairs = setup::pairs(nodes.url(), max_pairs, args.setup_concurrency).await?;
     eprintln!("set up in {:.1} s", started.elapsed().as_secs_f64());
     let opts = Options {
         warmup: Duration::from_secs_f64(args.warmup),
@@ -268,7 +299,7 @@ async fn bench(args: &Args, server: &Server) -> Result<()> {
     for &n in &args.pairs {
         for spec in args.specs() {
             index += 1;
-            let r = run::run(server, &pairs[..n], spec, &opts, index).await?;
+            let r = run::run(nodes, &pairs[..n], spec, &opts, index).await?;
             if args.json {
                 println!("{}", serde_json::to_string(&r)?);
             } else {

@@ -88,8 +88,13 @@ pub(crate) struct CpuSample {
 }
 
 impl CpuSample {
-    pub(crate) fn take(server_pid: Option<u32>) -> Self {
-        let server = server_pid.and_then(|pid| cpu_ticks_of(&format!("/proc/{pid}/stat")));
+    /// `server_pids`: the server's processes (their ticks are summed), if known.
+    pub(crate) fn take(server_pids: Option<&[u32]>) -> Self {
+        let server = server_pids.and_then(|pids| {
+            pids.iter()
+                .map(|pid| cpu_ticks_of(&format!("/proc/{pid}/stat")).map(|(_, t)| t))
+                .sum::<Option<u64>>()
+        });
         let bench = cpu_ticks_of("/proc/self/stat").map_or(0, |(_, t)| t);
         let mut postgres = 0;
         if let Ok(dir) = std::fs::read_dir("/proc") {
@@ -111,7 +116,7 @@ impl CpuSample {
             .and_then(|s| parse_machine_busy(&s))
             .unwrap_or((0, 0));
         Self {
-            server: server.map(|(_, t)| t),
+            server,
             postgres,
             bench,
             machine,

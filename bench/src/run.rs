@@ -12,9 +12,9 @@ use tokio::task::JoinSet;
 use tokio::time::{Instant, sleep, sleep_until};
 
 use crate::load::{self, Load, Plan, Role, Shared};
-use crate::procfs::{self, CpuPercent, CpuSample};
+use crate::nodes::Nodes;
+use crate::procfs::{CpuPercent, CpuSample};
 use crate::report::RunReport;
-use crate::server::Server;
 use crate::setup::Pair;
 use crate::stats::LatencySummary;
 
@@ -45,24 +45,24 @@ const RSS_EVERY: Duration = Duration::from_millis(100);
 const START_DELAY: Duration = Duration::from_millis(200);
 
 pub(crate) async fn run(
-    server: &Server,
+    nodes: &Nodes,
     pairs: &[Pair],
     spec: Spec,
     opts: &Options,
     run_index: usize,
 ) -> Result<RunReport> {
     let n = pairs.len();
-    let ws_url = server.ws_url();
-    let mem_before = server.pid.and_then(procfs::memory);
+    let pids = nodes.pids();
+    let mem_before = nodes.memory();
     eprintln!("run {run_index}: connecting {} sockets", 2 * n);
-    let sockets: Vec<(load::Ws, load::Ws)> = stream::iter(pairs)
-        .map(|p| {
-            let ws_url = ws_url.as_str();
+    let sockets: Vec<(load::Ws, load::Ws)> = stream::iter(pairs.iter().enumerate())
+        .map(|(i, p)| {
+            let (sender_url, recipient_url) = nodes.ws_urls(i);
             async move {
-                let s = load::connect(ws_url, &p.sender.access_token)
+                let s = load::connect(&sender_url, &p.sender.access_token)
                     .await
                     .with_context(|| format!("connecting {}", p.sender.user_id))?;
-                let r = load::connect(ws_url, &p.recipient.access_token)
+                let r = load::connect(&recipient_url, &p.recipient.access_token)
                     .await
                     .with_context(|| format!("connecting {}", p.recipient.user_id))?;
                 Ok::<_, anyhow::Error>((s, r))
@@ -123,17 +123,17 @@ pub(crate) async fn run(
 
     // The window: CPU at both ends, RSS all along.
     sleep_until(measure_start).await;
-    let cpu0 = CpuSample::take(server.pid);
+    let cpu0 = CpuSample::take(pids.as_deref());
     let mut rss_peak: Option<u64> = None;
     while Instant::now() < measure_end {
-        if let Some(m) = server.pid.and_then(procfs::memory) {
+        if let Some(m) = nodes.memory() {
             rss_peak = Some(rss_peak.unwrap_or(0).max(m.rss_kib));
         }
         sleep(RSS_EVERY.min(measure_end.saturating_duration_since(Instant::now()))).await;
     }
-    let cpu1 = CpuSample::take(server.pid);
+    let cpu1 = CpuSample::take(pids.as_deref());
     let elapsed = Instant::now().duration_since(measure_start);
-    let mem_end = server.pid.and_then(procfs::memory);
+    let mem_end = nodes.memory();
 
     // Drain: every send answered and every acked event received, or the timeout.
     let c = &sh.counters;
@@ -168,7 +168,7 @@ pub(crate) async fn run(
         Spec::Latency { rate } => ("latency", None, Some(rate)),
     };
     Ok(RunReport {
-        backend: server.backend.clone(),
+        backend: nodes.label(),
         mode,
         pairs: n,
         window,

@@ -37,6 +37,16 @@ impl Server {
         database_url: Option<&str>,
         config: Option<&str>,
     ) -> Result<Self> {
+        Self::spawn_with(binary, database_url, config, &[]).await
+    }
+
+    /// As [`Server::spawn`], with extra arguments (e.g. `--bus-url`).
+    pub(crate) async fn spawn_with(
+        binary: &Path,
+        database_url: Option<&str>,
+        config: Option<&str>,
+        extra: &[String],
+    ) -> Result<Self> {
         if !binary.is_file() {
             bail!(
                 "no homeserver binary at {} (build it with `cargo build --release -p parley-homeserver`, or pass --spawn PATH or --url)",
@@ -66,6 +76,7 @@ impl Server {
             .arg(&database_url)
             .arg("--data-dir")
             .arg(data.path())
+            .args(extra)
             .env("PARLEY_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
