@@ -6,11 +6,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
-use crate::{cargo, tidy};
+use crate::{cargo, deploy, tidy};
 
 enum Action {
     Cargo(Vec<String>),
     Tidy,
+    Deploy,
 }
 
 struct Step {
@@ -46,6 +47,10 @@ fn steps(test_args: &[String]) -> Vec<Step> {
             action: Action::Tidy,
         },
         Step {
+            name: "deploy",
+            action: Action::Deploy,
+        },
+        Step {
             name: "test",
             action: Action::Cargo(test),
         },
@@ -63,12 +68,14 @@ pub(crate) fn run(root: &Path, test_args: &[String]) -> Result<()> {
         let shown = match &step.action {
             Action::Cargo(args) => format!("cargo {}", args.join(" ")),
             Action::Tidy => "cargo xtask tidy".to_owned(),
+            Action::Deploy => "cargo xtask deploy".to_owned(),
         };
         println!("\n==> ci [{}/{total}] {}: {shown}", i + 1, step.name);
         let step_started = Instant::now();
         let outcome = match &step.action {
             Action::Cargo(args) => run_cargo(root, args),
             Action::Tidy => tidy::run(root),
+            Action::Deploy => deploy::run(root),
         };
         let took = step_started.elapsed();
         if let Err(e) = outcome {
@@ -110,7 +117,7 @@ mod tests {
     fn runs_the_checks_in_order_and_passes_test_args_on() {
         let steps = steps(&["--".to_owned(), "--nocapture".to_owned()]);
         let names: Vec<_> = steps.iter().map(|s| s.name).collect();
-        assert_eq!(names, ["fmt", "clippy", "tidy", "test"]);
+        assert_eq!(names, ["fmt", "clippy", "tidy", "deploy", "test"]);
         let Some(Step {
             action: Action::Cargo(test),
             ..

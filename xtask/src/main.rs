@@ -2,10 +2,13 @@
 //!
 //! - `cargo xtask tidy`: checks the workspace's invariants (see [`tidy`]). The same checks
 //!   run as a `#[test]`, so `cargo test --workspace` enforces them too.
+//! - `cargo xtask deploy`: checks `docker-compose.yml` (Compose schema), the `Dockerfile`
+//!   and `scripts/local-topology.sh` against the workspace and each other (see [`deploy`]).
 //! - `cargo xtask ci [ARGS…]`: everything CI checks, in order, failing fast: rustfmt,
-//!   clippy, tidy, then `cargo test --workspace ARGS…`. `.ci/run` calls this.
+//!   clippy, tidy, deploy, then `cargo test --workspace ARGS…`. `.ci/run` calls this.
 
 mod ci;
+mod deploy;
 mod tidy;
 
 use std::path::{Path, PathBuf};
@@ -17,12 +20,15 @@ usage: cargo xtask <command>
 commands:
   tidy          check the workspace's invariants: forbidden dependency edges,
                 duplicated links crates, leftover debugging and unbounded channels
-  ci [ARGS...]  fmt --check, clippy -D warnings, tidy, then cargo test --workspace ARGS...";
+  deploy        validate docker-compose.yml (check-jsonschema, Compose schema) and check it,
+                the Dockerfile and scripts/local-topology.sh against the workspace
+  ci [ARGS...]  fmt --check, clippy -D warnings, tidy, deploy, then cargo test --workspace ARGS...";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
         Some("tidy") if args.len() == 1 => tidy::run(&project_root()),
+        Some("deploy") if args.len() == 1 => deploy::run(&project_root()),
         Some("ci") => ci::run(&project_root(), &args[1..]),
         Some("help" | "-h" | "--help") => {
             println!("{USAGE}");

@@ -20,3 +20,4 @@ mod media;
 mod multinode;
 mod observability;
 mod store_suite;
+mod topology;
