@@ -35,6 +35,9 @@ use crate::store::{AnyStore, StoreError};
 const REREAD: Duration = Duration::from_secs(2);
 /// How long a node's lease on a destination lasts without renewal (ms).
 const LEASE_MS: i64 = 15_000;
+/// Wake-ups queued for the dispatcher and for each destination task. A wake-up is only a
+/// hint (tasks reread their rows on a timer), so one that finds a full queue is dropped.
+const WAKE_QUEUE: usize = 1024;
 /// How often the dispatcher looks for destinations with rows but no task.
 const SCAN: Duration = Duration::from_secs(10);
 /// Most results kept for senders that have not started waiting yet.
@@ -43,7 +46,7 @@ const MAX_EARLY: usize = 4096;
 /// The handle: wakes destination tasks and matches forwarded sends with the hub's answer.
 #[derive(Clone)]
 pub struct Relay {
-    wake: mpsc::UnboundedSender<Wake>,
+    wake: mpsc::Sender<Wake>,
     waiters: Arc<Mutex<Waiters>>,
 }
 
@@ -64,12 +67,12 @@ enum Wake {
 
 /// The receiving end, handed to [`spawn`] once federation has started.
 pub struct RelayTasks {
-    rx: mpsc::UnboundedReceiver<Wake>,
+    rx: mpsc::Receiver<Wake>,
     waiters: Arc<Mutex<Waiters>>,
 }
 
 pub fn channel() -> (Relay, RelayTasks) {
-    let (wake, rx) = mpsc::unbounded_channel();
+    let (wake, rx) = mpsc::channel(WAKE_QUEUE);
     let waiters = Arc::new(Mutex::new(Waiters::default()));
     (
         Relay {
@@ -84,13 +87,13 @@ impl Relay {
     /// New outbox rows for `destinations` were committed.
     pub fn wake<'a>(&self, destinations: impl IntoIterator<Item = &'a String>) {
         for d in destinations {
-            let _ = self.wake.send(Wake::Rows(d.clone()));
+            let _ = self.wake.try_send(Wake::Rows(d.clone()));
         }
     }
 
     /// A verified request from `origin` arrived.
     pub fn inbound(&self, origin: &str) {
-        let _ = self.wake.send(Wake::Inbound(origin.to_owned()));
+        let _ = self.wake.try_send(Wake::Inbound(origin.to_owned()));
     }
 
     /// Waits up to `timeout` for the hub's answer to outbox row `id`.
@@ -138,12 +141,12 @@ pub fn spawn(tasks: RelayTasks, store: AnyStore, federation: Federation) {
 }
 
 async fn dispatch(mut tasks: RelayTasks, store: AnyStore, federation: Federation) {
-    let mut running: HashMap<String, mpsc::UnboundedSender<Wake>> = HashMap::new();
-    let mut ensure = |dest: &str| -> mpsc::UnboundedSender<Wake> {
+    let mut running: HashMap<String, mpsc::Sender<Wake>> = HashMap::new();
+    let mut ensure = |dest: &str| -> mpsc::Sender<Wake> {
         if let Some(tx) = running.get(dest).filter(|tx| !tx.is_closed()) {
             return tx.clone();
         }
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (tx, rx) = mpsc::channel(WAKE_QUEUE);
         let task = Destination {
             name: dest.to_owned(),
             store: store.clone(),
@@ -172,7 +175,7 @@ async fn dispatch(mut tasks: RelayTasks, store: AnyStore, federation: Federation
                 let Some(wake) = wake else { return };
                 let (Wake::Rows(dest) | Wake::Inbound(dest)) = &wake;
                 let tx = ensure(&dest.clone());
-                let _ = tx.send(wake);
+                let _ = tx.try_send(wake);
             }
         }
     }
@@ -197,7 +200,7 @@ struct Destination {
 }
 
 impl Destination {
-    async fn run(self, mut rx: mpsc::UnboundedReceiver<Wake>) {
+    async fn run(self, mut rx: mpsc::Receiver<Wake>) {
         let Ok(server) = ServerName::try_from(self.name.as_str()) else {
             tracing::error!(destination = %self.name, "outbox rows for an invalid server name");
             return;
@@ -246,7 +249,7 @@ impl Destination {
     async fn drive(
         &self,
         server: &ServerName,
-        rx: &mut mpsc::UnboundedReceiver<Wake>,
+        rx: &mut mpsc::Receiver<Wake>,
         lease_until: &mut i64,
     ) -> bool {
         let (mut outbox, mut known, restored) = match self.restore().await {
