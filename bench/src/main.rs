@@ -229,7 +229,6 @@ async fn main() -> Result<()> {
         window: args.group_window,
         commits: args.group_commits,
         payload_size: args.payload_size,
-        setup_concurrency: args.setup_concurrency,
     });
     let nodes = match &args.url {
         Some(url) => Nodes::single(Server::attach(url, args.pid, args.backend.clone())?),

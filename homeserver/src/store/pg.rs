@@ -172,38 +172,65 @@ impl PgStore {
             .collect::<BTreeSet<_>>()
             .into_iter()
             .collect();
-        // Lock the heads in a fixed order, and read members and devices, in one query.
-        let rows = sqlx::query(
-            "SELECT c.chat_id, c.kind, c.last_seq, c.mls_epoch, m.user_id, m.admin, d.device_id
-             FROM chats c
-             LEFT JOIN chat_members m
-               ON m.chat_id = c.chat_id AND m.left_at IS NULL AND m.chat_id = ANY($1)
-             LEFT JOIN devices d ON d.user_id = m.user_id AND d.user_id = ANY(ARRAY(
-                 SELECT user_id FROM chat_members WHERE chat_id = ANY($1) AND left_at IS NULL))
-             WHERE c.chat_id = ANY($1) ORDER BY c.chat_id FOR UPDATE OF c",
+        // Lock the heads in a fixed order, then read members, then their devices: three
+        // single-table reads on leading key columns. (One join of the three let a planner
+        // without statistics loop over `devices` once per member: ~1,000 scans per send
+        // in a 1,024-member group.)
+        let heads = sqlx::query(
+            "SELECT chat_id, kind, last_seq, mls_epoch FROM chats
+             WHERE chat_id = ANY($1) ORDER BY chat_id FOR UPDATE",
         )
         .bind(&chat_ids)
         .fetch_all(&mut *tx)
         .await?;
         let mut chats: HashMap<ChatId, ChatState> = HashMap::new();
-        for r in rows {
-            let chat: ChatId = id(r.get("chat_id"))?;
-            let state = match chats.entry(chat) {
-                std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
-                std::collections::hash_map::Entry::Vacant(e) => e.insert(ChatState {
+        for r in heads {
+            chats.insert(
+                id(r.get("chat_id"))?,
+                ChatState {
                     kind: kind_from_i16(r.get("kind"))?,
                     last_seq: r.get("last_seq"),
                     mls_epoch: u64::try_from(r.get::<i64, _>("mls_epoch")).unwrap_or_default(),
                     members: BTreeMap::new(),
-                }),
-            };
-            let Some(user) = r.get::<Option<String>, _>("user_id") else {
+                },
+            );
+        }
+        let members = sqlx::query(
+            "SELECT chat_id, user_id, admin FROM chat_members
+             WHERE chat_id = ANY($1) AND left_at IS NULL",
+        )
+        .bind(&chat_ids)
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut member_users: BTreeSet<String> = BTreeSet::new();
+        for r in members {
+            let Some(state) = chats.get_mut(&id::<ChatId>(r.get("chat_id"))?) else {
                 continue;
             };
-            let member = state.members.entry(id(user)?).or_default();
-            member.admin = r.get("admin");
-            if let Some(d) = r.get::<Option<String>, _>("device_id") {
-                member.devices.push(id(d)?);
+            let user: String = r.get("user_id");
+            state.members.entry(id(user.clone())?).or_default().admin = r.get("admin");
+            member_users.insert(user);
+        }
+        if !member_users.is_empty() {
+            let devices = sqlx::query(
+                "SELECT user_id, device_id FROM devices WHERE user_id = ANY($1) ORDER BY device_id",
+            )
+            .bind(member_users.into_iter().collect::<Vec<_>>())
+            .fetch_all(&mut *tx)
+            .await?;
+            let mut by_user: HashMap<UserId, Vec<DeviceId>> = HashMap::new();
+            for r in devices {
+                by_user
+                    .entry(id(r.get("user_id"))?)
+                    .or_default()
+                    .push(id(r.get("device_id"))?);
+            }
+            for state in chats.values_mut() {
+                for (user, member) in state.members.iter_mut() {
+                    if let Some(devices) = by_user.get(user) {
+                        member.devices.extend(devices.iter().cloned());
+                    }
+                }
             }
         }
         // Users that membership changes add: they must exist; their devices get the commit.
