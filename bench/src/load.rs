@@ -426,7 +426,16 @@ impl Client {
                     self.refill(now).await?;
                 }
             }
-            ServerFrame::Receipt { .. } | ServerFrame::Synced | ServerFrame::Pong => {}
+            // A chat's hub refused a send it had answered `pending` (a sender on a
+            // follower whose hub was down: not a setup the bench makes).
+            ServerFrame::SendFailed { code, .. } => {
+                self.sh
+                    .error(format!("send failed late: {}", code.as_str()));
+            }
+            ServerFrame::Receipt { .. }
+            | ServerFrame::SentLate { .. }
+            | ServerFrame::Synced
+            | ServerFrame::Pong => {}
         }
         Ok(())
     }

@@ -14,6 +14,9 @@
 //! `--nodes N` spawns N homeserver nodes of one domain on one Postgres database, routing
 //! through NATS (`--bus-url`), and spreads each pair over two nodes (see `nodes.rs`).
 //!
+//! `--federated` spawns two federating homeservers (127.0.0.2 and 127.0.0.3): every
+//! pair's sender is on the first, its recipient on the second (see `nodes.rs`).
+//!
 //! The bench talks only HTTP and WebSocket (the types of `parley-client-api`, and the
 //! SDK for the group's MLS setup and commits), never to the server's internals or
 //! database. See bench/README.md for the figures.
@@ -55,6 +58,15 @@ struct Args {
     /// connect to different nodes.
     #[arg(long, default_value_t = 1, conflicts_with = "url")]
     nodes: usize,
+    /// Spawn two federating homeservers, on 127.0.0.2 and 127.0.0.3 (each with its own
+    /// database: --database-url and --peer-database-url, SQLite by default); senders
+    /// are users of the first (every chat's hub), recipients of the second.
+    #[arg(long, conflicts_with_all = ["url", "group"])]
+    federated: bool,
+    /// With --federated: the second server's database [default: SQLite in a temporary
+    /// directory].
+    #[arg(long, requires = "federated")]
+    peer_database_url: Option<String>,
     /// With --nodes: the NATS server the nodes route through.
     #[arg(long, default_value = "nats://127.0.0.1:4222")]
     bus_url: String,
@@ -144,6 +156,9 @@ impl Args {
     fn validate(&self) -> Result<()> {
         if !(1..=nodes::MAX_NODES).contains(&self.nodes) {
             bail!("--nodes: 1 to {}", nodes::MAX_NODES);
+        }
+        if self.nodes > 1 && self.federated {
+            bail!("--federated spawns two servers of one node each; drop --nodes");
         }
         if self.nodes > 1 && self.group.is_some() {
             bail!("--group runs against one node; drop --nodes");
@@ -238,7 +253,14 @@ async fn main() -> Result<()> {
                 None => server::default_binary()?,
             };
             let config = group.as_ref().map(group::server_config);
-            if args.nodes == 1 {
+            if args.federated {
+                Nodes::federated(
+                    &binary,
+                    args.database_url.as_deref(),
+                    args.peer_database_url.as_deref(),
+                )
+                .await?
+            } else if args.nodes == 1 {
                 Nodes::single(
                     Server::spawn(&binary, args.database_url.as_deref(), config.as_deref()).await?,
                 )
@@ -280,7 +302,13 @@ async fn bench(args: &Args, nodes: &Nodes) -> Result<()> {
         2 * max_pairs
     );
     let started = std::time::Instant::now();
-    let pairs = setup::pairs(nodes.url(), max_pairs, args.setup_concurrency).await?;
+    let pairs = setup::pairs(
+        nodes.url(),
+        nodes.recipient_url(),
+        max_pairs,
+        args.setup_concurrency,
+    )
+    .await?;
     eprintln!("set up in {:.1} s", started.elapsed().as_secs_f64());
     let opts = Options {
         warmup: Duration::from_secs_f64(args.warmup),

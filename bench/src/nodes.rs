@@ -6,6 +6,12 @@
 //! the sender's node and pushed by the recipient's, and its receipt goes back the same
 //! way. Users and chats are created through node 0 (any node accepts any request).
 //! CPU and memory figures are the nodes' sums.
+//!
+//! `--federated`: two homeservers of different domains, A on 127.0.0.2 and B on
+//! 127.0.0.3, federating over signed HTTP (test mode). Every sender is a user of A,
+//! every recipient a user of B, and A (where the chats are created) is every chat's hub:
+//! a message is committed on A, carried to B by A's outbox, and pushed by B; the
+//! recipient's receipt goes back the same way.
 
 use anyhow::{Result, bail};
 use reqwest::Url;
@@ -20,13 +26,34 @@ pub(crate) const MAX_NODES: usize = 8;
 
 pub(crate) struct Nodes {
     nodes: Vec<Server>,
+    /// Two federating servers: senders on the first, recipients on the second.
+    federated: bool,
 }
 
 impl Nodes {
     pub(crate) fn single(server: Server) -> Self {
         Self {
             nodes: vec![server],
+            federated: false,
         }
+    }
+
+    /// Spawns two federating homeservers, on 127.0.0.2 (senders, hubs) and 127.0.0.3
+    /// (recipients), each on its own database.
+    pub(crate) async fn federated(
+        binary: &std::path::Path,
+        database_url: Option<&str>,
+        peer_database_url: Option<&str>,
+    ) -> Result<Self> {
+        if database_url.is_some() && database_url == peer_database_url {
+            bail!("--federated: the two servers need two databases (--peer-database-url)");
+        }
+        let a = Server::spawn_peer(binary, "127.0.0.2", database_url).await?;
+        let b = Server::spawn_peer(binary, "127.0.0.3", peer_database_url).await?;
+        Ok(Self {
+            nodes: vec![a, b],
+            federated: true,
+        })
     }
 
     /// Spawns `n` nodes of one domain on `database_url` (Postgres), routing through NATS
@@ -50,7 +77,10 @@ impl Nodes {
         for _ in 0..n {
             nodes.push(Server::spawn_with(binary, Some(db), None, &extra).await?);
         }
-        Ok(Self { nodes })
+        Ok(Self {
+            nodes,
+            federated: false,
+        })
     }
 
     /// Node 0 (the only one unless `--nodes`).
@@ -62,13 +92,25 @@ impl Nodes {
         self.nodes.len()
     }
 
-    /// Where users and chats are created.
+    /// Where senders are registered and chats created.
     pub(crate) fn url(&self) -> &Url {
         &self.nodes[0].url
     }
 
+    /// Where recipients are registered.
+    pub(crate) fn recipient_url(&self) -> &Url {
+        if self.federated {
+            &self.nodes[1].url
+        } else {
+            &self.nodes[0].url
+        }
+    }
+
     /// `(sender, recipient)` WebSocket URLs of pair `i`.
     pub(crate) fn ws_urls(&self, i: usize) -> (String, String) {
+        if self.federated {
+            return (self.nodes[0].ws_url(), self.nodes[1].ws_url());
+        }
         let n = self.nodes.len();
         (self.nodes[i % n].ws_url(), self.nodes[(i + 1) % n].ws_url())
     }
@@ -89,9 +131,13 @@ impl Nodes {
         Some(sum)
     }
 
-    /// `postgres`, or `postgres×2` for two nodes.
+    /// `postgres`, `postgres×2` for two nodes, `sqlite→sqlite` for two federating
+    /// servers.
     pub(crate) fn label(&self) -> String {
         let backend = &self.nodes[0].backend;
+        if self.federated {
+            return format!("{backend}→{}", self.nodes[1].backend);
+        }
         match self.nodes.len() {
             1 => backend.clone(),
             n => format!("{backend}×{n}"),

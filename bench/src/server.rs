@@ -47,6 +47,30 @@ impl Server {
         config: Option<&str>,
         extra: &[String],
     ) -> Result<Self> {
+        Self::spawn_at(binary, "127.0.0.1", false, database_url, config, extra).await
+    }
+
+    /// A federating server on loopback address `ip` (e.g. `127.0.0.2`), named `ip:port`
+    /// (test mode: plain HTTP between servers), that federates with 127.0.0.2 and .3.
+    pub(crate) async fn spawn_peer(
+        binary: &Path,
+        ip: &str,
+        database_url: Option<&str>,
+    ) -> Result<Self> {
+        let config = "[federation]\n[federation.policy]\nrules = [\
+                      {pattern = \"127.0.0.2:*\", action = \"allow\"}, \
+                      {pattern = \"127.0.0.3:*\", action = \"allow\"}]\n";
+        Self::spawn_at(binary, ip, true, database_url, Some(config), &[]).await
+    }
+
+    async fn spawn_at(
+        binary: &Path,
+        ip: &str,
+        federate: bool,
+        database_url: Option<&str>,
+        config: Option<&str>,
+        extra: &[String],
+    ) -> Result<Self> {
         if !binary.is_file() {
             bail!(
                 "no homeserver binary at {} (build it with `cargo build --release -p parley-homeserver`, or pass --spawn PATH or --url)",
@@ -62,16 +86,21 @@ impl Server {
             None => format!("sqlite://{}", data.path().join("parley.db").display()),
         };
         let backend = backend_of(&database_url)?;
-        let port = free_port()?;
+        let listen = format!("{ip}:{}", free_port(ip)?);
         let mut cmd = Command::new(binary);
         if let Some(text) = config {
             let path = data.path().join("bench.toml");
             std::fs::write(&path, text).context("writing the server's config file")?;
             cmd.arg("--config").arg(path);
         }
+        if federate {
+            // Peers reach a test-mode server by its name: its address.
+            cmd.args(["--federation", "--federation-test-mode", "--server-name"])
+                .arg(&listen);
+        }
         let mut child = cmd
             .arg("--listen")
-            .arg(format!("127.0.0.1:{port}"))
+            .arg(&listen)
             .arg("--database-url")
             .arg(&database_url)
             .arg("--data-dir")
@@ -180,8 +209,8 @@ fn backend_of(database_url: &str) -> Result<String> {
     }
 }
 
-fn free_port() -> Result<u16> {
-    let listener = TcpListener::bind("127.0.0.1:0").context("finding a free port")?;
+fn free_port(ip: &str) -> Result<u16> {
+    let listener = TcpListener::bind((ip, 0)).context("finding a free port")?;
     Ok(listener.local_addr()?.port())
 }
 

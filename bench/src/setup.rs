@@ -25,9 +25,15 @@ pub(crate) struct Pair {
 }
 
 /// Registers `2 × pairs` users (at most `concurrency` at once: argon2id is slow by
-/// design) and creates one chat per pair. Usernames carry a random tag, so repeated runs
-/// against one server do not collide.
-pub(crate) async fn pairs(base: &Url, pairs: usize, concurrency: usize) -> Result<Vec<Pair>> {
+/// design), senders at `base` and recipients at `recipient_base` (the same server, or a
+/// federating one), and creates one chat per pair on the sender's server. Usernames carry
+/// a random tag, so repeated runs against one server do not collide.
+pub(crate) async fn pairs(
+    base: &Url,
+    recipient_base: &Url,
+    pairs: usize,
+    concurrency: usize,
+) -> Result<Vec<Pair>> {
     let http = Client::builder()
         .timeout(HTTP_TIMEOUT)
         .build()
@@ -38,7 +44,7 @@ pub(crate) async fn pairs(base: &Url, pairs: usize, concurrency: usize) -> Resul
     stream::iter(0..pairs)
         .map(|i| async move {
             let sender = register_user(http, base, &format!("bench{tag}s{i}")).await?;
-            let recipient = register_user(http, base, &format!("bench{tag}r{i}")).await?;
+            let recipient = register_user(http, recipient_base, &format!("bench{tag}r{i}")).await?;
             let chat = create_chat(http, base, &sender, &recipient.user_id).await?;
             Ok::<_, anyhow::Error>(Pair {
                 sender,

@@ -72,6 +72,26 @@ pub enum ServerFrame {
         #[serde(flatten)]
         ack: crate::http::chats::SendAck,
     },
+    /// A send that was answered `pending` (its chat's hub, on another server, did not
+    /// answer in time) was ordered by the hub after all: ✓ sent with its `seq`. An inbox
+    /// item (`id`): it comes again until acknowledged, also after a reconnect.
+    SentLate {
+        id: i64,
+        #[serde(flatten)]
+        ack: crate::http::chats::SendAck,
+    },
+    /// A send that was answered `pending` was refused by its chat's hub; nothing was
+    /// stored. `code`, `message` and `current_epoch` as in [`ServerFrame::Error`]. An
+    /// inbox item (`id`).
+    SendFailed {
+        id: i64,
+        chat_id: ChatId,
+        client_msg_id: String,
+        code: ErrorCode,
+        message: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        current_epoch: Option<u64>,
+    },
     /// A frame was refused; nothing was changed.
     Error {
         code: ErrorCode,
@@ -108,7 +128,10 @@ impl ServerFrame {
     /// The inbox id of an item that must be acknowledged.
     pub fn inbox_id(&self) -> Option<i64> {
         match self {
-            ServerFrame::Event { id, .. } | ServerFrame::Receipt { id, .. } => Some(*id),
+            ServerFrame::Event { id, .. }
+            | ServerFrame::Receipt { id, .. }
+            | ServerFrame::SentLate { id, .. }
+            | ServerFrame::SendFailed { id, .. } => Some(*id),
             _ => None,
         }
     }
@@ -149,5 +172,15 @@ mod tests {
         let s = serde_json::to_string(&r).unwrap();
         assert_eq!(serde_json::from_str::<ServerFrame>(&s).unwrap(), r);
         assert_eq!(r.inbox_id(), Some(7));
+        let f: ServerFrame = serde_json::from_str(
+            r#"{"type":"send_failed","id":9,"chat_id":"!abc:x.org","client_msg_id":"m1","code":"not_member","message":"no"}"#,
+        )
+        .unwrap();
+        assert_eq!(f.inbox_id(), Some(9));
+        let late: ServerFrame = serde_json::from_str(
+            r#"{"type":"sent_late","id":8,"chat_id":"!abc:x.org","client_msg_id":"m1","seq":4,"ts":5,"duplicate":false}"#,
+        )
+        .unwrap();
+        assert!(matches!(late, ServerFrame::SentLate { id: 8, ref ack } if ack.seq == 4));
     }
 }

@@ -6,6 +6,7 @@
 //! inbox item is acknowledged only after that transaction committed.
 
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use parley_client_api::http::chats::{ChatEvent, MembershipChange, Receipt, SendAck};
 
@@ -51,6 +52,9 @@ impl From<ChatEvent> for Incoming {
 
 /// Events fetched per history request when filling a gap.
 const HISTORY_PAGE: i64 = 500;
+/// How long an own event waits for the events before it to reach our server (the hub
+/// may be another server, which answers before its events arrive here).
+const OWN_GAP_WAIT: Duration = Duration::from_secs(5);
 
 /// Why an event was not applied.
 enum Skip {
@@ -218,6 +222,11 @@ impl Inner {
             return Ok(());
         }
         if cur.joined && event.seq > cur.last_seq + 1 {
+            // Our own send's `seq` comes from the chat's hub; when that is another server,
+            // ours may not hold the events before it yet (they are on their way): wait
+            // for them a little rather than skip them.
+            let own = event.sender_device == self.device_id && event.sender == self.user_id;
+            let wait_until = tokio::time::Instant::now() + OWN_GAP_WAIT;
             let mut after = cur.last_seq;
             while after < event.seq - 1 {
                 let want = (event.seq - 1 - after).min(HISTORY_PAGE);
@@ -226,6 +235,10 @@ impl Inner {
                     .history(&event.chat_id, after, u32::try_from(want).unwrap_or(500))
                     .await?;
                 if page.is_empty() {
+                    if own && tokio::time::Instant::now() < wait_until {
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                        continue;
+                    }
                     tracing::warn!(chat = %event.chat_id, after, "history has a gap (expired?)");
                     break;
                 }

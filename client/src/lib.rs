@@ -7,7 +7,10 @@
 //! - Chats: [`Client::create_chat`] sets up a 1:1 chat as an MLS group with every
 //!   device of both users; [`Client::send_text`] writes a message at once (pending),
 //!   encrypts it and sends it through the outbox exactly once; ticks move
-//!   pending → ✓ sent → ✓✓ delivered → read ([`MessageState`]).
+//!   pending → ✓ sent → ✓✓ delivered → read ([`MessageState`]). In a chat hosted on
+//!   another server whose server is down, a message stays pending (stored by the user's
+//!   server, not resent) until that hub orders it (✓ sent with its `seq`, from the
+//!   server's `sent_late`) or refuses it ([`MessageState::Failed`], `send_failed`).
 //! - Groups: [`Client::create_group`], [`Client::add_members`],
 //!   [`Client::remove_members`], [`Client::leave`], [`Client::rename`],
 //!   [`Client::set_admin`], [`Client::members`]; receipts per message as "delivered to

@@ -275,10 +275,41 @@ impl Conn {
                 self.housekeeping(true).await;
                 self.flush().await?;
             }
+            ServerFrame::Sent { ack } if ack.pending => {
+                // Stored by our server, which waits for the chat's hub (another server):
+                // not resent on this connection; `sent_late` or `send_failed` concludes it.
+                tracing::info!(chat = %ack.chat_id, id = %ack.client_msg_id, "send pending at the hub");
+                self.flush().await?;
+            }
             ServerFrame::Sent { ack } => {
                 self.in_flight.remove(&ack.client_msg_id);
                 self.inner.on_sent(ack).await?;
                 self.flush().await?;
+            }
+            ServerFrame::SentLate { id, ack } => {
+                self.in_flight.remove(&ack.client_msg_id);
+                self.inner.on_sent(ack).await?;
+                self.acks.push(id);
+                self.flush().await?;
+            }
+            ServerFrame::SendFailed {
+                id,
+                client_msg_id,
+                code,
+                message,
+                current_epoch,
+                ..
+            } => {
+                tracing::info!(id = %client_msg_id, code = code.as_str(), %message, "the chat's hub refused a pending send");
+                self.in_flight.remove(&client_msg_id);
+                if self
+                    .inner
+                    .on_send_error(&client_msg_id, code, current_epoch)
+                    .await?
+                {
+                    self.retry_at = Some(Instant::now() + RETRY_AFTER);
+                }
+                self.acks.push(id);
             }
             ServerFrame::Error {
                 code,

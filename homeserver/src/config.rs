@@ -155,9 +155,24 @@ pub struct FederationConfig {
     /// How long a rotation publishes the new key before signing with it (ms; default
     /// 70 000: peers refetch an origin's keys at most once a minute).
     pub key_rotation_grace_ms: Option<u64>,
+    /// How long a received transaction's id and answer are kept to answer a resend the
+    /// same (days; default and minimum 7: a peer's backoff reaches 24 h, and a peer may
+    /// be down for days before it resends).
+    pub dedup_window_days: Option<u32>,
 }
 
+/// The shortest dedup window for received transactions (days).
+pub const MIN_DEDUP_WINDOW_DAYS: u32 = 7;
+
 impl FederationConfig {
+    /// The dedup window for received transactions, in days (at least
+    /// [`MIN_DEDUP_WINDOW_DAYS`]).
+    pub fn dedup_window_days(&self) -> u32 {
+        self.dedup_window_days
+            .unwrap_or(MIN_DEDUP_WINDOW_DAYS)
+            .max(MIN_DEDUP_WINDOW_DAYS)
+    }
+
     pub fn key_rotation_grace(&self) -> std::time::Duration {
         std::time::Duration::from_millis(self.key_rotation_grace_ms.unwrap_or(70_000))
     }

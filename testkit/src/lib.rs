@@ -9,9 +9,12 @@
 //! - [`nats`]: a NATS server for multi-node tests (`NATS_URL`, the local one, or a
 //!   private one).
 //! - [`s3_server`]: a private S3-compatible server (moto) for media tests.
+//! - [`homeserver`]: arguments and config of federating `parley-homeserver` test
+//!   processes on 127.0.0.x, for the homeserver's and the SDK's harnesses.
 //! - [`free_port`]: an unused TCP port on a loopback address.
 
 mod cluster;
+pub mod homeserver;
 mod nats;
 mod pg;
 mod process;

@@ -241,8 +241,9 @@ pub struct SendAck {
     /// True when this answers a resend of an already stored event.
     pub duplicate: bool,
     /// True when the chat's hub is another server that has not answered yet: the send is
-    /// stored on this server (✓ sent) and forwarded when the hub is reachable; `seq` is 0
-    /// and the event arrives on the stream with its `seq` once the hub orders it.
+    /// stored on this server and forwarded when the hub is reachable; `seq` is 0. The
+    /// sending device later gets `sent_late` with the `seq` once the hub orders it, or
+    /// `send_failed` if the hub refuses it (WebSocket inbox items, see `ws`).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub pending: bool,
 }

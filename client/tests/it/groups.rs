@@ -6,9 +6,11 @@
 use std::time::Instant;
 
 use anyhow::{Result, bail, ensure};
-use parley_client::{ChatId, Error, Event, MessageState, UserId};
+use parley_client::{Error, Event, MessageState, UserId};
 
-use crate::harness::{Backend, Device, Server, drain, eventually};
+use crate::harness::{
+    Backend, Device, Server, drain, eventually, not_joined, same_epoch, same_order, users,
+};
 
 crate::on_both_backends!(
     a_group_of_four_reads_the_same_messages_in_the_same_order,
@@ -18,60 +20,6 @@ crate::on_both_backends!(
     a_group_of_fifty,
     leaving_is_a_proposal_that_the_next_sender_commits,
 );
-
-fn users(ds: &[&Device]) -> Vec<UserId> {
-    ds.iter().map(|d| d.user().clone()).collect()
-}
-
-/// Every device in `ds` has the same texts, in the same seq order.
-async fn same_order(chat: &ChatId, ds: &[&Device], texts: &[&str]) -> Result<()> {
-    for d in ds {
-        for t in texts {
-            if !d.history(chat).await?.iter().any(|m| m.body == *t) {
-                d.received(chat, t).await?;
-            }
-        }
-    }
-    let order = |h: Vec<parley_client::Message>| -> Vec<(i64, String)> {
-        h.into_iter()
-            .filter(|m| texts.contains(&m.body.as_str()))
-            .map(|m| (m.seq.unwrap_or(-1), m.body))
-            .collect()
-    };
-    let want = order(ds[0].history(chat).await?);
-    for d in &ds[1..] {
-        let got = order(d.history(chat).await?);
-        ensure!(got == want, "{} has {got:?}, want {want:?}", d.user());
-    }
-    Ok(())
-}
-
-/// Every device's MLS epoch for the chat is the same.
-async fn same_epoch(chat: &ChatId, ds: &[&Device]) -> Result<u64> {
-    let epochs = || async {
-        let mut epochs = Vec::new();
-        for d in ds {
-            epochs.push(d.client.epoch(chat).await?);
-        }
-        anyhow::Ok(epochs)
-    };
-    eventually("every member is on the same epoch", || async {
-        let e = epochs().await?;
-        Ok(e[0].is_some() && e.iter().all(|x| *x == e[0]))
-    })
-    .await?;
-    epochs().await?[0].ok_or_else(|| anyhow::anyhow!("no epoch"))
-}
-
-async fn not_joined(d: &Device, chat: &ChatId) -> Result<()> {
-    let store = d.client.store().clone();
-    eventually(&format!("{} has left {chat}", d.user()), || {
-        let store = store.clone();
-        let chat = chat.clone();
-        async move { Ok(store.chat(&chat).await?.is_some_and(|c| !c.joined)) }
-    })
-    .await
-}
 
 async fn a_group_of_four_reads_the_same_messages_in_the_same_order(backend: Backend) -> Result<()> {
     let server = Server::start(backend).await?;

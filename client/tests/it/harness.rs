@@ -6,9 +6,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, bail, ensure};
 use parley_client::{ChatId, Client, ClientConfig, Event, Message, MessageState, UserId};
-use parley_testkit::{PgDatabase, ServerProcess};
+use parley_testkit::{PgDatabase, ServerProcess, homeserver};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{broadcast, watch};
@@ -73,6 +73,10 @@ pub struct Server {
     pub data_dir: tempfile::TempDir,
     /// Extra command-line arguments of the server process.
     extra: Vec<String>,
+    /// `(listen, server name)`; a restart keeps both (peers know the name).
+    identity: (String, String),
+    /// Directories that must outlive the process (a peer's config file).
+    keep: Vec<tempfile::TempDir>,
     earlier_logs: Mutex<String>,
     _pg: Option<PgDatabase>,
 }
@@ -94,6 +98,33 @@ impl Server {
 
     /// Starts a server with extra command-line arguments (e.g. `--config FILE`).
     pub async fn start_with(backend: Backend, extra: &[&str]) -> Result<Self> {
+        let identity = ("127.0.0.1:0".to_owned(), SERVER_NAME.to_owned());
+        Self::start_as(backend, identity, extra).await
+    }
+
+    /// A federating server on `ip` (e.g. `127.0.0.2`, name `ip:port`) that allows the
+    /// loopback peers 127.0.0.1–5; `federation` adds lines to its `[federation]`.
+    pub async fn start_peer(backend: Backend, ip: &str, federation: &str) -> Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("peer.toml");
+        std::fs::write(&path, homeserver::peer_config("", federation))?;
+        let args = homeserver::peer_args(&path);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let mut server = Self::start_as(backend, homeserver::peer_identity(ip), &args).await?;
+        server.keep.push(dir);
+        Ok(server)
+    }
+
+    /// This server's name (the part after `:` in its users' ids).
+    pub fn name(&self) -> &str {
+        &self.identity.1
+    }
+
+    async fn start_as(
+        backend: Backend,
+        identity: (String, String),
+        extra: &[&str],
+    ) -> Result<Self> {
         init_logging();
         let extra: Vec<String> = extra.iter().map(|s| (*s).to_owned()).collect();
         let data_dir = tempfile::tempdir()?;
@@ -107,7 +138,7 @@ impl Server {
                 (db.url().to_owned(), Some(db))
             }
         };
-        let process = spawn(&database_url, data_dir.path(), &extra).await?;
+        let process = spawn(&database_url, data_dir.path(), &identity, &extra).await?;
         let proxy = Proxy::start(process.addr()).await?;
         Ok(Self {
             process,
@@ -115,6 +146,8 @@ impl Server {
             database_url,
             data_dir,
             extra,
+            identity,
+            keep: Vec::new(),
             earlier_logs: Mutex::new(String::new()),
             _pg: pg,
         })
@@ -131,10 +164,17 @@ impl Server {
         Ok(())
     }
 
-    /// Starts the server again on the same database (a new port; the proxy follows).
+    /// Starts the server again on the same database (a new port unless it federates:
+    /// peers know its address; the proxy follows).
     pub async fn restart(&mut self) -> Result<()> {
         let logs = self.process.logs();
-        self.process = spawn(&self.database_url, self.data_dir.path(), &self.extra).await?;
+        self.process = spawn(
+            &self.database_url,
+            self.data_dir.path(),
+            &self.identity,
+            &self.extra,
+        )
+        .await?;
         self.proxy.set_upstream(self.process.addr());
         self.earlier_logs
             .lock()
@@ -178,24 +218,15 @@ pub fn config(dir: &Path) -> ClientConfig {
     c
 }
 
-async fn spawn(database_url: &str, data_dir: &Path, extra: &[String]) -> Result<ServerProcess> {
-    let data_dir = data_dir.display().to_string();
-    let args = [
-        "--listen",
-        "127.0.0.1:0",
-        "--server-name",
-        SERVER_NAME,
-        "--database-url",
-        database_url,
-        "--data-dir",
-        &data_dir,
-    ];
-    ServerProcess::spawn(
-        homeserver_binary()?,
-        args.into_iter().chain(extra.iter().map(String::as_str)),
-        [("PARLEY_LOG", "debug")],
-    )
-    .await
+async fn spawn(
+    database_url: &str,
+    data_dir: &Path,
+    (listen, server_name): &(String, String),
+    extra: &[String],
+) -> Result<ServerProcess> {
+    let mut args = homeserver::base_args(listen, server_name, database_url, data_dir);
+    args.extend_from_slice(extra);
+    ServerProcess::spawn(homeserver_binary()?, args, [("PARLEY_LOG", "debug")]).await
 }
 
 /// One device: an SDK client, its event stream, its profile directory.
@@ -313,6 +344,60 @@ where
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+pub fn users(ds: &[&Device]) -> Vec<UserId> {
+    ds.iter().map(|d| d.user().clone()).collect()
+}
+
+/// Every device in `ds` has the same texts, in the same seq order.
+pub async fn same_order(chat: &ChatId, ds: &[&Device], texts: &[&str]) -> Result<()> {
+    for d in ds {
+        for t in texts {
+            if !d.history(chat).await?.iter().any(|m| m.body == *t) {
+                d.received(chat, t).await?;
+            }
+        }
+    }
+    let order = |h: Vec<parley_client::Message>| -> Vec<(i64, String)> {
+        h.into_iter()
+            .filter(|m| texts.contains(&m.body.as_str()))
+            .map(|m| (m.seq.unwrap_or(-1), m.body))
+            .collect()
+    };
+    let want = order(ds[0].history(chat).await?);
+    for d in &ds[1..] {
+        let got = order(d.history(chat).await?);
+        ensure!(got == want, "{} has {got:?}, want {want:?}", d.user());
+    }
+    Ok(())
+}
+
+/// Every device's MLS epoch for the chat is the same.
+pub async fn same_epoch(chat: &ChatId, ds: &[&Device]) -> Result<u64> {
+    let epochs = || async {
+        let mut epochs = Vec::new();
+        for d in ds {
+            epochs.push(d.client.epoch(chat).await?);
+        }
+        anyhow::Ok(epochs)
+    };
+    eventually("every member is on the same epoch", || async {
+        let e = epochs().await?;
+        Ok(e[0].is_some() && e.iter().all(|x| *x == e[0]))
+    })
+    .await?;
+    epochs().await?[0].ok_or_else(|| anyhow::anyhow!("no epoch"))
+}
+
+pub async fn not_joined(d: &Device, chat: &ChatId) -> Result<()> {
+    let store = d.client.store().clone();
+    eventually(&format!("{} has left {chat}", d.user()), || {
+        let store = store.clone();
+        let chat = chat.clone();
+        async move { Ok(store.chat(&chat).await?.is_some_and(|c| !c.joined)) }
+    })
+    .await
 }
 
 /// The events of `device` so far (non-blocking).

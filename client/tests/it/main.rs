@@ -7,6 +7,7 @@ mod canary;
 mod cli;
 mod devices;
 mod e2e;
+mod federation;
 mod groups;
 mod media;
 mod offline;

@@ -110,6 +110,15 @@ pub struct HubSend {
     pub blobs: Vec<String>,
 }
 
+/// A local user leaving a chat, forwarded by a follower to the chat's hub (follower →
+/// hub). The hub takes the user out of the chat's members (applying it twice changes
+/// nothing) and sends the new chat state to the other followers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HubLeave {
+    pub chat_id: ChatId,
+    pub user_id: UserId,
+}
+
 /// One member's receipts in a chat; a receipt for `n` covers every event up to `n`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FedReceipt {

@@ -11,8 +11,8 @@ pub mod send;
 pub mod version;
 
 pub use events::{
-    ChatKind, ChatSnapshot, Ephemeral, FedEvent, FedReceipt, HubSend, MembershipChange, MlsKind,
-    MlsMeta, SnapshotMember,
+    ChatKind, ChatSnapshot, Ephemeral, FedEvent, FedReceipt, HubLeave, HubSend, MembershipChange,
+    MlsKind, MlsMeta, SnapshotMember,
 };
 pub use payload::Payload;
 

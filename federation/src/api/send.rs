@@ -6,7 +6,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::events::{ChatSnapshot, Ephemeral, FedEvent, FedReceipt, HubSend};
+use super::events::{ChatSnapshot, Ephemeral, FedEvent, FedReceipt, HubLeave, HubSend};
 use crate::error::FedErrorCode;
 use crate::ids::ServerName;
 
@@ -40,12 +40,19 @@ pub struct Request {
     pub receipts: Vec<FedReceipt>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ephemeral: Vec<Ephemeral>,
+    /// Follower → hub: local users leaving chats the receiver hosts.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub leaves: Vec<HubLeave>,
 }
 
 impl Request {
     /// Durable entries, for the [`MAX_ENTRIES`] limit.
     pub fn entries(&self) -> usize {
-        self.sends.len() + self.chats.len() + self.events.len() + self.receipts.len()
+        self.sends.len()
+            + self.chats.len()
+            + self.events.len()
+            + self.receipts.len()
+            + self.leaves.len()
     }
 }
 

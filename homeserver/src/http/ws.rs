@@ -389,6 +389,7 @@ fn inbox_frame(item: InboxItem) -> ServerFrame {
             chat_id,
             receipt,
         },
+        InboxItem::SendResult { frame, .. } => frame,
     }
 }
 

@@ -200,9 +200,60 @@ impl Chats {
         }
     }
 
+    /// Takes `me` out of the chat. For a chat hosted elsewhere the leave is queued for
+    /// its hub (durably, before the answer) and this server's copy stops delivering to
+    /// `me` at once.
     pub async fn leave(&self, chat_id: &ChatId, me: &UserId) -> Result<(), ServiceError> {
+        use crate::store::fed::{FedStore, NewOutboxRow, OutboxKind};
         self.members_as_member(chat_id, me).await?;
+        if chat_id.hub() == self.config.server_name.as_str() {
+            return self.leave_as_hub(chat_id, me).await;
+        }
+        let Some(remote) = &self.remote else {
+            return Err(ServiceError::UnknownChat);
+        };
+        let hub = parley_federation::ServerName::try_from(chat_id.hub())
+            .map_err(|e| ServiceError::Internal(e.to_string()))?;
+        remote.federation.check_allowed(&hub)?;
+        let leave = parley_federation::api::HubLeave {
+            chat_id: super::relay::convert(chat_id).map_err(ServiceError::Internal)?,
+            user_id: super::relay::convert(me).map_err(ServiceError::Internal)?,
+        };
+        let row = NewOutboxRow {
+            destination: hub.to_string(),
+            kind: OutboxKind::Leave,
+            body: serde_json::to_string(&leave)
+                .map_err(|e| ServiceError::Internal(e.to_string()))?,
+        };
+        FedStore::enqueue_outbox(&self.store, &[row], now_ms()).await?;
+        remote.relay.wake([&hub.to_string()]);
         self.store.leave_chat(chat_id, me, now_ms()).await?;
+        Ok(())
+    }
+
+    /// As the chat's hub: takes `user` out of its members (a second time changes
+    /// nothing) and sends the new chat state to the followers that still have members.
+    pub async fn leave_as_hub(&self, chat_id: &ChatId, user: &UserId) -> Result<(), ServiceError> {
+        use crate::store::fed::{ChatRef, FedStore, NewOutboxRow, OutboxKind};
+        let left = self.store.leave_chat(chat_id, user, now_ms()).await?;
+        let Some(remote) = self.remote.as_ref().filter(|_| left) else {
+            return Ok(());
+        };
+        let rows: Vec<NewOutboxRow> =
+            FedStore::chat_followers(&self.store, std::slice::from_ref(chat_id))
+                .await?
+                .into_iter()
+                .flat_map(|(_, servers)| servers)
+                .map(|destination| NewOutboxRow {
+                    destination,
+                    kind: OutboxKind::Snapshot,
+                    body: ChatRef::snapshot(chat_id),
+                })
+                .collect();
+        if !rows.is_empty() {
+            FedStore::enqueue_outbox(&self.store, &rows, now_ms()).await?;
+            remote.relay.wake(rows.iter().map(|r| &r.destination));
+        }
         Ok(())
     }
 

@@ -31,6 +31,13 @@ fn reject(error: FedErrorCode, message: impl Into<String>) -> EntryError {
     }
 }
 
+/// Received transactions older than this (ms) are forgotten: the janitor's cutoff for a
+/// dedup window of `window_days` (never under `config::MIN_DEDUP_WINDOW_DAYS`). Pure.
+pub fn received_cutoff(now_ms: i64, window_days: u32) -> i64 {
+    let days = i64::from(window_days.max(crate::config::MIN_DEDUP_WINDOW_DAYS));
+    now_ms.saturating_sub(days * 24 * 3600 * 1000)
+}
+
 /// Applies one transaction from `origin` and returns the answer.
 pub async fn receive(
     services: &Services,
@@ -59,6 +66,7 @@ pub async fn receive(
         events: follower_events(services, origin, request.chats, request.events).await?,
     };
     receipts(services, origin, request.receipts).await?;
+    leaves(services, origin, request.leaves).await?;
     let json =
         serde_json::to_string(&response).map_err(|e| ServiceError::Internal(e.to_string()))?;
     services
@@ -361,6 +369,29 @@ async fn receipts(
     Ok(())
 }
 
+/// As the hub: the origin's users leaving chats we host.
+async fn leaves(
+    services: &Services,
+    origin: &ServerName,
+    leaves: Vec<parley_federation::api::HubLeave>,
+) -> Result<(), ServiceError> {
+    let local = services.config.server_name.as_str();
+    for l in leaves {
+        let (Ok(chat), Ok(user)) = (
+            convert::<_, ChatId>(&l.chat_id),
+            convert::<_, UserId>(&l.user_id),
+        ) else {
+            continue;
+        };
+        if chat.hub() != local || user.server_name() != origin.as_str() {
+            tracing::warn!(%origin, %chat, %user, "leave refused: not a chat of ours or not the origin's user");
+            continue;
+        }
+        services.chats.leave_as_hub(&chat, &user).await?;
+    }
+    Ok(())
+}
+
 /// A hub's chat state, checked: the origin hosts it and we have a member in it.
 fn snapshot_row(
     s: &ChatSnapshot,
@@ -398,4 +429,20 @@ fn snapshot_row(
         created_at: s.created_at,
         members,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_dedup_window_is_at_least_seven_days() {
+        let day = 24 * 3600 * 1000;
+        assert_eq!(received_cutoff(30 * day, 10), 20 * day);
+        assert_eq!(received_cutoff(30 * day, 7), 23 * day);
+        // A shorter configured window is raised to the minimum.
+        assert_eq!(received_cutoff(30 * day, 1), 23 * day);
+        assert_eq!(received_cutoff(30 * day, 0), 23 * day);
+        assert_eq!(received_cutoff(i64::MIN, 7), i64::MIN);
+    }
 }

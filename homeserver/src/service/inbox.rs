@@ -195,13 +195,29 @@ async fn receipt_pairs(store: &AnyStore, batch: &[AckRequest]) -> Vec<(ChatId, U
     }
 }
 
-/// Deletes what is older than the retention limit, at start and then hourly.
-pub fn spawn_janitor(store: AnyStore, media: super::media::Media, retention_days: u32) {
+/// Deletes what is older than the retention limit, at start and then hourly; with
+/// federation on, also received transactions older than the dedup window (days).
+pub fn spawn_janitor(
+    store: AnyStore,
+    media: super::media::Media,
+    retention_days: u32,
+    dedup_window_days: Option<u32>,
+) {
     tokio::spawn(async move {
         let retention_ms = i64::from(retention_days) * 24 * 3600 * 1000;
         let mut tick = tokio::time::interval(Duration::from_secs(3600));
         loop {
             tick.tick().await;
+            if let Some(days) = dedup_window_days {
+                let cutoff = super::inbound::received_cutoff(now_ms(), days);
+                match crate::store::fed::FedStore::purge_received(&store, cutoff).await {
+                    Ok(0) => {}
+                    Ok(n) => {
+                        tracing::info!(rows = n, "old received federation transactions purged")
+                    }
+                    Err(e) => tracing::warn!(error = %e, "purging received transactions failed"),
+                }
+            }
             match store.purge_expired(now_ms() - retention_ms).await {
                 Ok(p) if p.inbox_rows + p.events > 0 => {
                     tracing::info!(

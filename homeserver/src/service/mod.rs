@@ -115,7 +115,15 @@ impl Services {
                 .map(|(relay, _)| (relay.clone(), config.server_name.to_string())),
         );
         let media = media::Media::from_config(store.clone(), &config)?;
-        inbox::spawn_janitor(store.clone(), media.clone(), config.limits.retention_days);
+        inbox::spawn_janitor(
+            store.clone(),
+            media.clone(),
+            config.limits.retention_days,
+            config
+                .federation
+                .enabled
+                .then(|| config.federation.dedup_window_days()),
+        );
         let federation = if config.federation.enabled {
             let seed = parley_federation::Policy {
                 mode: config.federation.policy.mode,
@@ -135,7 +143,7 @@ impl Services {
         );
         let (relay, remote) = match (&federation, relay_channel) {
             (Some(fed), Some((relay, tasks))) => {
-                relay::spawn(tasks, store.clone(), fed.clone());
+                relay::spawn(tasks, store.clone(), fed.clone(), gateway.clone());
                 (
                     Some(relay.clone()),
                     Some(chats::Remote {

@@ -9,14 +9,20 @@
 //!   the request leaves, so a restarted server resends the same transaction, which the
 //!   receiver answers from its dedup table.
 //! - A forwarded send (follower → hub) is answered by the hub's `seq`: the task hands
-//!   each [`SendResult`] to the client request waiting for that outbox row.
+//!   each [`SendResult`] to the client request waiting for that outbox row. When nobody
+//!   waits any more (the client was answered `pending`, or this server restarted), the
+//!   result goes into the sender device's inbox (`sent_late` / `send_failed`) before the
+//!   rows are deleted: a crash in between resends the transaction, which the hub answers
+//!   again from its dedup table.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use parley_federation::api::send::{self, SendResult};
-use parley_federation::api::{ChatSnapshot, FedEvent, FedReceipt, HubSend, SnapshotMember};
+use parley_federation::api::{
+    ChatSnapshot, FedEvent, FedReceipt, HubLeave, HubSend, SnapshotMember,
+};
 use parley_federation::outbox::{
     Action, DestinationBackoff, Input, Outbox, OutboxConfig, Queued, TxnId,
 };
@@ -27,7 +33,8 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::federation::Federation;
 use crate::clock::now_ms;
-use crate::store::fed::{ChatRef, DestinationRow, FedStore, OutboxKind, OutboxRow};
+use crate::gateway::{Gateway, Outbound};
+use crate::store::fed::{ChatRef, DestinationRow, FedStore, OutboxKind, OutboxRow, SendResultRow};
 use crate::store::{AnyStore, StoreError};
 
 /// How often an idle destination task rereads its rows anyway (rows another node of the
@@ -96,9 +103,10 @@ impl Relay {
         let _ = self.wake.try_send(Wake::Inbound(origin.to_owned()));
     }
 
-    /// Waits up to `timeout` for the hub's answer to outbox row `id`.
+    /// Waits up to `timeout` for the hub's answer to outbox row `id`. None: the answer
+    /// will go to the sender device's inbox instead.
     pub async fn wait_result(&self, id: i64, timeout: Duration) -> Option<SendResult> {
-        let rx = {
+        let mut rx = {
             let mut w = self.waiters.lock().unwrap_or_else(|p| p.into_inner());
             if let Some(result) = w.early.remove(&id) {
                 return Some(result);
@@ -107,40 +115,50 @@ impl Relay {
             w.waiting.insert(id, tx);
             rx
         };
-        let result = tokio::time::timeout(timeout, rx).await.ok()?.ok();
-        if result.is_none() {
-            self.waiters
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .waiting
-                .remove(&id);
+        if let Ok(Ok(result)) = tokio::time::timeout(timeout, &mut rx).await {
+            return Some(result);
         }
-        result
+        // Gave up: unless the relay took our slot meanwhile (then its answer is in `rx`),
+        // the answer will go to the inbox.
+        let mut w = self.waiters.lock().unwrap_or_else(|p| p.into_inner());
+        if w.waiting.remove(&id).is_some() {
+            None
+        } else {
+            rx.try_recv().ok()
+        }
     }
 }
 
 impl Waiters {
-    fn deliver(&mut self, id: i64, result: SendResult) {
+    /// Hands `result` to the request waiting for row `id`. Returns it back when no one
+    /// is sure to see it (no waiter, or one that gave up): the sender device's inbox must
+    /// get it. (An answer that arrives before its request started waiting is kept for
+    /// it, and goes to the inbox too: at worst the device hears it twice.)
+    fn deliver(&mut self, id: i64, result: SendResult) -> Option<SendResult> {
         match self.waiting.remove(&id) {
-            Some(tx) => {
-                let _ = tx.send(result);
-            }
+            Some(tx) => tx.send(result).err(),
             None => {
                 if self.early.len() >= MAX_EARLY {
                     self.early.clear();
                 }
-                self.early.insert(id, result);
+                self.early.insert(id, result.clone());
+                Some(result)
             }
         }
     }
 }
 
 /// Starts the dispatcher: one task per destination with rows, now and as rows appear.
-pub fn spawn(tasks: RelayTasks, store: AnyStore, federation: Federation) {
-    tokio::spawn(dispatch(tasks, store, federation));
+pub fn spawn(tasks: RelayTasks, store: AnyStore, federation: Federation, gateway: Gateway) {
+    tokio::spawn(dispatch(tasks, store, federation, gateway));
 }
 
-async fn dispatch(mut tasks: RelayTasks, store: AnyStore, federation: Federation) {
+async fn dispatch(
+    mut tasks: RelayTasks,
+    store: AnyStore,
+    federation: Federation,
+    gateway: Gateway,
+) {
     let mut running: HashMap<String, mpsc::Sender<Wake>> = HashMap::new();
     let mut ensure = |dest: &str| -> mpsc::Sender<Wake> {
         if let Some(tx) = running.get(dest).filter(|tx| !tx.is_closed()) {
@@ -151,6 +169,7 @@ async fn dispatch(mut tasks: RelayTasks, store: AnyStore, federation: Federation
             name: dest.to_owned(),
             store: store.clone(),
             federation: federation.clone(),
+            gateway: gateway.clone(),
             waiters: tasks.waiters.clone(),
             boot: now_ms(),
         };
@@ -193,6 +212,7 @@ struct Destination {
     name: String,
     store: AnyStore,
     federation: Federation,
+    gateway: Gateway,
     waiters: Arc<Mutex<Waiters>>,
     /// When this task started (ms): prefixes the transaction ids it forms, so ids stay
     /// unique even if the outbox's row ids start over (a database restored or replaced).
@@ -441,14 +461,26 @@ impl Destination {
             .client()
             .send(server, send::METHOD, &path, Some(body))
             .await;
-        let outcome = outcome_of(&result);
+        let mut outcome = outcome_of(&result);
         match &result {
             Ok(resp) if (200..300).contains(&resp.status) => {
                 match serde_json::from_slice::<send::Response>(&resp.body) {
                     Ok(answer) => {
-                        let mut w = self.waiters.lock().unwrap_or_else(|p| p.into_inner());
-                        for (id, result) in send_ids.into_iter().zip(answer.sends) {
-                            w.deliver(id, result);
+                        let late: Vec<(HubSend, SendResult)> = {
+                            let mut w = self.waiters.lock().unwrap_or_else(|p| p.into_inner());
+                            send_ids
+                                .into_iter()
+                                .zip(answer.sends)
+                                .filter_map(|((id, send), result)| {
+                                    Some((send, w.deliver(id, result)?))
+                                })
+                                .collect()
+                        };
+                        if let Err(e) = self.record_late(late).await {
+                            // The rows stay; the resent transaction is answered the same.
+                            tracing::warn!(destination = %self.name, error = %e,
+                                "cannot record the results of forwarded sends");
+                            outcome = Outcome::Network;
                         }
                         for r in answer.events {
                             if let send::EventResult::Rejected(e) = r {
@@ -470,8 +502,40 @@ impl Destination {
         outcome
     }
 
-    /// The wire transaction for `entries`, and the outbox ids of its `sends`, in order.
-    async fn build(&self, entries: &[Entry]) -> Result<(send::Request, Vec<i64>), String> {
+    /// Writes the hub's answers that no client request took into the sender devices'
+    /// inboxes, then pushes them to the devices connected now.
+    async fn record_late(&self, late: Vec<(HubSend, SendResult)>) -> Result<(), StoreError> {
+        if late.is_empty() {
+            return Ok(());
+        }
+        let rows: Vec<SendResultRow> = late
+            .iter()
+            .filter_map(|(send, result)| late_row(send, result))
+            .collect();
+        let written = self.store.record_send_results(&rows, now_ms()).await?;
+        let mut pushes = Vec::with_capacity(written.len());
+        for (i, id) in written {
+            let row = &rows[i];
+            if let Some(crate::store::InboxItem::SendResult { frame, .. }) =
+                crate::store::send_result_item(id, &row.body)
+                && let Ok(json) = serde_json::to_string(&frame)
+            {
+                pushes.push((row.device_id.clone(), Outbound::Frame { id, json }));
+            }
+        }
+        tracing::info!(destination = %self.name, results = pushes.len(),
+            "late results of forwarded sends written to the senders' inboxes");
+        self.gateway.deliver(pushes).await;
+        Ok(())
+    }
+
+    /// The wire transaction for `entries`, and the outbox ids of its `sends` with the
+    /// sends, in order.
+    #[allow(clippy::type_complexity)]
+    async fn build(
+        &self,
+        entries: &[Entry],
+    ) -> Result<(send::Request, Vec<(i64, HubSend)>), String> {
         let origin = self.federation.server_name().clone();
         let mut request = send::Request {
             origin,
@@ -481,6 +545,7 @@ impl Destination {
             events: Vec::new(),
             receipts: Vec::new(),
             ephemeral: Vec::new(),
+            leaves: Vec::new(),
         };
         let mut send_ids = Vec::new();
         let mut event_refs = Vec::new();
@@ -509,12 +574,16 @@ impl Destination {
                 }
                 OutboxKind::Send => {
                     let s: HubSend = serde_json::from_str(&e.body).map_err(|e| e.to_string())?;
+                    send_ids.push((e.id, s.clone()));
                     request.sends.push(s);
-                    send_ids.push(e.id);
                 }
                 OutboxKind::Receipt => {
                     let r: FedReceipt = serde_json::from_str(&e.body).map_err(|e| e.to_string())?;
                     request.receipts.push(r);
+                }
+                OutboxKind::Leave => {
+                    let l: HubLeave = serde_json::from_str(&e.body).map_err(|e| e.to_string())?;
+                    request.leaves.push(l);
                 }
             }
         }
@@ -529,6 +598,65 @@ impl Destination {
             }
         }
         Ok((request, send_ids))
+    }
+}
+
+/// The inbox row telling a forwarded send's device how the hub concluded it (the frame
+/// without its id). Pure.
+fn late_row(send: &HubSend, result: &SendResult) -> Option<SendResultRow> {
+    use parley_client_api::ws::ServerFrame;
+    let chat_id: parley_client_api::ChatId = convert(&send.chat_id).ok()?;
+    let (seq, frame) = match result {
+        SendResult::Accepted { seq, ts, duplicate } => (
+            *seq,
+            ServerFrame::SentLate {
+                id: 0,
+                ack: parley_client_api::http::chats::SendAck {
+                    chat_id: chat_id.clone(),
+                    client_msg_id: send.client_msg_id.clone(),
+                    seq: *seq,
+                    ts: *ts,
+                    duplicate: *duplicate,
+                    pending: false,
+                },
+            },
+        ),
+        SendResult::Rejected(e) => (
+            0,
+            ServerFrame::SendFailed {
+                id: 0,
+                chat_id: chat_id.clone(),
+                client_msg_id: send.client_msg_id.clone(),
+                code: client_code(e.error),
+                message: e.message.clone(),
+                current_epoch: e.current_epoch,
+            },
+        ),
+    };
+    Some(SendResultRow {
+        device_id: convert(&send.sender_device).ok()?,
+        chat_id,
+        sender: convert(&send.sender).ok()?,
+        seq,
+        body: serde_json::to_string(&frame).ok()?,
+    })
+}
+
+/// The client error code for a hub's refusal of a forwarded send.
+fn client_code(e: parley_federation::FedErrorCode) -> parley_client_api::ErrorCode {
+    use parley_client_api::ErrorCode as E;
+    use parley_federation::FedErrorCode as F;
+    match e {
+        F::WrongEpoch => E::WrongEpoch,
+        F::NotMember => E::NotMember,
+        F::UnknownChat => E::UnknownChat,
+        F::UnknownUser => E::UnknownUser,
+        F::NotFound => E::UnknownBlob,
+        F::Forbidden | F::FederationDenied => E::Forbidden,
+        F::InvalidParam | F::BadJson => E::InvalidParam,
+        F::TooLarge => E::TooLarge,
+        F::RateLimited => E::RateLimited,
+        _ => E::Internal,
     }
 }
 

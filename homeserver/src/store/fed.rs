@@ -27,6 +27,8 @@ pub enum OutboxKind {
     Receipt,
     /// `{"chat_id"}`: the current state of a chat we host.
     Snapshot,
+    /// A `HubLeave`: a local user leaving a chat hosted elsewhere.
+    Leave,
 }
 
 impl OutboxKind {
@@ -36,6 +38,7 @@ impl OutboxKind {
             OutboxKind::Send => 1,
             OutboxKind::Receipt => 2,
             OutboxKind::Snapshot => 3,
+            OutboxKind::Leave => 4,
         }
     }
 
@@ -45,6 +48,7 @@ impl OutboxKind {
             1 => OutboxKind::Send,
             2 => OutboxKind::Receipt,
             3 => OutboxKind::Snapshot,
+            4 => OutboxKind::Leave,
             _ => return Err(super::StoreError::Corrupt(format!("outbox kind {v}"))),
         })
     }
@@ -100,6 +104,18 @@ pub struct DestinationRow {
     pub failures: u32,
     pub retry_at: Option<i64>,
     pub parked: bool,
+}
+
+/// The late conclusion of a forwarded send, for its sender device's inbox.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SendResultRow {
+    pub device_id: DeviceId,
+    pub chat_id: ChatId,
+    pub sender: UserId,
+    /// The hub's `seq` (0 when refused).
+    pub seq: i64,
+    /// The `sent_late`/`send_failed` frame, without its id.
+    pub body: String,
 }
 
 /// A chat's state as its hub sent it.
@@ -205,6 +221,15 @@ pub trait FedStore: Send + Sync + 'static {
         response: &str,
         at: i64,
     ) -> impl Future<Output = Result<()>> + Send;
+    /// Deletes received-transaction rows older than `before` (ms); returns how many.
+    fn purge_received(&self, before: i64) -> impl Future<Output = Result<u64>> + Send;
+    /// Writes send results into their devices' inboxes (a device that no longer exists
+    /// gets none); returns `(index in rows, inbox id)` of each row written.
+    fn record_send_results(
+        &self,
+        rows: &[SendResultRow],
+        at: i64,
+    ) -> impl Future<Output = Result<Vec<(usize, i64)>>> + Send;
     /// The chats of these inbox items (read before they are acknowledged).
     fn inbox_chats(
         &self,
@@ -292,6 +317,16 @@ impl FedStore for AnyStore {
         at: i64,
     ) -> Result<()> {
         dispatch!(self, s => s.save_received_txn(origin, txn_id, response, at).await)
+    }
+    async fn purge_received(&self, before: i64) -> Result<u64> {
+        dispatch!(self, s => s.purge_received(before).await)
+    }
+    async fn record_send_results(
+        &self,
+        rows: &[SendResultRow],
+        at: i64,
+    ) -> Result<Vec<(usize, i64)>> {
+        dispatch!(self, s => s.record_send_results(rows, at).await)
     }
     async fn inbox_chats(&self, items: &[(DeviceId, i64)]) -> Result<Vec<(DeviceId, ChatId)>> {
         dispatch!(self, s => s.inbox_chats(items).await)

@@ -9,13 +9,13 @@ use sqlx::{Row, Sqlite, Transaction};
 use super::ReceiptNotice;
 use super::fed::{
     Applied, ChatSnapshotRow, DestinationRow, FedStore, FollowerOp, NewOutboxRow, OutboxKind,
-    OutboxRow, direct_key,
+    OutboxRow, SendResultRow, direct_key,
 };
 use super::plan::ReceiptRow;
 use super::sqlite::{SqliteStore, event_from_row, json_list, upsert_receipts};
 use super::{
-    Result, blobs_to_json, epoch_i64, id, kind_from_i16, kind_to_i16, membership_to_json,
-    mls_kind_to_i16,
+    INBOX_SEND_RESULT, Result, blobs_to_json, epoch_i64, id, kind_from_i16, kind_to_i16,
+    membership_to_json, mls_kind_to_i16,
 };
 
 /// Writes outbox rows inside a caller's transaction.
@@ -432,6 +432,48 @@ impl FedStore for SqliteStore {
         .await?;
         tx.commit().await?;
         Ok(())
+    }
+
+    async fn purge_received(&self, before: i64) -> Result<u64> {
+        let mut tx = self.write_tx().await?;
+        let n = sqlx::query("DELETE FROM federation_received WHERE received_at < ?1")
+            .bind(before)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        tx.commit().await?;
+        Ok(n)
+    }
+
+    async fn record_send_results(
+        &self,
+        rows: &[SendResultRow],
+        at: i64,
+    ) -> Result<Vec<(usize, i64)>> {
+        let mut tx = self.write_tx().await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for (i, r) in rows.iter().enumerate() {
+            let id: Option<i64> = sqlx::query_scalar(
+                "INSERT INTO inbox (device_id, chat_id, kind, seq, sender, created_at, body)
+                 SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7
+                 WHERE EXISTS (SELECT 1 FROM devices WHERE device_id = ?1)
+                 RETURNING id",
+            )
+            .bind(r.device_id.as_str())
+            .bind(r.chat_id.as_str())
+            .bind(INBOX_SEND_RESULT)
+            .bind(r.seq)
+            .bind(r.sender.as_str())
+            .bind(at)
+            .bind(&r.body)
+            .fetch_optional(&mut *tx)
+            .await?;
+            if let Some(id) = id {
+                out.push((i, id));
+            }
+        }
+        tx.commit().await?;
+        Ok(out)
     }
 
     async fn inbox_chats(&self, items: &[(DeviceId, i64)]) -> Result<Vec<(DeviceId, ChatId)>> {

@@ -130,14 +130,36 @@ pub enum InboxItem {
         chat_id: ChatId,
         receipt: Receipt,
     },
+    /// The conclusion of a forwarded send that was answered `pending`: a `sent_late` or
+    /// `send_failed` frame carrying this item's id.
+    SendResult {
+        id: i64,
+        frame: parley_client_api::ws::ServerFrame,
+    },
 }
 
 impl InboxItem {
     pub fn id(&self) -> i64 {
         match self {
-            InboxItem::Event { id, .. } | InboxItem::Receipt { id, .. } => *id,
+            InboxItem::Event { id, .. }
+            | InboxItem::Receipt { id, .. }
+            | InboxItem::SendResult { id, .. } => *id,
         }
     }
+}
+
+/// A stored `sent_late`/`send_failed` frame (kept without its id) as the inbox item
+/// `id`; None if the body is not such a frame.
+pub(crate) fn send_result_item(id: i64, body: &str) -> Option<InboxItem> {
+    use parley_client_api::ws::ServerFrame;
+    let mut frame: ServerFrame = serde_json::from_str(body).ok()?;
+    match &mut frame {
+        ServerFrame::SentLate { id: slot, .. } | ServerFrame::SendFailed { id: slot, .. } => {
+            *slot = id;
+        }
+        _ => return None,
+    }
+    Some(InboxItem::SendResult { id, frame })
 }
 
 /// One device's acknowledgement of inbox items.
@@ -714,3 +736,5 @@ pub(crate) fn epoch_i64(e: u64) -> i64 {
 
 pub(crate) const INBOX_EVENT: i16 = 0;
 pub(crate) const INBOX_RECEIPT: i16 = 1;
+/// A forwarded send's late conclusion (`inbox.body` holds the frame).
+pub(crate) const INBOX_SEND_RESULT: i16 = 2;

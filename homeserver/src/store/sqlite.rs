@@ -21,10 +21,10 @@ use super::fed::snapshot_rows;
 use super::plan::{self, AckedRow, ChatState, ReceiptRow, SendOutcome};
 use super::{
     AckRequest, BlobRow, ChatInfo, ChatListRow, ClaimedKeyPackage, DeviceRow, INBOX_RECEIPT,
-    InboxItem, KeyPackageCount, NewChat, NewDevice, NewUser, Purged, ReceiptNotice, Result,
-    SendRequest, Stats, Store, StoreError, UploadStart, blobs_from_json, blobs_to_json, epoch_i64,
-    id, kind_from_i16, kind_to_i16, membership_from_json, membership_to_json, mls_from_columns,
-    mls_kind_to_i16, size_i64,
+    INBOX_SEND_RESULT, InboxItem, KeyPackageCount, NewChat, NewDevice, NewUser, Purged,
+    ReceiptNotice, Result, SendRequest, Stats, Store, StoreError, UploadStart, blobs_from_json,
+    blobs_to_json, epoch_i64, id, kind_from_i16, kind_to_i16, membership_from_json,
+    membership_to_json, mls_from_columns, mls_kind_to_i16, size_i64,
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -600,7 +600,7 @@ impl Store for SqliteStore {
         limit: u32,
     ) -> Result<Vec<InboxItem>> {
         let rows = sqlx::query(
-            "SELECT i.id, i.kind, i.chat_id, i.seq, i.sender, i.delivered_seq, i.read_seq,
+            "SELECT i.id, i.kind, i.chat_id, i.seq, i.sender, i.delivered_seq, i.read_seq, i.body,
                     e.sender_device, e.client_msg_id, e.ts, e.payload, e.mls_kind, e.mls_epoch,
                     e.membership, e.blobs
              FROM inbox i
@@ -616,6 +616,14 @@ impl Store for SqliteStore {
         for r in &rows {
             let item_id: i64 = r.get("id");
             let chat_id: ChatId = id(r.get("chat_id"))?;
+            if r.get::<i16, _>("kind") == INBOX_SEND_RESULT {
+                let body: Option<String> = r.get("body");
+                match body.and_then(|b| crate::store::send_result_item(item_id, &b)) {
+                    Some(item) => items.push(item),
+                    None => tracing::warn!(item_id, "unreadable send result in the inbox"),
+                }
+                continue;
+            }
             if r.get::<i16, _>("kind") == INBOX_RECEIPT {
                 items.push(InboxItem::Receipt {
                     id: item_id,

@@ -12,7 +12,8 @@ macro_rules! suite {
 
 suite!(
     one_node_at_a_time_drives_a_destination,
-    outbox_rows_keep_their_order_and_txn
+    outbox_rows_keep_their_order_and_txn,
+    old_received_transactions_are_purged,
 );
 
 async fn one_node_at_a_time_drives_a_destination<S: FedStore>(s: S) -> Result<()> {
@@ -56,5 +57,19 @@ async fn outbox_rows_keep_their_order_and_txn<S: FedStore>(s: S) -> Result<()> {
     s.outbox_delete(&[ids[0], ids[2]]).await?;
     ensure!(s.outbox_rows(Some("b.org")).await?.is_empty());
     ensure!(s.outbox_destinations().await? == ["c.org"]);
+    Ok(())
+}
+
+async fn old_received_transactions_are_purged<S: FedStore>(s: S) -> Result<()> {
+    let day = 24 * 3600 * 1000;
+    s.save_received_txn("b.org", "old", "{}", 1_000).await?;
+    s.save_received_txn("b.org", "new", "{}", 9 * day).await?;
+    // The janitor's cutoff a little over 8 days later: only the old row goes.
+    let cutoff = parley_homeserver::service::inbound::received_cutoff(9 * day, 8);
+    ensure!(cutoff == day, "{cutoff}");
+    ensure!(s.purge_received(cutoff).await? == 1);
+    ensure!(s.received_txn("b.org", "old").await?.is_none());
+    ensure!(s.received_txn("b.org", "new").await?.as_deref() == Some("{}"));
+    ensure!(s.purge_received(cutoff).await? == 0);
     Ok(())
 }

@@ -19,6 +19,8 @@ crate::on_both_backends!(
     sends_wait_in_the_outbox_while_the_hub_is_down,
     peers_cannot_act_for_chats_or_users_they_do_not_own,
     receipts_cross_servers,
+    a_pending_send_concludes_on_the_sending_device,
+    leaving_on_a_follower_reaches_the_hub,
 );
 
 /// Waits up to 20 s for `n` events on `ws`, acking them; returns them in arrival order.
@@ -425,6 +427,193 @@ async fn receipts_cross_servers(backend: Backend) -> Result<()> {
         bob_row["delivered_seq"] == 1 && bob_row["read_seq"] == 1,
         "{bob_row}"
     );
+    Ok(())
+}
+
+/// The next `sent_late`/`send_failed` frame on `ws` (acking events on the way).
+async fn late_result(ws: &mut Ws) -> Result<ServerFrame> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match ws.next_within(left).await? {
+            Some(f @ (ServerFrame::SentLate { .. } | ServerFrame::SendFailed { .. })) => {
+                return Ok(f);
+            }
+            Some(ServerFrame::Event { id, .. }) => ws.ack(vec![id]).await?,
+            Some(_) => {}
+            None => bail!("no late send result"),
+        }
+    }
+}
+
+async fn a_pending_send_concludes_on_the_sending_device(backend: Backend) -> Result<()> {
+    use parley_client_api::http::chats::{MlsKind, MlsMeta};
+    use parley_client_api::ws::ClientFrame;
+    let mut a = Server::start_peer(backend, "127.0.0.1", "").await?;
+    let b = Server::start_peer(backend, "127.0.0.2", "forward_wait_ms = 300").await?;
+    let alice = a.register("alice").await?;
+    let bob = b.register("bob").await?;
+    let chat = a.create_chat(&alice, &[&bob]).await?;
+    wait_listed(&b, &bob, &chat).await?;
+    assert_eq!(send_ok(&b, &bob, &chat, "b1").await?, 1);
+    let mut bob_ws = b.connect(&bob).await?;
+    bob_ws.until_synced().await?;
+
+    // The hub is down: bob's sends are answered pending, one fine, one the hub will
+    // refuse (a commit for an epoch the chat is not at).
+    a.stop_hard().await?;
+    bob_ws
+        .send(&ClientFrame::send(chat.clone(), "b2", b"b2".to_vec()))
+        .await?;
+    bob_ws
+        .send(&ClientFrame::Send {
+            chat_id: chat.clone(),
+            client_msg_id: "bad".into(),
+            payload: b"commit".to_vec().into(),
+            mls: Some(MlsMeta {
+                kind: MlsKind::Commit,
+                epoch: 7,
+            }),
+            membership: None,
+            blobs: Vec::new(),
+        })
+        .await?;
+    for _ in 0..2 {
+        match bob_ws.next().await? {
+            ServerFrame::Sent { ack } => ensure!(ack.pending && ack.seq == 0, "{ack:?}"),
+            other => bail!("expected a pending ack: {other:?}"),
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    a.restart().await?;
+
+    // Bob's device learns both conclusions, in the order sent, as inbox items: they come
+    // again after a reconnect until acknowledged.
+    let first = late_result(&mut bob_ws).await?;
+    let ServerFrame::SentLate { ack, .. } = &first else {
+        bail!("b2: {first:?}")
+    };
+    ensure!(
+        ack.client_msg_id == "b2" && ack.seq == 2 && ack.chat_id == chat,
+        "{ack:?}"
+    );
+    let second = late_result(&mut bob_ws).await?;
+    let ServerFrame::SendFailed {
+        client_msg_id,
+        code,
+        current_epoch,
+        ..
+    } = &second
+    else {
+        bail!("bad: {second:?}")
+    };
+    ensure!(
+        client_msg_id == "bad" && code.as_str() == "wrong_epoch",
+        "{second:?}"
+    );
+    ensure!(*current_epoch == Some(0), "{second:?}");
+    bob_ws.close().await?;
+    let mut bob_ws = b.connect(&bob).await?;
+    let replay = bob_ws.until_synced().await?;
+    let ids: Vec<i64> = replay.iter().filter_map(ServerFrame::inbox_id).collect();
+    ensure!(
+        replay.contains(&first) && replay.contains(&second),
+        "replay: {replay:?}"
+    );
+    bob_ws.ack(ids).await?;
+    bob_ws.close().await?;
+    let mut bob_ws = b.connect(&bob).await?;
+    let replay = bob_ws.until_synced().await?;
+    ensure!(
+        !replay.iter().any(|f| matches!(
+            f,
+            ServerFrame::SentLate { .. } | ServerFrame::SendFailed { .. }
+        )),
+        "acknowledged results came again: {replay:?}"
+    );
+    // The hub stored b2 and nothing of the refused one.
+    let mut alice_ws = a.connect(&alice).await?;
+    let got = events(&mut alice_ws, 2).await?;
+    assert_eq!(texts(&got), [(1, "b1".into()), (2, "b2".into())]);
+    no_more_events(&mut alice_ws, Duration::from_millis(500)).await?;
+    Ok(())
+}
+
+async fn leaving_on_a_follower_reaches_the_hub(backend: Backend) -> Result<()> {
+    let a = Server::start_peer(backend, "127.0.0.1", "").await?;
+    let b = Server::start_peer(backend, "127.0.0.2", "").await?;
+    let c = Server::start_peer(backend, "127.0.0.3", "").await?;
+    let alice = a.register("alice").await?;
+    let bob = b.register("bob").await?;
+    let bert = b.register("bert").await?;
+    let carol = c.register("carol").await?;
+    let chat = create_group(&a, &alice, &[&bob, &bert, &carol]).await?;
+    for (server, user) in [(&b, &bob), (&b, &bert), (&c, &carol)] {
+        wait_listed(server, user, &chat).await?;
+    }
+    let mut bob_ws = b.connect(&bob).await?;
+    let mut bert_ws = b.connect(&bert).await?;
+    let mut carol_ws = c.connect(&carol).await?;
+    for ws in [&mut bob_ws, &mut bert_ws, &mut carol_ws] {
+        ws.until_synced().await?;
+    }
+    assert_eq!(send_ok(&a, &alice, &chat, "m1").await?, 1);
+    for ws in [&mut bob_ws, &mut bert_ws, &mut carol_ws] {
+        events(ws, 1).await?;
+    }
+
+    // Bob leaves on his own server: the hub's member list loses him, and so do the
+    // other servers' copies.
+    let (status, body) = b
+        .post(
+            &format!("/v1/chats/{chat}/leave"),
+            Some(&bob.token),
+            json!({}),
+        )
+        .await?;
+    ensure!(status.is_success(), "{status} {body}");
+    let without_bob = |rows: Vec<parley_client_api::http::chats::ChatSummary>| {
+        rows.iter()
+            .any(|r| r.chat_id == chat && r.members.len() == 3 && !r.members.contains(&bob.user_id))
+    };
+    let mut done = false;
+    for _ in 0..200 {
+        if without_bob(a.chats(&alice).await?) && without_bob(c.chats(&carol).await?) {
+            done = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    ensure!(
+        done,
+        "the hub or carol's server still lists bob: {:?}",
+        a.chats(&alice).await?
+    );
+    // Bob is out on his server too; nobody delivers to him any more.
+    let (status, body) = b
+        .get(&format!("/v1/chats/{chat}/events?after=0"), &bob.token)
+        .await?;
+    ensure!(
+        status == StatusCode::FORBIDDEN && body["error"] == "not_member",
+        "{status} {body}"
+    );
+    assert_eq!(send_ok(&a, &alice, &chat, "m2").await?, 2);
+    assert_eq!(send_ok(&b, &bert, &chat, "m3").await?, 3);
+    assert_eq!(
+        texts(&events(&mut carol_ws, 2).await?),
+        [(2, "m2".into()), (3, "m3".into())]
+    );
+    assert_eq!(texts(&events(&mut bert_ws, 1).await?), [(2, "m2".into())]);
+    no_more_events(&mut bob_ws, Duration::from_millis(500)).await?;
+    // Leaving again is refused: he is no member.
+    let (status, _) = b
+        .post(
+            &format!("/v1/chats/{chat}/leave"),
+            Some(&bob.token),
+            json!({}),
+        )
+        .await?;
+    ensure!(status == StatusCode::FORBIDDEN, "{status}");
     Ok(())
 }
 

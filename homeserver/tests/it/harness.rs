@@ -9,7 +9,7 @@ use parley_client_api::http::accounts::Session;
 use parley_client_api::http::chats::ChatSummary;
 use parley_client_api::ws::{ClientFrame, ServerFrame};
 use parley_client_api::{ChatId, Payload, UserId};
-use parley_testkit::{PgDatabase, ServerProcess};
+use parley_testkit::{PgDatabase, ServerProcess, homeserver};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use tokio::net::TcpStream;
@@ -93,10 +93,9 @@ impl Server {
     /// A federating server on `ip` (e.g. `127.0.0.2`) with a fixed free port: its
     /// server name is `ip:port`, so peers can reach it by name (test mode).
     pub async fn start_federated(backend: Backend, ip: &str, extra: &[&str]) -> Result<Self> {
-        let addr = format!("{ip}:{}", parley_testkit::free_port(ip));
         let mut args = vec!["--federation", "--federation-test-mode"];
         args.extend_from_slice(extra);
-        Self::start_as(backend, (addr.clone(), addr), &args, &[]).await
+        Self::start_as(backend, homeserver::peer_identity(ip), &args, &[]).await
     }
 
     /// A federating server on `ip` that allows the loopback peers 127.0.0.1–5 (any
@@ -114,18 +113,10 @@ impl Server {
     ) -> Result<Self> {
         let dir = tempfile::tempdir()?;
         let path = dir.path().join("peer.toml");
-        let rules: Vec<String> = (1..=5)
-            .map(|i| format!("{{pattern = \"127.0.0.{i}:*\", action = \"allow\"}}"))
-            .collect();
-        std::fs::write(
-            &path,
-            format!(
-                "{top}\n[federation]\n{toml}\n[federation.policy]\nrules = [{}]\n",
-                rules.join(", ")
-            ),
-        )?;
-        let path = path.to_str().context("config path")?.to_owned();
-        let mut server = Self::start_federated(backend, ip, &["--config", &path]).await?;
+        std::fs::write(&path, homeserver::peer_config(top, toml))?;
+        let args = homeserver::peer_args(&path);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let mut server = Self::start_as(backend, homeserver::peer_identity(ip), &args, &[]).await?;
         server.keep.push(dir);
         Ok(server)
     }
@@ -367,16 +358,7 @@ async fn spawn(
     extra: &[String],
     env: &[(String, String)],
 ) -> Result<ServerProcess> {
-    let mut args = vec![
-        "--listen".to_owned(),
-        listen.clone(),
-        "--server-name".into(),
-        server_name.clone(),
-        "--database-url".into(),
-        database_url.into(),
-        "--data-dir".into(),
-        data_dir.display().to_string(),
-    ];
+    let mut args = homeserver::base_args(listen, server_name, database_url, data_dir);
     args.extend_from_slice(extra);
     ServerProcess::spawn(
         env!("CARGO_BIN_EXE_parley-homeserver"),

@@ -334,7 +334,7 @@ fn event_seqs(items: &[InboxItem]) -> Vec<i64> {
         .iter()
         .filter_map(|i| match i {
             InboxItem::Event { event, .. } => Some(event.seq),
-            InboxItem::Receipt { .. } => None,
+            InboxItem::Receipt { .. } | InboxItem::SendResult { .. } => None,
         })
         .collect()
 }
