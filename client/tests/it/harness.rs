@@ -350,13 +350,19 @@ pub fn users(ds: &[&Device]) -> Vec<UserId> {
     ds.iter().map(|d| d.user().clone()).collect()
 }
 
-/// Every device in `ds` has the same texts, in the same seq order.
+/// Every device in `ds` has the same texts, in the same seq order (waiting until each
+/// has them all with their `seq`: an own message has none until the hub ordered it).
 pub async fn same_order(chat: &ChatId, ds: &[&Device], texts: &[&str]) -> Result<()> {
     for d in ds {
         for t in texts {
-            if !d.history(chat).await?.iter().any(|m| m.body == *t) {
-                d.received(chat, t).await?;
-            }
+            let what = format!("{} has {t:?} with its seq", d.user());
+            eventually(&what, || async {
+                Ok(d.history(chat)
+                    .await?
+                    .iter()
+                    .any(|m| m.body == *t && m.seq.is_some()))
+            })
+            .await?;
         }
     }
     let order = |h: Vec<parley_client::Message>| -> Vec<(i64, String)> {
