@@ -1,6 +1,6 @@
 //! Users on three federated homeservers (127.0.0.2, .3, .4) through the real SDK and
 //! real MLS: a 1:1 across servers, a group spanning all three (hub order on every
-//! device, a remote member added and removed, "delivered to N of M"), a follower
+//! device, a remote member added, removed and leaving, "delivered to N of M"), a follower
 //! stopped and restarted mid-conversation, and a send the hub takes only after it comes
 //! back (✓ sent with its seq, late) or refuses (failed).
 
@@ -139,6 +139,26 @@ async fn a_direct_chat_and_a_group_across_three_servers(backend: Backend) -> Res
     ensure!(
         !members.members.iter().any(|m| m.user_id == *alice.user()),
         "{members:?}"
+    );
+
+    // A remote member leaves by herself (carol, on C): the hub drops her, a remaining
+    // member commits her leaf's removal, and the others go on without her.
+    carol.client.leave(&group).await?;
+    not_joined(&carol, &group).await?;
+    dave.client.send_text(&group, "after carol").await?;
+    same_order(&group, &[&bob, &dave], &["after carol"]).await?;
+    same_epoch(&group, &[&bob, &dave]).await?;
+    ensure!(
+        !carol
+            .history(&group)
+            .await?
+            .iter()
+            .any(|m| m.body == "after carol")
+    );
+    let left: Vec<_> = bob.client.members(&group).await?.members;
+    ensure!(
+        left.iter().map(|m| &m.user_id).collect::<Vec<_>>() == [bob.user(), dave.user()],
+        "{left:?}"
     );
     Ok(())
 }
