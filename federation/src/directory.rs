@@ -40,6 +40,8 @@ pub const MAX_CACHE_SECS: i64 = 24 * 3600;
 pub const DEFAULT_CACHE_SECS: i64 = 3600;
 /// Least time between two fetches of one origin's directory, in ms.
 pub const MIN_REFETCH_MS: i64 = 60_000;
+/// Most multiaddrs kept from one directory.
+pub const MAX_MULTIADDRS: usize = 16;
 /// Largest directory body a client reads.
 pub const MAX_DIRECTORY_BYTES: usize = 64 * 1024;
 
@@ -67,6 +69,14 @@ pub struct DirectoryDocument {
     pub keys: Vec<Jwk>,
     #[serde(rename = "parley_retired_keys", default)]
     pub retired_keys: Vec<Jwk>,
+    /// The libp2p multiaddrs the server accepts federation on (without `/p2p/`: the
+    /// PeerId follows from the keys). Empty when it federates over HTTP only.
+    #[serde(
+        rename = "parley_multiaddrs",
+        default,
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub multiaddrs: Vec<String>,
 }
 
 /// A current key and its validity (seconds since the epoch; `None` = unbounded).
@@ -138,6 +148,18 @@ pub fn build_response(
     now_ms: i64,
     cache_secs: i64,
 ) -> Result<DirectoryResponse, BuildError> {
+    build_response_with(our_name, current, retired, &[], now_ms, cache_secs)
+}
+
+/// [`build_response`] advertising the libp2p `multiaddrs` federation is accepted on.
+pub fn build_response_with(
+    our_name: &ServerName,
+    current: &[KeyToPublish<'_>],
+    retired: &[RetiredKey],
+    multiaddrs: &[String],
+    now_ms: i64,
+    cache_secs: i64,
+) -> Result<DirectoryResponse, BuildError> {
     if current.is_empty() {
         return Err(BuildError::NoKeys);
     }
@@ -154,6 +176,7 @@ pub fn build_response(
                 ..jwk(&r.key, None, None)
             })
             .collect(),
+        multiaddrs: multiaddrs.to_vec(),
     };
     let body = serde_json::to_vec(&doc).map_err(|e| BuildError::Encode(e.to_string()))?;
     let cache_secs = cache_secs.clamp(0, MAX_CACHE_SECS);
@@ -221,6 +244,8 @@ pub enum DirectoryError {
 pub struct VerifiedDirectory {
     pub keys: Vec<PublishedKey>,
     pub retired: Vec<RetiredKey>,
+    /// Advertised libp2p multiaddrs (unparsed; the transport parses them).
+    pub multiaddrs: Vec<String>,
 }
 
 /// Parses and verifies a directory fetched from `authority` at `now_ms`. Keys whose
@@ -293,7 +318,12 @@ pub fn verify_response(
             })
         })
         .collect();
-    Ok(VerifiedDirectory { keys, retired })
+    let multiaddrs = doc.multiaddrs.into_iter().take(MAX_MULTIADDRS).collect();
+    Ok(VerifiedDirectory {
+        keys,
+        retired,
+        multiaddrs,
+    })
 }
 
 fn request_header(headers: &[(String, String)], name: &str) -> Option<String> {
@@ -516,6 +546,7 @@ mod tests {
                 })
                 .collect(),
             retired: Vec::new(),
+            multiaddrs: Vec::new(),
         }
     }
 

@@ -33,6 +33,8 @@ pub enum FedErrorCode {
     StaleSignature,
     /// The nonce was already used.
     ReplayedNonce,
+    /// Over libp2p: the connection's PeerId is not the key that signed the request.
+    PeerMismatch,
     /// Policy refuses federation with the origin (or with the destination).
     FederationDenied,
     /// The origin has no members in the chat it sends events for.
@@ -66,7 +68,7 @@ impl FedErrorCode {
         match self {
             MissingSignature | MalformedSignature | WrongProfile | MissingComponent
             | BadSignatureAgent | UnknownKey | BadSignature | BadDigest | StaleSignature
-            | ReplayedNonce => 401,
+            | ReplayedNonce | PeerMismatch => 401,
             FederationDenied | NotMember | Forbidden => 403,
             BadJson | InvalidParam => 400,
             UnknownUser | UnknownChat | NotFound => 404,
@@ -91,6 +93,7 @@ impl FedErrorCode {
             BadDigest => "bad_digest",
             StaleSignature => "stale_signature",
             ReplayedNonce => "replayed_nonce",
+            PeerMismatch => "peer_mismatch",
             FederationDenied => "federation_denied",
             NotMember => "not_member",
             Forbidden => "forbidden",

@@ -159,6 +159,42 @@ pub struct FederationConfig {
     /// same (days; default and minimum 7: a peer's backoff reaches 24 h, and a peer may
     /// be down for days before it resends).
     pub dedup_window_days: Option<u32>,
+    /// Federation over libp2p (`[federation.libp2p]`).
+    pub libp2p: Libp2pSection,
+}
+
+/// `[federation.libp2p]`: a second transport for the same federation requests. Off
+/// unless `listen` or `peers` is set.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Libp2pSection {
+    /// Multiaddrs to listen on, e.g. `["/ip4/0.0.0.0/tcp/8449"]`.
+    pub listen: Vec<String>,
+    /// Multiaddrs advertised in the key directory (default: the listen addresses that
+    /// are not `0.0.0.0`/`::`). Put the public (or port-forwarded) address here.
+    pub external: Vec<String>,
+    /// Servers always reached over libp2p: server name → multiaddr.
+    pub peers: std::collections::BTreeMap<String, String>,
+    /// Reach any other server over libp2p when its key directory advertises
+    /// multiaddrs (default true); otherwise only `peers` are.
+    pub auto: bool,
+}
+
+impl Default for Libp2pSection {
+    fn default() -> Self {
+        Self {
+            listen: Vec::new(),
+            external: Vec::new(),
+            peers: std::collections::BTreeMap::new(),
+            auto: true,
+        }
+    }
+}
+
+impl Libp2pSection {
+    pub fn enabled(&self) -> bool {
+        !self.listen.is_empty() || !self.peers.is_empty()
+    }
 }
 
 /// The shortest dedup window for received transactions (days).

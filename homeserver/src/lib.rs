@@ -59,6 +59,11 @@ pub async fn run(
         Arc::new(metrics::Metrics::new()),
     )
     .await?;
+    if let Some(fed) = &services.federation
+        && config.federation.libp2p.enabled()
+    {
+        http::federation::start_libp2p(&services, fed).await?;
+    }
     let cancel = CancellationToken::new();
     let state = AppState {
         services,

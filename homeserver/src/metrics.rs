@@ -12,6 +12,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
+use parley_federation::transport::libp2p::Libp2pStats;
+
 pub struct Metrics {
     registry: Registry,
     /// Device sockets open now.
@@ -31,6 +33,17 @@ pub struct Metrics {
     /// Federation requests refused before any handler ran, by the protocol error code
     /// (`missing_signature`, `federation_denied`, `too_large`, …).
     federation_rejected: Family<ReasonLabel, Counter>,
+    /// Federation requests carried over libp2p, by direction (synced from the
+    /// transport's own counters at scrape time).
+    libp2p_requests: Family<DirectionLabel, Counter>,
+    libp2p: std::sync::OnceLock<std::sync::Arc<Libp2pStats>>,
+    render_lock: std::sync::Mutex<()>,
+}
+
+/// The `direction` label: `inbound` (served) or `outbound` (sent and answered).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DirectionLabel {
+    direction: &'static str,
 }
 
 /// The `reason` label: a stable, machine-readable error code.
@@ -57,6 +70,7 @@ impl Metrics {
         let acks = Counter::default();
         let inbox_depth = Gauge::default();
         let federation_rejected = Family::<ReasonLabel, Counter>::default();
+        let libp2p_requests = Family::<DirectionLabel, Counter>::default();
         registry.register(
             "connected_sockets",
             "Device sockets open now",
@@ -97,6 +111,11 @@ impl Metrics {
             "Federation requests refused by the verifier or the body limit, by error code",
             federation_rejected.clone(),
         );
+        registry.register(
+            "federation_libp2p_requests",
+            "Federation requests carried over libp2p, by direction",
+            libp2p_requests.clone(),
+        );
         Self {
             registry,
             sockets,
@@ -107,7 +126,15 @@ impl Metrics {
             acks,
             inbox_depth,
             federation_rejected,
+            libp2p_requests,
+            libp2p: std::sync::OnceLock::new(),
+            render_lock: std::sync::Mutex::new(()),
         }
+    }
+
+    /// Reports the libp2p transport's request counts from now on.
+    pub fn attach_libp2p(&self, stats: std::sync::Arc<Libp2pStats>) {
+        let _ = self.libp2p.set(stats);
     }
 
     /// Counts one refused federation request under its error code.
@@ -119,6 +146,19 @@ impl Metrics {
 
     /// The text exposition of every metric.
     pub fn render(&self) -> String {
+        let _one_at_a_time = self.render_lock.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(stats) = self.libp2p.get() {
+            use std::sync::atomic::Ordering::Relaxed;
+            for (direction, value) in [
+                ("inbound", stats.inbound.load(Relaxed)),
+                ("outbound", stats.outbound.load(Relaxed)),
+            ] {
+                let counter = self
+                    .libp2p_requests
+                    .get_or_create(&DirectionLabel { direction });
+                counter.inc_by(value.saturating_sub(counter.get()));
+            }
+        }
         let mut out = String::new();
         if encode(&mut out, &self.registry).is_err() {
             out.clear();

@@ -18,9 +18,11 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use libp2p::Multiaddr;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use super::libp2p::Libp2pRoutes;
 use super::system_now_ms;
 use crate::api::Method;
 use crate::directory::{self, DirectoryResponse, KeyCache, Lookup, VerifiedDirectory};
@@ -109,12 +111,14 @@ pub fn outcome_of(result: &Result<FedResponse, ClientError>) -> Outcome {
     }
 }
 
-/// Sends signed federation requests as one origin.
+/// Sends signed federation requests as one origin, over HTTP, or over libp2p to the
+/// servers [`Libp2pRoutes`] names.
 #[derive(Debug, Clone)]
 pub struct FederationClient {
     http: reqwest::Client,
     signer: Arc<RequestSigner>,
     config: ClientConfig,
+    libp2p: Option<Arc<Libp2pRoutes>>,
 }
 
 impl FederationClient {
@@ -136,7 +140,30 @@ impl FederationClient {
             http,
             signer: Arc::new(signer),
             config,
+            libp2p: None,
         })
+    }
+
+    /// Sends to the servers `routes` names over libp2p.
+    pub fn with_libp2p(mut self, routes: Arc<Libp2pRoutes>) -> Self {
+        self.libp2p = Some(routes);
+        self
+    }
+
+    /// The libp2p address `destination` is reached at, if it is reached over libp2p
+    /// (looking at its key directory first in auto mode).
+    async fn libp2p_route(
+        &self,
+        destination: &ServerName,
+    ) -> Option<(Arc<Libp2pRoutes>, Multiaddr)> {
+        let routes = self.libp2p.as_ref()?;
+        if routes.should_look_up(destination, system_now_ms())
+            && let Err(e) = self.fetch_directory(destination).await
+        {
+            tracing::debug!(%destination, "no key directory, so no libp2p route: {e}");
+        }
+        let addr = routes.route(destination)?;
+        Some((routes.clone(), addr))
     }
 
     pub fn signer(&self) -> &RequestSigner {
@@ -185,6 +212,29 @@ impl FederationClient {
             system_now_ms(),
             &random_nonce(),
         )?;
+        if let Some((routes, addr)) = self.libp2p_route(destination).await {
+            let target = match url.query() {
+                Some(q) => format!("{}?{q}", url.path()),
+                None => url.path().to_owned(),
+            };
+            let mut req = http::Request::builder()
+                .method(method.as_str())
+                .uri(target)
+                .header(http::header::HOST, destination.as_str());
+            for (name, value) in headers.to_vec() {
+                req = req.header(name, value);
+            }
+            if !body.is_empty() {
+                req = req.header(http::header::CONTENT_TYPE, "application/json");
+            }
+            let req = req
+                .body(Bytes::from(body))
+                .map_err(|e| ClientError::Target(e.to_string()))?;
+            return routes
+                .node()
+                .request(destination, &addr, req, self.config.max_response_bytes)
+                .await;
+        }
         let method = reqwest::Method::from_bytes(method.as_str().as_bytes())
             .map_err(|e| ClientError::Target(e.to_string()))?;
         let mut req = self.http.request(method, url);
@@ -248,15 +298,24 @@ impl FederationClient {
         &self,
         server: &ServerName,
     ) -> Result<(VerifiedDirectory, i64), ClientError> {
-        let url = self.url(server, directory::PATH)?;
-        let resp = self
-            .http
-            .get(url)
-            .header("accept", directory::MEDIA_TYPE)
-            .send()
-            .await
-            .map_err(map_reqwest)?;
-        let resp = self.read(resp).await?;
+        let routed = self
+            .libp2p
+            .as_ref()
+            .and_then(|r| Some((r, r.route(server)?)));
+        let resp = match routed {
+            Some((routes, addr)) => {
+                let req = http::Request::get(directory::PATH)
+                    .header(http::header::HOST, server.as_str())
+                    .header(http::header::ACCEPT, directory::MEDIA_TYPE)
+                    .body(Bytes::new())
+                    .map_err(|e| ClientError::Target(e.to_string()))?;
+                routes
+                    .node()
+                    .request(server, &addr, req, directory::MAX_DIRECTORY_BYTES)
+                    .await?
+            }
+            None => self.fetch_directory_http(server).await?,
+        };
         if resp.status != 200 {
             return Err(ClientError::Status {
                 status: resp.status,
@@ -271,7 +330,22 @@ impl FederationClient {
         let secs = directory::cache_secs(cache_control);
         let verified =
             directory::verify_response(server, &resp.headers, &resp.body, system_now_ms())?;
+        if let Some(routes) = &self.libp2p {
+            routes.learn(server, &verified, system_now_ms());
+        }
         Ok((verified, secs))
+    }
+
+    async fn fetch_directory_http(&self, server: &ServerName) -> Result<FedResponse, ClientError> {
+        let url = self.url(server, directory::PATH)?;
+        let resp = self
+            .http
+            .get(url)
+            .header("accept", directory::MEDIA_TYPE)
+            .send()
+            .await
+            .map_err(map_reqwest)?;
+        self.read(resp).await
     }
 }
 
@@ -487,6 +561,8 @@ impl InboundVerifier {
     }
 
     /// Runs the whole verifier on a received request (path and query as received).
+    /// `peer`: the libp2p PeerId of the connection it came over, if any: the key that
+    /// signed it must be that PeerId's key.
     pub async fn verify(
         &self,
         method: &str,
@@ -494,8 +570,11 @@ impl InboundVerifier {
         query: Option<&str>,
         headers: &HeaderMap,
         body: &[u8],
+        peer: Option<&TransportPeer>,
     ) -> Result<Verified, ProtocolError> {
-        let result = self.verify_inner(method, path, query, headers, body).await;
+        let result = self
+            .verify_inner(method, path, query, headers, body, peer)
+            .await;
         match &result {
             Ok(v) => self.ctx.on_verified(v),
             Err(e) => self.ctx.on_refused(e),
@@ -510,6 +589,7 @@ impl InboundVerifier {
         query: Option<&str>,
         headers: &HeaderMap,
         body: &[u8],
+        peer: Option<&TransportPeer>,
     ) -> Result<Verified, ProtocolError> {
         let lines = header_lines(headers);
         let req = IncomingRequest {
@@ -528,6 +608,14 @@ impl InboundVerifier {
         let key = self.resolve_key(&origin, &key_id).await;
         let now = self.ctx.now_ms();
         let checked = admitted.check(key.as_ref(), now)?;
+        if let (Some(peer), Some(key)) = (peer, key.as_ref())
+            && peer.0.as_slice() != key.peer_id_bytes().as_slice()
+        {
+            return Err(ProtocolError::new(
+                FedErrorCode::PeerMismatch,
+                "the libp2p connection's PeerId is not the key that signed the request",
+            ));
+        }
         let (o, n, end) = checked.nonce_key();
         let nonce_result = self.nonces.check_and_insert(o, n, end, now).await;
         Ok(checked.finish_with(nonce_result)?)
@@ -581,6 +669,11 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
+/// Set by the libp2p transport on each request it hands to the router: the PeerId bytes
+/// (identity multihash) of the connection. Requests over TCP never carry it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TransportPeer(pub Vec<u8>);
+
 /// A verified request: who sent it, and its body.
 #[derive(Debug, Clone)]
 pub struct VerifiedRequest {
@@ -628,6 +721,7 @@ async fn buffer_and_verify(
             parts.uri.query(),
             &parts.headers,
             &bytes,
+            parts.extensions.get::<TransportPeer>(),
         )
         .await?;
     Ok((parts, verified, bytes))

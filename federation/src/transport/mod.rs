@@ -1,8 +1,9 @@
 //! Thin I/O shells around the pure cores. [`http`] is the HTTP transport (reqwest to
-//! send, axum to receive); a libp2p transport carrying the same signed request bytes
-//! will sit beside it.
+//! send, axum to receive); [`libp2p`] carries the same signed request bytes over
+//! libp2p streams and hands them to the same axum router.
 
 pub mod http;
+pub mod libp2p;
 
 /// Milliseconds since the Unix epoch from the system clock. Shells read the clock here
 /// and pass it into the pure cores.

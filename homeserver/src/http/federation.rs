@@ -60,6 +60,62 @@ pub fn router<S: Clone + Send + Sync + 'static>(
     })
 }
 
+/// Starts the libp2p transport (`[federation.libp2p]`): a node whose identity is the
+/// signing key, serving inbound `/http/1.1` streams with the same federation router as
+/// TCP, and sending to the configured (or advertised) peers. Prints
+/// `parley-homeserver libp2p address ADDR` per address.
+pub async fn start_libp2p(services: &Services, federation: &Federation) -> anyhow::Result<()> {
+    use parley_federation::transport::libp2p::{Libp2pConfig, Libp2pNode, Libp2pRoutes, Multiaddr};
+    let section = &services.config.federation.libp2p;
+    let parse = |s: &String| {
+        s.parse::<Multiaddr>()
+            .map_err(|e| anyhow::anyhow!("[federation.libp2p]: bad multiaddr {s:?}: {e}"))
+    };
+    let listen = section.listen.iter().map(parse).collect::<Result<_, _>>()?;
+    let mut peers = std::collections::HashMap::new();
+    for (name, addr) in &section.peers {
+        let server = parley_federation::ServerName::try_from(name.as_str())
+            .map_err(|e| anyhow::anyhow!("[federation.libp2p.peers]: {name:?}: {e}"))?;
+        peers.insert(server, parse(addr)?);
+    }
+    let router = router::<()>(services.clone(), federation.clone());
+    let node = Libp2pNode::start(
+        &federation.signing_key(),
+        Libp2pConfig {
+            listen,
+            ..Libp2pConfig::default()
+        },
+        router,
+    )
+    .await?;
+    let bound = node.listen_addrs();
+    for addr in &bound {
+        println!("parley-homeserver libp2p address {addr}");
+    }
+    let advertised = if section.external.is_empty() {
+        bound
+            .iter()
+            .filter(|a| {
+                !a.iter().any(|p| match p {
+                    parley_federation::transport::libp2p::Protocol::Ip4(ip) => ip.is_unspecified(),
+                    parley_federation::transport::libp2p::Protocol::Ip6(ip) => ip.is_unspecified(),
+                    _ => false,
+                })
+            })
+            .map(|a| a.to_string())
+            .collect()
+    } else {
+        for a in &section.external {
+            parse(a)?;
+        }
+        section.external.clone()
+    };
+    tracing::info!(peer_id = %node.peer_id(), ?advertised, "libp2p federation ready");
+    let routes = Libp2pRoutes::new(node, peers, section.auto, federation.test_mode());
+    federation.attach_libp2p(Arc::new(routes), advertised);
+    Ok(())
+}
+
 /// Where received requests are dumped (interop debugging).
 struct Dumper {
     dir: std::path::PathBuf,

@@ -10,6 +10,7 @@ use parley_federation::policy::{self, Decision, Mode, Policy, Rule};
 use parley_federation::transport::http::{
     BoxFuture, ClientConfig, ClientError, FederationClient, FederationContext, InboundVerifier,
 };
+use parley_federation::transport::libp2p::Libp2pRoutes;
 use parley_federation::{ProtocolError, RequestSigner, ServerName, ServerSigningKey};
 
 use super::ServiceError;
@@ -48,6 +49,14 @@ struct Inner {
     metrics: Arc<Metrics>,
     /// When this process started (ms): the published key's `nbf` is a day before.
     started_ms: i64,
+    /// The libp2p transport, once started ([`Federation::attach_libp2p`]).
+    libp2p: std::sync::OnceLock<Libp2p>,
+}
+
+/// The libp2p side: who is reached over it, and what the key directory advertises.
+struct Libp2p {
+    routes: Arc<Libp2pRoutes>,
+    advertised: Vec<String>,
 }
 
 impl Federation {
@@ -107,6 +116,7 @@ impl Federation {
             test_mode: config.federation.test_mode,
             metrics,
             started_ms: now_ms(),
+            libp2p: std::sync::OnceLock::new(),
         });
         let verifier = Arc::new(InboundVerifier::new(inner.clone()));
         Ok(Self { inner, verifier })
@@ -130,7 +140,21 @@ impl Federation {
     /// sign with the new key).
     pub fn client(&self) -> FederationClient {
         self.inner.switch_if_due(now_ms());
-        self.inner.keys().client.clone()
+        self.inner.client()
+    }
+
+    /// The key the libp2p identity is made from (the current signing key).
+    pub fn signing_key(&self) -> ServerSigningKey {
+        self.inner.keys().current.clone()
+    }
+
+    /// Sends over libp2p to the servers `routes` names from now on, and advertises
+    /// `advertised` in the key directory.
+    pub fn attach_libp2p(&self, routes: Arc<Libp2pRoutes>, advertised: Vec<String>) {
+        self.inner
+            .metrics
+            .attach_libp2p(routes.node().stats().clone());
+        let _ = self.inner.libp2p.set(Libp2p { routes, advertised });
     }
 
     /// Starts a key rotation: a new key is published at once beside the current one and
@@ -240,8 +264,21 @@ impl Federation {
         } else {
             DIRECTORY_CACHE_SECS
         };
-        directory::build_response(&self.inner.name, &publish, &keys.retired, now_ms, cache)
-            .map_err(|e| ServiceError::Internal(e.to_string()))
+        let advertised = self
+            .inner
+            .libp2p
+            .get()
+            .map(|l| l.advertised.as_slice())
+            .unwrap_or_default();
+        directory::build_response_with(
+            &self.inner.name,
+            &publish,
+            &keys.retired,
+            advertised,
+            now_ms,
+            cache,
+        )
+        .map_err(|e| ServiceError::Internal(e.to_string()))
     }
 }
 
@@ -348,6 +385,15 @@ impl Inner {
         self.keys.read().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// The signing client with the current key, over libp2p where routed.
+    fn client(&self) -> FederationClient {
+        let client = self.keys().client.clone();
+        match self.libp2p.get() {
+            Some(l) => client.with_libp2p(l.routes.clone()),
+            None => client,
+        }
+    }
+
     /// Completes a rotation whose switch time has come: the next key becomes current
     /// (its file replaces the key file), the old one is retired.
     fn switch_if_due(&self, now_ms: i64) {
@@ -437,7 +483,7 @@ impl FederationContext for Inner {
                     decision.reason
                 )));
             }
-            let client = self.keys().client.clone();
+            let client = self.client();
             client.fetch_directory(origin).await
         })
     }

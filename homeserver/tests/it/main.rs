@@ -14,6 +14,7 @@ mod errors;
 mod fed_store;
 mod federation;
 mod federation_chats;
+mod federation_libp2p;
 mod groups;
 mod keys;
 mod media;
