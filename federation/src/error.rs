@@ -189,6 +189,7 @@ impl From<&VerifyError> for ProtocolError {
             VerifyError::Nonce(NonceError::Replayed) => C::ReplayedNonce,
             // The replay cache was full: a freshly signed retry is accepted.
             VerifyError::Nonce(NonceError::BelowFloor) => C::StaleSignature,
+            VerifyError::Nonce(NonceError::Unavailable) => C::Internal,
         };
         ProtocolError::new(code, e.to_string())
     }

@@ -19,6 +19,10 @@ pub enum NonceError {
     Replayed,
     #[error("signature window ends before what the replay cache still remembers")]
     BelowFloor,
+    /// A shared replay store could not answer: the request is refused (never accepted
+    /// unchecked); the peer retries.
+    #[error("the replay store is unavailable")]
+    Unavailable,
 }
 
 /// A bounded replay cache. Times are milliseconds since the Unix epoch.

@@ -7,8 +7,10 @@ use std::sync::{Arc, RwLock};
 
 use parley_federation::directory::{self, DirectoryResponse, KeyToPublish, VerifiedDirectory};
 use parley_federation::policy::{self, Decision, Mode, Policy, Rule};
+use parley_federation::signing::nonce::NonceError;
 use parley_federation::transport::http::{
     BoxFuture, ClientConfig, ClientError, FederationClient, FederationContext, InboundVerifier,
+    NonceStore,
 };
 use parley_federation::transport::libp2p::Libp2pRoutes;
 use parley_federation::{ProtocolError, RequestSigner, ServerName, ServerSigningKey};
@@ -17,10 +19,14 @@ use super::ServiceError;
 use crate::clock::now_ms;
 use crate::config::Config;
 use crate::metrics::Metrics;
+use crate::store::fed::FedStore as _;
 use crate::store::{AnyStore, Store};
 
 /// How often each node rereads the policy table (changes made through another node).
 const POLICY_REFRESH: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// How often ended nonces are deleted from the shared replay store.
+const NONCE_PURGE: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// How long peers may cache our key directory (seconds).
 const DIRECTORY_CACHE_SECS: i64 = 3600;
@@ -71,6 +77,18 @@ impl Federation {
         store.seed_federation_policy(seed, now_ms()).await?;
         let policy = store.federation_policy().await?;
         let fed = Self::new(config, store, policy, metrics)?;
+        if config.bus_url.is_some() {
+            let weak = Arc::downgrade(&fed.inner);
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(NONCE_PURGE).await;
+                    let Some(inner) = weak.upgrade() else { return };
+                    if let Err(e) = inner.store.purge_nonces(now_ms()).await {
+                        tracing::warn!(error = %e, "cannot purge ended federation nonces");
+                    }
+                }
+            });
+        }
         let weak = Arc::downgrade(&fed.inner);
         tokio::spawn(async move {
             loop {
@@ -118,7 +136,13 @@ impl Federation {
             started_ms: now_ms(),
             libp2p: std::sync::OnceLock::new(),
         });
-        let verifier = Arc::new(InboundVerifier::new(inner.clone()));
+        let mut verifier = InboundVerifier::new(inner.clone());
+        if config.bus_url.is_some() {
+            // Several nodes behind one name: a replayed request may reach another node,
+            // so they share the replay store (the database).
+            verifier = verifier.with_nonce_store(Arc::new(StoreNonces(inner.store.clone())));
+        }
+        let verifier = Arc::new(verifier);
         Ok(Self { inner, verifier })
     }
 
@@ -457,6 +481,34 @@ impl Inner {
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
+    }
+}
+
+/// The replay store in the database, shared by every node of the domain.
+struct StoreNonces(AnyStore);
+
+impl NonceStore for StoreNonces {
+    fn check_and_insert<'a>(
+        &'a self,
+        origin: &'a ServerName,
+        nonce: &'a str,
+        window_end_ms: i64,
+        now_ms: i64,
+    ) -> BoxFuture<'a, Result<(), NonceError>> {
+        Box::pin(async move {
+            match self
+                .0
+                .insert_nonce(origin.as_str(), nonce, window_end_ms, now_ms)
+                .await
+            {
+                Ok(true) => Ok(()),
+                Ok(false) => Err(NonceError::Replayed),
+                Err(e) => {
+                    tracing::warn!(error = %e, "the federation replay store is unavailable");
+                    Err(NonceError::Unavailable)
+                }
+            }
+        })
     }
 }
 

@@ -223,6 +223,17 @@ pub trait FedStore: Send + Sync + 'static {
     ) -> impl Future<Output = Result<()>> + Send;
     /// Deletes received-transaction rows older than `before` (ms); returns how many.
     fn purge_received(&self, before: i64) -> impl Future<Output = Result<u64>> + Send;
+    /// Remembers `(origin, nonce)` until `window_end` (ms); false when it is already
+    /// remembered with a window that has not ended at `now` (a replay).
+    fn insert_nonce(
+        &self,
+        origin: &str,
+        nonce: &str,
+        window_end: i64,
+        now: i64,
+    ) -> impl Future<Output = Result<bool>> + Send;
+    /// Forgets nonces whose window ended before `now`; returns how many.
+    fn purge_nonces(&self, now: i64) -> impl Future<Output = Result<u64>> + Send;
     /// Writes send results into their devices' inboxes (a device that no longer exists
     /// gets none); returns `(index in rows, inbox id)` of each row written.
     fn record_send_results(
@@ -320,6 +331,18 @@ impl FedStore for AnyStore {
     }
     async fn purge_received(&self, before: i64) -> Result<u64> {
         dispatch!(self, s => s.purge_received(before).await)
+    }
+    async fn insert_nonce(
+        &self,
+        origin: &str,
+        nonce: &str,
+        window_end: i64,
+        now: i64,
+    ) -> Result<bool> {
+        dispatch!(self, s => s.insert_nonce(origin, nonce, window_end, now).await)
+    }
+    async fn purge_nonces(&self, now: i64) -> Result<u64> {
+        dispatch!(self, s => s.purge_nonces(now).await)
     }
     async fn record_send_results(
         &self,

@@ -467,6 +467,38 @@ impl FedStore for PgStore {
                 .rows_affected(),
         )
     }
+    async fn insert_nonce(
+        &self,
+        origin: &str,
+        nonce: &str,
+        window_end: i64,
+        now: i64,
+    ) -> Result<bool> {
+        // A live row makes the upsert a no-op (0 rows): a replay. An ended one is reused.
+        let n = sqlx::query(
+            "INSERT INTO federation_nonces (origin, nonce, window_end) VALUES ($1, $2, $3)
+             ON CONFLICT (origin, nonce) DO UPDATE SET window_end = EXCLUDED.window_end
+             WHERE federation_nonces.window_end < $4",
+        )
+        .bind(origin)
+        .bind(nonce)
+        .bind(window_end)
+        .bind(now)
+        .execute(self.pool())
+        .await?
+        .rows_affected();
+        Ok(n == 1)
+    }
+
+    async fn purge_nonces(&self, now: i64) -> Result<u64> {
+        Ok(
+            sqlx::query("DELETE FROM federation_nonces WHERE window_end < $1")
+                .bind(now)
+                .execute(self.pool())
+                .await?
+                .rows_affected(),
+        )
+    }
 
     async fn record_send_results(
         &self,

@@ -14,6 +14,7 @@ suite!(
     one_node_at_a_time_drives_a_destination,
     outbox_rows_keep_their_order_and_txn,
     old_received_transactions_are_purged,
+    nonces_are_shared_until_their_window_ends,
 );
 
 async fn one_node_at_a_time_drives_a_destination<S: FedStore>(s: S) -> Result<()> {
@@ -71,5 +72,31 @@ async fn old_received_transactions_are_purged<S: FedStore>(s: S) -> Result<()> {
     ensure!(s.received_txn("b.org", "old").await?.is_none());
     ensure!(s.received_txn("b.org", "new").await?.as_deref() == Some("{}"));
     ensure!(s.purge_received(cutoff).await? == 0);
+    Ok(())
+}
+
+/// The replay store several nodes share: a nonce is refused while its window lasts,
+/// whichever node saw it first, and forgotten afterwards.
+async fn nonces_are_shared_until_their_window_ends<S: FedStore>(s: S) -> Result<()> {
+    ensure!(s.insert_nonce("b.org", "n1", 10_000, 1_000).await?, "fresh");
+    ensure!(
+        !s.insert_nonce("b.org", "n1", 10_000, 2_000).await?,
+        "a replay"
+    );
+    ensure!(
+        !s.insert_nonce("b.org", "n1", 12_000, 9_999).await?,
+        "still a replay"
+    );
+    // The same nonce from another origin is another nonce.
+    ensure!(s.insert_nonce("c.org", "n1", 10_000, 2_000).await?);
+    // After its window the nonce may be used again (the clock check refuses the old
+    // request anyway); the purge drops ended windows only.
+    ensure!(s.insert_nonce("b.org", "n1", 40_000, 10_001).await?);
+    ensure!(s.insert_nonce("b.org", "n2", 5_000, 1_000).await?);
+    ensure!(
+        s.purge_nonces(10_001).await? == 2,
+        "c.org/n1 and b.org/n2 ended"
+    );
+    ensure!(!s.insert_nonce("b.org", "n1", 40_000, 10_002).await?);
     Ok(())
 }
