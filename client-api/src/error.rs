@@ -35,6 +35,10 @@ pub enum ErrorCode {
     QuotaExceeded,
     /// No such media blob (or the caller may not see it).
     UnknownBlob,
+    /// A send lists a media blob (`blobs`) that the sender neither uploaded nor may
+    /// download (it is referred to in no chat the sender is a member of); nothing was
+    /// stored.
+    BlobForbidden,
     /// The uploaded bytes do not hash to the blob address; nothing was stored.
     HashMismatch,
     /// An upload chunk does not start where the stored bytes end; the body carries
@@ -64,7 +68,7 @@ impl ErrorCode {
             ErrorCode::MissingToken | ErrorCode::UnknownToken | ErrorCode::InvalidCredentials => {
                 401
             }
-            ErrorCode::NotMember | ErrorCode::Forbidden => 403,
+            ErrorCode::NotMember | ErrorCode::Forbidden | ErrorCode::BlobForbidden => 403,
             ErrorCode::UnknownUser
             | ErrorCode::UnknownChat
             | ErrorCode::UnknownDevice
@@ -95,6 +99,7 @@ impl ErrorCode {
             ErrorCode::TooLarge => "too_large",
             ErrorCode::QuotaExceeded => "quota_exceeded",
             ErrorCode::UnknownBlob => "unknown_blob",
+            ErrorCode::BlobForbidden => "blob_forbidden",
             ErrorCode::HashMismatch => "hash_mismatch",
             ErrorCode::UploadOffset => "upload_offset",
             ErrorCode::WrongEpoch => "wrong_epoch",
@@ -147,6 +152,7 @@ mod tests {
             ErrorCode::TooLarge,
             ErrorCode::QuotaExceeded,
             ErrorCode::UnknownBlob,
+            ErrorCode::BlobForbidden,
             ErrorCode::HashMismatch,
             ErrorCode::UploadOffset,
             ErrorCode::WrongEpoch,

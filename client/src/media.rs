@@ -23,9 +23,11 @@
 //! [`Client::download`] fetches the ciphertext (resuming a partial download with a
 //! `Range`), checks its hash and decrypts it to a file, streaming.
 //!
-//! Cross-server media (a blob on another homeserver) is not fetched yet: the recipient's
-//! server will fetch it from the origin over federation; until then such a download
-//! fails with [`Error::Invalid`] naming the other server.
+//! Cross-server media: a client always talks to its own server. When a file was sent
+//! from another server, the recipient's server fetches the blob from the sender's server
+//! (signed federation request), checks its hash and keeps one copy for all its users;
+//! forwarding such a file makes the forwarder's server fetch it first. The reference's
+//! `server` says where the blob was first uploaded.
 
 use std::collections::HashSet;
 use std::io::{BufReader, BufWriter};
@@ -422,12 +424,6 @@ impl Client {
     /// and key, so nothing is uploaded.
     pub async fn forward(&self, from: &ChatId, id: &str, to: &ChatId) -> Result<Message> {
         let stored = self.inner.stored_media(from, id).await?;
-        if stored.media.server != self.inner.user_id.server_name() {
-            return Err(Error::Invalid(format!(
-                "the file is stored on {}; forwarding files from another server needs federated media, which this version does not support yet",
-                stored.media.server
-            )));
-        }
         self.inner
             .queue_media(to, stored.media, stored.caption, None)
             .await
@@ -497,19 +493,9 @@ impl Client {
         let dir = inner.media_dir("incoming")?;
         let part = dir.join(format!("{blob}.part"));
         let total = crypt::ciphertext_len(media.size);
-        let fetched = match inner.fetch_blob(&blob, &part, total).await {
-            Ok(n) => n,
-            Err(Error::Server {
-                code: ErrorCode::UnknownBlob,
-                ..
-            }) if media.server != inner.user_id.server_name() => {
-                return Err(Error::Invalid(format!(
-                    "the file is stored on {}; fetching files from another server needs federated media, which this version does not support yet",
-                    media.server
-                )));
-            }
-            Err(e) => return Err(e),
-        };
+        // Through our own server, also for a file sent from another server: it fetches
+        // the blob from there.
+        let fetched = inner.fetch_blob(&blob, &part, total).await?;
         let key = media.key.clone();
         let expected = media.blob;
         let out = dest.clone();

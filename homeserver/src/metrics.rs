@@ -38,12 +38,23 @@ pub struct Metrics {
     libp2p_requests: Family<DirectionLabel, Counter>,
     libp2p: std::sync::OnceLock<std::sync::Arc<Libp2pStats>>,
     render_lock: std::sync::Mutex<()>,
+    /// Media blobs fetched from other servers, by result (`stored`, `hash_mismatch`,
+    /// `failed`).
+    media_fetches: Family<ResultLabel, Counter>,
+    /// Media blobs served to other servers.
+    pub media_served_to_peers: Counter,
 }
 
 /// The `direction` label: `inbound` (served) or `outbound` (sent and answered).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct DirectionLabel {
     direction: &'static str,
+}
+
+/// The `result` label of an operation.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabel {
+    result: &'static str,
 }
 
 /// The `reason` label: a stable, machine-readable error code.
@@ -71,6 +82,8 @@ impl Metrics {
         let inbox_depth = Gauge::default();
         let federation_rejected = Family::<ReasonLabel, Counter>::default();
         let libp2p_requests = Family::<DirectionLabel, Counter>::default();
+        let media_fetches = Family::<ResultLabel, Counter>::default();
+        let media_served_to_peers = Counter::default();
         registry.register(
             "connected_sockets",
             "Device sockets open now",
@@ -116,6 +129,16 @@ impl Metrics {
             "Federation requests carried over libp2p, by direction",
             libp2p_requests.clone(),
         );
+        registry.register(
+            "media_federation_fetches",
+            "Media blobs fetched from other servers, by result (stored, hash_mismatch, failed)",
+            media_fetches.clone(),
+        );
+        registry.register(
+            "media_served_to_peers",
+            "Media blobs served to other servers",
+            media_served_to_peers.clone(),
+        );
         Self {
             registry,
             sockets,
@@ -129,12 +152,21 @@ impl Metrics {
             libp2p_requests,
             libp2p: std::sync::OnceLock::new(),
             render_lock: std::sync::Mutex::new(()),
+            media_fetches,
+            media_served_to_peers,
         }
     }
 
     /// Reports the libp2p transport's request counts from now on.
     pub fn attach_libp2p(&self, stats: std::sync::Arc<Libp2pStats>) {
         let _ = self.libp2p.set(stats);
+    }
+
+    /// Counts one fetch of a blob from another server under its result.
+    pub fn media_fetch(&self, result: &'static str) {
+        self.media_fetches
+            .get_or_create(&ResultLabel { result })
+            .inc();
     }
 
     /// Counts one refused federation request under its error code.

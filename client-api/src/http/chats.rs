@@ -109,7 +109,10 @@ pub mod send {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         pub membership: Option<super::MembershipChange>,
         /// Media blobs the (encrypted) message refers to: members of the chat may then
-        /// download them. They must have been uploaded.
+        /// download them. Each must be one the sender uploaded or may download (received
+        /// in one of their chats, also from another server: forwarding works); otherwise
+        /// `403 blob_forbidden` (`404 unknown_blob` if the server has no such blob) and
+        /// nothing is stored.
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         pub blobs: Vec<crate::ids::BlobHash>,
     }

@@ -52,7 +52,9 @@ pub struct FedEvent {
     pub mls: Option<MlsMeta>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub membership: Option<MembershipChange>,
-    /// Media blobs the event refers to (SHA-256 hex addresses), stored on the hub.
+    /// Media blobs the event refers to (SHA-256 hex addresses), stored on the sender's
+    /// server: a follower whose users may read them fetches them from there
+    /// ([`crate::api::media`]).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub blobs: Vec<String>,
 }
@@ -106,6 +108,9 @@ pub struct HubSend {
     pub mls: Option<MlsMeta>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub membership: Option<MembershipChange>,
+    /// Media blobs the send refers to, stored on the origin (the sender's server), which
+    /// checked that the sender uploaded each or may download it; the hub records the
+    /// references without checking again.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub blobs: Vec<String>,
 }

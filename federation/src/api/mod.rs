@@ -6,6 +6,7 @@
 
 pub mod events;
 pub mod keys;
+pub mod media;
 pub mod payload;
 pub mod send;
 pub mod version;

@@ -101,6 +101,34 @@ pub struct FedResponse {
     pub body: Bytes,
 }
 
+/// A 2xx answer whose body is read as it arrives ([`FederationClient::get_streamed`]).
+#[derive(Debug)]
+pub struct StreamedResponse {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    resp: reqwest::Response,
+}
+
+impl StreamedResponse {
+    /// A header's value (names in lowercase).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The body's length as announced (`Content-Length`), if it was.
+    pub fn content_length(&self) -> Option<u64> {
+        self.resp.content_length()
+    }
+
+    /// The next piece of the body; `None` at its end.
+    pub async fn chunk(&mut self) -> Result<Option<Bytes>, ClientError> {
+        self.resp.chunk().await.map_err(map_reqwest)
+    }
+}
+
 /// The outbox outcome of a request (for [`crate::outbox::Input::Sent`]).
 pub fn outcome_of(result: &Result<FedResponse, ClientError>) -> Outcome {
     match result {
@@ -198,8 +226,24 @@ impl FederationClient {
         path_and_query: &str,
         body: Option<Vec<u8>>,
     ) -> Result<FedResponse, ClientError> {
-        let url = self.url(destination, path_and_query)?;
         let body = body.unwrap_or_default();
+        let mut req = self.signed(destination, method, path_and_query, &body)?;
+        if !body.is_empty() {
+            req = req.header("content-type", "application/json").body(body);
+        }
+        let resp = req.send().await.map_err(map_reqwest)?;
+        self.read(resp).await
+    }
+
+    /// A request to `destination` carrying the signature headers for `body`.
+    fn signed(
+        &self,
+        destination: &ServerName,
+        method: Method,
+        path_and_query: &str,
+        body: &[u8],
+    ) -> Result<reqwest::RequestBuilder, ClientError> {
+        let url = self.url(destination, path_and_query)?;
         // Sign exactly the path and query the URL will put on the wire.
         let headers = self.signer.sign(
             &OutgoingRequest {
@@ -207,7 +251,7 @@ impl FederationClient {
                 destination,
                 path: url.path(),
                 query: url.query(),
-                body: &body,
+                body,
             },
             system_now_ms(),
             &random_nonce(),
@@ -241,11 +285,40 @@ impl FederationClient {
         for (name, value) in headers.to_vec() {
             req = req.header(name, value);
         }
-        if !body.is_empty() {
-            req = req.header("content-type", "application/json").body(body);
+        Ok(req)
+    }
+
+    /// Sends a signed `GET` and returns as soon as the answer's headers are in; the body
+    /// is then read chunk by chunk ([`StreamedResponse::chunk`]), in constant memory.
+    /// `from > 0` asks for the bytes from that offset on (`Range: bytes=from-`; a peer
+    /// may still answer `200` with everything). `timeout` bounds the whole transfer.
+    /// A non-2xx answer is [`ClientError::Status`] with the peer's error body.
+    pub async fn get_streamed(
+        &self,
+        destination: &ServerName,
+        path_and_query: &str,
+        from: u64,
+        timeout: Duration,
+    ) -> Result<StreamedResponse, ClientError> {
+        let mut req = self
+            .signed(destination, Method::Get, path_and_query, &[])?
+            .timeout(timeout);
+        if from > 0 {
+            req = req.header("range", format!("bytes={from}-"));
         }
         let resp = req.send().await.map_err(map_reqwest)?;
-        self.read(resp).await
+        if !resp.status().is_success() {
+            let resp = self.read(resp).await?;
+            return Err(ClientError::Status {
+                status: resp.status,
+                body: serde_json::from_slice(&resp.body).ok(),
+            });
+        }
+        Ok(StreamedResponse {
+            status: resp.status().as_u16(),
+            headers: header_lines(resp.headers()),
+            resp,
+        })
     }
 
     async fn read(&self, mut resp: reqwest::Response) -> Result<FedResponse, ClientError> {

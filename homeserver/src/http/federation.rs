@@ -9,7 +9,7 @@ use axum::Router;
 use axum::extract::{FromRef, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use parley_federation::api::{keys, send, version};
+use parley_federation::api::{keys, media, send, version};
 use parley_federation::directory;
 use parley_federation::transport::http::VerifiedRequest;
 use parley_federation::transport::http::{InboundVerifier, directory_response};
@@ -43,7 +43,8 @@ pub fn router<S: Clone + Send + Sync + 'static>(
         .route(version::PATH, get(versions))
         .route(keys::user_devices::PATH, get(user_devices))
         .route(keys::claim::PATH, axum::routing::post(claim))
-        .route(send::PATH, axum::routing::put(transaction));
+        .route(send::PATH, axum::routing::put(transaction))
+        .route(media::PATH, get(media_blob));
     let router = match services.config.federation.dump_dir.clone() {
         Some(dir) => router.route_layer(axum::middleware::from_fn_with_state(
             Arc::new(Dumper {
@@ -260,4 +261,40 @@ async fn transaction(
         .await
         .map(Json)
         .map_err(fed_error)
+}
+
+/// `GET /_parley/fed/v1/media/{hash}` (signed): a stored blob's bytes, for a peer with
+/// current members in a chat whose events refer to it (else `404 not_found`);
+/// `Range: bytes=N-` resumes an interrupted fetch (`206`).
+async fn media_blob(
+    State(st): State<FedState>,
+    axum::extract::Path(hash): axum::extract::Path<String>,
+    headers: axum::http::HeaderMap,
+    req: VerifiedRequest,
+) -> Result<Response, ProtocolError> {
+    use axum::http::{StatusCode, header};
+    let hash = parley_client_api::BlobHash::try_from(hash.as_str()).map_err(|e| {
+        ProtocolError::new(parley_federation::FedErrorCode::InvalidParam, e.to_string())
+    })?;
+    let media = &st.services.media;
+    let size = media.size(&hash).await.map_err(fed_error)?.unwrap_or(0);
+    let range = match headers.get(header::RANGE).and_then(|v| v.to_str().ok()) {
+        Some(h) if size > 0 => match crate::service::media::parse_range(h, size) {
+            Ok(r) => r,
+            Err(_) => {
+                return Ok((
+                    StatusCode::RANGE_NOT_SATISFIABLE,
+                    [(header::CONTENT_RANGE, format!("bytes */{size}"))],
+                )
+                    .into_response());
+            }
+        },
+        _ => None,
+    };
+    let partial = range.is_some();
+    let d = media
+        .serve_peer(req.origin().as_str(), &hash, range)
+        .await
+        .map_err(fed_error)?;
+    Ok(super::media::blob_response(d, partial).into_response())
 }

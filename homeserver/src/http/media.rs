@@ -75,6 +75,8 @@ pub async fn download(
     ApiPath(blob): ApiPath<BlobHash>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
+    // A blob of another server that `me` may read is fetched (and kept) first.
+    st.services.media.ensure_local(&me.user_id, &blob).await?;
     let size = st.services.media.size(&blob).await?.unwrap_or(0);
     let range = match headers.get(header::RANGE).and_then(|v| v.to_str().ok()) {
         Some(h) if size > 0 => match parse_range(h, size) {
@@ -95,6 +97,14 @@ pub async fn download(
         .media
         .download(&me.user_id, &blob, range)
         .await?;
+    blob_response(d, partial)
+}
+
+/// Streams a blob, or the range asked for (`partial`: `206` with `Content-Range`).
+pub fn blob_response(
+    d: crate::service::media::Download,
+    partial: bool,
+) -> Result<Response, ApiError> {
     let mut resp = Response::builder()
         .header(header::CONTENT_TYPE, "application/octet-stream")
         .header(header::ACCEPT_RANGES, "bytes")

@@ -43,6 +43,8 @@ pub struct Chats {
     gateway: Gateway,
     /// Set when federation is on: remote members, forwarded sends.
     remote: Option<Remote>,
+    /// Checks the media blobs a send lists.
+    media: super::media::Media,
 }
 
 #[derive(Clone)]
@@ -59,6 +61,7 @@ impl Chats {
         sequencer: Sequencer,
         gateway: Gateway,
         remote: Option<Remote>,
+        media: super::media::Media,
     ) -> Self {
         Self {
             store,
@@ -66,6 +69,7 @@ impl Chats {
             sequencer,
             gateway,
             remote,
+            media,
         }
     }
 
@@ -307,6 +311,12 @@ impl Chats {
             return Err(ServiceError::InvalidParam(
                 "payload: must not be empty".into(),
             ));
+        }
+        // A send may list a blob only if it is stored here and the sender uploaded it or
+        // may download it (forwarding one received works; naming someone else's
+        // address does not). Checked before anything is stored or forwarded.
+        for blob in &blobs {
+            self.media.check_reference(&me.user_id, blob).await?;
         }
         if chat_id.hub() != self.config.server_name.as_str() {
             return self

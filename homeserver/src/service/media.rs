@@ -12,16 +12,23 @@
 //! connection drop — is answered `409 upload_offset` with the bytes stored so far, and
 //! retries from there.
 //!
-//! Blobs of other servers: a message may refer to a blob stored on the sender's server.
-//! Fetching it from there (signed federation request, hash check, cached here under the
-//! same address) belongs in [`Media::download`] where the blob is not stored locally;
-//! it is not built yet, so such a download answers `404 unknown_blob`.
+//! Blobs of other servers. Rule: a blob an event refers to is stored on the server of
+//! the event's sender (a send may list only blobs stored on the sender's server that the
+//! sender uploaded or may download; see [`Media::check_reference`]). So when a local user
+//! may read a blob that is not stored here (an event of one of their chats refers to it),
+//! [`Media::ensure_local`] fetches it from the sender's server with a signed
+//! `GET /_parley/fed/v1/media/{hash}`, streaming to a staged file (resuming a partial one
+//! with a `Range`), checks its SHA-256 against the address and stores it like an upload:
+//! once per server, whoever asks next reads the local copy. One fetch per blob at a time
+//! per process. The other side, [`Media::serve_peer`], serves a stored blob to a peer
+//! only if an event of a chat with a current member on that peer refers to it.
 
 mod s3;
 
-use std::collections::HashSet;
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
@@ -32,12 +39,23 @@ use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::ServiceError;
+use super::federation::Federation;
 use crate::clock::now_ms;
 use crate::config::{Config, MediaStore};
+use crate::metrics::Metrics;
 use crate::store::{AnyStore, Store, UploadStart};
 
 /// Bytes read from a staged file per step (hashing, copying into the object store).
 const CHUNK: usize = 256 * 1024;
+/// The object store's multipart part size (S3's minimum for all parts but the last).
+const PART: usize = 5 * 1024 * 1024;
+/// Parts uploading at once; with the one being filled, the most a blob's copy into the
+/// object store holds in memory is `(PARTS_IN_FLIGHT + 1) * PART`, whatever its size.
+const PARTS_IN_FLIGHT: usize = 2;
+/// Servers asked for a blob, at most (the senders of events referring to it).
+const MAX_SOURCES: i64 = 4;
+/// A whole fetch of one blob from another server, at most.
+const FETCH_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// An upload's progress.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,6 +80,16 @@ pub struct Media {
     quota: u64,
     /// Staged uploads a request is appending to now.
     appending: Arc<Mutex<HashSet<PathBuf>>>,
+    /// Fetching blobs from other servers; `None` without federation.
+    remote: Option<Remote>,
+}
+
+#[derive(Clone)]
+struct Remote {
+    federation: Federation,
+    metrics: Arc<Metrics>,
+    /// One fetch per blob at a time: later askers wait, then read the stored copy.
+    fetching: Arc<Mutex<HashMap<BlobHash, Arc<tokio::sync::Mutex<()>>>>>,
 }
 
 /// Holds an upload's append slot; frees it on drop.
@@ -140,7 +168,18 @@ impl Media {
             max_blob,
             quota,
             appending: Arc::default(),
+            remote: None,
         }
+    }
+
+    /// Fetches blobs of other servers through `federation` (see the module docs).
+    pub fn with_federation(mut self, federation: Federation, metrics: Arc<Metrics>) -> Self {
+        self.remote = Some(Remote {
+            federation,
+            metrics,
+            fetching: Arc::default(),
+        });
+        self
     }
 
     /// The size of a stored blob.
@@ -283,7 +322,241 @@ impl Media {
         if !self.store.can_download(hash, user).await? {
             return Err(ServiceError::UnknownBlob(hash.to_string()));
         }
-        let range = range.unwrap_or(0..blob.size);
+        self.open(hash, blob.size, range).await
+    }
+
+    /// Opens a stored blob for the peer server `peer`, if an event of a chat with a
+    /// current member on `peer` refers to it (else `UnknownBlob`, whether or not it
+    /// exists).
+    pub async fn serve_peer(
+        &self,
+        peer: &str,
+        hash: &BlobHash,
+        range: Option<std::ops::Range<u64>>,
+    ) -> Result<Download, ServiceError> {
+        let Some(blob) = self.store.blob(hash).await? else {
+            return Err(ServiceError::UnknownBlob(hash.to_string()));
+        };
+        if !self.store.blob_shared_with(hash, peer).await? {
+            return Err(ServiceError::UnknownBlob(hash.to_string()));
+        }
+        let d = self.open(hash, blob.size, range).await?;
+        if let Some(remote) = &self.remote {
+            remote.metrics.media_served_to_peers.inc();
+        }
+        Ok(d)
+    }
+
+    /// Checks that `user` may list `hash` in a send: it is stored here (fetched first if
+    /// an event of one of their chats refers to it on another server) and `user`
+    /// uploaded it or may download it. `UnknownBlob` if it is not stored here,
+    /// `BlobForbidden` if `user` may not refer to it.
+    pub async fn check_reference(
+        &self,
+        user: &UserId,
+        hash: &BlobHash,
+    ) -> Result<(), ServiceError> {
+        self.ensure_local(user, hash).await?;
+        if self.store.can_download(hash, user).await? {
+            return Ok(());
+        }
+        if self.store.blob(hash).await?.is_some() {
+            return Err(ServiceError::BlobForbidden(hash.to_string()));
+        }
+        Err(ServiceError::UnknownBlob(hash.to_string()))
+    }
+
+    /// Makes sure a blob `user` may read is stored here: one not stored here but
+    /// referred to by an event of a chat of `user`'s is fetched from its sender's server
+    /// (signed), checked against its address and stored. Does nothing for anyone else
+    /// (the caller then finds no blob); fails when every server asked failed.
+    pub async fn ensure_local(&self, user: &UserId, hash: &BlobHash) -> Result<(), ServiceError> {
+        let Some(remote) = &self.remote else {
+            return Ok(());
+        };
+        if self.store.blob(hash).await?.is_some() {
+            return Ok(());
+        }
+        let local = remote.federation.server_name().as_str();
+        let sources: BTreeSet<String> = self
+            .store
+            .blob_senders(hash, user, MAX_SOURCES)
+            .await?
+            .iter()
+            .map(|u| u.server_name().to_owned())
+            .filter(|s| s != local)
+            .collect();
+        if sources.is_empty() {
+            return Ok(());
+        }
+        let gate = remote
+            .fetching
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(hash.clone())
+            .or_default()
+            .clone();
+        let result = {
+            let _one_at_a_time = gate.lock().await;
+            // Someone else may have stored it while we waited.
+            match self.store.blob(hash).await {
+                Ok(Some(_)) => Ok(()),
+                Ok(None) => self.fetch_from_any(remote, &sources, hash).await,
+                Err(e) => Err(e.into()),
+            }
+        };
+        let mut fetching = remote
+            .fetching
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if Arc::strong_count(&gate) <= 2 {
+            fetching.remove(hash);
+        }
+        drop(fetching);
+        match result {
+            Ok(()) => Ok(()),
+            Err(ServiceError::HashMismatch) => Err(ServiceError::Remote(format!(
+                "the bytes {hash} names on its server do not hash to its address; nothing was stored"
+            ))),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Asks each server in turn until one gave the blob.
+    async fn fetch_from_any(
+        &self,
+        remote: &Remote,
+        sources: &BTreeSet<String>,
+        hash: &BlobHash,
+    ) -> Result<(), ServiceError> {
+        let mut result = Ok(());
+        for server in sources {
+            result = self.fetch(remote, server, hash).await;
+            let outcome = match &result {
+                Ok(()) => "stored",
+                Err(ServiceError::HashMismatch) => "hash_mismatch",
+                Err(_) => "failed",
+            };
+            remote.metrics.media_fetch(outcome);
+            match &result {
+                Ok(()) => break,
+                Err(e) => tracing::warn!(%hash, %server, error = %e, "fetching a blob failed"),
+            }
+        }
+        result
+    }
+
+    /// Fetches `hash` from `server` into the staging directory (resuming what an earlier
+    /// attempt left there), checks it and stores it.
+    async fn fetch(
+        &self,
+        remote: &Remote,
+        server: &str,
+        hash: &BlobHash,
+    ) -> Result<(), ServiceError> {
+        let origin = parley_federation::ServerName::try_from(server)
+            .map_err(|e| ServiceError::Remote(format!("{server}: {e}")))?;
+        remote.federation.check_allowed(&origin)?;
+        let path = self.staging.join(format!("{hash}.fetch.part"));
+        let mut file = tokio::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .await
+            .map_err(io_error)?;
+        let mut len = file.metadata().await.map_err(io_error)?.len();
+        let answer = remote
+            .federation
+            .client()
+            .get_streamed(
+                &origin,
+                &parley_federation::api::media::path(hash.as_str()),
+                len,
+                FETCH_TIMEOUT,
+            )
+            .await;
+        let mut resp = match answer {
+            Ok(r) => r,
+            Err(e) => {
+                if len == 0 {
+                    drop(file);
+                    let _ = tokio::fs::remove_file(&path).await;
+                }
+                return Err(ServiceError::Remote(format!("{server}: {e}")));
+            }
+        };
+        let total = if resp.status == 206 {
+            let (start, total) = resp
+                .header("content-range")
+                .and_then(content_range)
+                .ok_or_else(|| ServiceError::Remote(format!("{server}: bad Content-Range")))?;
+            if start != len {
+                file.set_len(0).await.map_err(io_error)?;
+                return Err(ServiceError::Remote(format!(
+                    "{server} answered from byte {start}, not {len}"
+                )));
+            }
+            Some(total)
+        } else {
+            // The whole blob: start over.
+            file.set_len(0).await.map_err(io_error)?;
+            len = 0;
+            resp.content_length()
+        };
+        let too_large = || {
+            ServiceError::Remote(format!(
+                "{server}: the blob is larger than this server's limit ({} bytes)",
+                self.max_blob
+            ))
+        };
+        if total.is_some_and(|t| t > self.max_blob) {
+            file.set_len(0).await.map_err(io_error)?;
+            return Err(too_large());
+        }
+        loop {
+            let chunk = match resp.chunk().await {
+                Ok(Some(c)) => c,
+                Ok(None) => break,
+                Err(e) => {
+                    // Keep what arrived: the next attempt resumes from there.
+                    file.sync_data().await.map_err(io_error)?;
+                    return Err(ServiceError::Remote(format!("{server}: {e}")));
+                }
+            };
+            if len + chunk.len() as u64 > self.max_blob {
+                file.set_len(0).await.map_err(io_error)?;
+                return Err(too_large());
+            }
+            file.write_all(&chunk).await.map_err(io_error)?;
+            len += chunk.len() as u64;
+        }
+        file.sync_data().await.map_err(io_error)?;
+        drop(file);
+        if total.is_some_and(|t| len < t) {
+            return Err(ServiceError::Remote(format!(
+                "{server}: the blob ended after {len} bytes"
+            )));
+        }
+        if hash_file(&path).await? != hash.as_str() {
+            let _ = tokio::fs::remove_file(&path).await;
+            return Err(ServiceError::HashMismatch);
+        }
+        self.copy_into_store(&path, hash).await?;
+        self.store
+            .insert_fetched_blob(hash, len, server, now_ms())
+            .await?;
+        let _ = tokio::fs::remove_file(&path).await;
+        tracing::debug!(%hash, size = len, %server, "blob fetched and stored");
+        Ok(())
+    }
+
+    async fn open(
+        &self,
+        hash: &BlobHash,
+        blob_size: u64,
+        range: Option<std::ops::Range<u64>>,
+    ) -> Result<Download, ServiceError> {
+        let range = range.unwrap_or(0..blob_size);
         let options = GetOptions {
             range: Some(GetRange::Bounded(range.clone())),
             ..Default::default()
@@ -294,7 +567,7 @@ impl Media {
             .await
             .map_err(|e| ServiceError::Internal(format!("blob {hash}: {e}")))?;
         Ok(Download {
-            size: blob.size,
+            size: blob_size,
             range,
             body: got.into_stream(),
         })
@@ -343,22 +616,63 @@ impl Media {
             .put_multipart(&object_path(hash))
             .await
             .map_err(|e| ServiceError::Internal(e.to_string()))?;
-        let mut writer = WriteMultipart::new(upload);
-        let mut file = tokio::fs::File::open(path).await.map_err(io_error)?;
-        let mut buf = vec![0u8; CHUNK];
-        loop {
-            let n = file.read(&mut buf).await.map_err(io_error)?;
+        let mut writer = WriteMultipart::new_with_chunk_size(upload, PART);
+        match copy_parts(path, &mut writer).await {
+            Ok(()) => {
+                writer
+                    .finish()
+                    .await
+                    .map_err(|e| ServiceError::Internal(e.to_string()))?;
+                Ok(())
+            }
+            Err(e) => {
+                if let Err(abort) = writer.abort().await {
+                    tracing::warn!(%hash, error = %abort, "aborting a multipart upload failed");
+                }
+                Err(e)
+            }
+        }
+    }
+}
+
+/// Feeds a staged file to `writer` one whole part at a time, with back pressure: each
+/// part waits until fewer than [`PARTS_IN_FLIGHT`] are uploading, so memory stays
+/// bounded whatever the size (`WriteMultipart::write` alone buffers without limit when
+/// the store is slower than the disk). A part is one contiguous buffer, which the S3
+/// transport sends without copying.
+async fn copy_parts(path: &Path, writer: &mut WriteMultipart) -> Result<(), ServiceError> {
+    let mut file = tokio::fs::File::open(path).await.map_err(io_error)?;
+    loop {
+        let mut part = vec![0u8; PART];
+        let mut filled = 0;
+        while filled < PART {
+            let n = file.read(&mut part[filled..]).await.map_err(io_error)?;
             if n == 0 {
                 break;
             }
-            writer.write(&buf[..n]);
+            filled += n;
         }
+        if filled == 0 {
+            return Ok(());
+        }
+        part.truncate(filled);
         writer
-            .finish()
+            .wait_for_capacity(PARTS_IN_FLIGHT)
             .await
             .map_err(|e| ServiceError::Internal(e.to_string()))?;
-        Ok(())
+        writer.put(Bytes::from(part));
+        if filled < PART {
+            return Ok(());
+        }
     }
+}
+
+/// `bytes START-END/TOTAL` → (START, TOTAL).
+fn content_range(v: &str) -> Option<(u64, u64)> {
+    let rest = v.trim().strip_prefix("bytes ")?;
+    let (range, total) = rest.split_once('/')?;
+    let (start, _) = range.split_once('-')?;
+    Some((start.trim().parse().ok()?, total.trim().parse().ok()?))
 }
 
 fn object_path(hash: &BlobHash) -> ObjectPath {

@@ -38,6 +38,10 @@ pub enum ServiceError {
     UnknownDevice,
     #[error("no such media blob: {0}")]
     UnknownBlob(String),
+    #[error(
+        "media blob {0}: the sender neither uploaded it nor may download it; nothing was stored"
+    )]
+    BlobForbidden(String),
     #[error("the uploaded bytes do not hash to the blob's address; nothing was stored")]
     HashMismatch,
     #[error("this upload holds {received} bytes; continue from there")]
@@ -114,16 +118,6 @@ impl Services {
                 .as_ref()
                 .map(|(relay, _)| (relay.clone(), config.server_name.to_string())),
         );
-        let media = media::Media::from_config(store.clone(), &config)?;
-        inbox::spawn_janitor(
-            store.clone(),
-            media.clone(),
-            config.limits.retention_days,
-            config
-                .federation
-                .enabled
-                .then(|| config.federation.dedup_window_days()),
-        );
         let federation = if config.federation.enabled {
             let seed = parley_federation::Policy {
                 mode: config.federation.policy.mode,
@@ -136,6 +130,19 @@ impl Services {
         } else {
             None
         };
+        let mut media = media::Media::from_config(store.clone(), &config)?;
+        if let Some(fed) = &federation {
+            media = media.with_federation(fed.clone(), metrics.clone());
+        }
+        inbox::spawn_janitor(
+            store.clone(),
+            media.clone(),
+            config.limits.retention_days,
+            config
+                .federation
+                .enabled
+                .then(|| config.federation.dedup_window_days()),
+        );
         let keys = keys::Keys::new(
             store.clone(),
             config.server_name.clone(),
@@ -158,7 +165,7 @@ impl Services {
         Ok(Self {
             federation: federation.clone(),
             relay,
-            media,
+            media: media.clone(),
             accounts: accounts::Accounts::new(store.clone(), config.server_name.clone()),
             chats: chats::Chats::new(
                 store.clone(),
@@ -166,6 +173,7 @@ impl Services {
                 sequencer,
                 gateway.clone(),
                 remote,
+                media.clone(),
             ),
             inbox,
             keys,

@@ -178,6 +178,20 @@ async fn apply_event(
     if inserted == 0 {
         return Ok(Vec::new());
     }
+    // The event's media references, as on the hub: who may download a blob here, and
+    // which server it is fetched from (the sender's).
+    for blob in &e.blobs {
+        sqlx::query(
+            "INSERT INTO blob_refs (chat_id, seq, hash, ts) VALUES ($1, $2, $3, $4)
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(e.chat_id.as_str())
+        .bind(e.seq)
+        .bind(blob.as_str())
+        .bind(e.ts)
+        .execute(&mut **tx)
+        .await?;
+    }
     let mut recipients = current_members(tx, &e.chat_id).await?;
     let change = e.membership.clone().unwrap_or_default();
     recipients.extend(

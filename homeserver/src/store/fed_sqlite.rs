@@ -149,6 +149,20 @@ async fn apply_event(
     if inserted == 0 {
         return Ok(Vec::new());
     }
+    // The event's media references, as on the hub: who may download a blob here, and
+    // which server it is fetched from (the sender's).
+    for blob in &e.blobs {
+        sqlx::query(
+            "INSERT INTO blob_refs (chat_id, seq, hash, ts) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(e.chat_id.as_str())
+        .bind(e.seq)
+        .bind(blob.as_str())
+        .bind(e.ts)
+        .execute(&mut **tx)
+        .await?;
+    }
     let current: Vec<String> = sqlx::query_scalar(
         "SELECT user_id FROM chat_members WHERE chat_id = ?1 AND left_at IS NULL",
     )

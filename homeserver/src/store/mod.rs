@@ -183,7 +183,9 @@ pub struct ReceiptNotice {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BlobRow {
     pub size: u64,
-    pub uploader: UserId,
+    /// The user who uploaded it here, or for a blob fetched from another server, that
+    /// server's name (never a user id: it counts against no quota and grants no access).
+    pub uploader: String,
     pub created_at: i64,
 }
 
@@ -355,6 +357,28 @@ pub trait Store: Send + Sync + 'static {
         hash: &BlobHash,
         user: &UserId,
     ) -> impl Future<Output = Result<bool>> + Send;
+    /// The senders of events referring to `hash` in chats `user` is a current member of
+    /// (distinct, at most `limit`): where the blob is stored (the sender's server).
+    fn blob_senders(
+        &self,
+        hash: &BlobHash,
+        user: &UserId,
+        limit: i64,
+    ) -> impl Future<Output = Result<Vec<UserId>>> + Send;
+    /// Whether an event of a chat with a current member on `server` refers to `hash`.
+    fn blob_shared_with(
+        &self,
+        hash: &BlobHash,
+        server: &str,
+    ) -> impl Future<Output = Result<bool>> + Send;
+    /// Records a blob fetched from `origin` (and checked); a no-op if it is stored.
+    fn insert_fetched_blob(
+        &self,
+        hash: &BlobHash,
+        size: u64,
+        origin: &str,
+        now: i64,
+    ) -> impl Future<Output = Result<()>> + Send;
     /// Blobs created before `before` that no retained event refers to.
     fn unreferenced_blobs(&self, before: i64)
     -> impl Future<Output = Result<Vec<BlobHash>>> + Send;
@@ -571,6 +595,26 @@ impl Store for AnyStore {
     }
     async fn can_download(&self, hash: &BlobHash, user: &UserId) -> Result<bool> {
         dispatch!(self, s => s.can_download(hash, user).await)
+    }
+    async fn blob_senders(
+        &self,
+        hash: &BlobHash,
+        user: &UserId,
+        limit: i64,
+    ) -> Result<Vec<UserId>> {
+        dispatch!(self, s => s.blob_senders(hash, user, limit).await)
+    }
+    async fn blob_shared_with(&self, hash: &BlobHash, server: &str) -> Result<bool> {
+        dispatch!(self, s => s.blob_shared_with(hash, server).await)
+    }
+    async fn insert_fetched_blob(
+        &self,
+        hash: &BlobHash,
+        size: u64,
+        origin: &str,
+        now: i64,
+    ) -> Result<()> {
+        dispatch!(self, s => s.insert_fetched_blob(hash, size, origin, now).await)
     }
     async fn unreferenced_blobs(&self, before: i64) -> Result<Vec<BlobHash>> {
         dispatch!(self, s => s.unreferenced_blobs(before).await)

@@ -143,10 +143,14 @@ pub fn plan_sends(
         let Some((chat, last_ts)) = state.get_mut(&req.chat_id) else {
             continue;
         };
+        // A local sender's blobs are stored here (its service checked that the sender
+        // may refer to them); a remote sender's live on its server, which checked the
+        // same before forwarding the send: the hub records the reference only.
+        let local_sender = req.sender.server_name() == req.chat_id.hub();
         let outcome = check_send(req, chat, users, max_members).or_else(|| {
             req.blobs
                 .iter()
-                .find(|b| !blobs.contains(*b))
+                .find(|b| local_sender && !blobs.contains(*b))
                 .map(|b| SendOutcome::UnknownBlob(b.clone()))
         });
         if let Some(refusal) = outcome {

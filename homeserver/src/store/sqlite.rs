@@ -911,7 +911,7 @@ impl Store for SqliteStore {
         row.map(|r| {
             Ok(BlobRow {
                 size: u64::try_from(r.get::<i64, _>("size")).unwrap_or_default(),
-                uploader: id(r.get("uploader"))?,
+                uploader: r.get("uploader"),
                 created_at: r.get("created_at"),
             })
         })
@@ -1032,6 +1032,64 @@ impl Store for SqliteStore {
         .fetch_optional(&self.pool)
         .await?;
         Ok(row.is_some())
+    }
+
+    async fn blob_senders(
+        &self,
+        hash: &BlobHash,
+        user: &UserId,
+        limit: i64,
+    ) -> Result<Vec<UserId>> {
+        let rows: Vec<String> = sqlx::query_scalar(
+            "SELECT DISTINCT e.sender FROM blob_refs r
+               JOIN chat_members m
+                 ON m.chat_id = r.chat_id AND m.user_id = ?2 AND m.left_at IS NULL
+               JOIN events e ON e.chat_id = r.chat_id AND e.seq = r.seq
+              WHERE r.hash = ?1
+              LIMIT ?3",
+        )
+        .bind(hash.as_str())
+        .bind(user.as_str())
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter().map(id).collect()
+    }
+
+    async fn blob_shared_with(&self, hash: &BlobHash, server: &str) -> Result<bool> {
+        // A user id is `@localpart:server` and a localpart holds no `:`, so the suffix
+        // `:server` names exactly the users of `server`.
+        let row = sqlx::query(
+            "SELECT 1 FROM blob_refs r JOIN chat_members m
+                ON m.chat_id = r.chat_id AND m.left_at IS NULL
+             WHERE r.hash = ?1 AND substr(m.user_id, -(length(?2) + 1)) = ':' || ?2
+             LIMIT 1",
+        )
+        .bind(hash.as_str())
+        .bind(server)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.is_some())
+    }
+
+    async fn insert_fetched_blob(
+        &self,
+        hash: &BlobHash,
+        size: u64,
+        origin: &str,
+        now: i64,
+    ) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO blobs (hash, size, uploader, created_at) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (hash) DO NOTHING",
+        )
+        .bind(hash.as_str())
+        .bind(size_i64(size))
+        .bind(origin)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
     }
 
     async fn unreferenced_blobs(&self, before: i64) -> Result<Vec<BlobHash>> {

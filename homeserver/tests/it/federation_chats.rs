@@ -54,7 +54,7 @@ async fn no_more_events(ws: &mut Ws, d: Duration) -> Result<()> {
     }
 }
 
-async fn create_group(hub: &Server, me: &User, others: &[&User]) -> Result<ChatId> {
+pub(crate) async fn create_group(hub: &Server, me: &User, others: &[&User]) -> Result<ChatId> {
     let members: Vec<&str> = others.iter().map(|u| u.user_id.as_str()).collect();
     let (status, body) = hub
         .post(
@@ -69,7 +69,7 @@ async fn create_group(hub: &Server, me: &User, others: &[&User]) -> Result<ChatI
 
 /// Waits until `user`'s server lists `chat` (a follower learns of a chat shortly after
 /// its hub created it).
-async fn wait_listed(server: &Server, user: &User, chat: &ChatId) -> Result<()> {
+pub(crate) async fn wait_listed(server: &Server, user: &User, chat: &ChatId) -> Result<()> {
     for _ in 0..200 {
         if server.chats(user).await?.iter().any(|c| c.chat_id == *chat) {
             return Ok(());
@@ -240,7 +240,9 @@ async fn sends_wait_in_the_outbox_while_the_hub_is_down(backend: Backend) -> Res
 
 /// A client that signs as `server` with its own key (read from its data directory):
 /// what a misbehaving peer could send.
-fn impersonate(server: &Server) -> Result<parley_federation::transport::http::FederationClient> {
+pub(crate) fn impersonate(
+    server: &Server,
+) -> Result<parley_federation::transport::http::FederationClient> {
     use parley_federation::transport::http::{ClientConfig, FederationClient};
     use parley_federation::{RequestSigner, ServerName, ServerSigningKey};
     let pem = std::fs::read_to_string(server.data_dir().join("federation.key"))?;

@@ -18,6 +18,7 @@ mod federation_libp2p;
 mod groups;
 mod keys;
 mod media;
+mod media_federation;
 mod multinode;
 mod observability;
 mod store_suite;

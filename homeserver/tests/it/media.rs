@@ -11,11 +11,11 @@ use crate::harness::{Backend, Server, User};
 
 crate::on_both_backends!(uploads_resume_dedup_and_downloads_are_for_members);
 
-fn blob_of(bytes: &[u8]) -> String {
+pub(crate) fn blob_of(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
 }
 
-async fn put(
+pub(crate) async fn put(
     server: &Server,
     who: &User,
     blob: &str,
@@ -36,7 +36,7 @@ async fn put(
     Ok((status, resp.json().await.unwrap_or(Value::Null)))
 }
 
-async fn get_blob(
+pub(crate) async fn get_blob(
     server: &Server,
     who: &User,
     blob: &str,
@@ -52,7 +52,7 @@ async fn get_blob(
     Ok((resp.status(), resp.bytes().await?.to_vec()))
 }
 
-async fn send_with_blob(
+pub(crate) async fn send_with_blob(
     server: &Server,
     who: &User,
     chat: &ChatId,
@@ -394,6 +394,82 @@ async fn blobs_live_in_an_s3_store_when_configured() -> Result<()> {
     ensure!(
         status == StatusCode::OK && got == data,
         "after restart: {status}"
+    );
+    Ok(())
+}
+
+/// A process's peak resident set (`VmHWM`), in KiB.
+fn peak_rss_kib(pid: u32) -> Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("no VmHWM in /proc/{pid}/status"))
+}
+
+/// Copying a large blob into S3 holds a bounded number of multipart parts in memory,
+/// not the whole blob: the server's peak RSS grows far less than the blob's size.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3_multipart_uploads_hold_bounded_memory() -> Result<()> {
+    let s3 = parley_testkit::s3_server()?;
+    let http = reqwest::Client::new();
+    let resp = http
+        .put(format!("{}/parley-media", s3.endpoint()))
+        .send()
+        .await?;
+    ensure!(resp.status().is_success(), "bucket: {}", resp.status());
+    let dir = tempfile::tempdir()?;
+    let config = dir.path().join("parley.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[media]\nstore = \"s3\"\nbucket = \"parley-media\"\nendpoint = \"{}\"\n\
+             region = \"us-east-1\"\nallow_http = true\n",
+            s3.endpoint()
+        ),
+    )?;
+    let server = Server::start_with_env(
+        Backend::Sqlite,
+        &["--config", config.to_str().unwrap_or_default()],
+        &[
+            ("AWS_ACCESS_KEY_ID", "parley-test"),
+            ("AWS_SECRET_ACCESS_KEY", "parley-test-secret"),
+        ],
+    )
+    .await?;
+    let alice = server.register("alice").await?;
+    let pid = server.process.pid().ok_or_else(|| anyhow::anyhow!("pid"))?;
+    // 72 MiB: fourteen 5 MiB parts and a bit.
+    let data: Vec<u8> = (0..72 * 1024 * 1024u32)
+        .map(|i| (i.wrapping_mul(13) % 251) as u8)
+        .collect();
+    let blob = blob_of(&data);
+    let before = peak_rss_kib(pid)?;
+    let (status, body) = put(&server, &alice, &blob, 0, data.len(), &data).await?;
+    ensure!(status == StatusCode::CREATED, "{status} {body}");
+    let grew_mib = peak_rss_kib(pid)?.saturating_sub(before) / 1024;
+    // At most three 5 MiB parts at once, plus the transport's buffers; without back
+    // pressure every part of the blob is queued at once (> 72 MiB).
+    ensure!(
+        grew_mib < 40,
+        "peak RSS grew by {grew_mib} MiB for a 72 MiB blob"
+    );
+    let object = http
+        .head(format!(
+            "{}/parley-media/blobs/{}/{blob}",
+            s3.endpoint(),
+            &blob[..2]
+        ))
+        .send()
+        .await?;
+    ensure!(object.status().is_success(), "object: {}", object.status());
+    ensure!(
+        object
+            .headers()
+            .get("content-length")
+            .and_then(|v| v.to_str().ok())
+            == Some(data.len().to_string().as_str())
     );
     Ok(())
 }

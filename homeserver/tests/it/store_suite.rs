@@ -4,7 +4,7 @@ use std::collections::BTreeSet;
 
 use anyhow::{Result, ensure};
 use parley_client_api::http::chats::ChatKind;
-use parley_client_api::{ChatId, DeviceId, UserId};
+use parley_client_api::{BlobHash, ChatId, DeviceId, UserId};
 use parley_homeserver::store::pg::PgStore;
 use parley_homeserver::store::sqlite::SqliteStore;
 use parley_homeserver::store::{
@@ -46,6 +46,7 @@ suite!(
     retention_purges_old_rows,
     a_resend_among_new_sends_keeps_seqs_gap_free,
     one_ack_batch_of_several_devices_deletes_only_their_own_items,
+    blobs_know_their_senders_and_the_servers_they_reach,
 );
 
 async fn setup<S: Store>(s: &S, users: &[(&str, &[&str])]) -> Result<()> {
@@ -442,5 +443,55 @@ async fn one_ack_batch_of_several_devices_deletes_only_their_own_items<S: Store>
     );
     ensure!(s.inbox_page(&d("B1"), 0, 10).await?.is_empty());
     ensure!(s.inbox_page(&d("C1"), 0, 10).await?.is_empty());
+    Ok(())
+}
+
+/// Where a blob is fetched from (the senders of events referring to it, in the asker's
+/// chats) and which servers may fetch it (those with members in such a chat).
+async fn blobs_know_their_senders_and_the_servers_they_reach<S: Store>(s: S) -> Result<()> {
+    setup(&s, &[("alice", &["A1"]), ("eve", &["E1"])]).await?;
+    let bob = UserId::try_from("@bob:y.test")?;
+    let c = ChatId::try_from("!media:x.test")?;
+    s.create_chat(&NewChat {
+        followers: vec![],
+        chat_id: c.clone(),
+        kind: ChatKind::Direct,
+        direct_key: Some("media-key".into()),
+        created_by: u("alice"),
+        members: vec![u("alice"), bob.clone()],
+        name: None,
+        created_at: 5,
+    })
+    .await?;
+    let h = BlobHash::try_from("ab".repeat(32).as_str())?;
+    s.finish_upload(&h, &u("alice"), 10, 1).await?;
+    let mut m = send(&c, "alice", "A1", "m1");
+    m.blobs = vec![h.clone(), h.clone()];
+    let out = s.commit_sends(&[m], 1024).await?;
+    ensure!(
+        matches!(out[0], SendOutcome::Committed { seq: 1, .. }),
+        "{out:?}"
+    );
+
+    ensure!(s.blob_senders(&h, &u("alice"), 4).await? == vec![u("alice")]);
+    ensure!(s.blob_senders(&h, &bob, 4).await? == vec![u("alice")]);
+    ensure!(s.blob_senders(&h, &u("eve"), 4).await?.is_empty());
+    ensure!(s.blob_shared_with(&h, "y.test").await?);
+    ensure!(s.blob_shared_with(&h, "x.test").await?);
+    // Only whole server names match.
+    ensure!(!s.blob_shared_with(&h, "test").await?);
+    ensure!(!s.blob_shared_with(&h, ".test").await?);
+    ensure!(!s.blob_shared_with(&h, "z.test").await?);
+
+    // A blob fetched from another server: its origin is named, once.
+    let h2 = BlobHash::try_from("cd".repeat(32).as_str())?;
+    s.insert_fetched_blob(&h2, 7, "y.test", 2).await?;
+    s.insert_fetched_blob(&h2, 7, "z.test", 3).await?;
+    let row = s
+        .blob(&h2)
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("no blob"))?;
+    ensure!(row.size == 7 && row.uploader == "y.test", "{row:?}");
+    ensure!(!s.can_download(&h2, &u("alice")).await?);
     Ok(())
 }
