@@ -440,8 +440,8 @@ async fn s3_multipart_uploads_hold_bounded_memory() -> Result<()> {
     .await?;
     let alice = server.register("alice").await?;
     let pid = server.process.pid().ok_or_else(|| anyhow::anyhow!("pid"))?;
-    // 72 MiB: fourteen 5 MiB parts and a bit.
-    let data: Vec<u8> = (0..72 * 1024 * 1024u32)
+    // 96 MiB: nineteen 5 MiB parts and a bit.
+    let data: Vec<u8> = (0..96 * 1024 * 1024u32)
         .map(|i| (i.wrapping_mul(13) % 251) as u8)
         .collect();
     let blob = blob_of(&data);
@@ -449,11 +449,12 @@ async fn s3_multipart_uploads_hold_bounded_memory() -> Result<()> {
     let (status, body) = put(&server, &alice, &blob, 0, data.len(), &data).await?;
     ensure!(status == StatusCode::CREATED, "{status} {body}");
     let grew_mib = peak_rss_kib(pid)?.saturating_sub(before) / 1024;
-    // At most three 5 MiB parts at once, plus the transport's buffers; without back
-    // pressure every part of the blob is queued at once (> 72 MiB).
+    // At most three 5 MiB parts at once, plus the transport's buffers (measured: 26 MiB);
+    // without back pressure parts queue up as fast as the disk reads them (measured:
+    // 54 MiB, and more the slower the store).
     ensure!(
         grew_mib < 40,
-        "peak RSS grew by {grew_mib} MiB for a 72 MiB blob"
+        "peak RSS grew by {grew_mib} MiB for a 96 MiB blob"
     );
     let object = http
         .head(format!(
