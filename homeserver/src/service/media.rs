@@ -574,7 +574,8 @@ impl Media {
     }
 
     /// Deletes blobs no retained event refers to and that are older than `before`, and
-    /// uploads abandoned before `before`.
+    /// uploads abandoned and partial fetches from other servers left before `before`;
+    /// returns (blobs, uploads and partial fetches).
     pub async fn collect_garbage(&self, before: i64) -> Result<(usize, usize), ServiceError> {
         let blobs = self.store.unreferenced_blobs(before).await?;
         for hash in &blobs {
@@ -591,7 +592,35 @@ impl Media {
         for (hash, user) in &uploads {
             let _ = tokio::fs::remove_file(self.staging_path(hash, user)).await;
         }
-        Ok((blobs.len(), uploads.len()))
+        let fetches = self.remove_stale_fetches(before).await;
+        Ok((blobs.len(), uploads.len() + fetches))
+    }
+
+    /// Removes partial fetches from other servers last written before `before` (a fetch
+    /// that failed for good leaves one; a retry soon after resumes it).
+    async fn remove_stale_fetches(&self, before: i64) -> usize {
+        let Ok(mut dir) = tokio::fs::read_dir(&self.staging).await else {
+            return 0;
+        };
+        // `None`: beyond what the clock can say, so everything is older.
+        let before = std::time::UNIX_EPOCH.checked_add(Duration::from_millis(
+            u64::try_from(before).unwrap_or_default(),
+        ));
+        let mut removed = 0;
+        while let Ok(Some(entry)) = dir.next_entry().await {
+            if !entry.file_name().to_string_lossy().ends_with(".fetch.part") {
+                continue;
+            }
+            let stale = entry
+                .metadata()
+                .await
+                .and_then(|m| m.modified())
+                .is_ok_and(|t| before.is_none_or(|b| t < b));
+            if stale && tokio::fs::remove_file(entry.path()).await.is_ok() {
+                removed += 1;
+            }
+        }
+        removed
     }
 
     fn append_slot(&self, path: &Path) -> Option<Appending> {

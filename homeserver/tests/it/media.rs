@@ -291,9 +291,21 @@ async fn unreferenced_blobs_are_collected_and_referenced_ones_kept() -> Result<(
         blobs: vec![hashes[0].clone()],
     };
     store.commit_sends(&[refer], 10).await?;
+    // A partial fetch from another server that was never resumed goes too.
+    let partial = dir
+        .path()
+        .join("uploads")
+        .join(format!("{}.fetch.part", hashes[1]));
+    std::fs::write(&partial, b"half a blob")?;
+    ensure!(
+        media.collect_garbage(0).await? == (0, 0),
+        "nothing is that old"
+    );
+    ensure!(partial.exists());
     let far_future = i64::MAX / 2;
-    let (blobs, _) = media.collect_garbage(far_future).await?;
-    ensure!(blobs == 1);
+    let (blobs, leftovers) = media.collect_garbage(far_future).await?;
+    ensure!(blobs == 1 && leftovers == 1, "{blobs} {leftovers}");
+    ensure!(!partial.exists());
     ensure!(media.size(&hashes[0]).await? == Some(4) && media.size(&hashes[1]).await?.is_none());
     let read = media.download(&alice, &hashes[0], None).await?;
     ensure!(read.size == 4);
