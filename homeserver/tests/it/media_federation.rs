@@ -20,6 +20,7 @@ crate::on_both_backends!(
     a_tampered_blob_is_refused_and_not_kept,
     blobs_of_a_followers_user_and_forwards_cross_servers,
     a_send_may_list_only_blobs_its_sender_may_read,
+    an_interrupted_fetch_resumes_where_it_stopped,
 );
 
 fn bytes(len: usize, seed: u32) -> Vec<u8> {
@@ -328,5 +329,55 @@ async fn a_send_may_list_only_blobs_its_sender_may_read(backend: Backend) -> Res
     let fwd = server.create_chat(&bob, &[&carol]).await?;
     send(&server, &bob, &fwd, "f1", &blob).await?;
     ensure!(get_blob(&server, &carol, &blob, None).await? == (StatusCode::OK, data));
+    Ok(())
+}
+
+async fn an_interrupted_fetch_resumes_where_it_stopped(backend: Backend) -> Result<()> {
+    // A writes every federation request it receives to `dump` (exact bytes).
+    let dump = tempfile::tempdir()?;
+    let a = Server::start_peer(
+        backend,
+        "127.0.0.1",
+        &format!("dump_dir = \"{}\"", dump.path().display()),
+    )
+    .await?;
+    let b = Server::start_peer(backend, "127.0.0.2", "").await?;
+    let alice = a.register("alice").await?;
+    let bob = b.register("bob").await?;
+    let chat = create_group(&a, &alice, &[&bob]).await?;
+    wait_listed(&b, &bob, &chat).await?;
+    let data = bytes(400 * 1024, 5);
+    let blob = upload(&a, &alice, &data).await?;
+    send(&a, &alice, &chat, "m1", &blob).await?;
+    for _ in 0..200 {
+        if b.chats(&bob)
+            .await?
+            .iter()
+            .any(|c| c.chat_id == chat && c.last_seq >= 1)
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // What an earlier fetch cut off after 100,000 bytes left in B's staging directory.
+    let partial = b
+        .data_dir()
+        .join("uploads")
+        .join(format!("{blob}.fetch.part"));
+    std::fs::write(&partial, &data[..100_000])?;
+    ensure!(get_blob(&b, &bob, &blob, None).await? == (StatusCode::OK, data));
+    ensure!(!partial.exists());
+    ensure!(fetches(&b, "stored").await? == 1.0);
+    // B asked A only for the rest.
+    let mut asked = Vec::new();
+    for entry in std::fs::read_dir(dump.path())? {
+        let raw = std::fs::read_to_string(entry?.path())?;
+        if raw.contains(&format!("/_parley/fed/v1/media/{blob}")) {
+            asked.push(raw);
+        }
+    }
+    ensure!(asked.len() == 1, "{asked:?}");
+    ensure!(asked[0].contains("range: bytes=100000-"), "{}", asked[0]);
     Ok(())
 }
