@@ -218,7 +218,8 @@ impl FederationClient {
     }
 
     /// Sends a signed request (`path_and_query` as from [`crate::api::fill`]) and returns
-    /// the answer whatever its status.
+    /// the answer whatever its status: over libp2p to the servers [`Libp2pRoutes`] names,
+    /// else over HTTP. The bytes signed are the same either way.
     pub async fn send(
         &self,
         destination: &ServerName,
@@ -227,35 +228,8 @@ impl FederationClient {
         body: Option<Vec<u8>>,
     ) -> Result<FedResponse, ClientError> {
         let body = body.unwrap_or_default();
-        let mut req = self.signed(destination, method, path_and_query, &body)?;
-        if !body.is_empty() {
-            req = req.header("content-type", "application/json").body(body);
-        }
-        let resp = req.send().await.map_err(map_reqwest)?;
-        self.read(resp).await
-    }
-
-    /// A request to `destination` carrying the signature headers for `body`.
-    fn signed(
-        &self,
-        destination: &ServerName,
-        method: Method,
-        path_and_query: &str,
-        body: &[u8],
-    ) -> Result<reqwest::RequestBuilder, ClientError> {
         let url = self.url(destination, path_and_query)?;
-        // Sign exactly the path and query the URL will put on the wire.
-        let headers = self.signer.sign(
-            &OutgoingRequest {
-                method: method.as_str(),
-                destination,
-                path: url.path(),
-                query: url.query(),
-                body,
-            },
-            system_now_ms(),
-            &random_nonce(),
-        )?;
+        let headers = self.signature_headers(destination, method, &url, &body)?;
         if let Some((routes, addr)) = self.libp2p_route(destination).await {
             let target = match url.query() {
                 Some(q) => format!("{}?{q}", url.path()),
@@ -265,7 +239,7 @@ impl FederationClient {
                 .method(method.as_str())
                 .uri(target)
                 .header(http::header::HOST, destination.as_str());
-            for (name, value) in headers.to_vec() {
+            for (name, value) in headers {
                 req = req.header(name, value);
             }
             if !body.is_empty() {
@@ -279,13 +253,63 @@ impl FederationClient {
                 .request(destination, &addr, req, self.config.max_response_bytes)
                 .await;
         }
+        let mut req = self.http_request(method, url, headers)?;
+        if !body.is_empty() {
+            req = req.header("content-type", "application/json").body(body);
+        }
+        let resp = req.send().await.map_err(map_reqwest)?;
+        self.read(resp).await
+    }
+
+    /// The signature headers of a request to `url` at `destination` carrying `body`:
+    /// exactly the path and query the URL puts on the wire are signed.
+    fn signature_headers(
+        &self,
+        destination: &ServerName,
+        method: Method,
+        url: &reqwest::Url,
+        body: &[u8],
+    ) -> Result<Vec<(&'static str, String)>, ClientError> {
+        let headers = self.signer.sign(
+            &OutgoingRequest {
+                method: method.as_str(),
+                destination,
+                path: url.path(),
+                query: url.query(),
+                body,
+            },
+            system_now_ms(),
+            &random_nonce(),
+        )?;
+        Ok(headers.to_vec())
+    }
+
+    fn http_request(
+        &self,
+        method: Method,
+        url: reqwest::Url,
+        headers: Vec<(&'static str, String)>,
+    ) -> Result<reqwest::RequestBuilder, ClientError> {
         let method = reqwest::Method::from_bytes(method.as_str().as_bytes())
             .map_err(|e| ClientError::Target(e.to_string()))?;
         let mut req = self.http.request(method, url);
-        for (name, value) in headers.to_vec() {
+        for (name, value) in headers {
             req = req.header(name, value);
         }
         Ok(req)
+    }
+
+    /// An HTTP request to `destination` carrying the signature headers for `body`.
+    fn signed(
+        &self,
+        destination: &ServerName,
+        method: Method,
+        path_and_query: &str,
+        body: &[u8],
+    ) -> Result<reqwest::RequestBuilder, ClientError> {
+        let url = self.url(destination, path_and_query)?;
+        let headers = self.signature_headers(destination, method, &url, body)?;
+        self.http_request(method, url, headers)
     }
 
     /// Sends a signed `GET` and returns as soon as the answer's headers are in; the body
