@@ -106,7 +106,15 @@ pub struct FedResponse {
 pub struct StreamedResponse {
     pub status: u16,
     pub headers: Vec<(String, String)>,
-    resp: reqwest::Response,
+    body: StreamedBody,
+}
+
+/// Where a streamed body comes from.
+#[derive(Debug)]
+enum StreamedBody {
+    Http(reqwest::Response),
+    /// Over libp2p: the hyper body, and when the whole transfer must be done.
+    Libp2p(hyper::body::Incoming, tokio::time::Instant),
 }
 
 impl StreamedResponse {
@@ -120,12 +128,32 @@ impl StreamedResponse {
 
     /// The body's length as announced (`Content-Length`), if it was.
     pub fn content_length(&self) -> Option<u64> {
-        self.resp.content_length()
+        match &self.body {
+            StreamedBody::Http(resp) => resp.content_length(),
+            StreamedBody::Libp2p(..) => self.header("content-length")?.parse().ok(),
+        }
     }
 
     /// The next piece of the body; `None` at its end.
     pub async fn chunk(&mut self) -> Result<Option<Bytes>, ClientError> {
-        self.resp.chunk().await.map_err(map_reqwest)
+        match &mut self.body {
+            StreamedBody::Http(resp) => resp.chunk().await.map_err(map_reqwest),
+            StreamedBody::Libp2p(body, deadline) => loop {
+                use http_body_util::BodyExt as _;
+                let frame = tokio::time::timeout_at(*deadline, body.frame())
+                    .await
+                    .map_err(|_| ClientError::Timeout)?;
+                match frame {
+                    None => return Ok(None),
+                    Some(Err(e)) => return Err(ClientError::Network(e.to_string())),
+                    Some(Ok(frame)) => {
+                        if let Ok(data) = frame.into_data() {
+                            return Ok(Some(data));
+                        }
+                    }
+                }
+            },
+        }
     }
 }
 
@@ -231,13 +259,9 @@ impl FederationClient {
         let url = self.url(destination, path_and_query)?;
         let headers = self.signature_headers(destination, method, &url, &body)?;
         if let Some((routes, addr)) = self.libp2p_route(destination).await {
-            let target = match url.query() {
-                Some(q) => format!("{}?{q}", url.path()),
-                None => url.path().to_owned(),
-            };
             let mut req = http::Request::builder()
                 .method(method.as_str())
-                .uri(target)
+                .uri(origin_form(&url))
                 .header(http::header::HOST, destination.as_str());
             for (name, value) in headers {
                 req = req.header(name, value);
@@ -299,19 +323,6 @@ impl FederationClient {
         Ok(req)
     }
 
-    /// An HTTP request to `destination` carrying the signature headers for `body`.
-    fn signed(
-        &self,
-        destination: &ServerName,
-        method: Method,
-        path_and_query: &str,
-        body: &[u8],
-    ) -> Result<reqwest::RequestBuilder, ClientError> {
-        let url = self.url(destination, path_and_query)?;
-        let headers = self.signature_headers(destination, method, &url, body)?;
-        self.http_request(method, url, headers)
-    }
-
     /// Sends a signed `GET` and returns as soon as the answer's headers are in; the body
     /// is then read chunk by chunk ([`StreamedResponse::chunk`]), in constant memory.
     /// `from > 0` asks for the bytes from that offset on (`Range: bytes=from-`; a peer
@@ -324,8 +335,51 @@ impl FederationClient {
         from: u64,
         timeout: Duration,
     ) -> Result<StreamedResponse, ClientError> {
+        let url = self.url(destination, path_and_query)?;
+        let headers = self.signature_headers(destination, Method::Get, &url, &[])?;
+        if let Some((routes, addr)) = self.libp2p_route(destination).await {
+            let deadline = tokio::time::Instant::now() + timeout;
+            let mut req = http::Request::get(origin_form(&url))
+                .header(http::header::HOST, destination.as_str());
+            for (name, value) in headers {
+                req = req.header(name, value);
+            }
+            if from > 0 {
+                req = req.header(http::header::RANGE, format!("bytes={from}-"));
+            }
+            let req = req
+                .body(Bytes::new())
+                .map_err(|e| ClientError::Target(e.to_string()))?;
+            let resp = tokio::time::timeout_at(
+                deadline,
+                routes.node().request_streamed(destination, &addr, req),
+            )
+            .await
+            .map_err(|_| ClientError::Timeout)??;
+            let (parts, body) = resp.into_parts();
+            let status = parts.status.as_u16();
+            let mut streamed = StreamedResponse {
+                status,
+                headers: header_lines(&parts.headers),
+                body: StreamedBody::Libp2p(body, deadline),
+            };
+            if !(200..300).contains(&status) {
+                let mut body = Vec::new();
+                while let Some(chunk) = streamed.chunk().await? {
+                    if body.len() + chunk.len() > self.config.max_response_bytes {
+                        break;
+                    }
+                    body.extend_from_slice(&chunk);
+                }
+                return Err(ClientError::Status {
+                    status,
+                    body: serde_json::from_slice(&body).ok(),
+                });
+            }
+            return Ok(streamed);
+        }
         let mut req = self
-            .signed(destination, Method::Get, path_and_query, &[])?
+            .http_request(Method::Get, url, headers)?
             .timeout(timeout);
         if from > 0 {
             req = req.header("range", format!("bytes={from}-"));
@@ -341,7 +395,7 @@ impl FederationClient {
         Ok(StreamedResponse {
             status: resp.status().as_u16(),
             headers: header_lines(resp.headers()),
-            resp,
+            body: StreamedBody::Http(resp),
         })
     }
 
@@ -443,6 +497,14 @@ impl FederationClient {
             .await
             .map_err(map_reqwest)?;
         self.read(resp).await
+    }
+}
+
+/// The request target as it goes on the wire (and is signed): path and query.
+fn origin_form(url: &reqwest::Url) -> String {
+    match url.query() {
+        Some(q) => format!("{}?{q}", url.path()),
+        None => url.path().to_owned(),
     }
 }
 

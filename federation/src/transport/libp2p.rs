@@ -57,6 +57,8 @@ pub struct Libp2pConfig {
     /// Dialing, and each request/response exchange.
     pub connect_timeout: Duration,
     pub request_timeout: Duration,
+    /// How long one inbound stream may take to be served (a media blob streams on it).
+    pub stream_timeout: Duration,
 }
 
 impl Default for Libp2pConfig {
@@ -67,6 +69,7 @@ impl Default for Libp2pConfig {
             idle_timeout: Duration::from_secs(60),
             connect_timeout: Duration::from_secs(10),
             request_timeout: Duration::from_secs(30),
+            stream_timeout: Duration::from_secs(900),
         }
     }
 }
@@ -236,6 +239,58 @@ impl Libp2pNode {
         result
     }
 
+    /// Like [`Libp2pNode::request`], but returns once the answer's head is in: the body
+    /// is read by the caller as it arrives (media blobs, in constant memory).
+    pub async fn request_streamed(
+        &self,
+        destination: &ServerName,
+        addr: &Multiaddr,
+        request: http::Request<Bytes>,
+    ) -> Result<http::Response<hyper::body::Incoming>, ClientError> {
+        let peer = self.proven_peer(destination, addr).await?;
+        let result = tokio::time::timeout(self.config.request_timeout, async {
+            let mut sender = self.open(peer).await?;
+            sender
+                .send_request(request.map(Full::new))
+                .await
+                .map_err(|e| ClientError::Network(e.to_string()))
+        })
+        .await
+        .map_err(|_| ClientError::Timeout)
+        .and_then(|r| r);
+        match &result {
+            Ok(_) => {
+                self.stats.outbound.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(_) => {
+                lock(&self.peers).remove(destination);
+            }
+        }
+        result
+    }
+
+    /// A fresh `/http/1.1` stream to `peer`, as an HTTP/1.1 client connection.
+    async fn open(
+        &self,
+        peer: PeerId,
+    ) -> Result<hyper::client::conn::http1::SendRequest<Full<Bytes>>, ClientError> {
+        let stream = self
+            .control
+            .clone()
+            .open_stream(peer, HTTP_PROTOCOL)
+            .await
+            .map_err(|e| ClientError::Network(format!("open stream to {peer}: {e}")))?;
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream.compat()))
+            .await
+            .map_err(|e| ClientError::Network(e.to_string()))?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!("libp2p http connection: {e}");
+            }
+        });
+        Ok(sender)
+    }
+
     /// The PeerId of `destination`, dialing `addr` and checking its key directory when
     /// not known yet.
     async fn proven_peer(
@@ -306,21 +361,7 @@ impl Libp2pNode {
         limit: usize,
     ) -> Result<FedResponse, ClientError> {
         let work = async {
-            let stream = self
-                .control
-                .clone()
-                .open_stream(peer, HTTP_PROTOCOL)
-                .await
-                .map_err(|e| ClientError::Network(format!("open stream to {peer}: {e}")))?;
-            let (mut sender, conn) =
-                hyper::client::conn::http1::handshake(TokioIo::new(stream.compat()))
-                    .await
-                    .map_err(|e| ClientError::Network(e.to_string()))?;
-            tokio::spawn(async move {
-                if let Err(e) = conn.await {
-                    tracing::debug!("libp2p http connection: {e}");
-                }
-            });
+            let mut sender = self.open(peer).await?;
             let resp = sender
                 .send_request(request.map(Full::new))
                 .await
@@ -392,7 +433,7 @@ impl Libp2pNode {
                 };
                 let served = hyper::server::conn::http1::Builder::new()
                     .serve_connection(TokioIo::new(stream.compat()), service);
-                match tokio::time::timeout(node.config.request_timeout, served).await {
+                match tokio::time::timeout(node.config.stream_timeout, served).await {
                     Ok(Ok(())) => {}
                     Ok(Err(e)) => tracing::debug!(%peer, "libp2p http stream: {e}"),
                     Err(_) => tracing::debug!(%peer, "libp2p http stream timed out"),

@@ -21,6 +21,7 @@ crate::on_both_backends!(
     blobs_of_a_followers_user_and_forwards_cross_servers,
     a_send_may_list_only_blobs_its_sender_may_read,
     an_interrupted_fetch_resumes_where_it_stopped,
+    a_blob_crosses_a_libp2p_link,
 );
 
 fn bytes(len: usize, seed: u32) -> Vec<u8> {
@@ -379,5 +380,47 @@ async fn an_interrupted_fetch_resumes_where_it_stopped(backend: Backend) -> Resu
     }
     ensure!(asked.len() == 1, "{asked:?}");
     ensure!(asked[0].contains("range: bytes=100000-"), "{}", asked[0]);
+    Ok(())
+}
+
+/// A and B federate over libp2p (B names A as a peer): B fetches alice's blob from A on
+/// a libp2p stream, streamed and checked like over HTTP.
+async fn a_blob_crosses_a_libp2p_link(backend: Backend) -> Result<()> {
+    let a_port = parley_testkit::free_port("127.0.0.1");
+    let a = Server::start_peer(
+        backend,
+        "127.0.0.1",
+        &format!("[federation.libp2p]\nlisten = [\"/ip4/127.0.0.1/tcp/{a_port}\"]\n"),
+    )
+    .await?;
+    let b = Server::start_peer(
+        backend,
+        "127.0.0.2",
+        &format!(
+            "[federation.libp2p]\nauto = false\npeers = {{ \"{}\" = \"/ip4/127.0.0.1/tcp/{a_port}\" }}\n",
+            a.name()
+        ),
+    )
+    .await?;
+    let alice = a.register("alice").await?;
+    let bob = b.register("bob").await?;
+    let chat = create_group(&a, &alice, &[&bob]).await?;
+    wait_listed(&b, &bob, &chat).await?;
+    let data = bytes(3 * 1024 * 1024 + 5, 7);
+    let blob = upload(&a, &alice, &data).await?;
+    send(&a, &alice, &chat, "m1", &blob).await?;
+    ensure!(download_eventually(&b, &bob, &blob).await? == data);
+    ensure!(fetches(&b, "stored").await? == 1.0);
+    let out = metric(
+        &b,
+        "parley_federation_libp2p_requests_total{direction=\"outbound\"}",
+    )
+    .await?;
+    let served = metric(
+        &a,
+        "parley_federation_libp2p_requests_total{direction=\"inbound\"}",
+    )
+    .await?;
+    ensure!(out >= 1.0 && served >= 1.0, "libp2p out {out}, in {served}");
     Ok(())
 }
