@@ -435,7 +435,9 @@ impl Client {
             ServerFrame::Receipt { .. }
             | ServerFrame::SentLate { .. }
             | ServerFrame::Synced
-            | ServerFrame::Pong => {}
+            | ServerFrame::Pong
+            | ServerFrame::Typing { .. }
+            | ServerFrame::Presence { .. } => {}
         }
         Ok(())
     }

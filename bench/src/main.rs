@@ -9,6 +9,9 @@
 //! A third scenario, `--group N`, measures one group chat of N members (see
 //! [`group`]): fan-out of one message to every member's socket, and adding a member.
 //!
+//! `--presence N`: N connected devices heartbeating in N/2 chats, reconnecting now and
+//! then: server CPU and RSS, presence fan-out frames per second (see [`presence`]).
+//!
 //! `parley-bench media --size 10MiB,100MiB`: media throughput and server RSS (`media`).
 //!
 //! `--nodes N` spawns N homeserver nodes of one domain on one Postgres database, routing
@@ -25,6 +28,7 @@ mod group;
 mod load;
 mod media;
 mod nodes;
+mod presence;
 mod procfs;
 mod report;
 mod run;
@@ -131,6 +135,17 @@ struct Args {
     /// Group: members added one at a time through the admin's SDK (each timed).
     #[arg(long, default_value_t = 10)]
     group_commits: usize,
+    /// Instead of pairs: this many devices (even) connected and heartbeating, in 1:1
+    /// chats of two; measures presence (see `--presence-*`, `--warmup`, `--duration`).
+    #[arg(long, conflicts_with_all = ["window", "rate", "group"])]
+    presence: Option<usize>,
+    /// Presence: each device's heartbeat period (the server's timeout is three of them).
+    #[arg(long, default_value_t = 20_000)]
+    presence_heartbeat_ms: u64,
+    /// Presence: each device reconnects once per this many seconds (0: never), so its
+    /// peer sees it go offline and online.
+    #[arg(long, default_value_t = 60.0)]
+    presence_churn_s: f64,
     #[command(subcommand)]
     command: Option<Mode>,
 }
@@ -141,6 +156,9 @@ enum Mode {
     /// Media: upload/download throughput and server RSS per file size.
     Media(media::MediaArgs),
 }
+
+/// Most devices of a presence run.
+const MAX_PRESENCE: usize = 20_000;
 
 /// Most members of a bench group.
 const MAX_GROUP: usize = 4096;
@@ -207,6 +225,19 @@ impl Args {
                 "--group: 3 to {MAX_GROUP}; --group-repeats ≤ 100000; --group-burst ≤ 1000000; --group-window 1 to 256; --group-commits ≤ 1000"
             );
         }
+        if self
+            .presence
+            .is_some_and(|n| n < 2 || n % 2 == 1 || n > MAX_PRESENCE)
+            || !(100..=600_000).contains(&self.presence_heartbeat_ms)
+            || !(self.presence_churn_s >= 0.0 && self.presence_churn_s <= MAX_SECONDS)
+        {
+            bail!(
+                "--presence: an even number, 2 to {MAX_PRESENCE}; --presence-heartbeat-ms 100 to 600000; --presence-churn-s 0 to {MAX_SECONDS}"
+            );
+        }
+        if (self.nodes > 1 || self.federated) && self.presence.is_some() {
+            bail!("--presence runs against one node; drop --nodes and --federated");
+        }
         Ok(())
     }
 
@@ -245,6 +276,14 @@ async fn main() -> Result<()> {
         commits: args.group_commits,
         payload_size: args.payload_size,
     });
+    let presence = args.presence.map(|devices| presence::PresenceOptions {
+        devices,
+        heartbeat: Duration::from_millis(args.presence_heartbeat_ms),
+        churn: Duration::from_secs_f64(args.presence_churn_s),
+        warmup: Duration::from_secs_f64(args.warmup),
+        duration: Duration::from_secs_f64(args.duration),
+        setup_concurrency: args.setup_concurrency,
+    });
     let nodes = match &args.url {
         Some(url) => Nodes::single(Server::attach(url, args.pid, args.backend.clone())?),
         None => {
@@ -252,7 +291,10 @@ async fn main() -> Result<()> {
                 Some(path) => path.clone(),
                 None => server::default_binary()?,
             };
-            let config = group.as_ref().map(group::server_config);
+            let config = group
+                .as_ref()
+                .map(group::server_config)
+                .or_else(|| presence.as_ref().map(presence::server_config));
             if args.federated {
                 Nodes::federated(
                     &binary,
@@ -281,15 +323,22 @@ async fn main() -> Result<()> {
         nodes.label(),
         nodes.describe()
     );
-    let result = match &group {
-        Some(opts) => group::run(nodes.first(), opts).await.map(|r| {
+    let result = match (&group, &presence) {
+        (Some(opts), _) => group::run(nodes.first(), opts).await.map(|r| {
             if args.json {
                 println!("{}", serde_json::to_string(&r).unwrap_or_default());
             } else {
                 group::print(&r);
             }
         }),
-        None => bench(&args, &nodes).await,
+        (None, Some(opts)) => presence::run(nodes.first(), opts).await.map(|r| {
+            if args.json {
+                println!("{}", serde_json::to_string(&r).unwrap_or_default());
+            } else {
+                presence::print(&r);
+            }
+        }),
+        (None, None) => bench(&args, &nodes).await,
     };
     nodes.stop().await?;
     result

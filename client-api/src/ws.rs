@@ -8,12 +8,24 @@
 //! (clients deduplicate by `(chat_id, seq)`).
 //!
 //! Frames are JSON text messages tagged by `"type"`.
+//!
+//! Presence and typing (`spec/presence.md` has the rules):
+//! - A device that sends [`ClientFrame::Heartbeat`] (every [`HEARTBEAT_EVERY_MS`]) is
+//!   *present*: its user is online while one of their devices is connected and has
+//!   heartbeated within the server's timeout (default [`DEFAULT_HEARTBEAT_TIMEOUT_MS`]).
+//!   Only connections that heartbeat receive [`ServerFrame::Presence`] updates.
+//! - [`ClientFrame::Typing`] `typing: true` is valid for [`TYPING_TTL_MS`]: a client
+//!   refreshes it every [`TYPING_REFRESH_MS`] while the user types and sends
+//!   `typing: false` when they stop. Recipients drop a [`ServerFrame::Typing`] start
+//!   that is not refreshed within [`TYPING_TTL_MS`]; the server also sends
+//!   `typing: false` when a start expires. Typing and presence frames carry no inbox id:
+//!   they are never stored, never replayed and never acknowledged.
 
 use serde::{Deserialize, Serialize};
 
 use crate::error::ErrorCode;
 use crate::http::chats::{ChatEvent, Receipt};
-use crate::ids::ChatId;
+use crate::ids::{ChatId, DeviceId, UserId};
 use crate::payload::Payload;
 
 pub const METHOD: crate::http::Method = crate::http::Method::Get;
@@ -23,6 +35,15 @@ pub const PATH: &str = "/v1/ws";
 pub const FRAME_OVERHEAD: usize = 4096;
 /// The most ids one `ack` frame may carry.
 pub const MAX_ACK_IDS: usize = 1024;
+
+/// How long a `typing: true` lasts without a refresh (ms): the client-visible expiry.
+pub const TYPING_TTL_MS: i64 = 5_000;
+/// How often a client refreshes `typing: true` while its user types (ms).
+pub const TYPING_REFRESH_MS: i64 = 3_000;
+/// How often a present client sends `heartbeat` (ms).
+pub const HEARTBEAT_EVERY_MS: i64 = 20_000;
+/// The server's default heartbeat timeout (ms; `[presence] heartbeat_timeout_ms`).
+pub const DEFAULT_HEARTBEAT_TIMEOUT_MS: i64 = 60_000;
 
 /// Frames a device sends.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -47,6 +68,12 @@ pub enum ClientFrame {
     Read { chat_id: ChatId, seq: i64 },
     /// Keep-alive; answered by [`ServerFrame::Pong`].
     Ping,
+    /// The device is present (the app is in the foreground): keeps its user online and
+    /// subscribes this connection to presence updates. Not answered.
+    Heartbeat,
+    /// The user started (`true`, refresh every [`TYPING_REFRESH_MS`]) or stopped
+    /// (`false`) typing in a chat. Relayed to the other members' connected devices.
+    Typing { chat_id: ChatId, typing: bool },
 }
 
 /// Frames the server sends.
@@ -104,6 +131,22 @@ pub enum ServerFrame {
         current_epoch: Option<u64>,
     },
     Pong,
+    /// A member of `chat_id` started or stopped typing. A start expires after
+    /// [`TYPING_TTL_MS`] without a refresh. `device_id` is absent for users of other
+    /// servers.
+    Typing {
+        chat_id: ChatId,
+        user_id: UserId,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        device_id: Option<DeviceId>,
+        typing: bool,
+    },
+    /// Someone who shares a chat with this user went online or offline (sent only to
+    /// connections that heartbeat, and only as their privacy settings allow).
+    Presence {
+        #[serde(flatten)]
+        presence: crate::http::presence::Presence,
+    },
 }
 
 impl ClientFrame {
@@ -182,5 +225,29 @@ mod tests {
         )
         .unwrap();
         assert!(matches!(late, ServerFrame::SentLate { id: 8, ref ack } if ack.seq == 4));
+    }
+
+    #[test]
+    fn presence_and_typing_frames() {
+        let f: ClientFrame =
+            serde_json::from_str(r#"{"type":"typing","chat_id":"!abc:x.org","typing":true}"#)
+                .unwrap();
+        assert!(matches!(f, ClientFrame::Typing { typing: true, .. }));
+        let f: ClientFrame = serde_json::from_str(r#"{"type":"heartbeat"}"#).unwrap();
+        assert_eq!(f, ClientFrame::Heartbeat);
+        let p = ServerFrame::Presence {
+            presence: crate::http::presence::Presence {
+                user_id: "@a:x.org".try_into().unwrap(),
+                online: Some(true),
+                last_seen: Some(5),
+            },
+        };
+        let s = serde_json::to_string(&p).unwrap();
+        assert_eq!(
+            s,
+            r#"{"type":"presence","user_id":"@a:x.org","online":true,"last_seen":5}"#
+        );
+        assert_eq!(serde_json::from_str::<ServerFrame>(&s).unwrap(), p);
+        assert_eq!(p.inbox_id(), None);
     }
 }

@@ -6,6 +6,8 @@ use parley_client_api::http::accounts::{self, DeviceInfo, Session};
 use parley_client_api::http::chats::{self, ChatEvent, ChatSummary, SendAck};
 use parley_client_api::http::keys::{self, ClaimedKeyPackage, KeyPackageCount};
 use parley_client_api::http::media;
+use parley_client_api::http::presence::{self, Visibility};
+use parley_client_api::http::push;
 use parley_client_api::http::{Method, fill};
 use parley_client_api::{BlobHash, ChatId, DeviceId, ErrorBody, ErrorCode, Payload, UserId};
 use serde::Serialize;
@@ -183,6 +185,57 @@ impl Api {
 
     pub(crate) async fn logout(&self) -> Result<()> {
         self.raw::<()>(accounts::logout::METHOD, accounts::logout::PATH, None)
+            .await
+            .map(drop)
+    }
+
+    pub(crate) async fn privacy(&self) -> Result<Visibility> {
+        let r: presence::get_privacy::Response = self
+            .call::<(), _>(
+                presence::get_privacy::METHOD,
+                presence::get_privacy::PATH,
+                None,
+            )
+            .await?;
+        Ok(r.last_seen)
+    }
+
+    pub(crate) async fn set_privacy(&self, last_seen: Visibility) -> Result<Visibility> {
+        let body = presence::Privacy { last_seen };
+        let r: presence::set_privacy::Response = self
+            .call(
+                presence::set_privacy::METHOD,
+                presence::set_privacy::PATH,
+                Some(&body),
+            )
+            .await?;
+        Ok(r.last_seen)
+    }
+
+    pub(crate) async fn presence(&self, user: &UserId) -> Result<presence::Presence> {
+        let path = fill(presence::get::PATH, &[("user_id", user.as_str())]);
+        self.call::<(), _>(presence::get::METHOD, &path, None).await
+    }
+
+    pub(crate) async fn add_pusher(&self, url: &str, token: &str) -> Result<push::Pusher> {
+        let body = push::set::Request {
+            url: url.to_owned(),
+            token: token.to_owned(),
+        };
+        self.call(push::set::METHOD, push::set::PATH, Some(&body))
+            .await
+    }
+
+    pub(crate) async fn pushers(&self) -> Result<Vec<push::Pusher>> {
+        let r: push::list::Response = self
+            .call::<(), _>(push::list::METHOD, push::list::PATH, None)
+            .await?;
+        Ok(r.pushers)
+    }
+
+    pub(crate) async fn remove_pusher(&self, device: &DeviceId) -> Result<()> {
+        let path = fill(push::delete::PATH, &[("device_id", device.as_str())]);
+        self.raw::<()>(push::delete::METHOD, &path, None)
             .await
             .map(drop)
     }

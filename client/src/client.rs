@@ -7,6 +7,9 @@ use std::time::Duration;
 
 use parley_client_api::http::accounts::{DeviceInfo, Session};
 use parley_client_api::http::keys::{ClaimedKeyPackage, KeyPackageCount};
+use parley_client_api::http::presence::{Presence, Visibility};
+use parley_client_api::http::push::Pusher;
+use parley_client_api::ws::ClientFrame;
 use parley_client_api::{ChatId, DeviceId, ErrorCode, UserId};
 use parley_crypto::{
     Content, DeviceIdentity, DevicePublicIdentity, Envelope, Group, ValidatedKeyPackage,
@@ -19,6 +22,9 @@ use crate::api::Api;
 use crate::error::{Error, Result};
 use crate::payload::ChatPayload;
 use crate::store::{self, ChatInfo, Db, Message, MessageState, Reader, provider};
+
+/// Typing frames waiting for the socket.
+const FRAME_QUEUE: usize = 64;
 
 /// How a [`Client`] behaves. `ClientConfig::new(dir)` gives the defaults.
 #[derive(Debug, Clone)]
@@ -38,6 +44,8 @@ pub struct ClientConfig {
     pub event_capacity: usize,
     /// The device name sent at register or login.
     pub device_name: Option<String>,
+    /// How often a present device ([`Client::set_present`]) sends a heartbeat.
+    pub heartbeat_interval: Duration,
 }
 
 impl ClientConfig {
@@ -50,6 +58,9 @@ impl ClientConfig {
             housekeeping_interval: Duration::from_secs(60),
             event_capacity: 1024,
             device_name: None,
+            heartbeat_interval: Duration::from_millis(
+                parley_client_api::ws::HEARTBEAT_EVERY_MS.unsigned_abs(),
+            ),
         }
     }
 }
@@ -107,6 +118,18 @@ pub enum Event {
         seq: i64,
         reason: String,
     },
+    /// Someone who shares a chat with this user went online or offline (only while this
+    /// device is present, [`Client::set_present`], and as privacy settings allow).
+    Presence(Presence),
+    /// A member of a chat started or stopped typing. A start ends by itself after
+    /// [`parley_client_api::ws::TYPING_TTL_MS`] unless refreshed: apps drop it then.
+    Typing {
+        chat_id: ChatId,
+        user_id: UserId,
+        /// Absent for users of other servers.
+        device_id: Option<DeviceId>,
+        typing: bool,
+    },
 }
 
 /// One device of one user: HTTP, the WebSocket event stream, the local store.
@@ -156,6 +179,12 @@ pub(crate) struct Inner {
     pub(crate) direct: std::sync::Mutex<std::collections::HashSet<String>>,
     /// Media uploads and downloads running in this process.
     pub(crate) transfers: crate::media::Transfers,
+    /// The app is in the foreground: the socket heartbeats (the user shows online) and
+    /// gets presence updates.
+    pub(crate) present: AtomicBool,
+    /// Frames for the socket that are not stored anywhere (typing): sent if connected.
+    pub(crate) frames_tx: mpsc::Sender<ClientFrame>,
+    pub(crate) frames_rx: tokio::sync::Mutex<mpsc::Receiver<ClientFrame>>,
 }
 
 pub(crate) fn now_ms() -> i64 {
@@ -302,6 +331,7 @@ impl Client {
         let (events, _) = broadcast::channel(config.event_capacity.max(16));
         let (state, _) = watch::channel(ConnectionState::Offline);
         let (flush_tx, flush_rx) = mpsc::channel(1);
+        let (frames_tx, frames_rx) = mpsc::channel(FRAME_QUEUE);
         let (shutdown_tx, shutdown) = watch::channel(false);
         let inner = Arc::new(Inner {
             config,
@@ -319,6 +349,9 @@ impl Client {
             needs_device_sync: AtomicBool::new(false),
             direct: std::sync::Mutex::default(),
             transfers: crate::media::Transfers::default(),
+            present: AtomicBool::new(false),
+            frames_tx,
+            frames_rx: tokio::sync::Mutex::new(frames_rx),
         });
         Client {
             inner,
@@ -660,6 +693,55 @@ impl Client {
         inner.emit(Event::MessageQueued(message.clone()));
         inner.kick();
         Ok(message)
+    }
+
+    /// Marks the app present (foreground) or not. While present, the socket heartbeats,
+    /// so the user shows online, and [`Event::Presence`] arrives; when not, the user goes
+    /// offline after the server's heartbeat timeout even if the socket stays open.
+    pub fn set_present(&self, present: bool) {
+        self.inner.present.store(present, Ordering::Relaxed);
+        self.inner.kick();
+    }
+
+    /// Tells the chat's members that the user types (`true`; call again every
+    /// [`parley_client_api::ws::TYPING_REFRESH_MS`] while they do) or stopped. Sent only
+    /// while connected (typing is never stored); dropped otherwise.
+    pub fn typing(&self, chat: &ChatId, typing: bool) {
+        let _ = self.inner.frames_tx.try_send(ClientFrame::Typing {
+            chat_id: chat.clone(),
+            typing,
+        });
+    }
+
+    /// Who sees this user's online state and last seen.
+    pub async fn privacy(&self) -> Result<Visibility> {
+        self.inner.api.privacy().await
+    }
+
+    /// Sets who sees this user's online state and last seen (and so whose this user
+    /// sees: the rule is reciprocal).
+    pub async fn set_privacy(&self, last_seen: Visibility) -> Result<Visibility> {
+        self.inner.api.set_privacy(last_seen).await
+    }
+
+    /// A user's online state and last seen, as far as this user may see them.
+    pub async fn presence(&self, user: &UserId) -> Result<Presence> {
+        self.inner.api.presence(user).await
+    }
+
+    /// Registers this device's pusher: push gateway URL and the device's push token.
+    pub async fn add_pusher(&self, url: &str, token: &str) -> Result<Pusher> {
+        self.inner.api.add_pusher(url, token).await
+    }
+
+    /// This user's pushers (one per device that registered one).
+    pub async fn pushers(&self) -> Result<Vec<Pusher>> {
+        self.inner.api.pushers().await
+    }
+
+    /// Removes the pusher of one of this user's devices.
+    pub async fn remove_pusher(&self, device: &DeviceId) -> Result<()> {
+        self.inner.api.remove_pusher(device).await
     }
 
     /// Marks everything received in the chat so far as read (sent to the server now or

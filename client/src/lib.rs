@@ -44,4 +44,6 @@ pub use media::{Attachment, Downloaded, FileOptions, SentFile, guess_mime, human
 pub use payload::ChatPayload;
 pub use store::{ChatInfo, MemberReceipt, Message, MessageState, Reader, ReceiptSummary};
 
+pub use parley_client_api::http::presence::{Presence, Visibility};
+pub use parley_client_api::http::push::Pusher;
 pub use parley_client_api::{ChatId, DeviceId, ErrorCode, UserId};

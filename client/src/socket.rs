@@ -21,7 +21,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{self, Message as WsMessage};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-use crate::client::{ConnectionState, Inner};
+use crate::client::{ConnectionState, Event, Inner};
 use crate::error::Error;
 use crate::store;
 
@@ -63,6 +63,7 @@ pub(crate) async fn run(inner: Arc<Inner>, mut flush_rx: mpsc::Receiver<()>) {
                     acks: Vec::new(),
                     synced: false,
                     retry_at: None,
+                    beat_sent: false,
                 };
                 let end = conn.run(&mut flush_rx, &mut shutdown).await;
                 match end {
@@ -151,6 +152,8 @@ struct Conn {
     synced: bool,
     /// When to resend sends the server refused as transient.
     retry_at: Option<Instant>,
+    /// A heartbeat went out on this connection since the device became present.
+    beat_sent: bool,
 }
 
 impl Conn {
@@ -164,6 +167,12 @@ impl Conn {
         let mut housekeeping = tokio::time::interval(self.inner.config.housekeeping_interval);
         housekeeping.tick().await;
         let mut last_rx = Instant::now();
+        let mut heartbeat = tokio::time::interval(self.inner.config.heartbeat_interval);
+        heartbeat.tick().await;
+        let frames = self.inner.clone();
+        let mut frames = frames.frames_rx.lock().await;
+        // Typing queued while disconnected is stale.
+        while frames.try_recv().is_ok() {}
         loop {
             let retry = async {
                 match self.retry_at {
@@ -193,8 +202,16 @@ impl Conn {
                     }
                 }
                 Some(()) = flush_rx.recv() => {
-                    if self.synced { self.flush().await.map(|()| None) } else { Ok(None) }
+                    match self.beat(false).await {
+                        Err(e) => Err(e),
+                        Ok(()) if self.synced => self.flush().await.map(|()| None),
+                        Ok(()) => Ok(None),
+                    }
                 }
+                Some(frame) = frames.recv() => {
+                    if self.synced { self.send(&frame).await.map(|()| None) } else { Ok(None) }
+                }
+                _ = heartbeat.tick() => self.beat(true).await.map(|()| None),
                 () = retry => {
                     self.retry_at = None;
                     self.flush().await.map(|()| None)
@@ -238,6 +255,24 @@ impl Conn {
             })
     }
 
+    /// Sends a heartbeat while the device is present: on every tick (`periodic`), else
+    /// once when it became present.
+    async fn beat(&mut self, periodic: bool) -> Result<(), Error> {
+        if !self
+            .inner
+            .present
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            self.beat_sent = false;
+            return Ok(());
+        }
+        if periodic || !self.beat_sent {
+            self.beat_sent = true;
+            self.send(&ClientFrame::Heartbeat).await?;
+        }
+        Ok(())
+    }
+
     async fn send_acks(&mut self) -> Result<(), Error> {
         while !self.acks.is_empty() {
             let n = self.acks.len().min(MAX_ACK_IDS);
@@ -270,6 +305,7 @@ impl Conn {
             }
             ServerFrame::Synced => {
                 self.send_acks().await?;
+                self.beat(false).await?;
                 self.synced = true;
                 self.inner.set_state(ConnectionState::Synced);
                 self.housekeeping(true).await;
@@ -329,6 +365,22 @@ impl Conn {
                 }
             },
             ServerFrame::Pong => {}
+            ServerFrame::Presence { presence } => {
+                let _ = self.inner.events.send(Event::Presence(presence));
+            }
+            ServerFrame::Typing {
+                chat_id,
+                user_id,
+                device_id,
+                typing,
+            } => {
+                let _ = self.inner.events.send(Event::Typing {
+                    chat_id,
+                    user_id,
+                    device_id,
+                    typing,
+                });
+            }
         }
         if self.synced || self.acks.len() >= ACK_BATCH {
             self.send_acks().await?;

@@ -218,6 +218,67 @@ impl FederationConfig {
     }
 }
 
+/// The `[presence]` section: online state, last seen and typing.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PresenceConfig {
+    /// A connected device that has not sent a heartbeat (or connected) for this long no
+    /// longer keeps its user online (ms; default 60 000).
+    pub heartbeat_timeout_ms: u64,
+    /// A user's last seen is written to the database at most this often while they are
+    /// online (ms; default 60 000: it only matters if the server stops while they are
+    /// online); going offline always writes it. Writes of one tick share a transaction.
+    pub last_seen_write_ms: u64,
+    /// A typing start within this long of the last one relayed for the same user and
+    /// chat only extends it; it is not relayed again (ms; default 2 000, below the 5 s
+    /// expiry clients apply).
+    pub typing_debounce_ms: u64,
+}
+
+impl Default for PresenceConfig {
+    fn default() -> Self {
+        Self {
+            heartbeat_timeout_ms: 60_000,
+            last_seen_write_ms: 60_000,
+            typing_debounce_ms: 2_000,
+        }
+    }
+}
+
+/// The `[push]` section: notifications to push gateways for devices without a socket.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PushConfig {
+    /// At most one notification per device per this long; events in between are folded
+    /// into the next one (ms; default 5 000).
+    pub coalesce_ms: u64,
+    /// First retry delay while a gateway fails (doubles per attempt; ms; default 1 000).
+    pub retry_base_ms: u64,
+    /// Longest retry delay (ms; default 60 000).
+    pub retry_max_ms: u64,
+    /// Attempts of one notification (the first included) before it is dropped
+    /// (default 8).
+    pub max_attempts: u32,
+    /// Timeout of one request to a gateway (ms; default 10 000).
+    pub timeout_ms: u64,
+    /// Accept `http://` gateway URLs and loopback/private IP literals (tests and local
+    /// gateways only; default false: `https://` to public hosts only).
+    pub allow_insecure: bool,
+}
+
+impl Default for PushConfig {
+    fn default() -> Self {
+        Self {
+            coalesce_ms: 5_000,
+            retry_base_ms: 1_000,
+            retry_max_ms: 60_000,
+            max_attempts: 8,
+            timeout_ms: 10_000,
+            allow_insecure: false,
+        }
+    }
+}
+
 /// Where media blobs are stored.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -269,6 +330,8 @@ struct FileConfig {
     limits: Limits,
     federation: FederationConfig,
     media: MediaConfig,
+    presence: PresenceConfig,
+    push: PushConfig,
 }
 
 /// The resolved configuration.
@@ -287,6 +350,8 @@ pub struct Config {
     pub limits: Limits,
     pub federation: FederationConfig,
     pub media: MediaConfig,
+    pub presence: PresenceConfig,
+    pub push: PushConfig,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -356,6 +421,11 @@ impl Config {
         {
             return Err(ConfigError::Limit("[media] store = \"s3\" needs a bucket"));
         }
+        if file.presence.heartbeat_timeout_ms < 100 || file.push.max_attempts == 0 {
+            return Err(ConfigError::Limit(
+                "[presence] heartbeat_timeout_ms must be >= 100 and [push] max_attempts > 0",
+            ));
+        }
         let mut federation = file.federation;
         federation.enabled |= cli.federation;
         federation.test_mode |= cli.federation_test_mode;
@@ -374,6 +444,8 @@ impl Config {
             limits,
             federation,
             media: file.media,
+            presence: file.presence,
+            push: file.push,
         })
     }
 

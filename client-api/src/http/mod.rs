@@ -7,6 +7,8 @@ pub mod accounts;
 pub mod chats;
 pub mod keys;
 pub mod media;
+pub mod presence;
+pub mod push;
 
 /// An HTTP method, as the endpoints name it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -12,7 +12,7 @@ use anyhow::{Context, Result, anyhow, bail};
 use clap::{Parser, Subcommand};
 use parley_client::{
     ChatId, Client, ClientConfig, ConnectionState, Error as SdkError, ErrorCode, Event,
-    FileOptions, Message, MessageState, Reader, UserId, human_size,
+    FileOptions, Message, MessageState, Reader, UserId, Visibility, human_size,
 };
 use tokio::io::AsyncBufReadExt;
 use tokio::sync::broadcast::error::RecvError;
@@ -112,8 +112,29 @@ enum Command {
         #[arg(long)]
         chat: Option<String>,
     },
-    /// Print messages and tick changes as they happen.
+    /// Print messages, tick changes, typing and presence as they happen (this device
+    /// counts as present: its user shows online).
     Listen,
+    /// Tell a chat you are typing (`--stop`: you stopped). It shows for 5 s.
+    Typing {
+        chat: String,
+        #[arg(long)]
+        stop: bool,
+    },
+    /// Show whether a user is online, or when they were last seen.
+    Presence { user: String },
+    /// Privacy settings: `parley privacy last-seen nobody` (everyone | contacts |
+    /// nobody); without a value, show it.
+    Privacy {
+        #[command(subcommand)]
+        action: PrivacyAction,
+    },
+    /// Push notifications for this device: `parley pusher add URL TOKEN`, `list`,
+    /// `remove DEVICE`.
+    Pusher {
+        #[command(subcommand)]
+        action: PusherAction,
+    },
     /// Open a chat interactively (the most recent one if none is named).
     Interactive { chat: Option<String> },
 }
@@ -131,6 +152,26 @@ struct Credentials {
     /// A name for this device.
     #[arg(long)]
     device_name: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum PrivacyAction {
+    /// Who sees your online state and last seen. Reciprocal: hide yours and you see
+    /// no one's.
+    LastSeen {
+        /// everyone | contacts (people you share a chat with) | nobody
+        value: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum PusherAction {
+    /// Register this device's pusher: the push gateway's notify URL and its push token.
+    Add { url: String, token: String },
+    /// List your pushers.
+    List,
+    /// Remove the pusher of one of your devices.
+    Remove { device_id: String },
 }
 
 #[derive(Subcommand)]
@@ -307,6 +348,75 @@ async fn run(cli: Cli) -> Result<()> {
             let client = Client::open(config()).await?;
             client.logout().await?;
             println!("logged out {}", client.device_id());
+            client.shutdown().await;
+        }
+        Command::Typing { chat, stop } => {
+            let client = Client::open(config()).await?;
+            let chat = resolve_chat(&client, &chat, false).await?;
+            client.connect();
+            client.wait_synced(WAIT).await?;
+            client.typing(&chat, !stop);
+            // Let the socket write it before closing.
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            println!(
+                "{} {chat}",
+                if stop {
+                    "stopped typing in"
+                } else {
+                    "typing in"
+                }
+            );
+            client.shutdown().await;
+        }
+        Command::Presence { user } => {
+            let client = Client::open(config()).await?;
+            let p = client.presence(&parse_user(&user)?).await?;
+            match (p.online, p.last_seen) {
+                (Some(true), _) => println!("{} is online", p.user_id),
+                (Some(false), Some(at)) => println!(
+                    "{} was last seen {} ({} UTC)",
+                    p.user_id,
+                    ago(at),
+                    clock(at)
+                ),
+                (Some(false), None) => println!("{} has not been seen", p.user_id),
+                (None, _) => println!("{}: not shown to you", p.user_id),
+            }
+            client.shutdown().await;
+        }
+        Command::Privacy {
+            action: PrivacyAction::LastSeen { value },
+        } => {
+            let client = Client::open(config()).await?;
+            let v = match value {
+                Some(v) => {
+                    let v: Visibility = v.parse().map_err(|e: String| anyhow!(e))?;
+                    client.set_privacy(v).await?
+                }
+                None => client.privacy().await?,
+            };
+            println!("last seen: {}", v.as_str());
+            client.shutdown().await;
+        }
+        Command::Pusher { action } => {
+            let client = Client::open(config()).await?;
+            match action {
+                PusherAction::Add { url, token } => {
+                    let p = client.add_pusher(&url, &token).await?;
+                    println!("pusher for device {} -> {}", p.device_id, p.url);
+                }
+                PusherAction::List => {
+                    for p in client.pushers().await? {
+                        println!("{}  {}", p.device_id, p.url);
+                    }
+                }
+                PusherAction::Remove { device_id } => {
+                    let device = parley_client::DeviceId::try_from(device_id.as_str())
+                        .map_err(|e| anyhow!("{device_id:?}: {e}"))?;
+                    client.remove_pusher(&device).await?;
+                    println!("removed the pusher of {device}");
+                }
+            }
             client.shutdown().await;
         }
         Command::Whoami => {
@@ -636,6 +746,20 @@ fn who(m: &Message, me: Option<&UserId>) -> String {
     }
 }
 
+/// "N s/min/h/days ago".
+fn ago(ms: i64) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
+    let s = (now - ms).max(0) / 1000;
+    match s {
+        0..60 => format!("{s} s ago"),
+        60..3600 => format!("{} min ago", s / 60),
+        3600..86400 => format!("{} h ago", s / 3600),
+        _ => format!("{} days ago", s / 86400),
+    }
+}
+
 fn clock(ms: i64) -> String {
     let minutes = ms.div_euclid(60_000).rem_euclid(24 * 60);
     format!("{:02}:{:02}", minutes / 60, minutes % 60)
@@ -693,6 +817,7 @@ async fn listen(config: ClientConfig) -> Result<()> {
     let client = Client::open(config).await?;
     let me = client.user_id().clone();
     let mut events = client.subscribe();
+    client.set_present(true);
     client.connect();
     println!(
         "listening as {me} (device {}); Ctrl-C to stop",
@@ -735,6 +860,26 @@ async fn listen(config: ClientConfig) -> Result<()> {
                 seq,
                 reason,
             }) => println!("[{chat_id}] event {seq} could not be read: {reason}"),
+            Ok(Event::Typing {
+                chat_id,
+                user_id,
+                typing,
+                ..
+            }) => println!(
+                "[{chat_id}] {user_id} {}",
+                if typing {
+                    "is typing…"
+                } else {
+                    "stopped typing"
+                }
+            ),
+            Ok(Event::Presence(p)) => match (p.online, p.last_seen) {
+                (Some(true), _) => println!("{} is online", p.user_id),
+                (_, Some(at)) => {
+                    println!("{} went offline (last seen {} UTC)", p.user_id, clock(at))
+                }
+                _ => {}
+            },
             Ok(Event::Connection(ConnectionState::Synced)) => println!("(connected)"),
             Ok(Event::Connection(ConnectionState::Offline)) => {
                 println!("(offline; reconnecting)");

@@ -215,6 +215,7 @@ pub fn config(dir: &Path) -> ClientConfig {
     c.reconnect_min = Duration::from_millis(100);
     c.reconnect_max = Duration::from_millis(500);
     c.key_package_target = 6;
+    c.heartbeat_interval = Duration::from_millis(400);
     c
 }
 

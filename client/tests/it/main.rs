@@ -11,5 +11,6 @@ mod federation;
 mod groups;
 mod media;
 mod offline;
+mod presence;
 mod races;
 mod tmux;

@@ -37,6 +37,10 @@ pub(super) enum Wire {
         id: i64,
         json: String,
     },
+    /// Typing or presence: not an inbox item.
+    Ephemeral {
+        json: String,
+    },
     /// Close the device's socket unless it is on node `node` (a newer connection there).
     Kick {
         node: String,
@@ -54,6 +58,9 @@ impl Wire {
             Outbound::Frame { id, json } => Wire::Frame {
                 id: *id,
                 json: json.clone(),
+            },
+            Outbound::Ephemeral(json) => Wire::Ephemeral {
+                json: json.to_string(),
             },
             Outbound::Close(reason) => Wire::Kick {
                 node: node.to_owned(),

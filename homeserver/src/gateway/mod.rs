@@ -20,6 +20,9 @@ pub enum Outbound {
     Event { id: i64, event_json: Arc<str> },
     /// A fully serialized frame (receipts).
     Frame { id: i64, json: String },
+    /// A serialized frame that is not an inbox item (typing, presence): written as is,
+    /// never tracked for acknowledgement.
+    Ephemeral(Arc<str>),
     /// Close the connection, with the reason sent to the client.
     Close(CloseReason),
 }
@@ -61,7 +64,11 @@ enum Command {
     Deliver(Vec<(DeviceId, Outbound)>),
     Kick(DeviceId, CloseReason),
     Count(oneshot::Sender<usize>),
+    OnOffline(OfflineHook),
 }
+
+/// Called with each chat event for a device that has no socket (single node only).
+pub type OfflineHook = Arc<dyn Fn(DeviceId, Arc<str>) + Send + Sync>;
 
 /// A handle to the registry task. Cheap to clone.
 #[derive(Clone)]
@@ -128,6 +135,12 @@ impl Gateway {
         let _ = self.tx.send(Command::Kick(device, reason)).await;
     }
 
+    /// Sets the hook told about events for devices with no socket (push). Only a single
+    /// node knows that; with a bus the hook is never called.
+    pub async fn on_offline(&self, hook: OfflineHook) {
+        let _ = self.tx.send(Command::OnOffline(hook)).await;
+    }
+
     /// Connected devices.
     pub async fn connected(&self) -> usize {
         let (tx, rx) = oneshot::channel();
@@ -160,6 +173,7 @@ async fn run(
 ) {
     let mut conns: Conns = HashMap::new();
     let mut next_conn: u64 = 0;
+    let mut offline: Option<OfflineHook> = None;
     loop {
         let from_bus = async {
             match bus.as_mut() {
@@ -180,6 +194,9 @@ async fn run(
                     }
                     bus::Wire::Frame { id, json } => {
                         deliver_local(&mut conns, &device, Outbound::Frame { id, json });
+                    }
+                    bus::Wire::Ephemeral { json } => {
+                        deliver_local(&mut conns, &device, Outbound::Ephemeral(json.into()));
                     }
                     bus::Wire::Kick { node: from, reason } if from != node => {
                         if let Some((_, tx)) = conns.remove(&device) {
@@ -224,10 +241,15 @@ async fn run(
             }
             Command::Deliver(items) => {
                 for (device, item) in items {
-                    if !deliver_local(&mut conns, &device, item.clone())
-                        && let Some((b, _)) = &bus
-                    {
+                    if deliver_local(&mut conns, &device, item.clone()) {
+                        continue;
+                    }
+                    if let Some((b, _)) = &bus {
                         b.publish(device, &bus::Wire::from_outbound(&item, &b.node));
+                    } else if let (Some(hook), Outbound::Event { event_json, .. }) =
+                        (&offline, &item)
+                    {
+                        hook(device, event_json.clone());
                     }
                 }
             }
@@ -249,6 +271,7 @@ async fn run(
             Command::Count(reply) => {
                 let _ = reply.send(conns.len());
             }
+            Command::OnOffline(hook) => offline = Some(hook),
         }
     }
 }

@@ -7,6 +7,7 @@ pub mod error;
 pub mod extract;
 pub mod federation;
 pub mod media;
+pub mod presence;
 pub mod ws;
 
 use std::sync::Arc;
@@ -15,7 +16,9 @@ use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{delete, get, head, post, put};
 use parley_client_api::ErrorCode;
-use parley_client_api::http::{accounts, chats, keys, media as media_api};
+use parley_client_api::http::{
+    accounts, chats, keys, media as media_api, presence as presence_api, push as push_api,
+};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
@@ -76,6 +79,16 @@ pub fn app(state: AppState) -> Router {
                 .layer(DefaultBodyLimit::disable())
                 .merge(get(media::status)),
         )
+        .route(
+            presence_api::get_privacy::PATH,
+            get(presence::get_privacy).put(presence::set_privacy),
+        )
+        .route(presence_api::get::PATH, get(presence::get_presence))
+        .route(
+            push_api::set::PATH,
+            post(presence::set_pusher).get(presence::list_pushers),
+        )
+        .route(push_api::delete::PATH, delete(presence::delete_pusher))
         .route(parley_client_api::ws::PATH, get(ws::upgrade))
         .route("/health", get(|| async { "ok" }))
         .route("/ready", get(client::ready))

@@ -81,6 +81,8 @@ struct Conn {
     pending_acks: Vec<i64>,
     /// The last acknowledgement handed to the ack writer (FIFO: awaiting it awaits all).
     last_ack: Option<oneshot::Receiver<()>>,
+    /// This connection's gateway registration (presence tells connections apart by it).
+    conn: u64,
 }
 
 enum End {
@@ -98,6 +100,8 @@ async fn connection(st: AppState, me: Session, socket: WebSocket, _permit: Owned
     metrics.sockets.inc();
     tracing::debug!(user = %me.user_id, device = %me.device_id, "socket open");
     let device = me.device_id.clone();
+    let presence = st.services.presence.clone();
+    presence.connect(&me.user_id, &device, reg.conn);
     let mut conn = Conn {
         st,
         me,
@@ -105,9 +109,11 @@ async fn connection(st: AppState, me: Session, socket: WebSocket, _permit: Owned
         sent: HashSet::new(),
         pending_acks: Vec::new(),
         last_ack: None,
+        conn: reg.conn,
     };
     let end = conn.run(&mut reg.rx).await;
     gateway.unregister(device.clone(), reg.conn).await;
+    presence.disconnect(&conn.me.user_id, &device, reg.conn);
     // Acknowledgements received before the close are committed before we finish, so a
     // quick reconnect does not see them again.
     if !conn.pending_acks.is_empty() {
@@ -288,6 +294,11 @@ impl Conn {
                     self.socket.feed(Message::Text(json.into())).await?;
                 }
             }
+            Outbound::Ephemeral(json) => {
+                self.socket
+                    .feed(Message::Text(json.as_ref().into()))
+                    .await?;
+            }
         }
         if self.sent.len() > self.st.services.config.limits.max_unacked {
             return Ok(Some(End::Protocol("too many unacknowledged items")));
@@ -352,6 +363,25 @@ impl Conn {
                 }
             }
             ClientFrame::Ping => self.write(&ServerFrame::Pong).await?,
+            ClientFrame::Heartbeat => {
+                self.st.services.presence.heartbeat(
+                    &self.me.user_id,
+                    &self.me.device_id,
+                    self.conn,
+                );
+            }
+            ClientFrame::Typing { chat_id, typing } => {
+                if let Err(e) = self
+                    .st
+                    .services
+                    .presence
+                    .typing(&self.me.user_id, &self.me.device_id, &chat_id, typing)
+                    .await
+                {
+                    let e = ApiError::from(e);
+                    self.error(e.code, &e.message, None).await?;
+                }
+            }
         }
         Ok(None)
     }

@@ -43,7 +43,7 @@ pub async fn receive(
     services: &Services,
     origin: &ServerName,
     txn_id: &str,
-    request: send::Request,
+    mut request: send::Request,
 ) -> Result<send::Response, ServiceError> {
     if request.origin != *origin {
         return Err(ServiceError::InvalidParam(format!(
@@ -57,6 +57,14 @@ pub async fn receive(
             send::MAX_ENTRIES,
             send::MAX_EPHEMERAL
         )));
+    }
+    // Ephemeral events (typing, presence) are best effort: applied at once, never
+    // stored, and a transaction carrying only them needs no deduplication.
+    for e in std::mem::take(&mut request.ephemeral) {
+        services.presence.receive_ephemeral(origin, e).await;
+    }
+    if request.entries() == 0 {
+        return Ok(send::Response::default());
     }
     if let Some(first) = services.store.received_txn(origin.as_str(), txn_id).await? {
         return serde_json::from_str(&first).map_err(|e| ServiceError::Internal(e.to_string()));

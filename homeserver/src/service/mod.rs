@@ -8,6 +8,8 @@ pub mod inbound;
 pub mod inbox;
 pub mod keys;
 pub mod media;
+pub mod presence;
+pub mod push;
 pub mod relay;
 pub mod sequencer;
 
@@ -86,6 +88,8 @@ pub struct Services {
     pub federation: Option<federation::Federation>,
     /// The federation outbox's handle; `None` unless federation is enabled.
     pub relay: Option<relay::Relay>,
+    pub presence: presence::Presence,
+    pub push: push::Push,
 }
 
 impl Services {
@@ -118,6 +122,22 @@ impl Services {
                 .as_ref()
                 .map(|(relay, _)| (relay.clone(), config.server_name.to_string())),
         );
+        let presence = presence::Presence::spawn(
+            &config.presence,
+            store.clone(),
+            gateway.clone(),
+            relay_channel.as_ref().map(|(relay, _)| relay.clone()),
+            config.server_name.to_string(),
+        );
+        let push = push::Push::spawn(&config.push, store.clone())?;
+        {
+            let push = push.clone();
+            gateway
+                .on_offline(std::sync::Arc::new(move |device, event| {
+                    push.hint(device, event)
+                }))
+                .await;
+        }
         let federation = if config.federation.enabled {
             let seed = parley_federation::Policy {
                 mode: config.federation.policy.mode,
@@ -177,6 +197,8 @@ impl Services {
             ),
             inbox,
             keys,
+            presence,
+            push,
             gateway,
             store,
             config,

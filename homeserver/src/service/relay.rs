@@ -70,6 +70,17 @@ enum Wake {
     Rows(String),
     /// A signed request from this server arrived: it is up.
     Inbound(String),
+    /// Typing or presence for this destination: coalesced, never stored, dropped when
+    /// older than 30 s or when a request carrying it fails.
+    Ephemeral(String, api::Ephemeral),
+}
+
+impl Wake {
+    fn destination(&self) -> &str {
+        match self {
+            Wake::Rows(d) | Wake::Inbound(d) | Wake::Ephemeral(d, _) => d,
+        }
+    }
 }
 
 /// The receiving end, handed to [`spawn`] once federation has started.
@@ -96,6 +107,14 @@ impl Relay {
         for d in destinations {
             let _ = self.wake.try_send(Wake::Rows(d.clone()));
         }
+    }
+
+    /// Queues an ephemeral event (typing, presence) for `destination`. Dropped when the
+    /// relay's queue is full: ephemeral events are best effort.
+    pub fn ephemeral(&self, destination: &str, event: api::Ephemeral) {
+        let _ = self
+            .wake
+            .try_send(Wake::Ephemeral(destination.to_owned(), event));
     }
 
     /// A verified request from `origin` arrived.
@@ -192,20 +211,22 @@ async fn dispatch(
             },
             wake = tasks.rx.recv() => {
                 let Some(wake) = wake else { return };
-                let (Wake::Rows(dest) | Wake::Inbound(dest)) = &wake;
-                let tx = ensure(&dest.clone());
+                let tx = ensure(&wake.destination().to_owned());
                 let _ = tx.try_send(wake);
             }
         }
     }
 }
 
-/// One queued outbox row, as the state machine carries it.
+/// What the state machine carries: a queued outbox row, or an ephemeral event.
 #[derive(Debug, Clone)]
-struct Entry {
-    id: i64,
-    kind: OutboxKind,
-    body: String,
+enum Entry {
+    Row {
+        id: i64,
+        kind: OutboxKind,
+        body: String,
+    },
+    Ephemeral(api::Ephemeral),
 }
 
 struct Destination {
@@ -289,8 +310,8 @@ impl Destination {
                     Action::SendBatch {
                         txn_id,
                         events,
-                        ephemeral: _,
-                    } => send = Some((txn_id, events)),
+                        ephemeral,
+                    } => send = Some((txn_id, events, ephemeral)),
                     Action::Acked { event_ids, .. } => {
                         self.delete(&event_ids, &mut known).await;
                     }
@@ -309,7 +330,7 @@ impl Destination {
                     Action::Wait { until_ms } => wait_until = Some(until_ms),
                 }
             }
-            if let Some((txn_id, events)) = send {
+            if let Some((txn_id, events, ephemeral)) = send {
                 if !self.hold(lease_until).await {
                     tracing::info!(destination = %self.name, "outbox lease lost to another node");
                     return false;
@@ -319,7 +340,7 @@ impl Destination {
                 } else {
                     format!("{}.{txn_id}", self.boot)
                 };
-                let outcome = self.send_batch(server, &wire, &events).await;
+                let outcome = self.send_batch(server, &wire, &events, &ephemeral).await;
                 actions = outbox.step(
                     Input::Sent { txn_id, outcome },
                     now_ms(),
@@ -336,6 +357,18 @@ impl Destination {
             match tokio::time::timeout(sleep, rx.recv()).await {
                 Ok(None) => return true,
                 Ok(Some(Wake::Inbound(_))) => actions = now(&mut outbox, Input::Inbound),
+                Ok(Some(Wake::Ephemeral(_, event))) => {
+                    let bytes = serde_json::to_vec(&event).map(|b| b.len()).unwrap_or(256);
+                    let key = event.coalesce_key();
+                    actions = now(
+                        &mut outbox,
+                        Input::Ephemeral {
+                            key,
+                            item: Entry::Ephemeral(event),
+                            bytes,
+                        },
+                    );
+                }
                 Ok(Some(Wake::Rows(_))) | Err(_) => {
                     // Drain further wake-ups: one reread serves them all.
                     while rx.try_recv().is_ok() {}
@@ -406,6 +439,10 @@ impl Destination {
 
     async fn delete(&self, ids: &[u64], known: &mut HashSet<i64>) {
         let ids: Vec<i64> = ids.iter().filter_map(|i| i64::try_from(*i).ok()).collect();
+        if ids.is_empty() {
+            // A batch of ephemeral events only: no rows.
+            return;
+        }
         if let Err(e) = self.store.outbox_delete(&ids).await {
             tracing::error!(destination = %self.name, error = %e, "cannot delete acknowledged outbox rows");
         }
@@ -433,24 +470,40 @@ impl Destination {
         server: &ServerName,
         txn_id: &str,
         entries: &[Entry],
+        ephemeral: &[Entry],
     ) -> parley_federation::outbox::Outcome {
         use parley_federation::outbox::Outcome;
         if !self.federation.decide(server).allowed {
             // Nothing goes to a server the policy refuses: park until it allows again.
             return Outcome::Status(403);
         }
-        let ids: Vec<i64> = entries.iter().map(|e| e.id).collect();
-        if let Err(e) = self.store.outbox_set_txn(&ids, txn_id).await {
+        let ids: Vec<i64> = entries
+            .iter()
+            .filter_map(|e| match e {
+                Entry::Row { id, .. } => Some(*id),
+                Entry::Ephemeral(_) => None,
+            })
+            .collect();
+        if !ids.is_empty()
+            && let Err(e) = self.store.outbox_set_txn(&ids, txn_id).await
+        {
             tracing::warn!(destination = %self.name, error = %e, "cannot persist the txn id");
             return Outcome::Network;
         }
-        let (request, send_ids) = match self.build(entries).await {
+        let (mut request, send_ids) = match self.build(entries).await {
             Ok(built) => built,
             Err(e) => {
                 tracing::warn!(destination = %self.name, error = %e, "cannot build a transaction");
                 return Outcome::Network;
             }
         };
+        request.ephemeral = ephemeral
+            .iter()
+            .filter_map(|e| match e {
+                Entry::Ephemeral(e) => Some(e.clone()),
+                Entry::Row { .. } => None,
+            })
+            .collect();
         let path = api::fill(send::PATH, &[("txn_id", txn_id)]);
         let body = match serde_json::to_vec(&request) {
             Ok(b) => b,
@@ -550,16 +603,19 @@ impl Destination {
         let mut send_ids = Vec::new();
         let mut event_refs = Vec::new();
         let mut snapshots_done = HashSet::new();
-        for e in entries {
-            match e.kind {
+        for entry in entries {
+            let Entry::Row { id, kind, body } = entry else {
+                continue;
+            };
+            match kind {
                 OutboxKind::Event => {
-                    let r: ChatRef = serde_json::from_str(&e.body).map_err(|e| e.to_string())?;
+                    let r: ChatRef = serde_json::from_str(body).map_err(|e| e.to_string())?;
                     if let Some(seq) = r.seq {
                         event_refs.push((r.chat_id, seq));
                     }
                 }
                 OutboxKind::Snapshot => {
-                    let r: ChatRef = serde_json::from_str(&e.body).map_err(|e| e.to_string())?;
+                    let r: ChatRef = serde_json::from_str(body).map_err(|e| e.to_string())?;
                     if !snapshots_done.insert(r.chat_id.clone()) {
                         continue;
                     }
@@ -573,16 +629,16 @@ impl Destination {
                     }
                 }
                 OutboxKind::Send => {
-                    let s: HubSend = serde_json::from_str(&e.body).map_err(|e| e.to_string())?;
-                    send_ids.push((e.id, s.clone()));
+                    let s: HubSend = serde_json::from_str(body).map_err(|e| e.to_string())?;
+                    send_ids.push((*id, s.clone()));
                     request.sends.push(s);
                 }
                 OutboxKind::Receipt => {
-                    let r: FedReceipt = serde_json::from_str(&e.body).map_err(|e| e.to_string())?;
+                    let r: FedReceipt = serde_json::from_str(body).map_err(|e| e.to_string())?;
                     request.receipts.push(r);
                 }
                 OutboxKind::Leave => {
-                    let l: HubLeave = serde_json::from_str(&e.body).map_err(|e| e.to_string())?;
+                    let l: HubLeave = serde_json::from_str(body).map_err(|e| e.to_string())?;
                     request.leaves.push(l);
                 }
             }
@@ -664,7 +720,7 @@ fn queued(row: OutboxRow) -> Queued<Entry> {
     Queued {
         id: u64::try_from(row.id).unwrap_or_default(),
         bytes: row.body.len() + 64,
-        item: Entry {
+        item: Entry::Row {
             id: row.id,
             kind: row.kind,
             body: row.body,

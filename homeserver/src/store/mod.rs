@@ -11,6 +11,7 @@ mod fed_pg;
 mod fed_sqlite;
 pub mod pg;
 pub mod plan;
+pub mod presence;
 pub mod sqlite;
 
 use std::future::Future;

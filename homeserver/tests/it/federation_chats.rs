@@ -258,7 +258,7 @@ pub(crate) fn impersonate(
 }
 
 /// `PUT /send/{txn}` from `client` to `to`; returns the status and the JSON answer.
-async fn put_txn(
+pub(crate) async fn put_txn(
     client: &parley_federation::transport::http::FederationClient,
     to: &Server,
     txn: &str,

@@ -90,6 +90,17 @@ impl Server {
         Self::start_as(backend, default_identity(), extra, env).await
     }
 
+    /// Starts a server with a configuration file holding `toml`.
+    pub async fn start_with_config(backend: Backend, toml: &str) -> Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("server.toml");
+        std::fs::write(&path, toml)?;
+        let path = path.to_str().context("config path")?.to_owned();
+        let mut server = Self::start_with(backend, &["--config", &path]).await?;
+        server.keep.push(dir);
+        Ok(server)
+    }
+
     /// A federating server on `ip` (e.g. `127.0.0.2`) with a fixed free port: its
     /// server name is `ip:port`, so peers can reach it by name (test mode).
     pub async fn start_federated(backend: Backend, ip: &str, extra: &[&str]) -> Result<Self> {
@@ -274,6 +285,11 @@ impl Server {
         body: Value,
     ) -> Result<(StatusCode, Value)> {
         self.request(reqwest::Method::POST, path, token, Some(body))
+            .await
+    }
+
+    pub async fn put(&self, path: &str, token: &str, body: Value) -> Result<(StatusCode, Value)> {
+        self.request(reqwest::Method::PUT, path, Some(token), Some(body))
             .await
     }
 

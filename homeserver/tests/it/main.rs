@@ -21,5 +21,7 @@ mod media;
 mod media_federation;
 mod multinode;
 mod observability;
+mod presence;
+mod push;
 mod store_suite;
 mod topology;

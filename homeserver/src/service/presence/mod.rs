@@ -1,0 +1,508 @@
+//! Presence, last seen and typing: the shell around the pure [`core`].
+//!
+//! - Online comes from this node's sockets and heartbeats ([`core::Tracker`] behind a
+//!   mutex, never held across an await). Changes are fanned out by worker tasks through
+//!   a bounded queue: to the heartbeating devices of local users who share a chat with
+//!   the user and may see them (the reciprocal rule, [`core::visible`]), and as an
+//!   ephemeral event to every other server with such users (unless the user's setting is
+//!   `nobody`).
+//! - Last seen is buffered and written by the ticker, at most every
+//!   `last_seen_write_ms` per online user, and on going offline.
+//! - Typing is relayed to the chat's other members' connected devices and servers,
+//!   debounced, never stored; a start expires after [`TYPING_TTL_MS`] without a refresh,
+//!   and the ticker relays the stop.
+//! - Remote presence and typing are accepted only about the signing origin's own users
+//!   (`receive_ephemeral`), and only shown to local users who share a chat with them.
+//!
+//! Limitation: with several nodes per domain, each node knows only its own sockets (a
+//! user connected to two nodes is online on both, and fan-out reaches the devices of
+//! the node where the change happened).
+
+pub mod core;
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use parley_client_api::http::presence::{Presence as WirePresence, Visibility};
+use parley_client_api::ws::{ServerFrame, TYPING_TTL_MS};
+use parley_client_api::{ChatId, DeviceId, UserId};
+use parley_federation::ServerName;
+use parley_federation::api::Ephemeral;
+use tokio::sync::mpsc;
+
+use self::core::{Action, Timings, Tracker, Typing, TypingRelay, visible};
+use super::ServiceError;
+use super::relay::{Relay, convert};
+use crate::clock::now_ms;
+use crate::config::PresenceConfig;
+use crate::gateway::{Gateway, Outbound};
+use crate::store::presence::PresenceStore;
+use crate::store::{AnyStore, Store};
+
+/// Presence changes waiting for fan-out; beyond, a change is dropped (logged): presence
+/// is eventually consistent, and the next change carries the state.
+const FANOUT_QUEUE: usize = 16 * 1024;
+/// Tasks fanning presence changes out.
+const FANOUT_WORKERS: usize = 2;
+/// Most `(chat, user)` typing entries held.
+const MAX_TYPING: usize = 100_000;
+/// Most remote users whose last presence is remembered.
+const MAX_REMOTE: usize = 100_000;
+
+#[derive(Clone)]
+pub struct Presence {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: AnyStore,
+    gateway: Gateway,
+    relay: Option<Relay>,
+    local: String,
+    tracker: Mutex<Tracker>,
+    typing: Mutex<Typing>,
+    /// Last seen waiting to be written, per user.
+    pending_writes: Mutex<HashMap<UserId, i64>>,
+    /// Remote users' last presence, as their servers sent it: (online, last seen).
+    remote: Mutex<HashMap<UserId, (bool, Option<i64>)>>,
+    /// One queue per fan-out worker; a user's changes always take the same one, so they
+    /// reach peers in order.
+    changes: Vec<mpsc::Sender<(UserId, bool, i64)>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Presence {
+    /// Starts the ticker and the fan-out workers.
+    pub fn spawn(
+        config: &PresenceConfig,
+        store: AnyStore,
+        gateway: Gateway,
+        relay: Option<Relay>,
+        local: String,
+    ) -> Self {
+        let timeout = i64::try_from(config.heartbeat_timeout_ms).unwrap_or(i64::MAX);
+        let (changes, receivers): (Vec<_>, Vec<_>) = (0..FANOUT_WORKERS)
+            .map(|_| mpsc::channel(FANOUT_QUEUE / FANOUT_WORKERS))
+            .unzip();
+        let inner = Arc::new(Inner {
+            store,
+            gateway,
+            relay,
+            local,
+            tracker: Mutex::new(Tracker::new(Timings {
+                heartbeat_timeout_ms: timeout,
+                last_seen_write_ms: i64::try_from(config.last_seen_write_ms).unwrap_or(i64::MAX),
+            })),
+            typing: Mutex::new(Typing::new(
+                TYPING_TTL_MS,
+                i64::try_from(config.typing_debounce_ms).unwrap_or(i64::MAX),
+                MAX_TYPING,
+            )),
+            pending_writes: Mutex::new(HashMap::new()),
+            remote: Mutex::new(HashMap::new()),
+            changes,
+        });
+        for mut rx in receivers {
+            let weak = Arc::downgrade(&inner);
+            tokio::spawn(async move {
+                while let Some((user, online, last_seen)) = rx.recv().await {
+                    let Some(inner) = weak.upgrade() else { return };
+                    if let Err(e) = inner.fan_out(&user, online, last_seen).await {
+                        tracing::warn!(%user, error = %e, "presence fan-out failed");
+                    }
+                }
+            });
+        }
+        let tick = Duration::from_millis((config.heartbeat_timeout_ms / 4).clamp(100, 1_000));
+        let weak = Arc::downgrade(&inner);
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(tick);
+            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                every.tick().await;
+                let Some(inner) = weak.upgrade() else { return };
+                inner.tick().await;
+            }
+        });
+        Self { inner }
+    }
+
+    /// A device's socket opened (`conn`: its gateway registration).
+    pub fn connect(&self, user: &UserId, device: &DeviceId, conn: u64) {
+        let actions = lock(&self.inner.tracker).connect(user, device, conn, now_ms());
+        self.inner.apply(actions);
+    }
+
+    pub fn heartbeat(&self, user: &UserId, device: &DeviceId, conn: u64) {
+        let actions = lock(&self.inner.tracker).heartbeat(user, device, conn, now_ms());
+        self.inner.apply(actions);
+    }
+
+    pub fn disconnect(&self, user: &UserId, device: &DeviceId, conn: u64) {
+        let actions = lock(&self.inner.tracker).disconnect(user, device, conn, now_ms());
+        self.inner.apply(actions);
+    }
+
+    /// A member's device typing (or not) in a chat; relayed unless debounced.
+    pub async fn typing(
+        &self,
+        user: &UserId,
+        device: &DeviceId,
+        chat: &ChatId,
+        typing: bool,
+    ) -> Result<(), ServiceError> {
+        let members = self
+            .inner
+            .store
+            .chat_members(chat)
+            .await?
+            .ok_or(ServiceError::UnknownChat)?;
+        if !members.contains(user) {
+            return Err(ServiceError::NotMember);
+        }
+        let relay = lock(&self.inner.typing).input(chat, user, device, typing, now_ms());
+        if let Some(r) = relay {
+            self.inner.relay_typing(&r, &members).await;
+        }
+        Ok(())
+    }
+
+    /// What `viewer` may see of `target`'s presence.
+    pub async fn get(
+        &self,
+        viewer: &UserId,
+        target: &UserId,
+    ) -> Result<WirePresence, ServiceError> {
+        let inner = &self.inner;
+        let hidden = WirePresence {
+            user_id: target.clone(),
+            online: None,
+            last_seen: None,
+        };
+        if viewer == target {
+            return Ok(inner.local_presence(target).await?);
+        }
+        let (viewer_setting, _) = inner.store.presence_row(viewer).await?;
+        let shares = inner
+            .store
+            .chat_peers(viewer)
+            .await?
+            .iter()
+            .any(|(u, _)| u == target);
+        if target.server_name() != inner.local {
+            // Known only from its server's updates, and only to people sharing a chat.
+            if !(shares && viewer_setting.allows(true)) {
+                return Ok(hidden);
+            }
+            return Ok(match lock(&inner.remote).get(target) {
+                Some((online, last_seen)) => WirePresence {
+                    user_id: target.clone(),
+                    online: Some(*online),
+                    last_seen: *last_seen,
+                },
+                None => hidden,
+            });
+        }
+        if !inner.store.user_exists(target).await? {
+            return Err(ServiceError::UnknownUser(target.to_string()));
+        }
+        let (target_setting, _) = inner.store.presence_row(target).await?;
+        if !visible(viewer, viewer_setting, target, target_setting, shares) {
+            return Ok(hidden);
+        }
+        Ok(inner.local_presence(target).await?)
+    }
+
+    /// The caller's privacy setting.
+    pub async fn privacy(&self, user: &UserId) -> Result<Visibility, ServiceError> {
+        Ok(self.inner.store.presence_row(user).await?.0)
+    }
+
+    pub async fn set_privacy(&self, user: &UserId, v: Visibility) -> Result<(), ServiceError> {
+        Ok(self.inner.store.set_visibility(user, v).await?)
+    }
+
+    /// An ephemeral event from a verified origin server: typing or presence of one of
+    /// its own users, shown to local members who share the chat (typing) or a chat
+    /// (presence) with them. Anything else is dropped (logged).
+    pub async fn receive_ephemeral(&self, origin: &ServerName, e: Ephemeral) {
+        if let Err(e) = self.inner.receive(origin, e).await {
+            tracing::warn!(%origin, error = %e, "ephemeral event dropped");
+        }
+    }
+
+    /// Whether the user is online on this node.
+    pub fn is_online(&self, user: &UserId) -> bool {
+        lock(&self.inner.tracker).is_online(user)
+    }
+}
+
+fn frame_json(frame: &ServerFrame) -> Option<Arc<str>> {
+    serde_json::to_string(frame).ok().map(Arc::from)
+}
+
+impl Inner {
+    /// The fan-out worker of a user (fixed: a user's changes stay in order).
+    fn lane(&self, user: &UserId) -> usize {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::hash::DefaultHasher::new();
+        user.hash(&mut h);
+        (h.finish() % self.changes.len() as u64) as usize
+    }
+
+    fn apply(&self, actions: Vec<Action>) {
+        for action in actions {
+            match action {
+                Action::Changed {
+                    user,
+                    online,
+                    last_seen,
+                } => {
+                    let lane = self.lane(&user);
+                    if self.changes[lane]
+                        .try_send((user.clone(), online, last_seen))
+                        .is_err()
+                    {
+                        tracing::warn!(%user, "presence fan-out queue full; a change was dropped");
+                    }
+                }
+                Action::WriteLastSeen { user, at } => {
+                    let mut w = lock(&self.pending_writes);
+                    let e = w.entry(user).or_insert(at);
+                    *e = (*e).max(at);
+                }
+            }
+        }
+    }
+
+    async fn tick(&self) {
+        let now = now_ms();
+        let actions = lock(&self.tracker).tick(now);
+        self.apply(actions);
+        let stops = lock(&self.typing).expire(now);
+        for stop in stops {
+            match self.store.chat_members(&stop.chat).await {
+                Ok(Some(members)) => self.relay_typing(&stop, &members).await,
+                Ok(None) => {}
+                Err(e) => tracing::warn!(error = %e, "cannot read members for a typing stop"),
+            }
+        }
+        let writes: Vec<(UserId, i64)> = std::mem::take(&mut *lock(&self.pending_writes))
+            .into_iter()
+            .collect();
+        if let Err(e) = self.store.save_last_seen(&writes).await {
+            tracing::warn!(error = %e, users = writes.len(), "cannot store last seen");
+            // Keep them for the next tick (newer values win).
+            let mut w = lock(&self.pending_writes);
+            for (u, at) in writes {
+                let e = w.entry(u).or_insert(at);
+                *e = (*e).max(at);
+            }
+        }
+    }
+
+    /// A local user's own presence (they are allowed to see it).
+    async fn local_presence(&self, user: &UserId) -> Result<WirePresence, ServiceError> {
+        let online = lock(&self.tracker).is_online(user);
+        let stored = self.store.presence_row(user).await?.1;
+        let pending = lock(&self.pending_writes).get(user).copied();
+        let last_seen = if online {
+            Some(now_ms())
+        } else {
+            stored.max(pending)
+        };
+        Ok(WirePresence {
+            user_id: user.clone(),
+            online: Some(online),
+            last_seen,
+        })
+    }
+
+    async fn fan_out(
+        &self,
+        user: &UserId,
+        online: bool,
+        last_seen: i64,
+    ) -> Result<(), ServiceError> {
+        let (setting, _) = self.store.presence_row(user).await?;
+        if setting == Visibility::Nobody {
+            return Ok(());
+        }
+        let peers = self.store.chat_peers(user).await?;
+        let frame = ServerFrame::Presence {
+            presence: WirePresence {
+                user_id: user.clone(),
+                online: Some(online),
+                last_seen: Some(last_seen),
+            },
+        };
+        let Some(json) = frame_json(&frame) else {
+            return Ok(());
+        };
+        let mut deliveries = Vec::new();
+        let mut servers = BTreeSet::new();
+        {
+            let tracker = lock(&self.tracker);
+            for (peer, peer_setting) in &peers {
+                if peer.server_name() != self.local {
+                    servers.insert(peer.server_name().to_owned());
+                } else if visible(peer, *peer_setting, user, setting, true) {
+                    for device in tracker.subscribers(peer) {
+                        deliveries.push((device, Outbound::Ephemeral(json.clone())));
+                    }
+                }
+            }
+        }
+        self.gateway.deliver(deliveries).await;
+        if let Some(relay) = &self.relay {
+            let Ok(user_id) = convert(user) else {
+                return Ok(());
+            };
+            let e = Ephemeral::Presence {
+                user_id,
+                online,
+                last_seen: Some(last_seen),
+            };
+            for server in servers {
+                relay.ephemeral(&server, e.clone());
+            }
+        }
+        Ok(())
+    }
+
+    async fn relay_typing(&self, r: &TypingRelay, members: &[UserId]) {
+        let frame = ServerFrame::Typing {
+            chat_id: r.chat.clone(),
+            user_id: r.user.clone(),
+            device_id: Some(r.device.clone()),
+            typing: r.typing,
+        };
+        let Some(json) = frame_json(&frame) else {
+            return;
+        };
+        let mut deliveries = Vec::new();
+        let mut servers = BTreeSet::new();
+        {
+            let tracker = lock(&self.tracker);
+            for m in members.iter().filter(|m| **m != r.user) {
+                if m.server_name() != self.local {
+                    servers.insert(m.server_name().to_owned());
+                } else {
+                    for device in tracker.devices(m) {
+                        deliveries.push((device, Outbound::Ephemeral(json.clone())));
+                    }
+                }
+            }
+        }
+        self.gateway.deliver(deliveries).await;
+        if let (Some(relay), Ok(chat_id), Ok(user_id)) =
+            (&self.relay, convert(&r.chat), convert(&r.user))
+        {
+            let e = Ephemeral::Typing {
+                chat_id,
+                user_id,
+                typing: r.typing,
+            };
+            for server in servers {
+                relay.ephemeral(&server, e.clone());
+            }
+        }
+    }
+
+    async fn receive(&self, origin: &ServerName, e: Ephemeral) -> Result<(), ServiceError> {
+        match e {
+            Ephemeral::Typing {
+                chat_id,
+                user_id,
+                typing,
+            } => {
+                let chat: ChatId = convert(&chat_id).map_err(ServiceError::InvalidParam)?;
+                let user: UserId = convert(&user_id).map_err(ServiceError::InvalidParam)?;
+                if user.server_name() != origin.as_str() {
+                    return Err(ServiceError::Forbidden(format!(
+                        "{origin} cannot speak for {user}"
+                    )));
+                }
+                let members = self
+                    .store
+                    .chat_members(&chat)
+                    .await?
+                    .ok_or(ServiceError::UnknownChat)?;
+                if !members.contains(&user) {
+                    return Err(ServiceError::NotMember);
+                }
+                let frame = ServerFrame::Typing {
+                    chat_id: chat,
+                    user_id: user,
+                    device_id: None,
+                    typing,
+                };
+                let Some(json) = frame_json(&frame) else {
+                    return Ok(());
+                };
+                let deliveries: Vec<_> = {
+                    let tracker = lock(&self.tracker);
+                    members
+                        .iter()
+                        .filter(|m| m.server_name() == self.local)
+                        .flat_map(|m| tracker.devices(m))
+                        .map(|d| (d, Outbound::Ephemeral(json.clone())))
+                        .collect()
+                };
+                self.gateway.deliver(deliveries).await;
+            }
+            Ephemeral::Presence {
+                user_id,
+                online,
+                last_seen,
+            } => {
+                let user: UserId = convert(&user_id).map_err(ServiceError::InvalidParam)?;
+                if user.server_name() != origin.as_str() {
+                    return Err(ServiceError::Forbidden(format!(
+                        "{origin} cannot speak for {user}"
+                    )));
+                }
+                let peers = self.store.chat_peers(&user).await?;
+                let local: Vec<_> = peers
+                    .into_iter()
+                    .filter(|(p, _)| p.server_name() == self.local)
+                    .collect();
+                if local.is_empty() {
+                    return Err(ServiceError::NotMember);
+                }
+                {
+                    let mut remote = lock(&self.remote);
+                    if remote.len() >= MAX_REMOTE && !remote.contains_key(&user) {
+                        remote.clear();
+                    }
+                    remote.insert(user.clone(), (online, last_seen));
+                }
+                let frame = ServerFrame::Presence {
+                    presence: WirePresence {
+                        user_id: user,
+                        online: Some(online),
+                        last_seen,
+                    },
+                };
+                let Some(json) = frame_json(&frame) else {
+                    return Ok(());
+                };
+                let deliveries: Vec<_> = {
+                    let tracker = lock(&self.tracker);
+                    local
+                        .iter()
+                        .filter(|(_, setting)| setting.allows(true))
+                        .flat_map(|(p, _)| tracker.subscribers(p))
+                        .map(|d| (d, Outbound::Ephemeral(json.clone())))
+                        .collect()
+                };
+                self.gateway.deliver(deliveries).await;
+            }
+        }
+        Ok(())
+    }
+}
