@@ -181,7 +181,15 @@ impl Conn {
                 }
             };
             let result: Result<Option<End>, Error> = tokio::select! {
-                _ = shutdown.changed() => Ok(Some(End::Shutdown)),
+                _ = shutdown.changed() => {
+                    // Typing the app asked for just before stopping still goes out.
+                    while let Ok(frame) = frames.try_recv() {
+                        if !self.synced || self.send(&frame).await.is_err() {
+                            break;
+                        }
+                    }
+                    Ok(Some(End::Shutdown))
+                }
                 msg = self.ws.next() => {
                     last_rx = Instant::now();
                     match msg {

@@ -82,6 +82,14 @@ async fn presence_typing_privacy_and_pushers(backend: Backend) -> Result<()> {
     })
     .await?;
     ensure!(typing && device.as_ref() == Some(alice.client.device_id()));
+    alice.client.typing(&chat, false);
+    wait_for(&mut bob.events, "alice stopped typing", |e| match e {
+        Event::Typing {
+            user_id, typing, ..
+        } if user_id == alice_id && !typing => Some(()),
+        _ => None,
+    })
+    .await?;
 
     // Alice's app goes to the background: heartbeats stop, she goes offline.
     alice.client.set_present(false);
