@@ -107,7 +107,7 @@ pub(crate) async fn run(server: &Server, opts: &PresenceOptions) -> Result<Prese
     let connected = std::time::Instant::now();
     let sockets: Vec<load::Ws> = stream::iter(sessions.iter())
         .map(|s| load::connect(&ws_url, &s.access_token))
-        .buffer_unordered(CONNECT_CONCURRENCY)
+        .buffered(CONNECT_CONCURRENCY)
         .try_collect()
         .await
         .context("connecting the devices")?;
@@ -244,9 +244,23 @@ impl Device {
                             self.counters.presence.fetch_add(1, Ordering::Relaxed);
                         }
                     }
+                    Some(Ok(Message::Close(frame))) => {
+                        if self.counters.errors.fetch_add(1, Ordering::Relaxed) < 3 {
+                            eprintln!("socket closed by the server: {frame:?}");
+                        }
+                        return;
+                    }
                     Some(Ok(_)) => {}
-                    Some(Err(_)) | None => {
-                        self.counters.errors.fetch_add(1, Ordering::Relaxed);
+                    Some(Err(e)) => {
+                        if self.counters.errors.fetch_add(1, Ordering::Relaxed) < 3 {
+                            eprintln!("socket error: {e}");
+                        }
+                        return;
+                    }
+                    None => {
+                        if self.counters.errors.fetch_add(1, Ordering::Relaxed) < 3 {
+                            eprintln!("socket closed by the server");
+                        }
                         return;
                     }
                 },
