@@ -211,7 +211,7 @@ async fn dispatch(
             },
             wake = tasks.rx.recv() => {
                 let Some(wake) = wake else { return };
-                let tx = ensure(&wake.destination().to_owned());
+                let tx = ensure(wake.destination());
                 let _ = tx.try_send(wake);
             }
         }

@@ -184,7 +184,7 @@ impl Presence {
             last_seen: None,
         };
         if viewer == target {
-            return Ok(inner.local_presence(target).await?);
+            return inner.local_presence(target).await;
         }
         let (viewer_setting, _) = inner.store.presence_row(viewer).await?;
         let shares = inner
@@ -214,7 +214,7 @@ impl Presence {
         if !visible(viewer, viewer_setting, target, target_setting, shares) {
             return Ok(hidden);
         }
-        Ok(inner.local_presence(target).await?)
+        inner.local_presence(target).await
     }
 
     /// The caller's privacy setting.

@@ -97,11 +97,12 @@ impl Coalescer {
             if out.len() >= limit {
                 break;
             }
-            if d.in_flight.is_none() && d.next_at <= now {
-                if let Some(chat) = d.pending.take() {
-                    d.in_flight = Some(chat.clone());
-                    out.push((id.clone(), chat));
-                }
+            if d.in_flight.is_none()
+                && d.next_at <= now
+                && let Some(chat) = d.pending.take()
+            {
+                d.in_flight = Some(chat.clone());
+                out.push((id.clone(), chat));
             }
         }
         out
