@@ -24,7 +24,7 @@ crate::on_both_backends!(
 );
 
 /// Waits up to 20 s for `n` events on `ws`, acking them; returns them in arrival order.
-async fn events(ws: &mut Ws, n: usize) -> Result<Vec<ChatEvent>> {
+pub(crate) async fn events(ws: &mut Ws, n: usize) -> Result<Vec<ChatEvent>> {
     let mut out = Vec::new();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     while out.len() < n {
@@ -92,7 +92,7 @@ async fn send(server: &Server, me: &User, chat: &ChatId, id: &str) -> Result<(i6
     Ok((body["seq"].as_i64().context("seq")?, pending))
 }
 
-fn texts(events: &[ChatEvent]) -> Vec<(i64, String)> {
+pub(crate) fn texts(events: &[ChatEvent]) -> Vec<(i64, String)> {
     events
         .iter()
         .map(|e| (e.seq, String::from_utf8_lossy(&e.payload.0).into_owned()))

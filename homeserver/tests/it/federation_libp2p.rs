@@ -6,14 +6,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail, ensure};
+use anyhow::{Context, Result, ensure};
 use parley_client_api::ChatId;
-use parley_client_api::http::chats::ChatEvent;
-use parley_client_api::ws::ServerFrame;
 use reqwest::StatusCode;
 use serde_json::json;
 
-use crate::harness::{Backend, Server, User, Ws};
+use crate::federation_chats::{events, texts, wait_listed};
+use crate::harness::{Backend, Server, User};
 
 crate::on_both_backends!(
     a_group_spans_libp2p_and_http_and_survives_a_restart,
@@ -40,41 +39,6 @@ async fn metric(server: &Server, line_prefix: &str) -> Result<u64> {
 
 const LIBP2P_OUT: &str = "parley_federation_libp2p_requests_total{direction=\"outbound\"}";
 const LIBP2P_IN: &str = "parley_federation_libp2p_requests_total{direction=\"inbound\"}";
-
-/// Waits up to 30 s for `n` events on `ws`, acking them.
-async fn events(ws: &mut Ws, n: usize) -> Result<Vec<ChatEvent>> {
-    let mut out = Vec::new();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while out.len() < n {
-        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        match ws.next_within(left).await? {
-            Some(ServerFrame::Event { id, event }) => {
-                ws.ack(vec![id]).await?;
-                out.push(event);
-            }
-            Some(_) => {}
-            None => bail!("got {} of {n} events: {out:?}", out.len()),
-        }
-    }
-    Ok(out)
-}
-
-fn texts(events: &[ChatEvent]) -> Vec<(i64, String)> {
-    events
-        .iter()
-        .map(|e| (e.seq, String::from_utf8_lossy(&e.payload.0).into_owned()))
-        .collect()
-}
-
-async fn wait_listed(server: &Server, user: &User, chat: &ChatId) -> Result<()> {
-    for _ in 0..300 {
-        if server.chats(user).await?.iter().any(|c| c.chat_id == *chat) {
-            return Ok(());
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    bail!("{chat} never listed on {}", server.name())
-}
 
 /// Sends; returns `(seq, pending)`.
 async fn send(server: &Server, me: &User, chat: &ChatId, id: &str) -> Result<(i64, bool)> {
