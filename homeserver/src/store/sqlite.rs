@@ -48,8 +48,17 @@ impl SqliteStore {
             .synchronous(SqliteSynchronous::Full)
             .busy_timeout(Duration::from_secs(30))
             .foreign_keys(true);
+        // A connection still inside a transaction is never handed out again (a `BEGIN`
+        // whose future was dropped after the worker ran it leaves no `Transaction` to roll
+        // back; the next `BEGIN IMMEDIATE` on it would fail): it is closed instead.
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
+            .after_release(|conn, _| {
+                Box::pin(async move { Ok(!sqlx::Connection::is_in_transaction(conn)) })
+            })
+            .before_acquire(|conn, _| {
+                Box::pin(async move { Ok(!sqlx::Connection::is_in_transaction(conn)) })
+            })
             .connect_with(options)
             .await?;
         MIGRATOR.run(&pool).await?;
