@@ -649,34 +649,16 @@ impl Client {
             return Err(Error::Invalid("the message is empty".into()));
         }
         let inner = &self.inner;
-        let envelope = Envelope::new(
-            u64::try_from(now_ms()).unwrap_or(0),
+        let (message, bytes) = inner.pending_message(
+            chat,
             Content::Text {
                 text: text.to_owned(),
             },
-        );
-        let bytes = envelope.to_bytes().map_err(Error::crypto)?;
-        let message = Message {
-            chat_id: chat.clone(),
-            id: envelope.id.as_str().to_owned(),
-            seq: None,
-            sender: inner.user_id.clone(),
-            sender_device: inner.device_id.clone(),
-            outgoing: true,
-            kind: "text".into(),
-            body: text.to_owned(),
-            sent_at_ms: now_ms(),
-            server_ts: None,
-            state: MessageState::Pending,
-        };
+            "text",
+            text.to_owned(),
+        )?;
         let mut conn = inner.db.writer.lock().await;
-        let cur = store::cursor(&mut conn, chat).await?;
-        if !cur.known {
-            return Err(Error::UnknownChat(chat.to_string()));
-        }
-        if !cur.joined {
-            return Err(Error::NotJoined(chat.to_string()));
-        }
+        store::ensure_joined(&mut conn, chat).await?;
         let mut tx = store::begin(&mut conn).await?;
         store::insert_message(&mut tx, &message).await?;
         store::outbox_push(
@@ -789,6 +771,32 @@ pub(crate) fn check_key_package(
 }
 
 impl Inner {
+    /// A new outgoing message of this device (pending) and its encoded envelope.
+    pub(crate) fn pending_message(
+        &self,
+        chat: &ChatId,
+        content: Content,
+        kind: &str,
+        body: String,
+    ) -> Result<(Message, Vec<u8>)> {
+        let envelope = Envelope::new(u64::try_from(now_ms()).unwrap_or(0), content);
+        let bytes = envelope.to_bytes().map_err(Error::crypto)?;
+        let message = Message {
+            chat_id: chat.clone(),
+            id: envelope.id.as_str().to_owned(),
+            seq: None,
+            sender: self.user_id.clone(),
+            sender_device: self.device_id.clone(),
+            outgoing: true,
+            kind: kind.into(),
+            body,
+            sent_at_ms: now_ms(),
+            server_ts: None,
+            state: MessageState::Pending,
+        };
+        Ok((message, bytes))
+    }
+
     pub(crate) fn emit(&self, e: Event) {
         let _ = self.events.send(e);
     }

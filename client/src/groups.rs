@@ -68,13 +68,7 @@ impl Inner {
         let deadline = tokio::time::Instant::now() + BUSY_WAIT;
         loop {
             let mut conn = self.db.writer.lock().await;
-            let cur = store::cursor(&mut conn, chat).await?;
-            if !cur.known {
-                return Err(Error::UnknownChat(chat.to_string()));
-            }
-            if !cur.joined {
-                return Err(Error::NotJoined(chat.to_string()));
-            }
+            store::ensure_joined(&mut conn, chat).await?;
             let busy = store::outbox_all(&mut conn)
                 .await?
                 .iter()
@@ -200,13 +194,7 @@ impl Inner {
         let deadline = tokio::time::Instant::now() + BUSY_WAIT;
         loop {
             let mut conn = self.db.writer.lock().await;
-            let cur = store::cursor(&mut conn, chat).await?;
-            if !cur.known {
-                return Err(Error::UnknownChat(chat.to_string()));
-            }
-            if !cur.joined {
-                return Err(Error::NotJoined(chat.to_string()));
-            }
+            store::ensure_joined(&mut conn, chat).await?;
             let busy = store::outbox_all(&mut conn)
                 .await?
                 .iter()

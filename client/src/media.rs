@@ -37,11 +37,11 @@ use std::time::Duration;
 
 use parley_client_api::{BlobHash, ChatId, ErrorCode};
 use parley_crypto::media as crypt;
-use parley_crypto::{Content, Envelope, MediaRef, Thumbnail};
+use parley_crypto::{Content, MediaRef, Thumbnail};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 
-use crate::client::{Client, Event, Inner, now_ms};
+use crate::client::{Client, Event, Inner};
 use crate::error::{Error, Result};
 use crate::store::{self, Message, MessageState};
 
@@ -619,13 +619,7 @@ impl Inner {
 
     async fn check_joined(&self, chat: &ChatId) -> Result<()> {
         let mut conn = self.db.writer.lock().await;
-        let cur = store::cursor(&mut conn, chat).await?;
-        if !cur.known {
-            return Err(Error::UnknownChat(chat.to_string()));
-        }
-        if !cur.joined {
-            return Err(Error::NotJoined(chat.to_string()));
-        }
+        store::ensure_joined(&mut conn, chat).await?;
         Ok(())
     }
 
@@ -648,39 +642,21 @@ impl Inner {
         caption: Option<String>,
         upload: Option<&Path>,
     ) -> Result<Message> {
-        let envelope = Envelope::new(
-            u64::try_from(now_ms()).unwrap_or(0),
+        let (message, bytes) = self.pending_message(
+            chat,
             Content::Media {
                 media: Box::new(media.clone()),
                 caption: caption.clone(),
             },
-        );
-        let bytes = envelope.to_bytes().map_err(Error::crypto)?;
-        let message = Message {
-            chat_id: chat.clone(),
-            id: envelope.id.as_str().to_owned(),
-            seq: None,
-            sender: self.user_id.clone(),
-            sender_device: self.device_id.clone(),
-            outgoing: true,
-            kind: "media".into(),
-            body: describe(&media, caption.as_deref()),
-            sent_at_ms: now_ms(),
-            server_ts: None,
-            state: MessageState::Pending,
-        };
+            "media",
+            describe(&media, caption.as_deref()),
+        )?;
         let blobs = serde_json::to_string(&[media.blob.to_string()]).map_err(Error::store)?;
         let stored =
             serde_json::to_string(&StoredMedia { media, caption }).map_err(Error::store)?;
         let upload = upload.map(|p| p.display().to_string());
         let mut conn = self.db.writer.lock().await;
-        let cur = store::cursor(&mut conn, chat).await?;
-        if !cur.known {
-            return Err(Error::UnknownChat(chat.to_string()));
-        }
-        if !cur.joined {
-            return Err(Error::NotJoined(chat.to_string()));
-        }
+        store::ensure_joined(&mut conn, chat).await?;
         let mut tx = store::begin(&mut conn).await?;
         store::insert_message(&mut tx, &message).await?;
         store::set_message_media(&mut tx, chat, &self.device_id, &message.id, &stored).await?;

@@ -511,6 +511,19 @@ pub(crate) async fn cursor(conn: &mut SqliteConnection, chat: &ChatId) -> Result
     }))
 }
 
+/// Refuses a chat this device does not know (`UnknownChat`) or has not joined
+/// (`NotJoined`): what a device may send to.
+pub(crate) async fn ensure_joined(conn: &mut SqliteConnection, chat: &ChatId) -> Result<()> {
+    let cur = cursor(conn, chat).await?;
+    if !cur.known {
+        return Err(Error::UnknownChat(chat.to_string()));
+    }
+    if !cur.joined {
+        return Err(Error::NotJoined(chat.to_string()));
+    }
+    Ok(())
+}
+
 /// Creates the chat's row if missing.
 pub(crate) async fn ensure_chat(
     conn: &mut SqliteConnection,
