@@ -24,19 +24,6 @@ fn libp2p_toml(ip: &str, port: u16, extra: &str) -> String {
     format!("[federation.libp2p]\nlisten = [\"/ip4/{ip}/tcp/{port}\"]\n{extra}\n")
 }
 
-/// A counter of `/metrics` (0 when absent).
-async fn metric(server: &Server, line_prefix: &str) -> Result<u64> {
-    let text = reqwest::get(format!("http://{}/metrics", server.name()))
-        .await?
-        .text()
-        .await?;
-    Ok(text
-        .lines()
-        .find(|l| l.starts_with(line_prefix))
-        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
-        .unwrap_or(0))
-}
-
 const LIBP2P_OUT: &str = "parley_federation_libp2p_requests_total{direction=\"outbound\"}";
 const LIBP2P_IN: &str = "parley_federation_libp2p_requests_total{direction=\"inbound\"}";
 
@@ -107,18 +94,18 @@ async fn a_group_spans_libp2p_and_http_and_survives_a_restart(backend: Backend) 
 
     // A ↔ B went over libp2p, both ways; C never spoke libp2p.
     ensure!(
-        metric(&a, LIBP2P_OUT).await? > 0,
+        a.metric(LIBP2P_OUT).await? > 0.0,
         "A sent nothing over libp2p"
     );
     ensure!(
-        metric(&b, LIBP2P_IN).await? > 0,
+        b.metric(LIBP2P_IN).await? > 0.0,
         "B received nothing over libp2p"
     );
     ensure!(
-        metric(&b, LIBP2P_OUT).await? > 0,
+        b.metric(LIBP2P_OUT).await? > 0.0,
         "B sent nothing over libp2p"
     );
-    ensure!(metric(&c, LIBP2P_OUT).await? + metric(&c, LIBP2P_IN).await? == 0);
+    ensure!(c.metric(LIBP2P_OUT).await? + c.metric(LIBP2P_IN).await? == 0.0);
 
     // B dies; A and C go on. B comes back on the same addresses: nothing lost, in order.
     b.stop_hard().await?;
@@ -155,7 +142,7 @@ async fn a_group_spans_libp2p_and_http_and_survives_a_restart(backend: Backend) 
         [(4, "a2".into()), (6, "b2".into())]
     );
     ensure!(
-        metric(&b, LIBP2P_OUT).await? > 0,
+        b.metric(LIBP2P_OUT).await? > 0.0,
         "B (restarted) sent nothing over libp2p"
     );
     Ok(())
@@ -218,12 +205,9 @@ async fn a_libp2p_peer_must_be_the_key_that_signs(backend: Backend) -> Result<()
         resp.status
     );
     ensure!(
-        metric(
-            &b,
-            "parley_federation_requests_rejected_total{reason=\"peer_mismatch\"}"
-        )
-        .await?
-            == 1
+        b.metric("parley_federation_requests_rejected_total{reason=\"peer_mismatch\"}")
+            .await?
+            == 1.0
     );
 
     // The same request from a node whose identity is A's key is A: accepted.

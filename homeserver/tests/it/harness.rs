@@ -247,6 +247,22 @@ impl Server {
         Ok(())
     }
 
+    /// The value of the `/metrics` line starting with `prefix` (0 when absent).
+    pub async fn metric(&self, prefix: &str) -> Result<f64> {
+        let text = self
+            .http
+            .get(format!("{}/metrics", self.base))
+            .send()
+            .await?
+            .text()
+            .await?;
+        Ok(text
+            .lines()
+            .find(|l| l.starts_with(prefix))
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+            .unwrap_or(0.0))
+    }
+
     pub fn ws_url(&self) -> String {
         format!("ws://{}/v1/ws", self.process.addr())
     }

@@ -30,25 +30,12 @@ fn bytes(len: usize, seed: u32) -> Vec<u8> {
         .collect()
 }
 
-/// The value of a metric line starting with `prefix` (0 if absent).
-async fn metric(server: &Server, prefix: &str) -> Result<f64> {
-    let text = reqwest::get(format!("{}/metrics", server.base))
-        .await?
-        .text()
-        .await?;
-    Ok(text
-        .lines()
-        .find(|l| l.starts_with(prefix))
-        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
-        .unwrap_or(0.0))
-}
-
 async fn fetches(server: &Server, result: &str) -> Result<f64> {
-    metric(
-        server,
-        &format!("parley_media_federation_fetches_total{{result=\"{result}\"}}"),
-    )
-    .await
+    server
+        .metric(&format!(
+            "parley_media_federation_fetches_total{{result=\"{result}\"}}"
+        ))
+        .await
 }
 
 /// Blob files in a server's local media store.
@@ -135,7 +122,7 @@ async fn a_blob_crosses_servers_once_and_only_to_members(backend: Backend) -> Re
     // bob downloads through B: B fetched it from A (signed), checked and kept it.
     ensure!(download_eventually(&b, &bob, &blob).await? == data);
     ensure!(fetches(&b, "stored").await? == 1.0);
-    ensure!(metric(&a, "parley_media_served_to_peers_total").await? == 1.0);
+    ensure!(a.metric("parley_media_served_to_peers_total").await? == 1.0);
     ensure!(stored_blobs(&b) == 1, "one copy on B");
     // Ranged, from B's copy.
     let (status, got) = get_blob(&b, &bob, &blob, Some("bytes=1000-1999")).await?;
@@ -145,7 +132,7 @@ async fn a_blob_crosses_servers_once_and_only_to_members(backend: Backend) -> Re
     ensure!(get_blob(&b, &bob, &blob, None).await? == (StatusCode::OK, data.clone()));
     ensure!(get_blob(&b, &carol, &blob, None).await? == (StatusCode::OK, data.clone()));
     ensure!(fetches(&b, "stored").await? == 1.0);
-    ensure!(metric(&a, "parley_media_served_to_peers_total").await? == 1.0);
+    ensure!(a.metric("parley_media_served_to_peers_total").await? == 1.0);
     ensure!(stored_blobs(&b) == 1);
 
     // A user of B outside the chat gets nothing, and B asks A for nothing.
@@ -411,16 +398,12 @@ async fn a_blob_crosses_a_libp2p_link(backend: Backend) -> Result<()> {
     send(&a, &alice, &chat, "m1", &blob).await?;
     ensure!(download_eventually(&b, &bob, &blob).await? == data);
     ensure!(fetches(&b, "stored").await? == 1.0);
-    let out = metric(
-        &b,
-        "parley_federation_libp2p_requests_total{direction=\"outbound\"}",
-    )
-    .await?;
-    let served = metric(
-        &a,
-        "parley_federation_libp2p_requests_total{direction=\"inbound\"}",
-    )
-    .await?;
+    let out = b
+        .metric("parley_federation_libp2p_requests_total{direction=\"outbound\"}")
+        .await?;
+    let served = a
+        .metric("parley_federation_libp2p_requests_total{direction=\"inbound\"}")
+        .await?;
     ensure!(out >= 1.0 && served >= 1.0, "libp2p out {out}, in {served}");
     Ok(())
 }
