@@ -777,8 +777,10 @@ impl Inner {
         tracing::info!(%chat, %client_msg_id, code = code.as_str(), "send refused");
         if wrong_epoch {
             self.catch_up(&chat).await?;
-            // Caught up, the group is in the hub's epoch; if not, retrying would only be
-            // refused again.
+            // Caught up, the group is in the hub's epoch. Behind it, the commit that
+            // ended our epoch has not reached our server yet (it follows the hub): retry
+            // later, encrypting again once it is merged. Ahead of it, retrying would
+            // only be refused again.
             let epoch = {
                 let mut conn = self.db.writer.lock().await;
                 let p = provider(&mut conn);
@@ -786,6 +788,13 @@ impl Inner {
                     .map_err(fatal)?
                     .map(|g| g.epoch())
             };
+            if let (Some(have), Some(hub)) = (epoch, current_epoch)
+                && have < hub
+            {
+                tracing::info!(%chat, epoch = have, current_epoch = hub,
+                    "the hub's newer commit is still on its way; retrying later");
+                return Ok(true);
+            }
             if current_epoch.is_some() && epoch != current_epoch {
                 tracing::warn!(%chat, ?epoch, ?current_epoch, "this device is out of step with the hub's epoch");
                 return Ok(false);

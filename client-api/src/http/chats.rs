@@ -179,17 +179,17 @@ pub enum ChatKind {
 
 /// The MLS message kind of an event and the epoch it was made in.
 ///
-/// The hub accepts exactly one commit per epoch: a commit or proposal for any other
-/// epoch than the current one is refused with `409 wrong_epoch`; an application message
-/// is accepted for the current epoch and the [`PAST_EPOCHS`] before it.
+/// The hub accepts exactly one commit per epoch, and every message only in the current
+/// epoch: anything made in another epoch is refused with `409 wrong_epoch` (the sender
+/// catches up and encrypts it again). So every device a commit adds can read every event
+/// sequenced after it, and "delivered to N of M" counts devices that can read the
+/// message: an application message from an earlier epoch, sequenced after a commit that
+/// added a member, would reach that member's devices unreadable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MlsMeta {
     pub kind: MlsKind,
     pub epoch: u64,
 }
-
-/// How many epochs back the hub still accepts application messages.
-pub const PAST_EPOCHS: u64 = 3;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

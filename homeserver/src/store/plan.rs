@@ -6,7 +6,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
-use parley_client_api::http::chats::{ChatKind, MlsKind, PAST_EPOCHS, Receipt};
+use parley_client_api::http::chats::{ChatKind, MlsKind, Receipt};
 #[cfg(test)]
 use parley_client_api::http::chats::{MembershipChange, MlsMeta};
 use parley_client_api::{BlobHash, ChatId, DeviceId, UserId};
@@ -267,14 +267,9 @@ fn check_send(
         return Some(SendOutcome::NotMember);
     };
     if let Some(mls) = req.mls {
+        // Every kind: the current epoch only (see `MlsMeta`).
         let current = chat.mls_epoch;
-        let ok = match mls.kind {
-            MlsKind::Commit | MlsKind::Proposal => mls.epoch == current,
-            MlsKind::Application => {
-                mls.epoch <= current && mls.epoch >= current.saturating_sub(PAST_EPOCHS)
-            }
-        };
-        if !ok {
+        if mls.epoch != current {
             return Some(SendOutcome::WrongEpoch { current });
         }
     }
@@ -578,7 +573,7 @@ mod tests {
     }
 
     #[test]
-    fn one_commit_per_epoch_and_recent_application_messages() {
+    fn one_commit_per_epoch_and_messages_only_in_the_current_epoch() {
         let mut group = chat(0, &[("alice", &["A1"]), ("bob", &["B1"])]);
         group.mls_epoch = 5;
         let chats = HashMap::from([(c("g"), group)]);
@@ -595,9 +590,10 @@ mod tests {
                 req("g", "alice", "A1", "a1", 4),
                 mls(MlsKind::Application, 7),
             ),
+            // Made before Bob's commit (which could have added a member): refused.
             with(
                 req("g", "alice", "A1", "a2", 5),
-                mls(MlsKind::Application, 4),
+                mls(MlsKind::Application, 6),
             ),
             with(
                 req("g", "alice", "A1", "a3", 6),
@@ -622,7 +618,7 @@ mod tests {
         assert_eq!(
             kinds,
             [
-                "ok1", "wrong6", "ok2", "ok3", "ok4", "wrong7", "wrong7", "wrong7"
+                "ok1", "wrong6", "ok2", "ok3", "wrong7", "wrong7", "wrong7", "wrong7"
             ]
         );
         assert_eq!(p.heads[0].mls_epoch, 7);
