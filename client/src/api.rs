@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use parley_client_api::http::accounts::{self, DeviceInfo, Session};
 use parley_client_api::http::chats::{self, ChatEvent, ChatSummary, SendAck};
+use parley_client_api::http::contacts;
 use parley_client_api::http::keys::{self, ClaimedKeyPackage, KeyPackageCount};
 use parley_client_api::http::media;
 use parley_client_api::http::presence::{self, Visibility};
@@ -215,6 +216,27 @@ impl Api {
     pub(crate) async fn presence(&self, user: &UserId) -> Result<presence::Presence> {
         let path = fill(presence::get::PATH, &[("user_id", user.as_str())]);
         self.call::<(), _>(presence::get::METHOD, &path, None).await
+    }
+
+    pub(crate) async fn contacts(&self) -> Result<Vec<UserId>> {
+        let r: contacts::list::Response = self
+            .call::<(), _>(contacts::list::METHOD, contacts::list::PATH, None)
+            .await?;
+        Ok(r.contacts)
+    }
+
+    pub(crate) async fn add_contact(&self, user: &UserId) -> Result<()> {
+        let path = fill(contacts::add::PATH, &[("user_id", user.as_str())]);
+        self.raw::<()>(contacts::add::METHOD, &path, None)
+            .await
+            .map(drop)
+    }
+
+    pub(crate) async fn remove_contact(&self, user: &UserId) -> Result<()> {
+        let path = fill(contacts::remove::PATH, &[("user_id", user.as_str())]);
+        self.raw::<()>(contacts::remove::METHOD, &path, None)
+            .await
+            .map(drop)
     }
 
     pub(crate) async fn add_pusher(&self, url: &str, token: &str) -> Result<push::Pusher> {

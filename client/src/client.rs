@@ -711,6 +711,22 @@ impl Client {
         self.inner.api.presence(user).await
     }
 
+    /// This user's contacts (user ids of any server), sorted. `contacts` in the privacy
+    /// setting means this list.
+    pub async fn contacts(&self) -> Result<Vec<UserId>> {
+        self.inner.api.contacts().await
+    }
+
+    /// Adds a user to this user's contacts (nothing changes if listed already).
+    pub async fn add_contact(&self, user: &UserId) -> Result<()> {
+        self.inner.api.add_contact(user).await
+    }
+
+    /// Removes a user from this user's contacts (nothing changes if not listed).
+    pub async fn remove_contact(&self, user: &UserId) -> Result<()> {
+        self.inner.api.remove_contact(user).await
+    }
+
     /// Registers this device's pusher: push gateway URL and the device's push token.
     pub async fn add_pusher(&self, url: &str, token: &str) -> Result<Pusher> {
         self.inner.api.add_pusher(url, token).await

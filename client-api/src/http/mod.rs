@@ -5,6 +5,7 @@
 
 pub mod accounts;
 pub mod chats;
+pub mod contacts;
 pub mod keys;
 pub mod media;
 pub mod presence;

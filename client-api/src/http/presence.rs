@@ -2,8 +2,8 @@
 //!
 //! Visibility is reciprocal (as on WhatsApp): a viewer sees a user's online state and
 //! last seen only if the user's setting lets the viewer see them *and* the viewer's own
-//! setting would let the user see the viewer. `contacts` means people who share a chat
-//! with you. So a user who hides their last seen (`nobody`) sees no one's. A user always
+//! setting would let the user see the viewer. `contacts` means the people in your
+//! contact list ([`super::contacts`]). So a user who hides their last seen (`nobody`) sees no one's. A user always
 //! sees their own. Presence of users on other servers is known only to users who share
 //! a chat with them.
 
@@ -18,7 +18,8 @@ pub enum Visibility {
     /// Any user of this server, and users of other servers who share a chat with you.
     #[default]
     Everyone,
-    /// People who share a chat with you.
+    /// The people in your contact list (of other servers: those who also share a chat
+    /// with you).
     Contacts,
     Nobody,
 }
@@ -32,12 +33,12 @@ impl Visibility {
         }
     }
 
-    /// Whether someone may see a user with this setting (`shares_chat`: they share a
-    /// chat). The reciprocal rule applies it in both directions.
-    pub fn allows(self, shares_chat: bool) -> bool {
+    /// Whether someone may see a user with this setting (`listed`: they are in the
+    /// user's contact list). The reciprocal rule applies it in both directions.
+    pub fn allows(self, listed: bool) -> bool {
         match self {
             Visibility::Everyone => true,
-            Visibility::Contacts => shares_chat,
+            Visibility::Contacts => listed,
             Visibility::Nobody => false,
         }
     }

@@ -129,6 +129,12 @@ enum Command {
         #[command(subcommand)]
         action: PrivacyAction,
     },
+    /// Your contact list: `parley contacts add @bob:example.org`, `remove USER`, `list`.
+    /// "contacts" in `parley privacy` means this list.
+    Contacts {
+        #[command(subcommand)]
+        action: ContactsAction,
+    },
     /// Push notifications for this device: `parley pusher add URL TOKEN`, `list`,
     /// `remove DEVICE`.
     Pusher {
@@ -159,9 +165,19 @@ enum PrivacyAction {
     /// Who sees your online state and last seen. Reciprocal: hide yours and you see
     /// no one's.
     LastSeen {
-        /// everyone | contacts (people you share a chat with) | nobody
+        /// everyone | contacts (the people in your contact list) | nobody
         value: Option<String>,
     },
+}
+
+#[derive(Subcommand)]
+enum ContactsAction {
+    /// Add a user (of any server) to your contacts.
+    Add { user: String },
+    /// Remove a user from your contacts.
+    Remove { user: String },
+    /// List your contacts.
+    List,
 }
 
 #[derive(Subcommand)]
@@ -396,6 +412,27 @@ async fn run(cli: Cli) -> Result<()> {
                 None => client.privacy().await?,
             };
             println!("last seen: {}", v.as_str());
+            client.shutdown().await;
+        }
+        Command::Contacts { action } => {
+            let client = Client::open(config()).await?;
+            match action {
+                ContactsAction::Add { user } => {
+                    let user = parse_user(&user)?;
+                    client.add_contact(&user).await?;
+                    println!("added {user} to your contacts");
+                }
+                ContactsAction::Remove { user } => {
+                    let user = parse_user(&user)?;
+                    client.remove_contact(&user).await?;
+                    println!("removed {user} from your contacts");
+                }
+                ContactsAction::List => {
+                    for user in client.contacts().await? {
+                        println!("{user}");
+                    }
+                }
+            }
             client.shutdown().await;
         }
         Command::Pusher { action } => {

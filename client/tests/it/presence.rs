@@ -111,6 +111,14 @@ async fn presence_typing_privacy_and_pushers(backend: Backend) -> Result<()> {
     let seen = alice.client.presence(bob.user()).await?;
     ensure!(seen.online.is_none(), "reciprocal: {seen:?}");
 
+    // Contacts: bob's list, through the SDK.
+    ensure!(bob.client.contacts().await?.is_empty());
+    bob.client.add_contact(&alice_id).await?;
+    bob.client.add_contact(&alice_id).await?;
+    ensure!(bob.client.contacts().await? == vec![alice_id.clone()]);
+    bob.client.remove_contact(&alice_id).await?;
+    ensure!(bob.client.contacts().await?.is_empty());
+
     // Pushers.
     let url = "http://127.0.0.1:9/_parley/push/v1/notify";
     let p = bob.client.add_pusher(url, "tok-bob").await?;
@@ -140,6 +148,11 @@ async fn presence_typing_privacy_and_pushers(backend: Backend) -> Result<()> {
     };
     ensure!(run(&["privacy", "last-seen"])?.contains("last seen: nobody"));
     ensure!(run(&["privacy", "last-seen", "contacts"])?.contains("last seen: contacts"));
+    // With `contacts` alice sees only whom she lists.
+    let out = run(&["presence", bob.user().as_str()])?;
+    ensure!(out.contains("not shown to you"), "{out}");
+    ensure!(run(&["contacts", "add", bob.user().as_str()])?.contains("added"));
+    ensure!(run(&["contacts", "list"])?.contains(bob.user().as_str()));
     let out = run(&["presence", bob.user().as_str()])?;
     ensure!(
         out.contains(bob.user().as_str()) && out.contains("online"),

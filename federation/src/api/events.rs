@@ -150,6 +150,11 @@ pub enum Ephemeral {
         /// Ms since the Unix epoch; absent when the user hides it.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         last_seen: Option<i64>,
+        /// The receiver's users who may see it (the user's privacy setting is
+        /// `contacts`: those of them in the user's contact list). Absent: anyone the
+        /// receiver's rules allow. Empty: no one (the receiver forgets what it knew).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        visible_to: Option<Vec<UserId>>,
     },
 }
 

@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod client;
+pub mod contacts;
 pub mod error;
 pub mod extract;
 pub mod federation;
@@ -17,7 +18,8 @@ use axum::extract::DefaultBodyLimit;
 use axum::routing::{delete, get, head, post, put};
 use parley_client_api::ErrorCode;
 use parley_client_api::http::{
-    accounts, chats, keys, media as media_api, presence as presence_api, push as push_api,
+    accounts, chats, contacts as contacts_api, keys, media as media_api, presence as presence_api,
+    push as push_api,
 };
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -84,6 +86,11 @@ pub fn app(state: AppState) -> Router {
             get(presence::get_privacy).put(presence::set_privacy),
         )
         .route(presence_api::get::PATH, get(presence::get_presence))
+        .route(contacts_api::list::PATH, get(contacts::list))
+        .route(
+            contacts_api::add::PATH,
+            put(contacts::add).delete(contacts::remove),
+        )
         .route(
             push_api::set::PATH,
             post(presence::set_pusher).get(presence::list_pushers),

@@ -3,6 +3,7 @@
 
 pub mod accounts;
 pub mod chats;
+pub mod contacts;
 pub mod federation;
 pub mod inbound;
 pub mod inbox;
@@ -89,6 +90,7 @@ pub struct Services {
     /// The federation outbox's handle; `None` unless federation is enabled.
     pub relay: Option<relay::Relay>,
     pub presence: presence::Presence,
+    pub contacts: contacts::Contacts,
     pub push: push::Push,
 }
 
@@ -197,6 +199,11 @@ impl Services {
             ),
             inbox,
             keys,
+            contacts: contacts::Contacts::new(
+                store.clone(),
+                presence.clone(),
+                config.server_name.to_string(),
+            ),
             presence,
             push,
             gateway,

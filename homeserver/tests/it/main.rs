@@ -8,6 +8,7 @@ mod harness;
 
 mod accounts;
 mod admin;
+mod contacts;
 mod crash;
 mod delivery;
 mod errors;

@@ -22,10 +22,11 @@ crate::on_both_backends!(
     presence_and_typing_cross_servers,
 );
 
-const CONFIG: &str = "[presence]\nheartbeat_timeout_ms = 1500\nlast_seen_write_ms = 500\n";
+pub(crate) const CONFIG: &str =
+    "[presence]\nheartbeat_timeout_ms = 1500\nlast_seen_write_ms = 500\n";
 
 /// The next presence frame about `who` within `d` (other frames are skipped).
-async fn presence_of(ws: &mut Ws, who: &User, d: Duration) -> Result<Presence> {
+pub(crate) async fn presence_of(ws: &mut Ws, who: &User, d: Duration) -> Result<Presence> {
     let deadline = tokio::time::Instant::now() + d;
     loop {
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
@@ -40,7 +41,7 @@ async fn presence_of(ws: &mut Ws, who: &User, d: Duration) -> Result<Presence> {
 }
 
 /// No presence frame within `d`.
-async fn no_presence(ws: &mut Ws, d: Duration) -> Result<()> {
+pub(crate) async fn no_presence(ws: &mut Ws, d: Duration) -> Result<()> {
     let deadline = tokio::time::Instant::now() + d;
     loop {
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
@@ -81,14 +82,18 @@ async fn typing_frame(
 }
 
 /// A socket that heartbeats once (so it gets presence updates), synced.
-async fn present(server: &Server, me: &User) -> Result<Ws> {
+pub(crate) async fn present(server: &Server, me: &User) -> Result<Ws> {
     let mut ws = server.connect(me).await?;
     ws.until_synced().await?;
     ws.send(&ClientFrame::Heartbeat).await?;
     Ok(ws)
 }
 
-async fn get_presence(server: &Server, viewer: &User, target: &User) -> Result<Presence> {
+pub(crate) async fn get_presence(
+    server: &Server,
+    viewer: &User,
+    target: &User,
+) -> Result<Presence> {
     let (status, body) = server
         .get(&format!("/v1/presence/{}", target.user_id), &viewer.token)
         .await?;
@@ -96,7 +101,7 @@ async fn get_presence(server: &Server, viewer: &User, target: &User) -> Result<P
     Ok(serde_json::from_value(body)?)
 }
 
-async fn set_privacy(server: &Server, me: &User, v: &str) -> Result<()> {
+pub(crate) async fn set_privacy(server: &Server, me: &User, v: &str) -> Result<()> {
     let (status, body) = server
         .put("/v1/privacy", &me.token, json!({"last_seen": v}))
         .await?;
@@ -199,7 +204,8 @@ async fn last_seen_privacy_applies_both_ways(backend: Backend) -> Result<()> {
     );
     ensure!(visible(&get_presence(&server, &carol, &alice).await?));
 
-    // Contacts: only people alice shares a chat with.
+    // Contacts: only people in alice's contact list (bob; carol is not).
+    crate::contacts::add(&server, &alice, &bob).await?;
     set_privacy(&server, &alice, "contacts").await?;
     ensure!(hidden(&get_presence(&server, &carol, &alice).await?));
     ensure!(visible(&get_presence(&server, &bob, &alice).await?));
@@ -217,13 +223,14 @@ async fn last_seen_privacy_applies_both_ways(backend: Backend) -> Result<()> {
     no_presence(&mut bob_ws, Duration::from_millis(800)).await?;
 
     // The other direction: bob hides his; alice shows hers. Bob cannot see alice.
-    set_privacy(&server, &alice, "everyone").await?;
     set_privacy(&server, &bob, "nobody").await?;
+    set_privacy(&server, &alice, "everyone").await?;
     ensure!(hidden(&get_presence(&server, &bob, &alice).await?));
     ensure!(hidden(&get_presence(&server, &alice, &bob).await?));
     let _alice_ws = present(&server, &alice).await?;
     no_presence(&mut bob_ws, Duration::from_millis(800)).await?;
-    // With "contacts", bob sees alice again (they share a chat), carol does not.
+    // With "contacts", bob sees alice again (he lists her), carol does not.
+    crate::contacts::add(&server, &bob, &alice).await?;
     set_privacy(&server, &bob, "contacts").await?;
     ensure!(visible(&get_presence(&server, &bob, &alice).await?));
     set_privacy(&server, &carol, "contacts").await?;

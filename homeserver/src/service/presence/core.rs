@@ -223,15 +223,18 @@ fn offline(user: &UserId, u: &mut User, at: i64, actions: &mut Vec<Action>) {
 }
 
 /// Whether `viewer` may see `target`'s presence: both settings must allow it (the
-/// reciprocal rule), given whether they share a chat. One always sees oneself.
+/// reciprocal rule). `viewer_listed`: the viewer is in the target's contact list;
+/// `target_listed`: the target is in the viewer's. One always sees oneself.
 pub fn visible(
     viewer: &UserId,
     viewer_setting: Visibility,
     target: &UserId,
     target_setting: Visibility,
-    share_chat: bool,
+    viewer_listed: bool,
+    target_listed: bool,
 ) -> bool {
-    viewer == target || (target_setting.allows(share_chat) && viewer_setting.allows(share_chat))
+    viewer == target
+        || (target_setting.allows(viewer_listed) && viewer_setting.allows(target_listed))
 }
 
 /// Typing state: who types in which chat, until when. Never stored.
@@ -410,16 +413,26 @@ mod tests {
     fn visibility_is_reciprocal() {
         use Visibility::*;
         let (a, b) = (u("a"), u("b"));
-        assert!(visible(&a, Everyone, &b, Everyone, false));
-        assert!(!visible(&a, Everyone, &b, Contacts, false));
-        assert!(visible(&a, Everyone, &b, Contacts, true));
+        assert!(visible(&a, Everyone, &b, Everyone, false, false));
+        assert!(!visible(&a, Everyone, &b, Contacts, false, true));
         assert!(
-            !visible(&a, Nobody, &b, Everyone, true),
+            visible(&a, Everyone, &b, Contacts, true, false),
+            "b lists a"
+        );
+        assert!(
+            !visible(&a, Nobody, &b, Everyone, true, true),
             "hiding yours hides theirs"
         );
-        assert!(!visible(&a, Contacts, &b, Everyone, false));
-        assert!(!visible(&a, Everyone, &b, Nobody, true));
-        assert!(visible(&a, Nobody, &a, Nobody, false), "one sees oneself");
+        assert!(
+            !visible(&a, Contacts, &b, Everyone, true, false),
+            "a shows hers to her contacts only: she sees only theirs"
+        );
+        assert!(visible(&a, Contacts, &b, Contacts, true, true));
+        assert!(!visible(&a, Everyone, &b, Nobody, true, true));
+        assert!(
+            visible(&a, Nobody, &a, Nobody, false, false),
+            "one sees oneself"
+        );
     }
 
     #[test]

@@ -12,7 +12,10 @@
 //!   debounced, never stored; a start expires after [`TYPING_TTL_MS`] without a refresh,
 //!   and the ticker relays the stop.
 //! - Remote presence and typing are accepted only about the signing origin's own users
-//!   (`receive_ephemeral`), and only shown to local users who share a chat with them.
+//!   (`receive_ephemeral`), and only shown to local users who share a chat with them
+//!   (presence: and whom the origin names in `visible_to`, when it does).
+//! - `contacts` in a setting means the user's contact list (`store::contacts`); a
+//!   change of the list or the setting re-sends the user's presence ([`Presence::refresh`]).
 //!
 //! Limitation: with several nodes per domain, each node knows only its own sockets (a
 //! user connected to two nodes is online on both, and fan-out reaches the devices of
@@ -20,7 +23,7 @@
 
 pub mod core;
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -37,6 +40,7 @@ use super::relay::{Relay, convert};
 use crate::clock::now_ms;
 use crate::config::PresenceConfig;
 use crate::gateway::{Gateway, Outbound};
+use crate::store::contacts::ContactStore;
 use crate::store::presence::PresenceStore;
 use crate::store::{AnyStore, Store};
 
@@ -64,11 +68,36 @@ struct Inner {
     typing: Mutex<Typing>,
     /// Last seen waiting to be written, per user.
     pending_writes: Mutex<HashMap<UserId, i64>>,
-    /// Remote users' last presence, as their servers sent it: (online, last seen).
-    remote: Mutex<HashMap<UserId, (bool, Option<i64>)>>,
+    /// Remote users' last presence, as their servers sent it.
+    remote: Mutex<HashMap<UserId, RemotePresence>>,
     /// One queue per fan-out worker; a user's changes always take the same one, so they
     /// reach peers in order.
-    changes: Vec<mpsc::Sender<(UserId, bool, i64)>>,
+    changes: Vec<mpsc::Sender<Change>>,
+}
+
+/// A remote user's presence as their server last sent it.
+#[derive(Debug, Clone)]
+struct RemotePresence {
+    online: bool,
+    last_seen: Option<i64>,
+    /// Local users their server lets see it; `None`: anyone our rules allow.
+    visible_to: Option<BTreeSet<UserId>>,
+}
+
+impl RemotePresence {
+    fn shown_to(&self, viewer: &UserId) -> bool {
+        self.visible_to.as_ref().is_none_or(|v| v.contains(viewer))
+    }
+}
+
+/// A presence change (or, with `refresh`, the current state after a privacy or contact
+/// list change) waiting for fan-out.
+#[derive(Debug, Clone)]
+struct Change {
+    user: UserId,
+    online: bool,
+    last_seen: i64,
+    refresh: bool,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -109,10 +138,10 @@ impl Presence {
         for mut rx in receivers {
             let weak = Arc::downgrade(&inner);
             tokio::spawn(async move {
-                while let Some((user, online, last_seen)) = rx.recv().await {
+                while let Some(change) = rx.recv().await {
                     let Some(inner) = weak.upgrade() else { return };
-                    if let Err(e) = inner.fan_out(&user, online, last_seen).await {
-                        tracing::warn!(%user, error = %e, "presence fan-out failed");
+                    if let Err(e) = inner.fan_out(&change).await {
+                        tracing::warn!(user = %change.user, error = %e, "presence fan-out failed");
                     }
                 }
             });
@@ -187,31 +216,40 @@ impl Presence {
             return inner.local_presence(target).await;
         }
         let (viewer_setting, _) = inner.store.presence_row(viewer).await?;
-        let shares = inner
-            .store
-            .chat_peers(viewer)
-            .await?
-            .iter()
-            .any(|(u, _)| u == target);
+        let target_listed = inner.store.is_contact(viewer, target).await?;
         if target.server_name() != inner.local {
             // Known only from its server's updates, and only to people sharing a chat.
-            if !(shares && viewer_setting.allows(true)) {
+            let shares = inner
+                .store
+                .chat_peers(viewer)
+                .await?
+                .iter()
+                .any(|(u, _)| u == target);
+            if !(shares && viewer_setting.allows(target_listed)) {
                 return Ok(hidden);
             }
             return Ok(match lock(&inner.remote).get(target) {
-                Some((online, last_seen)) => WirePresence {
+                Some(r) if r.shown_to(viewer) => WirePresence {
                     user_id: target.clone(),
-                    online: Some(*online),
-                    last_seen: *last_seen,
+                    online: Some(r.online),
+                    last_seen: r.last_seen,
                 },
-                None => hidden,
+                _ => hidden,
             });
         }
         if !inner.store.user_exists(target).await? {
             return Err(ServiceError::UnknownUser(target.to_string()));
         }
         let (target_setting, _) = inner.store.presence_row(target).await?;
-        if !visible(viewer, viewer_setting, target, target_setting, shares) {
+        let viewer_listed = inner.store.is_contact(target, viewer).await?;
+        if !visible(
+            viewer,
+            viewer_setting,
+            target,
+            target_setting,
+            viewer_listed,
+            target_listed,
+        ) {
             return Ok(hidden);
         }
         inner.local_presence(target).await
@@ -222,8 +260,30 @@ impl Presence {
         Ok(self.inner.store.presence_row(user).await?.0)
     }
 
+    /// Changes the caller's setting and re-sends their presence under it.
     pub async fn set_privacy(&self, user: &UserId, v: Visibility) -> Result<(), ServiceError> {
-        Ok(self.inner.store.set_visibility(user, v).await?)
+        self.inner.store.set_visibility(user, v).await?;
+        self.refresh(user).await
+    }
+
+    /// Re-sends a local user's current presence to whoever may now see it (after their
+    /// setting or contact list changed): local devices that may see it get a frame;
+    /// other servers get it with their users who may (`visible_to`), or, under
+    /// `nobody`, an empty `visible_to` so they forget it.
+    pub async fn refresh(&self, user: &UserId) -> Result<(), ServiceError> {
+        let now = self.inner.local_presence(user).await?;
+        let online = now.online.unwrap_or(false);
+        let last_seen = match (online, now.last_seen) {
+            (false, None) => return Ok(()),
+            (_, t) => t.unwrap_or_else(now_ms),
+        };
+        self.inner.enqueue(Change {
+            user: user.clone(),
+            online,
+            last_seen,
+            refresh: true,
+        });
+        Ok(())
     }
 
     /// An ephemeral event from a verified origin server: typing or presence of one of
@@ -261,21 +321,28 @@ impl Inner {
                     user,
                     online,
                     last_seen,
-                } => {
-                    let lane = self.lane(&user);
-                    if self.changes[lane]
-                        .try_send((user.clone(), online, last_seen))
-                        .is_err()
-                    {
-                        tracing::warn!(%user, "presence fan-out queue full; a change was dropped");
-                    }
-                }
+                } => self.enqueue(Change {
+                    user,
+                    online,
+                    last_seen,
+                    refresh: false,
+                }),
                 Action::WriteLastSeen { user, at } => {
                     let mut w = lock(&self.pending_writes);
                     let e = w.entry(user).or_insert(at);
                     *e = (*e).max(at);
                 }
             }
+        }
+    }
+
+    fn enqueue(&self, change: Change) {
+        let lane = self.lane(&change.user);
+        if let Err(e) = self.changes[lane].try_send(change) {
+            let user = match e {
+                mpsc::error::TrySendError::Full(c) | mpsc::error::TrySendError::Closed(c) => c.user,
+            };
+            tracing::warn!(%user, "presence fan-out queue full; a change was dropped");
         }
     }
 
@@ -322,35 +389,84 @@ impl Inner {
         })
     }
 
-    async fn fan_out(
-        &self,
-        user: &UserId,
-        online: bool,
-        last_seen: i64,
-    ) -> Result<(), ServiceError> {
+    async fn fan_out(&self, change: &Change) -> Result<(), ServiceError> {
+        let Change {
+            user,
+            online,
+            last_seen,
+            refresh,
+        } = change;
         let (setting, _) = self.store.presence_row(user).await?;
+        let peers = self.store.chat_peers(user).await?;
+        let remote_servers = || {
+            peers
+                .iter()
+                .filter(|(p, _)| p.server_name() != self.local)
+                .map(|(p, _)| p.server_name().to_owned())
+                .collect::<BTreeSet<_>>()
+        };
         if setting == Visibility::Nobody {
+            // No frame, no federated presence; after a change of setting, the servers
+            // that knew it forget it.
+            if *refresh {
+                let hide = Ephemeral::Presence {
+                    user_id: convert(user).map_err(ServiceError::Internal)?,
+                    online: false,
+                    last_seen: None,
+                    visible_to: Some(Vec::new()),
+                };
+                self.federate(remote_servers(), |_| Some(hide.clone()));
+            }
             return Ok(());
         }
-        let peers = self.store.chat_peers(user).await?;
+        // Who the user lists (their setting is `contacts`), and who lists the user
+        // (viewers whose setting is `contacts` see only the users they list).
+        let listed: BTreeSet<UserId> = if setting == Visibility::Contacts {
+            self.store.contacts(user).await?.into_iter().collect()
+        } else {
+            BTreeSet::new()
+        };
+        let listing: BTreeSet<UserId> = if peers
+            .iter()
+            .any(|(p, s)| p.server_name() == self.local && *s == Visibility::Contacts)
+        {
+            self.store.listed_by(user).await?.into_iter().collect()
+        } else {
+            BTreeSet::new()
+        };
         let frame = ServerFrame::Presence {
             presence: WirePresence {
                 user_id: user.clone(),
-                online: Some(online),
-                last_seen: Some(last_seen),
+                online: Some(*online),
+                last_seen: Some(*last_seen),
             },
         };
         let Some(json) = frame_json(&frame) else {
             return Ok(());
         };
         let mut deliveries = Vec::new();
-        let mut servers = BTreeSet::new();
+        // Per other server, its users who may see it (`contacts`), or `None` (anyone).
+        let mut servers: BTreeMap<String, Option<Vec<parley_federation::UserId>>> = BTreeMap::new();
         {
             let tracker = lock(&self.tracker);
             for (peer, peer_setting) in &peers {
                 if peer.server_name() != self.local {
-                    servers.insert(peer.server_name().to_owned());
-                } else if visible(peer, *peer_setting, user, setting, true) {
+                    let audience = servers
+                        .entry(peer.server_name().to_owned())
+                        .or_insert_with(|| (setting == Visibility::Contacts).then(Vec::new));
+                    if let Some(audience) = audience {
+                        if listed.contains(peer) {
+                            audience.push(convert(peer).map_err(ServiceError::Internal)?);
+                        }
+                    }
+                } else if visible(
+                    peer,
+                    *peer_setting,
+                    user,
+                    setting,
+                    listed.contains(peer),
+                    listing.contains(peer),
+                ) {
                     for device in tracker.subscribers(peer) {
                         deliveries.push((device, Outbound::Ephemeral(json.clone())));
                     }
@@ -358,20 +474,27 @@ impl Inner {
             }
         }
         self.gateway.deliver(deliveries).await;
-        if let Some(relay) = &self.relay {
-            let Ok(user_id) = convert(user) else {
-                return Ok(());
-            };
-            let e = Ephemeral::Presence {
-                user_id,
-                online,
-                last_seen: Some(last_seen),
-            };
-            for server in servers {
-                relay.ephemeral(&server, e.clone());
+        let user_id: parley_federation::UserId = convert(user).map_err(ServiceError::Internal)?;
+        let names: BTreeSet<String> = servers.keys().cloned().collect();
+        self.federate(names, |server| {
+            Some(Ephemeral::Presence {
+                user_id: user_id.clone(),
+                online: *online,
+                last_seen: Some(*last_seen),
+                visible_to: servers.get(server).cloned().flatten(),
+            })
+        });
+        Ok(())
+    }
+
+    /// Queues an ephemeral event for each server (none without federation).
+    fn federate(&self, servers: BTreeSet<String>, event: impl Fn(&str) -> Option<Ephemeral>) {
+        let Some(relay) = &self.relay else { return };
+        for server in servers {
+            if let Some(e) = event(&server) {
+                relay.ephemeral(&server, e);
             }
         }
-        Ok(())
     }
 
     async fn relay_typing(&self, r: &TypingRelay, members: &[UserId]) {
@@ -459,6 +582,7 @@ impl Inner {
                 user_id,
                 online,
                 last_seen,
+                visible_to,
             } => {
                 let user: UserId = convert(&user_id).map_err(ServiceError::InvalidParam)?;
                 if user.server_name() != origin.as_str() {
@@ -474,13 +598,34 @@ impl Inner {
                 if local.is_empty() {
                     return Err(ServiceError::NotMember);
                 }
+                // Names that are not ours (or not ids) are ignored.
+                let visible_to = visible_to.map(|v| {
+                    v.iter()
+                        .filter_map(|u| convert::<_, UserId>(u).ok())
+                        .filter(|u| u.server_name() == self.local)
+                        .collect::<BTreeSet<_>>()
+                });
+                let entry = RemotePresence {
+                    online,
+                    last_seen,
+                    visible_to,
+                };
                 {
                     let mut remote = lock(&self.remote);
                     if remote.len() >= MAX_REMOTE && !remote.contains_key(&user) {
                         remote.clear();
                     }
-                    remote.insert(user.clone(), (online, last_seen));
+                    remote.insert(user.clone(), entry.clone());
                 }
+                if entry.visible_to.as_ref().is_some_and(|v| v.is_empty()) {
+                    return Ok(());
+                }
+                let listing: BTreeSet<UserId> =
+                    if local.iter().any(|(_, s)| *s == Visibility::Contacts) {
+                        self.store.listed_by(&user).await?.into_iter().collect()
+                    } else {
+                        BTreeSet::new()
+                    };
                 let frame = ServerFrame::Presence {
                     presence: WirePresence {
                         user_id: user,
@@ -495,7 +640,9 @@ impl Inner {
                     let tracker = lock(&self.tracker);
                     local
                         .iter()
-                        .filter(|(_, setting)| setting.allows(true))
+                        .filter(|(p, setting)| {
+                            entry.shown_to(p) && setting.allows(listing.contains(p))
+                        })
                         .flat_map(|(p, _)| tracker.subscribers(p))
                         .map(|d| (d, Outbound::Ephemeral(json.clone())))
                         .collect()
