@@ -232,6 +232,12 @@ impl<T: Clone> Outbox<T> {
         self.parked
     }
 
+    /// When the next request may leave (a request retry or the destination backoff);
+    /// `None`: as soon as there is something to send.
+    pub fn retry_at(&self) -> Option<i64> {
+        self.backoff.retry_at_ms.max(self.request_retry_at)
+    }
+
     /// Applies `input` at `now_ms`; `rand` in `[0, 1)` draws the jitter. Returns what to
     /// do, in order; the last action, if any, is `SendBatch` or `Wait`.
     pub fn step(&mut self, input: Input<T>, now_ms: i64, rand: f64) -> Vec<Action<T>> {

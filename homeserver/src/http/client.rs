@@ -302,6 +302,12 @@ pub async fn metrics(State(st): State<AppState>) -> Response {
     if let Ok(stats) = st.services.store.stats().await {
         st.services.metrics.inbox_depth.set(stats.inbox_rows);
     }
+    if st.services.federation.is_some() {
+        match st.services.outbox_gauges().await {
+            Ok(gauges) => st.services.metrics.set_outbox(&gauges),
+            Err(e) => tracing::warn!(error = %e, "cannot read the federation outbox for metrics"),
+        }
+    }
     (
         [(
             axum::http::header::CONTENT_TYPE,

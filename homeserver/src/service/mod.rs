@@ -215,6 +215,37 @@ impl Services {
 }
 
 impl Services {
+    /// The federation outbox per destination, for `/metrics` (capped labels).
+    pub async fn outbox_gauges(&self) -> Result<Vec<crate::metrics::OutboxGauge>, ServiceError> {
+        use crate::store::fed::FedStore;
+        let depths = self.store.outbox_depths().await?;
+        // The persisted backoff, replaced by the live state of the destinations this
+        // node drives.
+        let live: std::collections::HashMap<_, _> = self
+            .relay
+            .as_ref()
+            .map(|r| r.live_states().into_iter().collect())
+            .unwrap_or_default();
+        let mut backoff: Vec<_> = self
+            .store
+            .destinations()
+            .await?
+            .into_iter()
+            .filter(|d| !live.contains_key(&d.destination))
+            .map(|d| (d.destination, d.failures, d.retry_at, d.parked))
+            .collect();
+        backoff.extend(
+            live.into_iter()
+                .map(|(d, s)| (d, s.failures, s.retry_at, s.parked)),
+        );
+        Ok(crate::metrics::outbox_gauges(
+            &depths,
+            &backoff,
+            crate::clock::now_ms(),
+            crate::metrics::MAX_DESTINATION_LABELS,
+        ))
+    }
+
     /// Removes a device (its token, its inbox) and closes its socket, wherever it is.
     pub async fn remove_device(
         &self,

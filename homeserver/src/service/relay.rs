@@ -24,7 +24,7 @@ use parley_federation::api::{
     ChatSnapshot, FedEvent, FedReceipt, HubLeave, HubSend, SnapshotMember,
 };
 use parley_federation::outbox::{
-    Action, DestinationBackoff, Input, Outbox, OutboxConfig, Queued, TxnId,
+    Action, DestinationBackoff, Input, Outbox, OutboxConfig, Outcome, Queued, TxnId,
 };
 use parley_federation::transport::http::outcome_of;
 use parley_federation::{ServerName, api};
@@ -55,6 +55,21 @@ const MAX_EARLY: usize = 4096;
 pub struct Relay {
     wake: mpsc::Sender<Wake>,
     waiters: Arc<Mutex<Waiters>>,
+    live: Live,
+}
+
+/// What the destination tasks of this node report of their state (for `/metrics`):
+/// one entry per running task.
+type Live = Arc<Mutex<HashMap<String, LiveState>>>;
+
+/// A destination's state as the task driving it sees it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LiveState {
+    /// Failed requests in a row since the last success (or signed request from it).
+    pub failures: u32,
+    /// No request before this time (ms); `None`: sending freely.
+    pub retry_at: Option<i64>,
+    pub parked: bool,
 }
 
 #[derive(Default)]
@@ -87,17 +102,20 @@ impl Wake {
 pub struct RelayTasks {
     rx: mpsc::Receiver<Wake>,
     waiters: Arc<Mutex<Waiters>>,
+    live: Live,
 }
 
 pub fn channel() -> (Relay, RelayTasks) {
     let (wake, rx) = mpsc::channel(WAKE_QUEUE);
     let waiters = Arc::new(Mutex::new(Waiters::default()));
+    let live = Live::default();
     (
         Relay {
             wake,
             waiters: waiters.clone(),
+            live: live.clone(),
         },
-        RelayTasks { rx, waiters },
+        RelayTasks { rx, waiters, live },
     )
 }
 
@@ -115,6 +133,12 @@ impl Relay {
         let _ = self
             .wake
             .try_send(Wake::Ephemeral(destination.to_owned(), event));
+    }
+
+    /// The state of the destinations this node drives (it holds their lease).
+    pub fn live_states(&self) -> Vec<(String, LiveState)> {
+        let live = self.live.lock().unwrap_or_else(|p| p.into_inner());
+        live.iter().map(|(d, s)| (d.clone(), *s)).collect()
     }
 
     /// A verified request from `origin` arrived.
@@ -190,6 +214,7 @@ async fn dispatch(
             federation: federation.clone(),
             gateway: gateway.clone(),
             waiters: tasks.waiters.clone(),
+            live: tasks.live.clone(),
             boot: now_ms(),
         };
         tokio::spawn(task.run(rx));
@@ -235,6 +260,7 @@ struct Destination {
     federation: Federation,
     gateway: Gateway,
     waiters: Arc<Mutex<Waiters>>,
+    live: Live,
     /// When this task started (ms): prefixes the transaction ids it forms, so ids stay
     /// unique even if the outbox's row ids start over (a database restored or replaced).
     boot: i64,
@@ -255,10 +281,21 @@ impl Destination {
                     return;
                 }
             }
-            if self.drive(&server, &mut rx, &mut lease_until).await {
+            let stopped = self.drive(&server, &mut rx, &mut lease_until).await;
+            self.publish(None);
+            if stopped {
                 return;
             }
         }
+    }
+
+    /// Reports this task's view of the destination (`None`: it no longer drives it).
+    fn publish(&self, state: Option<LiveState>) {
+        let mut live = self.live.lock().unwrap_or_else(|p| p.into_inner());
+        match state {
+            Some(s) => live.insert(self.name.clone(), s),
+            None => live.remove(&self.name),
+        };
     }
 
     /// True while this node holds the destination's lease (renewed at half time).
@@ -302,6 +339,8 @@ impl Destination {
             }
         };
         let mut actions = outbox.step(Input::Tick, now_ms(), rand::rng().random());
+        // Failed requests in a row, for `/metrics`.
+        let mut failures = 0u32;
         loop {
             let mut wait_until = None;
             let mut send = None;
@@ -330,6 +369,11 @@ impl Destination {
                     Action::Wait { until_ms } => wait_until = Some(until_ms),
                 }
             }
+            self.publish(Some(LiveState {
+                failures,
+                retry_at: outbox.retry_at().filter(|at| *at > now_ms()),
+                parked: outbox.is_parked(),
+            }));
             if let Some((txn_id, events, ephemeral)) = send {
                 if !self.hold(lease_until).await {
                     tracing::info!(destination = %self.name, "outbox lease lost to another node");
@@ -341,6 +385,10 @@ impl Destination {
                     format!("{}.{txn_id}", self.boot)
                 };
                 let outcome = self.send_batch(server, &wire, &events, &ephemeral).await;
+                failures = match outcome {
+                    Outcome::Status(200..=299) => 0,
+                    _ => failures.saturating_add(1),
+                };
                 actions = outbox.step(
                     Input::Sent { txn_id, outcome },
                     now_ms(),
@@ -356,7 +404,10 @@ impl Destination {
             let now = |o: &mut Outbox<Entry>, i| o.step(i, now_ms(), rand::rng().random());
             match tokio::time::timeout(sleep, rx.recv()).await {
                 Ok(None) => return true,
-                Ok(Some(Wake::Inbound(_))) => actions = now(&mut outbox, Input::Inbound),
+                Ok(Some(Wake::Inbound(_))) => {
+                    failures = 0;
+                    actions = now(&mut outbox, Input::Inbound);
+                }
                 Ok(Some(Wake::Ephemeral(_, event))) => {
                     let bytes = serde_json::to_vec(&event).map(|b| b.len()).unwrap_or(256);
                     let key = event.coalesce_key();

@@ -184,6 +184,8 @@ pub trait FedStore: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Vec<OutboxRow>>> + Send;
     /// The destinations that have rows.
     fn outbox_destinations(&self) -> impl Future<Output = Result<Vec<String>>> + Send;
+    /// Rows queued per destination (destinations with rows only).
+    fn outbox_depths(&self) -> impl Future<Output = Result<Vec<(String, i64)>>> + Send;
     /// Marks rows as the batch `txn_id` (persisted before the batch is sent).
     fn outbox_set_txn(&self, ids: &[i64], txn_id: &str) -> impl Future<Output = Result<()>> + Send;
     fn outbox_delete(&self, ids: &[i64]) -> impl Future<Output = Result<()>> + Send;
@@ -292,6 +294,9 @@ impl FedStore for AnyStore {
     }
     async fn outbox_destinations(&self) -> Result<Vec<String>> {
         dispatch!(self, s => s.outbox_destinations().await)
+    }
+    async fn outbox_depths(&self) -> Result<Vec<(String, i64)>> {
+        dispatch!(self, s => s.outbox_depths().await)
     }
     async fn outbox_set_txn(&self, ids: &[i64], txn_id: &str) -> Result<()> {
         dispatch!(self, s => s.outbox_set_txn(ids, txn_id).await)

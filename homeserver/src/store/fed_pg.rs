@@ -313,6 +313,14 @@ impl FedStore for PgStore {
         )
     }
 
+    async fn outbox_depths(&self) -> Result<Vec<(String, i64)>> {
+        Ok(sqlx::query_as(
+            "SELECT destination, count(*) FROM federation_outbox GROUP BY destination",
+        )
+        .fetch_all(self.pool())
+        .await?)
+    }
+
     async fn outbox_set_txn(&self, ids: &[i64], txn_id: &str) -> Result<()> {
         sqlx::query("UPDATE federation_outbox SET txn_id = $2 WHERE id = ANY($1)")
             .bind(ids)

@@ -275,6 +275,14 @@ impl FedStore for SqliteStore {
         )
     }
 
+    async fn outbox_depths(&self) -> Result<Vec<(String, i64)>> {
+        Ok(sqlx::query_as(
+            "SELECT destination, COUNT(*) FROM federation_outbox GROUP BY destination",
+        )
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
     async fn outbox_set_txn(&self, ids: &[i64], txn_id: &str) -> Result<()> {
         let mut tx = self.write_tx().await?;
         sqlx::query(

@@ -1,11 +1,16 @@
 //! Health, readiness, request ids and metrics that move as messages flow.
 
-use anyhow::{Result, ensure};
+use std::time::Duration;
+
+use anyhow::{Result, bail, ensure};
 use reqwest::StatusCode;
 
 use crate::harness::{Backend, Server};
 
-crate::on_both_backends!(metrics_count_what_flows);
+crate::on_both_backends!(
+    metrics_count_what_flows,
+    outbox_metrics_follow_a_peer_down_and_back,
+);
 
 /// The value of the sample `name` (with its labels, e.g. `x_total{reason="a"}`).
 fn metric(text: &str, name: &str) -> Option<f64> {
@@ -169,6 +174,73 @@ async fn federation_rejections_are_counted_by_reason() -> Result<()> {
             .await?
             .contains("parley_federation_requests_rejected_total{"),
         "B counted a rejection"
+    );
+    Ok(())
+}
+
+/// Scrapes `server` until `ok(text)` (up to ~60 s); returns the last scrape.
+async fn scrape_until(server: &Server, ok: impl Fn(&str) -> bool) -> Result<String> {
+    let mut text = String::new();
+    for _ in 0..600 {
+        text = scrape(server).await?;
+        if ok(&text) {
+            return Ok(text);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    bail!("the metrics never got there: {text}")
+}
+
+/// The per-destination outbox gauges: the depth rises while the peer is down, with a
+/// failure count and a backoff, and falls to nothing once it is back.
+async fn outbox_metrics_follow_a_peer_down_and_back(backend: Backend) -> Result<()> {
+    let a = Server::start_peer(backend, "127.0.0.1", "").await?;
+    let mut b = Server::start_peer(backend, "127.0.0.2", "").await?;
+    let alice = a.register("alice").await?;
+    let bob = b.register("bob").await?;
+    let chat = a.create_chat(&alice, &[&bob]).await?;
+    crate::federation_chats::wait_listed(&b, &bob, &chat).await?;
+    let series = |name: &str| {
+        format!(
+            "parley_federation_outbox_{name}{{destination=\"{}\"}}",
+            b.name()
+        )
+    };
+    let (depth, failures, backoff) = (
+        series("depth"),
+        series("failures"),
+        series("backoff_seconds"),
+    );
+    // Everything delivered: no series for B (or an empty one).
+    let idle = scrape_until(&a, |t| metric(t, &depth).unwrap_or(0.0) == 0.0).await?;
+    ensure!(metric(&idle, &failures).unwrap_or(0.0) == 0.0, "{idle}");
+
+    b.stop_hard().await?;
+    for i in 0..5 {
+        let (status, body) = a.send(&alice, &chat, &format!("m{i}"), b"x").await?;
+        ensure!(status == StatusCode::CREATED, "{status} {body}");
+    }
+    // Queued for B: five rows (the first may still be in flight, counted too), and the
+    // failed attempts show as failures and a backoff.
+    let down = scrape_until(&a, |t| {
+        metric(t, &depth) == Some(5.0) && metric(t, &failures).is_some_and(|f| f >= 1.0)
+    })
+    .await?;
+    ensure!(metric(&down, &backoff).is_some(), "{down}");
+
+    b.restart().await?;
+    let back = scrape_until(&a, |t| metric(t, &depth).unwrap_or(0.0) == 0.0).await?;
+    ensure!(metric(&back, &failures).unwrap_or(0.0) == 0.0, "{back}");
+    // B acknowledged them after its commit: bob's inbox has them.
+    let mut bob_ws = b.connect(&bob).await?;
+    let items = bob_ws.until_synced().await?;
+    ensure!(
+        items
+            .iter()
+            .filter(|f| matches!(f, parley_client_api::ws::ServerFrame::Event { .. }))
+            .count()
+            >= 5,
+        "{items:?}"
     );
     Ok(())
 }
