@@ -13,6 +13,11 @@
 //!
 //! One task owns the NATS subscriptions; the registry talks to it through a bounded
 //! queue and never waits on it.
+//!
+//! "Does any node hold device X's socket?" (push, for a device with no socket here) is a
+//! NATS request on the device's subject ([`Probe`]): the node subscribed to it answers
+//! at once from its bus task; with no subscriber the NATS server answers "no
+//! responders" at once. No map of our own, again.
 
 use std::collections::HashMap;
 
@@ -37,10 +42,16 @@ pub(super) enum Wire {
         id: i64,
         json: String,
     },
-    /// Typing or presence: not an inbox item.
+    /// Typing: not an inbox item.
     Ephemeral {
         json: String,
     },
+    /// Presence: not an inbox item, written only on connections that heartbeat.
+    Presence {
+        json: String,
+    },
+    /// "Is the device's socket here?": the subscribed node's bus task answers.
+    Probe,
     /// Close the device's socket unless it is on node `node` (a newer connection there).
     Kick {
         node: String,
@@ -60,6 +71,9 @@ impl Wire {
                 json: json.clone(),
             },
             Outbound::Ephemeral(json) => Wire::Ephemeral {
+                json: json.to_string(),
+            },
+            Outbound::Presence(json) => Wire::Presence {
                 json: json.to_string(),
             },
             Outbound::Close(reason) => Wire::Kick {
@@ -130,17 +144,53 @@ fn subject(device: &DeviceId) -> String {
     format!("parley.dev.{device}")
 }
 
+/// How long a probe waits for the node holding a socket to answer (it answers from its
+/// bus task; "no responders" comes back at once).
+const PROBE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Asks the domain whether a node holds a device's socket (a NATS request on the
+/// device's subject). Called by the push task, concurrently with the bus task.
+#[derive(Clone)]
+pub(super) struct Probe {
+    client: async_nats::Client,
+}
+
+impl Probe {
+    pub(super) async fn connected(&self, device: &DeviceId) -> bool {
+        let Ok(body) = serde_json::to_vec(&Wire::Probe) else {
+            return false;
+        };
+        let request = self.client.request(subject(device), body.into());
+        match tokio::time::timeout(PROBE_TIMEOUT, request).await {
+            Ok(Ok(_answer)) => true,
+            Ok(Err(e)) => {
+                if e.kind() != async_nats::RequestErrorKind::NoResponders {
+                    tracing::warn!(%device, error = %e, "bus probe failed");
+                }
+                false
+            }
+            Err(_) => {
+                tracing::warn!(%device, "bus probe timed out");
+                false
+            }
+        }
+    }
+}
+
 /// Connects to NATS and starts the bus task. Messages for local devices come back on
 /// `to_registry` as `(device, wire)`.
 pub(super) async fn start(
     url: &str,
     node: String,
     to_registry: mpsc::Sender<(DeviceId, Wire)>,
-) -> Result<BusHandle, async_nats::ConnectError> {
+) -> Result<(BusHandle, Probe), async_nats::ConnectError> {
     let client = async_nats::connect(url).await?;
     let (tx, rx) = mpsc::channel(64 * 1024);
+    let probe = Probe {
+        client: client.clone(),
+    };
     tokio::spawn(run(client, rx, to_registry));
-    Ok(BusHandle { tx, node })
+    Ok((BusHandle { tx, node }, probe))
 }
 
 async fn run(
@@ -148,7 +198,12 @@ async fn run(
     mut rx: mpsc::Receiver<Cmd>,
     to_registry: mpsc::Sender<(DeviceId, Wire)>,
 ) {
-    type Incoming = std::pin::Pin<Box<dyn futures_util::Stream<Item = (DeviceId, Vec<u8>)> + Send>>;
+    type Incoming = std::pin::Pin<
+        Box<
+            dyn futures_util::Stream<Item = (DeviceId, Vec<u8>, Option<async_nats::Subject>)>
+                + Send,
+        >,
+    >;
     let mut subs: SelectAll<Incoming> = SelectAll::new();
     let mut live: HashMap<DeviceId, CancellationToken> = HashMap::new();
     loop {
@@ -177,7 +232,7 @@ async fn run(
                                 let d = device.clone();
                                 let stream = sub
                                     .take_until(stop.clone().cancelled_owned())
-                                    .map(move |m| (d.clone(), m.payload.to_vec()));
+                                    .map(move |m| (d.clone(), m.payload.to_vec(), m.reply));
                                 subs.push(Box::pin(stream));
                                 live.insert(device, stop);
                             }
@@ -196,8 +251,16 @@ async fn run(
                     }
                 }
             }
-            Some((device, bytes)) = subs.next(), if !subs.is_empty() => {
+            Some((device, bytes, reply)) = subs.next(), if !subs.is_empty() => {
                 match serde_json::from_slice::<Wire>(&bytes) {
+                    Ok(Wire::Probe) => {
+                        // Subscribed: the socket is on this node.
+                        if let Some(reply) = reply
+                            && let Err(e) = client.publish(reply, "1".into()).await
+                        {
+                            tracing::warn!(error = %e, "bus probe answer failed");
+                        }
+                    }
                     Ok(wire) => {
                         if to_registry.send((device, wire)).await.is_err() {
                             return;

@@ -20,9 +20,12 @@ pub enum Outbound {
     Event { id: i64, event_json: Arc<str> },
     /// A fully serialized frame (receipts).
     Frame { id: i64, json: String },
-    /// A serialized frame that is not an inbox item (typing, presence): written as is,
-    /// never tracked for acknowledgement.
+    /// A serialized frame that is not an inbox item (typing): written as is, never
+    /// tracked for acknowledgement.
     Ephemeral(Arc<str>),
+    /// A serialized presence frame: like [`Outbound::Ephemeral`], but written only on
+    /// connections that heartbeat (the node holding the socket knows; spec PR3).
+    Presence(Arc<str>),
     /// Close the connection, with the reason sent to the client.
     Close(CloseReason),
 }
@@ -64,10 +67,12 @@ enum Command {
     Deliver(Vec<(DeviceId, Outbound)>),
     Kick(DeviceId, CloseReason),
     Count(oneshot::Sender<usize>),
+    IsLocal(DeviceId, oneshot::Sender<bool>),
     OnOffline(OfflineHook),
 }
 
-/// Called with each chat event for a device that has no socket (single node only).
+/// Called with each chat event for a device that has no socket on this node. With a
+/// bus the device may have one on another node: ask [`Gateway::connected_anywhere`].
 pub type OfflineHook = Arc<dyn Fn(DeviceId, Arc<str>) + Send + Sync>;
 
 /// A handle to the registry task. Cheap to clone.
@@ -75,6 +80,8 @@ pub type OfflineHook = Arc<dyn Fn(DeviceId, Arc<str>) + Send + Sync>;
 pub struct Gateway {
     tx: mpsc::Sender<Command>,
     queue: usize,
+    /// Asks the nodes of the domain whether one holds a device's socket (with a bus).
+    probe: Option<bus::Probe>,
 }
 
 /// A registered connection: its queue and its registration id.
@@ -89,7 +96,11 @@ impl Gateway {
     pub fn spawn(queue: usize) -> Self {
         let (tx, rx) = mpsc::channel(16 * 1024);
         tokio::spawn(run(rx, None));
-        Self { tx, queue }
+        Self {
+            tx,
+            queue,
+            probe: None,
+        }
     }
 
     /// Starts the registry task for one node of several, routing deliveries for devices
@@ -98,11 +109,43 @@ impl Gateway {
         use rand::Rng as _;
         let node = format!("{:016x}", rand::rng().random::<u64>());
         let (from_bus_tx, from_bus_rx) = mpsc::channel(16 * 1024);
-        let bus = bus::start(url, node.clone(), from_bus_tx).await?;
+        let (bus, probe) = bus::start(url, node.clone(), from_bus_tx).await?;
         tracing::info!(%node, bus = %url, "routing between nodes through NATS");
         let (tx, rx) = mpsc::channel(16 * 1024);
         tokio::spawn(run(rx, Some((bus, from_bus_rx))));
-        Ok(Self { tx, queue })
+        Ok(Self {
+            tx,
+            queue,
+            probe: Some(probe),
+        })
+    }
+
+    /// Whether other nodes of the domain may hold sockets (a bus is configured): then a
+    /// device without a socket here may have one elsewhere, and deliveries to any
+    /// device of the domain reach it through the bus.
+    pub fn has_bus(&self) -> bool {
+        self.probe.is_some()
+    }
+
+    /// Whether a node of the domain (this one included) holds the device's socket. With
+    /// no bus, only this node is asked. A bus that does not answer counts as "no", so a
+    /// push is sent rather than missed.
+    pub async fn connected_anywhere(&self, device: &DeviceId) -> bool {
+        match &self.probe {
+            Some(probe) => probe.connected(device).await,
+            None => {
+                let (tx, rx) = oneshot::channel();
+                if self
+                    .tx
+                    .send(Command::IsLocal(device.clone(), tx))
+                    .await
+                    .is_err()
+                {
+                    return false;
+                }
+                rx.await.unwrap_or(false)
+            }
+        }
     }
 
     /// Registers a device's connection, replacing (and closing) an older one. Once this
@@ -135,8 +178,7 @@ impl Gateway {
         let _ = self.tx.send(Command::Kick(device, reason)).await;
     }
 
-    /// Sets the hook told about events for devices with no socket (push). Only a single
-    /// node knows that; with a bus the hook is never called.
+    /// Sets the hook told about events for devices with no socket on this node (push).
     pub async fn on_offline(&self, hook: OfflineHook) {
         let _ = self.tx.send(Command::OnOffline(hook)).await;
     }
@@ -198,6 +240,11 @@ async fn run(
                     bus::Wire::Ephemeral { json } => {
                         deliver_local(&mut conns, &device, Outbound::Ephemeral(json.into()));
                     }
+                    bus::Wire::Presence { json } => {
+                        deliver_local(&mut conns, &device, Outbound::Presence(json.into()));
+                    }
+                    // Answered by the bus task itself.
+                    bus::Wire::Probe => {}
                     bus::Wire::Kick { node: from, reason } if from != node => {
                         if let Some((_, tx)) = conns.remove(&device) {
                             let _ = tx.try_send(Outbound::Close(bus::reason_from_code(reason)));
@@ -245,10 +292,10 @@ async fn run(
                         continue;
                     }
                     if let Some((b, _)) = &bus {
-                        b.publish(device, &bus::Wire::from_outbound(&item, &b.node));
-                    } else if let (Some(hook), Outbound::Event { event_json, .. }) =
-                        (&offline, &item)
-                    {
+                        b.publish(device.clone(), &bus::Wire::from_outbound(&item, &b.node));
+                    }
+                    // Not here: maybe on no node at all (the hook asks, with a bus).
+                    if let (Some(hook), Outbound::Event { event_json, .. }) = (&offline, &item) {
                         hook(device, event_json.clone());
                     }
                 }
@@ -270,6 +317,9 @@ async fn run(
             }
             Command::Count(reply) => {
                 let _ = reply.send(conns.len());
+            }
+            Command::IsLocal(device, reply) => {
+                let _ = reply.send(conns.contains_key(&device));
             }
             Command::OnOffline(hook) => offline = Some(hook),
         }

@@ -83,6 +83,8 @@ struct Conn {
     last_ack: Option<oneshot::Receiver<()>>,
     /// This connection's gateway registration (presence tells connections apart by it).
     conn: u64,
+    /// The client has sent a heartbeat: it takes presence frames (spec PR3).
+    heartbeats: bool,
 }
 
 enum End {
@@ -110,6 +112,7 @@ async fn connection(st: AppState, me: Session, socket: WebSocket, _permit: Owned
         pending_acks: Vec::new(),
         last_ack: None,
         conn: reg.conn,
+        heartbeats: false,
     };
     let end = conn.run(&mut reg.rx).await;
     gateway.unregister(device.clone(), reg.conn).await;
@@ -299,6 +302,13 @@ impl Conn {
                     .feed(Message::Text(json.as_ref().into()))
                     .await?;
             }
+            Outbound::Presence(json) => {
+                if self.heartbeats {
+                    self.socket
+                        .feed(Message::Text(json.as_ref().into()))
+                        .await?;
+                }
+            }
         }
         if self.sent.len() > self.st.services.config.limits.max_unacked {
             return Ok(Some(End::Protocol("too many unacknowledged items")));
@@ -364,6 +374,7 @@ impl Conn {
             }
             ClientFrame::Ping => self.write(&ServerFrame::Pong).await?,
             ClientFrame::Heartbeat => {
+                self.heartbeats = true;
                 self.st.services.presence.heartbeat(
                     &self.me.user_id,
                     &self.me.device_id,

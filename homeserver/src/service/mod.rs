@@ -131,7 +131,7 @@ impl Services {
             relay_channel.as_ref().map(|(relay, _)| relay.clone()),
             config.server_name.to_string(),
         );
-        let push = push::Push::spawn(&config.push, store.clone())?;
+        let push = push::Push::spawn(&config.push, store.clone(), gateway.clone())?;
         {
             let push = push.clone();
             gateway

@@ -7,6 +7,7 @@
 //! transaction. Nothing here is acknowledged to anyone before its transaction commits.
 
 pub mod contacts;
+pub mod devices;
 pub mod fed;
 mod fed_pg;
 mod fed_sqlite;

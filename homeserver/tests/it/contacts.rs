@@ -10,8 +10,9 @@ use parley_client_api::http::presence::Presence;
 use reqwest::{Method, StatusCode};
 
 use crate::federation_chats::wait_listed;
-use crate::harness::{Backend, Server, User};
-use crate::presence::{CONFIG, get_presence, no_presence, presence_of, present, set_privacy};
+use crate::harness::{Backend, Server, User, Ws};
+use crate::presence::{CONFIG, get_presence, presence_of, present, set_privacy};
+use parley_client_api::ws::ServerFrame;
 
 crate::on_both_backends!(
     the_contact_list_api,
@@ -128,7 +129,7 @@ async fn contacts_decide_who_sees_last_seen(backend: Backend) -> Result<()> {
     let alice_ws = present(&server, &alice).await?;
     let p = presence_of(&mut bob_ws, &alice, Duration::from_secs(5)).await?;
     assert_eq!(p.online, Some(true));
-    no_presence(&mut carol_ws, Duration::from_millis(800)).await?;
+    no_presence_of(&mut carol_ws, &alice, Duration::from_millis(800)).await?;
     ensure!(shown(&get_presence(&server, &bob, &alice).await?));
     ensure!(!shown(&get_presence(&server, &carol, &alice).await?));
     ensure!(!shown(&get_presence(&server, &dave, &alice).await?));
@@ -144,7 +145,7 @@ async fn contacts_decide_who_sees_last_seen(backend: Backend) -> Result<()> {
     alice_ws.close().await?;
     let p = presence_of(&mut carol_ws, &alice, Duration::from_secs(5)).await?;
     assert_eq!(p.online, Some(false));
-    no_presence(&mut bob_ws, Duration::from_millis(800)).await?;
+    no_presence_of(&mut bob_ws, &alice, Duration::from_millis(800)).await?;
 
     // Reciprocal: with `contacts` alice sees only whom she lists. dave shows his to
     // everyone, yet alice sees it only once she lists him.
@@ -163,6 +164,21 @@ async fn contacts_decide_who_sees_last_seen(backend: Backend) -> Result<()> {
     ensure!(!shown(&get_presence(&server, &alice, &dave).await?));
     ensure!(!shown(&get_presence(&server, &dave, &alice).await?));
     Ok(())
+}
+
+/// No presence frame about `who` within `d` (others, e.g. about bob, may come).
+async fn no_presence_of(ws: &mut Ws, who: &User, d: Duration) -> Result<()> {
+    let deadline = tokio::time::Instant::now() + d;
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match ws.next_within(left).await? {
+            Some(ServerFrame::Presence { presence }) if presence.user_id == who.user_id => {
+                bail!("unexpected {presence:?}")
+            }
+            Some(_) => {}
+            None => return Ok(()),
+        }
+    }
 }
 
 /// Polls `viewer`'s view of `target` on `server` until `want(view)`.
@@ -207,7 +223,7 @@ async fn a_remote_contact_sees_last_seen(backend: Backend) -> Result<()> {
     let _alice_ws = present(&a, &alice).await?;
     let p = presence_of(&mut bob_ws, &alice, Duration::from_secs(10)).await?;
     assert_eq!(p.online, Some(true));
-    no_presence(&mut carol_ws, Duration::from_millis(1_500)).await?;
+    no_presence_of(&mut carol_ws, &alice, Duration::from_millis(1_500)).await?;
     ensure!(get_presence(&b, &bob, &alice).await?.online == Some(true));
     ensure!(!shown(&get_presence(&b, &carol, &alice).await?));
 

@@ -188,11 +188,22 @@ impl Server {
 
     /// `n` nodes of one domain on one Postgres database, routing through NATS at `bus`.
     pub async fn start_nodes(n: usize, bus: &str) -> Result<Vec<Self>> {
+        Self::start_nodes_with_config(n, bus, "").await
+    }
+
+    /// [`Server::start_nodes`], each node with the config file `toml` (when not empty).
+    pub async fn start_nodes_with_config(n: usize, bus: &str, toml: &str) -> Result<Vec<Self>> {
         let db = Arc::new(parley_testkit::postgres().await?);
-        let extra = vec!["--bus-url".to_owned(), bus.to_owned()];
         let mut nodes = Vec::with_capacity(n);
         for _ in 0..n {
             let data_dir = tempfile::tempdir()?;
+            let mut extra = vec!["--bus-url".to_owned(), bus.to_owned()];
+            if !toml.is_empty() {
+                let path = data_dir.path().join("node.toml");
+                std::fs::write(&path, toml)?;
+                extra.push("--config".to_owned());
+                extra.push(path.to_str().context("config path")?.to_owned());
+            }
             let process =
                 spawn(db.url(), data_dir.path(), &default_identity(), &extra, &[]).await?;
             nodes.push(Self {

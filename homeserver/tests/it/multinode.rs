@@ -1,6 +1,7 @@
 //! Several nodes of one domain: one Postgres, routing through NATS.
 
 use std::collections::BTreeSet;
+use std::time::Duration;
 
 use anyhow::{Result, ensure};
 use parley_client_api::ws::{ClientFrame, ServerFrame};
@@ -140,4 +141,111 @@ async fn users_on_two_nodes_chat_live_and_survive_a_node_dying() -> Result<()> {
     let first = TOTAL as i64 + 3;
     ensure!(both == (first..first + 100).collect::<Vec<_>>(), "{both:?}");
     Ok(())
+}
+
+/// Typing and presence reach a device whose socket is on another node; a push goes to a
+/// device with no socket on any node, and not to one whose socket is on another node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn typing_presence_and_push_reach_other_nodes() -> Result<()> {
+    let nats = parley_testkit::nats()?;
+    let gw = parley_testkit::ServerProcess::spawn(
+        env!("CARGO_BIN_EXE_parley-push-gateway"),
+        ["--listen", "127.0.0.1:0"],
+        [("PARLEY_LOG", "info")],
+    )
+    .await?;
+    let url = format!("http://{}/_parley/push/v1/notify", gw.addr());
+    let nodes = Server::start_nodes_with_config(
+        2,
+        nats.url(),
+        "[push]\nallow_insecure = true\ncoalesce_ms = 200\nretry_base_ms = 200\n",
+    )
+    .await?;
+    let (n0, n1) = (&nodes[0], &nodes[1]);
+    let alice = n0.register("alice").await?;
+    let bob = n0.register("bob").await?;
+    let carol = n0.register("carol").await?;
+    let chat = n0.create_chat(&alice, &[&bob, &carol]).await?;
+    for (me, token) in [(&bob, "bob-token"), (&carol, "carol-token")] {
+        let (status, body) = n0
+            .post(
+                "/v1/pushers",
+                Some(&me.token),
+                serde_json::json!({"url": url, "token": token}),
+            )
+            .await?;
+        ensure!(status == 200, "{status} {body}");
+    }
+
+    // bob's socket is on node 1 and heartbeats; alice's is on node 0.
+    let mut bob_ws = crate::presence::present(n1, &bob).await?;
+    let mut alice_ws = crate::presence::present(n0, &alice).await?;
+    // alice came online on node 0: bob on node 1 sees it.
+    let p = crate::presence::presence_of(&mut bob_ws, &alice, Duration::from_secs(10)).await?;
+    ensure!(p.online == Some(true), "{p:?}");
+    // Typing on node 0 reaches bob on node 1, and back.
+    alice_ws
+        .send(&ClientFrame::Typing {
+            chat_id: chat.clone(),
+            typing: true,
+        })
+        .await?;
+    let got = typing_of(&mut bob_ws).await?;
+    ensure!(got == (alice.user_id.to_string(), true), "{got:?}");
+    bob_ws
+        .send(&ClientFrame::Typing {
+            chat_id: chat.clone(),
+            typing: true,
+        })
+        .await?;
+    let got = typing_of(&mut alice_ws).await?;
+    ensure!(got == (bob.user_id.to_string(), true), "{got:?}");
+
+    // A message through node 0: carol (no socket anywhere) gets a push; bob (socket on
+    // node 1) gets the event there and no push.
+    n0.send(&alice, &chat, "m1", b"hi").await?;
+    let got = bob_ws.events(1).await?;
+    ensure!(got[0].1.payload.0 == b"hi");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while !gw.logs().contains("carol-token") {
+        ensure!(
+            tokio::time::Instant::now() < deadline,
+            "no push for carol: {}",
+            gw.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // bob's hint was made at the same time; give its probe the same again.
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    ensure!(
+        !gw.logs().contains("bob-token"),
+        "bob was pushed though connected to node 1: {}",
+        gw.logs()
+    );
+    // bob leaves: the next message pushes him too.
+    bob_ws.close().await?;
+    n0.send(&alice, &chat, "m2", b"again").await?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while !gw.logs().contains("bob-token") {
+        ensure!(
+            tokio::time::Instant::now() < deadline,
+            "no push for bob: {}",
+            gw.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(())
+}
+
+/// The next typing frame: `(user, typing)`.
+async fn typing_of(ws: &mut crate::harness::Ws) -> Result<(String, bool)> {
+    loop {
+        match ws.next_within(Duration::from_secs(10)).await? {
+            Some(ServerFrame::Typing {
+                user_id, typing, ..
+            }) => return Ok((user_id.to_string(), typing)),
+            Some(_) => {}
+            None => anyhow::bail!("no typing frame"),
+        }
+    }
 }

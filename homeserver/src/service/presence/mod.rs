@@ -17,9 +17,10 @@
 //! - `contacts` in a setting means the user's contact list (`store::contacts`); a
 //!   change of the list or the setting re-sends the user's presence ([`Presence::refresh`]).
 //!
-//! Limitation: with several nodes per domain, each node knows only its own sockets (a
-//! user connected to two nodes is online on both, and fan-out reaches the devices of
-//! the node where the change happened).
+//! Several nodes per domain: frames reach devices on any node (through the bus, see
+//! [`Inner::deliver`]). Limitation: online state is per node — each node tracks the
+//! sockets connected to it, so a query answered by another node shows the stored last
+//! seen, and a user with sockets on two nodes goes "offline" when one node's go.
 
 pub mod core;
 
@@ -41,6 +42,7 @@ use crate::clock::now_ms;
 use crate::config::PresenceConfig;
 use crate::gateway::{Gateway, Outbound};
 use crate::store::contacts::ContactStore;
+use crate::store::devices::DeviceDirectory;
 use crate::store::presence::PresenceStore;
 use crate::store::{AnyStore, Store};
 
@@ -444,20 +446,19 @@ impl Inner {
         let Some(json) = frame_json(&frame) else {
             return Ok(());
         };
-        let mut deliveries = Vec::new();
+        let mut viewers = Vec::new();
         // Per other server, its users who may see it (`contacts`), or `None` (anyone).
         let mut servers: BTreeMap<String, Option<Vec<parley_federation::UserId>>> = BTreeMap::new();
         {
-            let tracker = lock(&self.tracker);
             for (peer, peer_setting) in &peers {
                 if peer.server_name() != self.local {
                     let audience = servers
                         .entry(peer.server_name().to_owned())
                         .or_insert_with(|| (setting == Visibility::Contacts).then(Vec::new));
-                    if let Some(audience) = audience {
-                        if listed.contains(peer) {
-                            audience.push(convert(peer).map_err(ServiceError::Internal)?);
-                        }
+                    if let Some(audience) = audience
+                        && listed.contains(peer)
+                    {
+                        audience.push(convert(peer).map_err(ServiceError::Internal)?);
                     }
                 } else if visible(
                     peer,
@@ -467,13 +468,11 @@ impl Inner {
                     listed.contains(peer),
                     listing.contains(peer),
                 ) {
-                    for device in tracker.subscribers(peer) {
-                        deliveries.push((device, Outbound::Ephemeral(json.clone())));
-                    }
+                    viewers.push(peer.clone());
                 }
             }
         }
-        self.gateway.deliver(deliveries).await;
+        self.deliver(&viewers, Outbound::Presence(json)).await;
         let user_id: parley_federation::UserId = convert(user).map_err(ServiceError::Internal)?;
         let names: BTreeSet<String> = servers.keys().cloned().collect();
         self.federate(names, |server| {
@@ -485,6 +484,40 @@ impl Inner {
             })
         });
         Ok(())
+    }
+
+    /// Hands a typing or presence frame to the devices of local `users`. Alone, to the
+    /// ones connected here (presence: those that heartbeat). With a bus, to every
+    /// device of theirs: the bus takes each to the node holding its socket (dropped
+    /// where none does), and that connection writes presence only if it heartbeats.
+    async fn deliver(&self, users: &[UserId], item: Outbound) {
+        if users.is_empty() {
+            return;
+        }
+        let devices = if self.gateway.has_bus() {
+            match self.store.devices_of(users).await {
+                Ok(devices) => devices,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read devices for typing or presence");
+                    return;
+                }
+            }
+        } else {
+            let tracker = lock(&self.tracker);
+            let presence = matches!(item, Outbound::Presence(_));
+            users
+                .iter()
+                .flat_map(|u| {
+                    if presence {
+                        tracker.subscribers(u)
+                    } else {
+                        tracker.devices(u)
+                    }
+                })
+                .collect()
+        };
+        let deliveries = devices.into_iter().map(|d| (d, item.clone())).collect();
+        self.gateway.deliver(deliveries).await;
     }
 
     /// Queues an ephemeral event for each server (none without federation).
@@ -507,21 +540,16 @@ impl Inner {
         let Some(json) = frame_json(&frame) else {
             return;
         };
-        let mut deliveries = Vec::new();
+        let mut local = Vec::new();
         let mut servers = BTreeSet::new();
-        {
-            let tracker = lock(&self.tracker);
-            for m in members.iter().filter(|m| **m != r.user) {
-                if m.server_name() != self.local {
-                    servers.insert(m.server_name().to_owned());
-                } else {
-                    for device in tracker.devices(m) {
-                        deliveries.push((device, Outbound::Ephemeral(json.clone())));
-                    }
-                }
+        for m in members.iter().filter(|m| **m != r.user) {
+            if m.server_name() != self.local {
+                servers.insert(m.server_name().to_owned());
+            } else {
+                local.push(m.clone());
             }
         }
-        self.gateway.deliver(deliveries).await;
+        self.deliver(&local, Outbound::Ephemeral(json)).await;
         if let (Some(relay), Ok(chat_id), Ok(user_id)) =
             (&self.relay, convert(&r.chat), convert(&r.user))
         {
@@ -567,16 +595,11 @@ impl Inner {
                 let Some(json) = frame_json(&frame) else {
                     return Ok(());
                 };
-                let deliveries: Vec<_> = {
-                    let tracker = lock(&self.tracker);
-                    members
-                        .iter()
-                        .filter(|m| m.server_name() == self.local)
-                        .flat_map(|m| tracker.devices(m))
-                        .map(|d| (d, Outbound::Ephemeral(json.clone())))
-                        .collect()
-                };
-                self.gateway.deliver(deliveries).await;
+                let local: Vec<UserId> = members
+                    .into_iter()
+                    .filter(|m| m.server_name() == self.local)
+                    .collect();
+                self.deliver(&local, Outbound::Ephemeral(json)).await;
             }
             Ephemeral::Presence {
                 user_id,
@@ -636,18 +659,12 @@ impl Inner {
                 let Some(json) = frame_json(&frame) else {
                     return Ok(());
                 };
-                let deliveries: Vec<_> = {
-                    let tracker = lock(&self.tracker);
-                    local
-                        .iter()
-                        .filter(|(p, setting)| {
-                            entry.shown_to(p) && setting.allows(listing.contains(p))
-                        })
-                        .flat_map(|(p, _)| tracker.subscribers(p))
-                        .map(|d| (d, Outbound::Ephemeral(json.clone())))
-                        .collect()
-                };
-                self.gateway.deliver(deliveries).await;
+                let viewers: Vec<UserId> = local
+                    .into_iter()
+                    .filter(|(p, setting)| entry.shown_to(p) && setting.allows(listing.contains(p)))
+                    .map(|(p, _)| p)
+                    .collect();
+                self.deliver(&viewers, Outbound::Presence(json)).await;
             }
         }
         Ok(())

@@ -8,8 +8,10 @@
 //! The gateway tells it about undelivered events through a bounded queue ([`Push::hint`];
 //! when full, a hint is dropped: the next event of the device brings it back).
 //!
-//! Limitation: with several nodes per domain (a bus), "no socket" is not known on this
-//! node, so no notification is sent.
+//! With several nodes per domain (a bus), "no socket here" may mean "a socket on another
+//! node": before notifying, the task asks the domain ([`Gateway::connected_anywhere`],
+//! a NATS request answered by the node holding the socket, if any) and notifies only
+//! a device no node holds.
 
 pub mod core;
 pub mod wire;
@@ -28,6 +30,7 @@ use self::core::{After, Coalescer, PushOutcome, PushTimings};
 use super::ServiceError;
 use crate::clock::now_ms;
 use crate::config::PushConfig;
+use crate::gateway::Gateway;
 use crate::store::presence::{PresenceStore, PusherRow};
 use crate::store::{AnyStore, Store};
 
@@ -56,7 +59,11 @@ pub struct Push {
 }
 
 impl Push {
-    pub fn spawn(config: &PushConfig, store: AnyStore) -> Result<Self, ServiceError> {
+    pub fn spawn(
+        config: &PushConfig,
+        store: AnyStore,
+        gateway: Gateway,
+    ) -> Result<Self, ServiceError> {
         let ms = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
         let timings = PushTimings {
             coalesce_ms: ms(config.coalesce_ms),
@@ -73,6 +80,7 @@ impl Push {
         let (tx, rx) = mpsc::channel(HINT_QUEUE);
         let task = Task {
             store: store.clone(),
+            gateway,
             http,
             core: Coalescer::new(timings),
             owners: HashMap::new(),
@@ -199,6 +207,7 @@ struct Peek {
 
 struct Task {
     store: AnyStore,
+    gateway: Gateway,
     http: reqwest::Client,
     core: Coalescer,
     /// The user of each tracked device.
@@ -221,7 +230,12 @@ impl Task {
                         continue;
                     };
                     let (store, http) = (self.store.clone(), self.http.clone());
+                    let gateway = self.gateway.clone();
                     in_flight.spawn(async move {
+                        // A socket on another node of the domain gets the event: no push.
+                        if gateway.has_bus() && gateway.connected_anywhere(&device).await {
+                            return (device, PushOutcome::Delivered);
+                        }
                         let outcome = notify(&store, &http, &device, &user, &chat).await;
                         (device, outcome)
                     });
