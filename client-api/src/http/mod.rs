@@ -12,7 +12,7 @@ pub mod presence;
 pub mod push;
 
 /// An HTTP method, as the endpoints name it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Method {
     Get,
     Head,
@@ -32,6 +32,72 @@ impl Method {
         }
     }
 }
+
+/// One endpoint of the client API: where it lives and whether it needs a token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Endpoint {
+    /// `area::endpoint`, the module that defines it.
+    pub name: &'static str,
+    pub method: Method,
+    pub path: &'static str,
+    /// Needs `Authorization: Bearer <token>` (or `?access_token=` on the socket).
+    pub auth: bool,
+}
+
+macro_rules! endpoints {
+    ($($area:ident :: $ep:ident $(($auth:literal))?),* $(,)?) => {
+        /// Every endpoint of the client API (the homeserver's router and the spec's
+        /// OpenAPI document are checked against this list).
+        pub const ENDPOINTS: &[Endpoint] = &[$(Endpoint {
+            name: concat!(stringify!($area), "::", stringify!($ep)),
+            method: $area::$ep::METHOD,
+            path: $area::$ep::PATH,
+            auth: endpoints!(@auth $($auth)?),
+        }),*];
+    };
+    (@auth) => { true };
+    (@auth $a:literal) => { $a };
+}
+
+endpoints![
+    accounts::register(false),
+    accounts::login(false),
+    accounts::logout,
+    accounts::list_devices,
+    accounts::delete_device,
+    chats::create,
+    chats::list,
+    chats::members,
+    chats::rename,
+    chats::set_admin,
+    chats::leave,
+    chats::send,
+    chats::history,
+    chats::receipts,
+    chats::mark_read,
+    keys::upload,
+    keys::count,
+    keys::claim,
+    keys::user_devices,
+    media::exists,
+    media::download,
+    media::upload_status,
+    media::upload,
+    presence::get_privacy,
+    presence::set_privacy,
+    presence::get,
+    push::set,
+    push::list,
+    push::delete,
+];
+
+/// The device socket, `GET /v1/ws` (see [`crate::ws`]).
+pub const WEBSOCKET: Endpoint = Endpoint {
+    name: "ws",
+    method: crate::ws::METHOD,
+    path: crate::ws::PATH,
+    auth: true,
+};
 
 /// Replaces each `{name}` in `path` by its value (percent-encoding `/`, `?`, `#`, `%`,
 /// space and non-ASCII).
@@ -57,6 +123,15 @@ fn encode_segment(s: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn endpoints_are_unique_and_versioned() {
+        let mut seen = std::collections::HashSet::new();
+        for e in super::ENDPOINTS.iter().chain([&super::WEBSOCKET]) {
+            assert!(e.path.starts_with(crate::API_PREFIX), "{}", e.name);
+            assert!(seen.insert((e.method, e.path)), "{} twice", e.name);
+        }
+    }
+
     #[test]
     fn fill_encodes() {
         assert_eq!(

@@ -1,0 +1,171 @@
+//! Media blobs: upload, hash check, dedup, access (client-api.md).
+
+use anyhow::{Result, ensure};
+use reqwest::Method;
+use serde_json::json;
+use sha2::{Digest, Sha256};
+
+use super::chats::{create, send};
+use super::net::{Ctx, User};
+
+fn blob(tag: &str) -> (Vec<u8>, String) {
+    let bytes: Vec<u8> = format!("conformance blob {tag} {}", rand::random::<u64>())
+        .into_bytes()
+        .repeat(50);
+    let hash = hex::encode(Sha256::digest(&bytes));
+    (bytes, hash)
+}
+
+async fn upload_all(ctx: &Ctx, u: &User, hash: &str, bytes: &[u8]) -> Result<super::net::Resp> {
+    ctx.put_bytes(
+        u,
+        &format!("/v1/media/{hash}/upload?offset=0&total={}", bytes.len()),
+        bytes.to_vec(),
+    )
+    .await
+}
+
+pub(super) async fn upload(ctx: &Ctx) -> Result<()> {
+    let u = ctx.register().await?;
+    let (bytes, hash) = blob("upload");
+    ctx.as_user(&u, Method::HEAD, &format!("/v1/media/{hash}"), None)
+        .await?
+        .expect(404, None)?;
+    let half = bytes.len() / 2;
+    let first = ctx
+        .put_bytes(
+            &u,
+            &format!("/v1/media/{hash}/upload?offset=0&total={}", bytes.len()),
+            bytes[..half].to_vec(),
+        )
+        .await?;
+    first.expect(200, None)?;
+    ensure!(
+        first.body["received"] == half && first.body["complete"] == false,
+        "after half: {}",
+        first.body
+    );
+    let status = ctx
+        .as_user(&u, Method::GET, &format!("/v1/media/{hash}/upload"), None)
+        .await?;
+    ensure!(
+        status.body["received"] == half,
+        "upload status: {}",
+        status.body
+    );
+    let rest = ctx
+        .put_bytes(
+            &u,
+            &format!(
+                "/v1/media/{hash}/upload?offset={half}&total={}",
+                bytes.len()
+            ),
+            bytes[half..].to_vec(),
+        )
+        .await?;
+    rest.expect(201, None)?;
+    ensure!(
+        rest.body["complete"] == true && rest.body["received"] == bytes.len(),
+        "complete: {}",
+        rest.body
+    );
+    ctx.as_user(&u, Method::HEAD, &format!("/v1/media/{hash}"), None)
+        .await?
+        .expect(200, None)?;
+    let down = ctx
+        .as_user(&u, Method::GET, &format!("/v1/media/{hash}"), None)
+        .await?;
+    down.expect(200, None)?;
+    ensure!(down.bytes == bytes, "the download differs from the upload");
+    Ok(())
+}
+
+pub(super) async fn hash_mismatch(ctx: &Ctx) -> Result<()> {
+    let u = ctx.register().await?;
+    let (bytes, _) = blob("mismatch");
+    let (_, other_hash) = blob("other");
+    upload_all(ctx, &u, &other_hash, &bytes)
+        .await?
+        .expect(400, Some("hash_mismatch"))?;
+    ctx.as_user(&u, Method::HEAD, &format!("/v1/media/{other_hash}"), None)
+        .await?
+        .expect(404, None)?;
+    Ok(())
+}
+
+pub(super) async fn dedup(ctx: &Ctx) -> Result<()> {
+    let (a, b) = (ctx.register().await?, ctx.register().await?);
+    let (bytes, hash) = blob("dedup");
+    upload_all(ctx, &a, &hash, &bytes)
+        .await?
+        .expect(201, None)?;
+    let again = upload_all(ctx, &b, &hash, &bytes).await?;
+    again.expect(201, None)?;
+    ensure!(
+        again.body["complete"] == true && again.body["received"] == bytes.len(),
+        "second upload: {}",
+        again.body
+    );
+    let status = ctx
+        .as_user(&b, Method::GET, &format!("/v1/media/{hash}/upload"), None)
+        .await?;
+    ensure!(
+        status.body["complete"] == true,
+        "upload status of a stored blob: {}",
+        status.body
+    );
+    Ok(())
+}
+
+pub(super) async fn access(ctx: &Ctx) -> Result<()> {
+    let (a, b, c) = (
+        ctx.register().await?,
+        ctx.register().await?,
+        ctx.register().await?,
+    );
+    let (bytes, hash) = blob("access");
+    upload_all(ctx, &a, &hash, &bytes)
+        .await?
+        .expect(201, None)?;
+    let path = format!("/v1/media/{hash}");
+    ctx.as_user(&b, Method::GET, &path, None)
+        .await?
+        .expect(404, Some("unknown_blob"))?;
+    // c may not list a blob it neither uploaded nor received.
+    let chat_c = create(ctx, &c, &[&b], None).await?;
+    send(ctx, &c, &chat_c, "steal", b"x", json!({"blobs": [hash]}))
+        .await?
+        .expect(403, Some("blob_forbidden"))?;
+    let chat = create(ctx, &a, &[&b], None).await?;
+    send(
+        ctx,
+        &a,
+        &chat,
+        "file",
+        b"a media message",
+        json!({"blobs": [hash]}),
+    )
+    .await?
+    .expect(201, None)?;
+    let down = ctx.as_user(&b, Method::GET, &path, None).await?;
+    down.expect(200, None)?;
+    ensure!(down.bytes == bytes, "the member's download differs");
+    ctx.as_user(&c, Method::GET, &path, None)
+        .await?
+        .expect(404, Some("unknown_blob"))?;
+    Ok(())
+}
+
+pub(super) async fn offset(ctx: &Ctx) -> Result<()> {
+    let u = ctx.register().await?;
+    let (bytes, hash) = blob("offset");
+    let r = ctx
+        .put_bytes(
+            &u,
+            &format!("/v1/media/{hash}/upload?offset=10&total={}", bytes.len()),
+            bytes[10..20].to_vec(),
+        )
+        .await?;
+    r.expect(409, Some("upload_offset"))?;
+    Ok(())
+}

@@ -1,0 +1,410 @@
+//! The conformance suite: black-box checks of a homeserver, one per numbered spec rule.
+//!
+//! [`run`] talks to the server(s) at [`Config::servers`] through the public client API
+//! (HTTP + WebSocket, `parley-client-api` types) and the federation API, acting as a
+//! signing peer (`parley-federation`'s signer) whose key directory it serves itself on a
+//! loopback listener. Each check either passes, fails with what it saw, or is skipped
+//! with a reason (e.g. federation is off).
+
+mod accounts;
+mod chats;
+mod federation;
+mod media;
+mod net;
+mod presence;
+mod socket;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use net::Ctx;
+
+/// What to test.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Base URLs (`http://host:port`) of one or two homeservers under test.
+    pub servers: Vec<String>,
+    /// Loopback address the suite's federation peer listens on (port chosen by the
+    /// system); the server under test must allow it (test mode).
+    pub peer_ip: String,
+    /// Loopback address of a second peer the server must refuse (its policy does not
+    /// allow it), for the allow/deny rules.
+    pub denied_peer_ip: String,
+    /// Run only the rules whose id starts with one of these (all when empty).
+    pub only: Vec<String>,
+    /// Longest time one check may take.
+    pub check_timeout: Duration,
+}
+
+impl Config {
+    pub fn new(servers: Vec<String>) -> Self {
+        Self {
+            servers,
+            peer_ip: "127.0.0.5".to_owned(),
+            denied_peer_ip: "127.0.0.9".to_owned(),
+            only: Vec::new(),
+            check_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// A numbered spec rule the suite checks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Rule {
+    pub id: &'static str,
+    pub title: &'static str,
+}
+
+/// How one rule fared.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "outcome", content = "reason", rename_all = "lowercase")]
+pub enum Outcome {
+    Pass,
+    Fail(String),
+    Skip(String),
+}
+
+/// A check's way of saying the rule cannot be tested against this server.
+#[derive(Debug)]
+pub struct Skip(pub String);
+
+impl std::fmt::Display for Skip {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Skip {}
+
+/// `Err(Skip(reason))` as an `anyhow` error.
+pub fn skip<T>(reason: impl Into<String>) -> anyhow::Result<T> {
+    Err(Skip(reason.into()).into())
+}
+
+type CheckFuture<'a> = Pin<Box<dyn Future<Output = anyhow::Result<()>> + Send + 'a>>;
+type CheckFn = for<'a> fn(&'a Ctx) -> CheckFuture<'a>;
+
+macro_rules! check {
+    ($id:literal, $title:literal, $f:path) => {{
+        fn f(c: &Ctx) -> CheckFuture<'_> {
+            Box::pin($f(c))
+        }
+        (
+            Rule {
+                id: $id,
+                title: $title,
+            },
+            f as CheckFn,
+        )
+    }};
+}
+
+/// Every check, in the order they run.
+fn checks() -> Vec<(Rule, CheckFn)> {
+    vec![
+        check!(
+            "ACC1",
+            "register creates an account and its first device",
+            accounts::register
+        ),
+        check!("ACC2", "a taken username is refused", accounts::taken),
+        check!(
+            "ACC3",
+            "login creates a new device; a wrong password is refused",
+            accounts::login
+        ),
+        check!(
+            "ACC4",
+            "devices are listed with the caller marked current",
+            accounts::devices
+        ),
+        check!(
+            "ACC5",
+            "logout and device removal revoke the token",
+            accounts::revoke
+        ),
+        check!(
+            "ERR1",
+            "a request without a token is refused",
+            accounts::missing_token
+        ),
+        check!(
+            "ERR2",
+            "a body that is not valid JSON for the endpoint is refused",
+            accounts::bad_json
+        ),
+        check!(
+            "ERR3",
+            "an invalid identifier is refused",
+            accounts::invalid_param
+        ),
+        check!(
+            "ERR4",
+            "unknown endpoints and methods are refused with their codes",
+            accounts::not_found
+        ),
+        check!(
+            "API1",
+            "every endpoint of the client API exists",
+            accounts::endpoints_exist
+        ),
+        check!(
+            "CH1",
+            "a 1:1 chat is created once per pair",
+            chats::create_direct
+        ),
+        check!(
+            "CH2",
+            "sends get consecutive sequence numbers from 1",
+            chats::consecutive
+        ),
+        check!(
+            "CH3",
+            "a resent client_msg_id returns the first result",
+            chats::idempotent
+        ),
+        check!(
+            "CH4",
+            "non-members cannot send; unknown chats are unknown",
+            chats::non_member
+        ),
+        check!(
+            "CH5",
+            "history returns the events in order, payload intact",
+            chats::history
+        ),
+        check!(
+            "CH6",
+            "malformed sends are refused and store nothing",
+            chats::bad_send
+        ),
+        check!("GR1", "a group's creator is its admin", chats::group_admin),
+        check!(
+            "GR2",
+            "exactly one commit per epoch",
+            chats::one_commit_per_epoch
+        ),
+        check!(
+            "GR3",
+            "application messages from too old an epoch are refused",
+            chats::past_epochs
+        ),
+        check!("GR4", "only admins change membership", chats::admin_only),
+        check!(
+            "WS1",
+            "an offline device's inbox is replayed in order, then synced",
+            chats::inbox_replay
+        ),
+        check!(
+            "WS2",
+            "unacknowledged items come again; acknowledged ones do not",
+            chats::redelivery
+        ),
+        check!(
+            "WS3",
+            "a send frame is answered sent only once stored",
+            chats::ws_send
+        ),
+        check!("WS4", "a connected device gets live events", chats::live),
+        check!(
+            "WS5",
+            "ping is answered pong; a bad frame gets an error frame",
+            chats::ws_errors
+        ),
+        check!(
+            "RC1",
+            "a device's ack becomes a delivered receipt for the sender",
+            chats::delivered
+        ),
+        check!(
+            "RC2",
+            "a read marker covers every earlier event and never goes back",
+            chats::read
+        ),
+        check!(
+            "MD1",
+            "an upload whose bytes match the address is stored",
+            media::upload
+        ),
+        check!(
+            "MD2",
+            "an upload whose bytes do not match the address is refused",
+            media::hash_mismatch
+        ),
+        check!(
+            "MD3",
+            "a stored blob is stored once; uploading it again is complete at once",
+            media::dedup
+        ),
+        check!(
+            "MD4",
+            "only the uploader and members of a chat that refers to a blob download it",
+            media::access
+        ),
+        check!(
+            "MD5",
+            "an upload chunk at the wrong offset is refused",
+            media::offset
+        ),
+        check!(
+            "PR3",
+            "a heartbeating device gets presence changes",
+            presence::presence_frames
+        ),
+        check!(
+            "PR5",
+            "privacy settings are stored and reciprocal",
+            presence::privacy
+        ),
+        check!(
+            "T2",
+            "typing reaches the other members, not the typer",
+            presence::typing
+        ),
+        check!(
+            "FK1",
+            "the key directory is served, self-signed, with thumbprint key ids",
+            federation::directory
+        ),
+        check!(
+            "FK2",
+            "the server advertises its federation versions",
+            federation::version
+        ),
+        check!(
+            "FS1",
+            "a validly signed request is accepted",
+            federation::valid
+        ),
+        check!(
+            "FS2",
+            "an unsigned request is refused with Accept-Signature",
+            federation::unsigned
+        ),
+        check!("FS3", "a forged signature is refused", federation::forged),
+        check!("FS4", "a replayed nonce is refused", federation::replayed),
+        check!("FS5", "a stale signature is refused", federation::stale),
+        check!(
+            "FS6",
+            "a body that does not match its Content-Digest is refused",
+            federation::digest
+        ),
+        check!(
+            "FP1",
+            "a denied origin is refused before any key fetch",
+            federation::denied
+        ),
+        check!(
+            "FT1",
+            "a transaction is answered the same when resent",
+            federation::txn_idempotent
+        ),
+        check!(
+            "FX1",
+            "a message crosses to a member on another server with the hub's seq",
+            federation::cross_server
+        ),
+    ]
+}
+
+/// The rules the suite checks, in order.
+pub fn rules() -> Vec<Rule> {
+    checks().into_iter().map(|(r, _)| r).collect()
+}
+
+/// One rule's result.
+#[derive(Debug, Clone, Serialize)]
+pub struct RuleResult {
+    #[serde(flatten)]
+    pub rule: Rule,
+    #[serde(flatten)]
+    pub outcome: Outcome,
+}
+
+/// The whole run.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Report {
+    pub servers: Vec<String>,
+    pub results: Vec<RuleResult>,
+    pub passed: usize,
+    pub failed: usize,
+    pub skipped: usize,
+}
+
+impl Report {
+    /// Ids of the rules that failed.
+    pub fn failed_ids(&self) -> Vec<&'static str> {
+        self.results
+            .iter()
+            .filter(|r| matches!(r.outcome, Outcome::Fail(_)))
+            .map(|r| r.rule.id)
+            .collect()
+    }
+
+    /// `PASS|FAIL|SKIP <id> <title> [reason]` per rule, then the summary line.
+    pub fn lines(&self) -> Vec<String> {
+        let mut out: Vec<String> = self.results.iter().map(line).collect();
+        out.push(self.summary());
+        out
+    }
+
+    pub fn summary(&self) -> String {
+        format!(
+            "{} passed, {} failed, {} skipped",
+            self.passed, self.failed, self.skipped
+        )
+    }
+}
+
+/// One result as a report line.
+pub fn line(r: &RuleResult) -> String {
+    match &r.outcome {
+        Outcome::Pass => format!("PASS {} {}", r.rule.id, r.rule.title),
+        Outcome::Fail(why) => format!("FAIL {} {} [{}]", r.rule.id, r.rule.title, one_line(why)),
+        Outcome::Skip(why) => format!("SKIP {} {} [{}]", r.rule.id, r.rule.title, one_line(why)),
+    }
+}
+
+fn one_line(s: &str) -> String {
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// Runs every selected check against the configured server(s); `progress` sees each
+/// result as it comes.
+pub async fn run(config: &Config, mut progress: impl FnMut(&RuleResult)) -> anyhow::Result<Report> {
+    anyhow::ensure!(
+        (1..=2).contains(&config.servers.len()),
+        "give the base URL of one or two homeservers"
+    );
+    let ctx = Ctx::new(config).await?;
+    let mut report = Report {
+        servers: config.servers.clone(),
+        ..Report::default()
+    };
+    for (rule, f) in checks() {
+        if !config.only.is_empty() && !config.only.iter().any(|p| rule.id.starts_with(p.as_str())) {
+            continue;
+        }
+        let outcome = match tokio::time::timeout(config.check_timeout, f(&ctx)).await {
+            Err(_) => Outcome::Fail(format!("no result within {:?}", config.check_timeout)),
+            Ok(Ok(())) => Outcome::Pass,
+            Ok(Err(e)) => match e.downcast_ref::<Skip>() {
+                Some(Skip(why)) => Outcome::Skip(why.clone()),
+                None => Outcome::Fail(format!("{e:#}")),
+            },
+        };
+        match outcome {
+            Outcome::Pass => report.passed += 1,
+            Outcome::Fail(_) => report.failed += 1,
+            Outcome::Skip(_) => report.skipped += 1,
+        }
+        let result = RuleResult { rule, outcome };
+        progress(&result);
+        report.results.push(result);
+    }
+    ctx.shutdown().await;
+    Ok(report)
+}

@@ -1,0 +1,416 @@
+//! The suite's side of the wire: HTTP calls, test users, and its federation peers.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+
+use anyhow::{Context, Result, bail};
+use parley_federation::ServerName;
+use parley_federation::directory::{self, KeyToPublish};
+use parley_federation::keys::ServerSigningKey;
+use parley_federation::signing::profile::{OutgoingRequest, RequestSigner};
+use reqwest::Method;
+use serde_json::{Value, json};
+use tokio::sync::OnceCell;
+
+use super::Config;
+
+/// The password of every account the suite registers.
+pub(crate) const PASSWORD: &str = "conformance suite password";
+
+/// Shared state of one run.
+pub(crate) struct Ctx {
+    /// Base URL of the (first) server under test, without a trailing `/`.
+    pub(crate) base: String,
+    /// Base URL of the second server, if given.
+    pub(crate) second: Option<String>,
+    http: reqwest::Client,
+    /// A random tag in every username, so runs against one server never collide.
+    run: String,
+    counter: AtomicU32,
+    server_name: OnceCell<String>,
+    pub(super) peer: OnceCell<Option<Peer>>,
+    pub(super) denied: OnceCell<Option<Peer>>,
+    config: Config,
+}
+
+/// A registered account with one logged-in device.
+#[derive(Debug, Clone)]
+pub(crate) struct User {
+    pub(crate) username: String,
+    pub(crate) user_id: String,
+    pub(crate) device_id: String,
+    pub(crate) token: String,
+    /// Base URL of its server.
+    pub(crate) base: String,
+}
+
+/// An HTTP answer.
+#[derive(Debug, Clone)]
+pub(crate) struct Resp {
+    pub(crate) status: u16,
+    pub(crate) body: Value,
+    pub(crate) headers: reqwest::header::HeaderMap,
+    pub(crate) bytes: Vec<u8>,
+}
+
+impl Resp {
+    /// Fails unless the status is `status` (and, with `code`, the error code is `code`).
+    pub(crate) fn expect(&self, status: u16, code: Option<&str>) -> Result<&Self> {
+        let got_code = self.body.get("error").and_then(Value::as_str);
+        if self.status != status || (code.is_some() && got_code != code) {
+            bail!(
+                "expected {status}{}, got {} {}",
+                code.map(|c| format!(" {c}")).unwrap_or_default(),
+                self.status,
+                String::from_utf8_lossy(&self.bytes)
+                    .chars()
+                    .take(300)
+                    .collect::<String>()
+            );
+        }
+        Ok(self)
+    }
+
+    /// Fails unless the status is 2xx.
+    pub(crate) fn ok(&self) -> Result<&Self> {
+        if !(200..300).contains(&self.status) {
+            bail!(
+                "expected success, got {} {}",
+                self.status,
+                String::from_utf8_lossy(&self.bytes)
+                    .chars()
+                    .take(300)
+                    .collect::<String>()
+            );
+        }
+        Ok(self)
+    }
+}
+
+impl Ctx {
+    pub(super) async fn new(config: &Config) -> Result<Self> {
+        let base = config.servers[0].trim_end_matches('/').to_owned();
+        let second = config
+            .servers
+            .get(1)
+            .map(|s| s.trim_end_matches('/').to_owned());
+        let run = hex::encode(rand::random::<[u8; 4]>());
+        Ok(Self {
+            base,
+            second,
+            http: reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .build()?,
+            run,
+            counter: AtomicU32::new(0),
+            server_name: OnceCell::new(),
+            peer: OnceCell::new(),
+            denied: OnceCell::new(),
+            config: config.clone(),
+        })
+    }
+
+    pub(super) async fn shutdown(&self) {
+        for p in [self.peer.get(), self.denied.get()]
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            p.task.abort();
+        }
+    }
+
+    /// A fresh username of this run.
+    pub(crate) fn username(&self) -> String {
+        let n = self.counter.fetch_add(1, Ordering::Relaxed);
+        format!("cf{}{n}", self.run)
+    }
+
+    /// Registers a fresh account on the first server.
+    pub(crate) async fn register(&self) -> Result<User> {
+        self.register_on(&self.base).await
+    }
+
+    /// Registers a fresh account on the server at `base`.
+    pub(crate) async fn register_on(&self, base: &str) -> Result<User> {
+        let username = self.username();
+        let r = self
+            .call_at(
+                base,
+                Method::POST,
+                "/v1/register",
+                None,
+                Some(json!({"username": username, "password": PASSWORD})),
+            )
+            .await?;
+        r.expect(201, None).context("register")?;
+        let s = |k: &str| -> Result<String> {
+            r.body
+                .get(k)
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+                .with_context(|| format!("register: no {k} in {}", r.body))
+        };
+        Ok(User {
+            username,
+            user_id: s("user_id")?,
+            device_id: s("device_id")?,
+            token: s("access_token")?,
+            base: base.to_owned(),
+        })
+    }
+
+    /// The first server's name, learned from a registered user id (`@name:server`).
+    pub(crate) async fn server_name(&self) -> Result<&str> {
+        self.server_name
+            .get_or_try_init(|| async {
+                let u = self.register().await?;
+                server_of(&u.user_id)
+            })
+            .await
+            .map(String::as_str)
+    }
+
+    /// A request to the first server.
+    pub(crate) async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> Result<Resp> {
+        self.call_at(&self.base, method, path, token, body).await
+    }
+
+    /// A request as `user` to their server.
+    pub(crate) async fn as_user(
+        &self,
+        user: &User,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<Resp> {
+        self.call_at(&user.base, method, path, Some(&user.token), body)
+            .await
+    }
+
+    pub(crate) async fn call_at(
+        &self,
+        base: &str,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> Result<Resp> {
+        let body = body.map(|b| b.to_string().into_bytes());
+        self.raw(base, method, path, token, body, &[]).await
+    }
+
+    /// A request with exactly these body bytes and extra headers.
+    pub(crate) async fn raw(
+        &self,
+        base: &str,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Vec<u8>>,
+        headers: &[(String, String)],
+    ) -> Result<Resp> {
+        let mut req = self.http.request(method.clone(), format!("{base}{path}"));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            req = req.header("content-type", "application/json").body(b);
+        }
+        for (k, v) in headers {
+            req = req.header(k.as_str(), v.as_str());
+        }
+        let resp = req
+            .send()
+            .await
+            .with_context(|| format!("{method} {path}"))?;
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        let bytes = resp.bytes().await?.to_vec();
+        let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        Ok(Resp {
+            status,
+            body,
+            headers,
+            bytes,
+        })
+    }
+
+    /// A request with a binary body (media upload).
+    pub(crate) async fn put_bytes(&self, user: &User, path: &str, bytes: Vec<u8>) -> Result<Resp> {
+        let resp = self
+            .http
+            .put(format!("{}{path}", user.base))
+            .bearer_auth(&user.token)
+            .header("content-type", "application/octet-stream")
+            .body(bytes)
+            .send()
+            .await
+            .with_context(|| format!("PUT {path}"))?;
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        let bytes = resp.bytes().await?.to_vec();
+        let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        Ok(Resp {
+            status,
+            body,
+            headers,
+            bytes,
+        })
+    }
+
+    /// The suite's federation peer, started on first use (`None` if it cannot listen).
+    pub(crate) async fn peer(&self) -> Result<&Peer> {
+        let p = self
+            .peer
+            .get_or_init(|| async { Peer::start(&self.config.peer_ip).await.ok() })
+            .await;
+        match p {
+            Some(p) => Ok(p),
+            None => super::skip(format!(
+                "cannot listen on {} for the suite's federation peer",
+                self.config.peer_ip
+            )),
+        }
+    }
+
+    /// A peer the server under test must refuse.
+    pub(crate) async fn denied_peer(&self) -> Result<&Peer> {
+        let p = self
+            .denied
+            .get_or_init(|| async { Peer::start(&self.config.denied_peer_ip).await.ok() })
+            .await;
+        match p {
+            Some(p) => Ok(p),
+            None => super::skip(format!(
+                "cannot listen on {} for the denied peer",
+                self.config.denied_peer_ip
+            )),
+        }
+    }
+
+    /// Sends a request signed by `peer` (headers from [`Peer::sign`]) to the first server.
+    pub(crate) async fn fed_call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+        headers: Vec<(String, String)>,
+    ) -> Result<Resp> {
+        self.raw(&self.base, method, path, None, body, &headers)
+            .await
+    }
+}
+
+/// The server part of a user id.
+pub(crate) fn server_of(user_id: &str) -> Result<String> {
+    user_id
+        .split_once(':')
+        .map(|(_, s)| s.to_owned())
+        .with_context(|| format!("{user_id:?} is not a user id"))
+}
+
+/// A federation peer played by the suite: a signing key, and a listener serving its key
+/// directory at `/.well-known/http-message-signatures-directory`. Its server name is the
+/// listener's `ip:port` (reachable only by a server in test mode).
+pub(crate) struct Peer {
+    pub(crate) name: ServerName,
+    seed: [u8; 32],
+    /// How many times its key directory was fetched.
+    pub(crate) fetches: Arc<AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Peer {
+    async fn start(ip: &str) -> Result<Self> {
+        let listener = tokio::net::TcpListener::bind((ip, 0)).await?;
+        let name = ServerName::try_from(listener.local_addr()?.to_string().as_str())?;
+        let seed: [u8; 32] = rand::random();
+        let fetches = Arc::new(AtomicUsize::new(0));
+        let app = {
+            let name = name.clone();
+            let fetches = fetches.clone();
+            axum::Router::new().route(
+                directory::PATH,
+                axum::routing::get(move || {
+                    let name = name.clone();
+                    let fetches = fetches.clone();
+                    async move {
+                        fetches.fetch_add(1, Ordering::SeqCst);
+                        let key = ServerSigningKey::from_seed(&seed);
+                        let now = now_ms();
+                        let published = [KeyToPublish {
+                            key: &key,
+                            nbf: now / 1000 - 3600,
+                            exp: now / 1000 + 24 * 3600,
+                        }];
+                        match directory::build_response(&name, &published, &[], now, 60) {
+                            Ok(d) => parley_federation::transport::http::directory_response(d),
+                            Err(e) => axum::response::IntoResponse::into_response((
+                                axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+                                e.to_string(),
+                            )),
+                        }
+                    }
+                }),
+            )
+        };
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Ok(Self {
+            name,
+            seed,
+            fetches,
+            task,
+        })
+    }
+
+    /// The peer's signer.
+    pub(crate) fn signer(&self) -> RequestSigner {
+        RequestSigner::new(self.name.clone(), ServerSigningKey::from_seed(&self.seed))
+    }
+
+    /// The headers of a request signed at `now_ms` with `nonce` for `destination`.
+    pub(crate) fn sign(
+        signer: &RequestSigner,
+        method: &str,
+        destination: &str,
+        path: &str,
+        body: &[u8],
+        now_ms: i64,
+        nonce: &str,
+    ) -> Result<Vec<(String, String)>> {
+        let destination = ServerName::try_from(destination)?;
+        let headers = signer.sign(
+            &OutgoingRequest {
+                method,
+                destination: &destination,
+                path,
+                query: None,
+                body,
+            },
+            now_ms,
+            nonce,
+        )?;
+        Ok(headers
+            .to_vec()
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v))
+            .collect())
+    }
+}
+
+/// Milliseconds since the Unix epoch.
+pub(crate) fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
