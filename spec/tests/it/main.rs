@@ -1,4 +1,7 @@
-//! parley-spec's tests: the suite against real homeservers and against faulty ones, the
-//! documents' rule ids, the generated files and the test vectors.
+//! parley-spec's tests: the suite against real homeservers and against faulty ones, and
+//! the documents' rule ids.
 
 mod docs;
+mod faulty;
+mod harness;
+mod real;

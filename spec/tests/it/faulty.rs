@@ -1,0 +1,248 @@
+//! The suite catches faults: a small faulty server — a proxy in front of a real
+//! homeserver that breaks one rule — must fail exactly the rules that cite the fault.
+//! No fault switch lives in the homeserver itself.
+
+use std::sync::Arc;
+
+use anyhow::{Context, Result, ensure};
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::ws::{Message as AxMessage, WebSocket, WebSocketUpgrade};
+use axum::extract::{RawQuery, State};
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use futures_util::{SinkExt, StreamExt};
+use parley_spec::conformance::{self, Config};
+use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::Message as TMessage;
+
+use crate::harness::{Backend, Server};
+
+/// The one rule a proxy breaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fault {
+    /// Accepts a request whose signature is forged (answers 200 where the server
+    /// refused it with `bad_signature` or `unknown_key`).
+    AcceptsForgedSignature,
+    /// Accepts a replayed nonce.
+    AcceptsReplayedNonce,
+    /// Skips a sequence number: answers `seq + 1` for every send after the first.
+    SkipsSequenceNumber,
+    /// Acknowledges a socket `send` (✓ sent) without storing it.
+    AcksBeforeStoring,
+}
+
+struct Proxy {
+    upstream: String,
+    fault: Fault,
+    http: reqwest::Client,
+}
+
+/// Starts the faulty proxy in front of `upstream`; its base URL.
+async fn start_proxy(upstream: &str, fault: Fault) -> Result<String> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let state = Arc::new(Proxy {
+        upstream: upstream.to_owned(),
+        fault,
+        http: reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()?,
+    });
+    let app = Router::new()
+        .route("/v1/ws", axum::routing::get(socket))
+        .fallback(forward)
+        .with_state(state);
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    Ok(format!("http://{addr}"))
+}
+
+async fn forward(
+    State(p): State<Arc<Proxy>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    match forward_inner(&p, method, uri, headers, body).await {
+        Ok(r) => r,
+        Err(e) => (StatusCode::BAD_GATEWAY, e.to_string()).into_response(),
+    }
+}
+
+async fn forward_inner(
+    p: &Proxy,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response> {
+    let path = uri.path_and_query().map(|x| x.as_str()).unwrap_or("/");
+    let mut req = p
+        .http
+        .request(method.clone(), format!("{}{path}", p.upstream));
+    for (name, value) in &headers {
+        if name != "host" && name != "content-length" {
+            req = req.header(name, value);
+        }
+    }
+    let resp = req.body(body).send().await?;
+    let status = resp.status();
+    let mut out_headers = HeaderMap::new();
+    for (name, value) in resp.headers() {
+        if name != "content-length" && name != "transfer-encoding" && name != "connection" {
+            out_headers.insert(name.clone(), value.clone());
+        }
+    }
+    let mut bytes = resp.bytes().await?.to_vec();
+    let mut status = StatusCode::from_u16(status.as_u16())?;
+    let code = serde_json::from_slice::<Value>(&bytes)
+        .ok()
+        .and_then(|v| v.get("error").and_then(Value::as_str).map(str::to_owned));
+    let fed = uri.path().starts_with("/_parley/fed/");
+    match p.fault {
+        Fault::AcceptsForgedSignature
+            if fed && matches!(code.as_deref(), Some("bad_signature" | "unknown_key")) =>
+        {
+            status = StatusCode::OK;
+            bytes = br#"{"user_id":"@forged:accepted","devices":[]}"#.to_vec();
+            out_headers.remove("accept-signature");
+        }
+        Fault::AcceptsReplayedNonce if fed && code.as_deref() == Some("replayed_nonce") => {
+            status = StatusCode::OK;
+            bytes = br#"{"user_id":"@replayed:accepted","devices":[]}"#.to_vec();
+            out_headers.remove("accept-signature");
+        }
+        Fault::SkipsSequenceNumber
+            if method == Method::POST
+                && uri.path().ends_with("/events")
+                && status == StatusCode::CREATED =>
+        {
+            let mut ack: Value = serde_json::from_slice(&bytes)?;
+            if let Some(seq) = ack["seq"].as_i64().filter(|s| *s >= 2) {
+                ack["seq"] = json!(seq + 1);
+            }
+            bytes = serde_json::to_vec(&ack)?;
+        }
+        _ => {}
+    }
+    Ok((status, out_headers, bytes).into_response())
+}
+
+async fn socket(
+    State(p): State<Arc<Proxy>>,
+    RawQuery(query): RawQuery,
+    uri: Uri,
+    headers: HeaderMap,
+    ws: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
+) -> Response {
+    let Ok(ws) = ws else {
+        // Not an upgrade: the server answers it as it would.
+        return forward(State(p), Method::GET, uri, headers, Bytes::new()).await;
+    };
+    let url = format!(
+        "{}/v1/ws?{}",
+        p.upstream.replacen("http", "ws", 1),
+        query.unwrap_or_default()
+    );
+    let upstream = match tokio_tungstenite::connect_async(url).await {
+        Ok((s, _)) => s,
+        Err(e) => return (StatusCode::BAD_GATEWAY, e.to_string()).into_response(),
+    };
+    let fault = p.fault;
+    ws.on_upgrade(move |client| pump(client, upstream, fault))
+}
+
+async fn pump(
+    client: WebSocket,
+    upstream: tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >,
+    fault: Fault,
+) {
+    let (mut up_tx, mut up_rx) = upstream.split();
+    let (client_tx, mut client_rx) = client.split();
+    let client_tx = Arc::new(tokio::sync::Mutex::new(client_tx));
+    let down = {
+        let client_tx = client_tx.clone();
+        tokio::spawn(async move {
+            while let Some(Ok(msg)) = up_rx.next().await {
+                let out = match msg {
+                    TMessage::Text(t) => AxMessage::Text(t.as_str().into()),
+                    TMessage::Close(_) => break,
+                    _ => continue,
+                };
+                if client_tx.lock().await.send(out).await.is_err() {
+                    break;
+                }
+            }
+            let _ = client_tx.lock().await.close().await;
+        })
+    };
+    while let Some(Ok(msg)) = client_rx.next().await {
+        let AxMessage::Text(t) = msg else {
+            if matches!(msg, AxMessage::Close(_)) {
+                break;
+            }
+            continue;
+        };
+        if fault == Fault::AcksBeforeStoring {
+            let frame: Value = serde_json::from_str(t.as_str()).unwrap_or(Value::Null);
+            if frame["type"] == "send" {
+                let sent = json!({"type": "sent", "chat_id": frame["chat_id"],
+                    "client_msg_id": frame["client_msg_id"], "seq": 1, "ts": 1,
+                    "duplicate": false});
+                let _ = client_tx
+                    .lock()
+                    .await
+                    .send(AxMessage::Text(sent.to_string().into()))
+                    .await;
+                continue;
+            }
+        }
+        if up_tx.send(TMessage::text(t.as_str())).await.is_err() {
+            break;
+        }
+    }
+    let _ = up_tx.close().await;
+    down.abort();
+}
+
+async fn failures_through(upstream: &str, fault: Fault) -> Result<Vec<&'static str>> {
+    let proxy = start_proxy(upstream, fault).await?;
+    let report = conformance::run(&Config::new(vec![proxy]), |_| {})
+        .await
+        .with_context(|| format!("{fault:?}"))?;
+    let unexpected_skips: Vec<_> = report
+        .results
+        .iter()
+        .filter(|r| matches!(r.outcome, conformance::Outcome::Skip(_)) && r.rule.id != "FX1")
+        .map(|r| r.rule.id)
+        .collect();
+    ensure!(
+        unexpected_skips.is_empty(),
+        "{fault:?}: skipped {unexpected_skips:?}"
+    );
+    Ok(report.failed_ids())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_fault_fails_exactly_its_rule() {
+    let server = Server::start(Backend::Sqlite, "127.0.0.4").await.unwrap();
+    let cases = [
+        (Fault::AcceptsForgedSignature, vec!["FS3"]),
+        (Fault::AcceptsReplayedNonce, vec!["FS4"]),
+        (Fault::SkipsSequenceNumber, vec!["CH2"]),
+        (Fault::AcksBeforeStoring, vec!["WS3"]),
+    ];
+    let runs = cases
+        .iter()
+        .map(|(fault, _)| failures_through(&server.base, *fault));
+    let results = futures_util::future::join_all(runs).await;
+    for ((fault, expected), got) in cases.iter().zip(results) {
+        let got = got.unwrap();
+        assert_eq!(&got, expected, "{fault:?} failed {got:?}");
+    }
+}

@@ -1,0 +1,69 @@
+//! Real `parley-homeserver` processes (the binary beside the test binary) for the suite to
+//! test, federating in test mode on 127.0.0.x and allowing the suite's peer (127.0.0.5).
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use parley_testkit::{PgDatabase, ServerProcess, homeserver};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// `parley-homeserver` beside this test's binary (`…/debug/deps/it-…` →
+/// `…/debug/parley-homeserver`); `cargo test --workspace` builds it.
+fn homeserver_binary() -> Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .context("the test binary has no grandparent directory")?;
+    let bin = dir.join("parley-homeserver");
+    if !bin.exists() {
+        bail!(
+            "{} is missing: run `cargo build -p parley-homeserver` first",
+            bin.display()
+        );
+    }
+    Ok(bin)
+}
+
+/// A homeserver process with its own database.
+pub(crate) struct Server {
+    _process: ServerProcess,
+    pub(crate) base: String,
+    _pg: Option<PgDatabase>,
+    _dir: tempfile::TempDir,
+}
+
+impl Server {
+    /// A federating server on `ip` (test mode) that allows 127.0.0.1–5, any port.
+    pub(crate) async fn start(backend: Backend, ip: &str) -> Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let (database_url, pg) = match backend {
+            Backend::Sqlite => (
+                format!("sqlite://{}", dir.path().join("parley.db").display()),
+                None,
+            ),
+            Backend::Postgres => {
+                let db = parley_testkit::postgres().await?;
+                (db.url().to_owned(), Some(db))
+            }
+        };
+        let config = dir.path().join("peer.toml");
+        std::fs::write(&config, homeserver::peer_config("", ""))?;
+        let (listen, name) = homeserver::peer_identity(ip);
+        let mut args = homeserver::base_args(&listen, &name, &database_url, dir.path());
+        args.extend(homeserver::peer_args(&config));
+        let process =
+            ServerProcess::spawn(homeserver_binary()?, args, [("PARLEY_LOG", "info")]).await?;
+        Ok(Self {
+            base: format!("http://{}", process.addr()),
+            _process: process,
+            _pg: pg,
+            _dir: dir,
+        })
+    }
+}
