@@ -6,7 +6,7 @@
 use serde::{Deserialize, Serialize};
 
 /// Machine-readable error codes. Stable: clients match on them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorCode {
     /// The body or frame is not valid JSON for this endpoint.
@@ -114,7 +114,7 @@ impl ErrorCode {
 
 /// `{"error": "<code>", "message": "<human text>"}`, plus `current_epoch` with
 /// `wrong_epoch`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct ErrorBody {
     pub error: ErrorCode,
     pub message: String,

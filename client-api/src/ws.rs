@@ -46,7 +46,7 @@ pub const HEARTBEAT_EVERY_MS: i64 = 20_000;
 pub const DEFAULT_HEARTBEAT_TIMEOUT_MS: i64 = 60_000;
 
 /// Frames a device sends.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum ClientFrame {
     /// Send an event; answered by [`ServerFrame::Sent`] or an error with the same
@@ -77,7 +77,7 @@ pub enum ClientFrame {
 }
 
 /// Frames the server sends.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ServerFrame {
     /// A chat event for this device (inbox item `id`).

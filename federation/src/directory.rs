@@ -46,7 +46,7 @@ pub const MAX_MULTIADDRS: usize = 16;
 pub const MAX_DIRECTORY_BYTES: usize = 64 * 1024;
 
 /// One JWK of the directory.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Jwk {
     pub kty: String,
     pub crv: String,
@@ -64,7 +64,7 @@ pub struct Jwk {
 }
 
 /// The directory document.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct DirectoryDocument {
     pub keys: Vec<Jwk>,
     #[serde(rename = "parley_retired_keys", default)]

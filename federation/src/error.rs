@@ -10,7 +10,7 @@ use crate::signing::nonce::NonceError;
 use crate::signing::profile::{ACCEPT_SIGNATURE, VerifyError};
 
 /// Machine-readable error codes of the federation API. Stable: peers match on them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum FedErrorCode {
     /// No `Signature-Input`/`Signature`, or none with `tag="parley-fed-v1"`.
@@ -112,7 +112,7 @@ impl FedErrorCode {
 }
 
 /// The body of every refusal.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct ErrorBody {
     pub error: FedErrorCode,
     pub message: String,

@@ -9,3 +9,5 @@
 
 pub mod conformance;
 pub mod docs;
+pub mod generated;
+pub mod vectors;

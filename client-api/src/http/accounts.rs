@@ -12,7 +12,7 @@ pub mod register {
     pub const METHOD: crate::http::Method = crate::http::Method::Post;
     pub const PATH: &str = "/v1/register";
 
-    #[derive(Debug, Clone, Serialize, Deserialize)]
+    #[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
     #[serde(deny_unknown_fields)]
     pub struct Request {
         /// The localpart: `a-z 0-9 . _ = - /`, 1–64 bytes.
@@ -33,7 +33,7 @@ pub mod login {
     pub const METHOD: crate::http::Method = crate::http::Method::Post;
     pub const PATH: &str = "/v1/login";
 
-    #[derive(Debug, Clone, Serialize, Deserialize)]
+    #[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
     #[serde(deny_unknown_fields)]
     pub struct Request {
         /// A localpart or a full user id of this server.
@@ -59,7 +59,7 @@ pub mod list_devices {
     pub const METHOD: crate::http::Method = crate::http::Method::Get;
     pub const PATH: &str = "/v1/devices";
 
-    #[derive(Debug, Clone, Serialize, Deserialize)]
+    #[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
     pub struct Response {
         pub devices: Vec<super::DeviceInfo>,
     }
@@ -73,14 +73,14 @@ pub mod delete_device {
 }
 
 /// The result of register or login.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Session {
     pub user_id: UserId,
     pub device_id: DeviceId,
     pub access_token: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct DeviceInfo {
     pub device_id: DeviceId,
     pub display_name: Option<String>,

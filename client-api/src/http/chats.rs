@@ -12,7 +12,7 @@ pub mod create {
     pub const METHOD: crate::http::Method = crate::http::Method::Post;
     pub const PATH: &str = "/v1/chats";
 
-    #[derive(Debug, Clone, Serialize, Deserialize)]
+    #[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
     #[serde(deny_unknown_fields)]
     pub struct Request {
         /// The other members (the caller is added). One other and no name: a 1:1 chat;
@@ -32,7 +32,7 @@ pub mod members {
     pub const METHOD: crate::http::Method = crate::http::Method::Get;
     pub const PATH: &str = "/v1/chats/{chat_id}/members";
 
-    #[derive(Debug, Clone, Serialize, Deserialize)]
+    #[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
     pub struct Response {
         pub chat_id: ChatId,
         /// The chat's current MLS epoch, as the hub has accepted commits.
@@ -47,7 +47,7 @@ pub mod rename {
     pub const METHOD: crate::http::Method = crate::http::Method::Post;
     pub const PATH: &str = "/v1/chats/{chat_id}/name";
 
-    #[derive(Debug, Clone, Serialize, Deserialize)]
+    #[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
     #[serde(deny_unknown_fields)]
     pub struct Request {
         pub name: String,
@@ -61,7 +61,7 @@ pub mod set_admin {
     pub const METHOD: crate::http::Method = crate::http::Method::Post;
     pub const PATH: &str = "/v1/chats/{chat_id}/admins";
 
-    #[derive(Debug, Clone, Serialize, Deserialize)]
+    #[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
     #[serde(deny_unknown_fields)]
     pub struct Request {
         pub user_id: UserId,
@@ -75,7 +75,7 @@ pub mod list {
     pub const METHOD: crate::http::Method = crate::http::Method::Get;
     pub const PATH: &str = "/v1/chats";
 
-    #[derive(Debug, Clone, Serialize, Deserialize)]
+    #[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
     pub struct Response {
         pub chats: Vec<super::ChatSummary>,
     }
@@ -95,7 +95,7 @@ pub mod send {
     pub const METHOD: crate::http::Method = crate::http::Method::Post;
     pub const PATH: &str = "/v1/chats/{chat_id}/events";
 
-    #[derive(Debug, Clone, Serialize, Deserialize)]
+    #[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
     #[serde(deny_unknown_fields)]
     pub struct Request {
         /// Chosen by the client, unique per sending device: 1–128 printable ASCII.
@@ -127,7 +127,7 @@ pub mod history {
     pub const METHOD: crate::http::Method = crate::http::Method::Get;
     pub const PATH: &str = "/v1/chats/{chat_id}/events";
 
-    #[derive(Debug, Clone, Default, Serialize, Deserialize)]
+    #[derive(Debug, Clone, Default, Serialize, Deserialize, schemars::JsonSchema)]
     pub struct Query {
         /// Events with `seq > after`. Default 0.
         #[serde(default)]
@@ -137,7 +137,7 @@ pub mod history {
         pub limit: Option<u32>,
     }
 
-    #[derive(Debug, Clone, Serialize, Deserialize)]
+    #[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
     pub struct Response {
         pub events: Vec<super::ChatEvent>,
     }
@@ -149,7 +149,7 @@ pub mod receipts {
     pub const METHOD: crate::http::Method = crate::http::Method::Get;
     pub const PATH: &str = "/v1/chats/{chat_id}/receipts";
 
-    #[derive(Debug, Clone, Serialize, Deserialize)]
+    #[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
     pub struct Response {
         pub chat_id: ChatId,
         pub last_seq: i64,
@@ -163,14 +163,14 @@ pub mod mark_read {
     pub const METHOD: crate::http::Method = crate::http::Method::Post;
     pub const PATH: &str = "/v1/chats/{chat_id}/read";
 
-    #[derive(Debug, Clone, Serialize, Deserialize)]
+    #[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
     #[serde(deny_unknown_fields)]
     pub struct Request {
         pub seq: i64,
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ChatKind {
     Direct,
@@ -185,13 +185,13 @@ pub enum ChatKind {
 /// sequenced after it, and "delivered to N of M" counts devices that can read the
 /// message: an application message from an earlier epoch, sequenced after a commit that
 /// added a member, would reach that member's devices unreadable.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct MlsMeta {
     pub kind: MlsKind,
     pub epoch: u64,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum MlsKind {
     Commit,
@@ -200,7 +200,7 @@ pub enum MlsKind {
 }
 
 /// Members a commit adds and removes.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MembershipChange {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -209,13 +209,13 @@ pub struct MembershipChange {
     pub remove: Vec<UserId>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Member {
     pub user_id: UserId,
     pub admin: bool,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct ChatSummary {
     pub chat_id: ChatId,
     pub kind: ChatKind,
@@ -234,7 +234,7 @@ pub struct ChatSummary {
 }
 
 /// The server's acknowledgement of a send: the event is durably committed.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct SendAck {
     pub chat_id: ChatId,
     pub client_msg_id: String,
@@ -252,7 +252,7 @@ pub struct SendAck {
 }
 
 /// One event of a chat, as stored by its hub.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct ChatEvent {
     pub chat_id: ChatId,
     pub seq: i64,
@@ -271,7 +271,7 @@ pub struct ChatEvent {
 }
 
 /// One member's receipts in a chat; `n` covers every event up to `n`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Receipt {
     pub user_id: UserId,
     /// Highest seq one of the member's devices acknowledged (✓✓ delivered).

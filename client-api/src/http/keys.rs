@@ -22,7 +22,7 @@ pub mod upload {
     pub const METHOD: crate::http::Method = crate::http::Method::Post;
     pub const PATH: &str = "/v1/keys/key_packages";
 
-    #[derive(Debug, Clone, Serialize, Deserialize)]
+    #[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
     #[serde(deny_unknown_fields)]
     pub struct Request {
         #[serde(default)]
@@ -47,13 +47,13 @@ pub mod claim {
     pub const METHOD: crate::http::Method = crate::http::Method::Post;
     pub const PATH: &str = "/v1/keys/claim";
 
-    #[derive(Debug, Clone, Serialize, Deserialize)]
+    #[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
     #[serde(deny_unknown_fields)]
     pub struct Request {
         pub user_id: UserId,
     }
 
-    #[derive(Debug, Clone, Serialize, Deserialize)]
+    #[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
     pub struct Response {
         pub user_id: UserId,
         /// One entry per device that has a KeyPackage; devices with none are left out.
@@ -67,20 +67,20 @@ pub mod user_devices {
     pub const METHOD: crate::http::Method = crate::http::Method::Get;
     pub const PATH: &str = "/v1/users/{user_id}/devices";
 
-    #[derive(Debug, Clone, Serialize, Deserialize)]
+    #[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
     pub struct Response {
         pub user_id: UserId,
         pub devices: Vec<DeviceId>,
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct KeyPackageCount {
     pub one_time: u32,
     pub has_last_resort: bool,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct ClaimedKeyPackage {
     pub device_id: DeviceId,
     pub key_package: Payload,

@@ -35,7 +35,7 @@ pub mod upload {
     pub const METHOD: crate::http::Method = crate::http::Method::Put;
     pub const PATH: &str = "/v1/media/{blob}/upload";
 
-    #[derive(Debug, Clone, Serialize, Deserialize)]
+    #[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
     #[serde(deny_unknown_fields)]
     pub struct Query {
         /// Where the body starts; must equal what the server holds.
@@ -47,7 +47,7 @@ pub mod upload {
     pub type Response = super::UploadState;
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct UploadState {
     pub blob: crate::ids::BlobHash,
     /// Bytes the server holds.

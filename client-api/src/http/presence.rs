@@ -12,7 +12,9 @@ use serde::{Deserialize, Serialize};
 use crate::ids::UserId;
 
 /// Who may see one's online state and last seen.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Visibility {
     /// Any user of this server, and users of other servers who share a chat with you.
@@ -57,7 +59,9 @@ impl std::str::FromStr for Visibility {
 }
 
 /// The caller's privacy settings.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
+)]
 #[serde(deny_unknown_fields)]
 pub struct Privacy {
     /// Who sees the caller's online state and last seen.
@@ -90,7 +94,7 @@ pub mod get {
 /// A user's presence. `online` and `last_seen` are absent when the caller may not see
 /// them (privacy) or the server does not know them (never seen; a remote user who shares
 /// no chat with the caller).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Presence {
     pub user_id: UserId,
     #[serde(default, skip_serializing_if = "Option::is_none")]

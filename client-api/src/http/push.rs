@@ -12,7 +12,9 @@ pub mod set {
     pub const METHOD: crate::http::Method = crate::http::Method::Post;
     pub const PATH: &str = "/v1/pushers";
 
-    #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+    #[derive(
+        Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, schemars::JsonSchema,
+    )]
     #[serde(deny_unknown_fields)]
     pub struct Request {
         /// The push gateway's notify URL (`http(s)://…/_parley/push/v1/notify`); at most
@@ -31,7 +33,7 @@ pub mod list {
     pub const METHOD: crate::http::Method = crate::http::Method::Get;
     pub const PATH: &str = "/v1/pushers";
 
-    #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+    #[derive(Debug, Clone, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
     pub struct Response {
         pub pushers: Vec<super::Pusher>,
     }
@@ -44,7 +46,7 @@ pub mod delete {
     pub const PATH: &str = "/v1/pushers/{device_id}";
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Pusher {
     pub device_id: DeviceId,
     pub url: String,

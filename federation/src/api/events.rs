@@ -11,13 +11,13 @@ use super::payload::Payload;
 use crate::ids::{ChatId, DeviceId, UserId};
 
 /// The MLS message kind of an event and the epoch it was made in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct MlsMeta {
     pub kind: MlsKind,
     pub epoch: u64,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum MlsKind {
     Commit,
@@ -26,7 +26,7 @@ pub enum MlsKind {
 }
 
 /// Members a commit adds and removes.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MembershipChange {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -37,7 +37,7 @@ pub struct MembershipChange {
 
 /// One event of a chat as its hub sequenced it (hub → followers). Receivers write it
 /// into their members' inboxes in `seq` order and dedup on `(chat_id, seq)`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct FedEvent {
     pub chat_id: ChatId,
     /// Assigned by the hub: the chat's gap-free order.
@@ -63,7 +63,7 @@ pub struct FedEvent {
 /// chat is created with members on the receiver and whenever its name, roles or members
 /// change outside an MLS commit (rename, promote, leave). Receivers apply it after the
 /// events up to `seq` and before later ones.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ChatSnapshot {
     pub chat_id: ChatId,
@@ -79,14 +79,14 @@ pub struct ChatSnapshot {
     pub members: Vec<SnapshotMember>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ChatKind {
     Direct,
     Group,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SnapshotMember {
     pub user_id: UserId,
@@ -97,7 +97,7 @@ pub struct SnapshotMember {
 /// A local user's send, forwarded by a follower to the chat's hub (follower → hub). The
 /// hub answers with the `seq` it assigned (or an error); resending the same
 /// `(sender_device, client_msg_id)` returns the first result.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct HubSend {
     pub chat_id: ChatId,
     pub sender: UserId,
@@ -118,14 +118,14 @@ pub struct HubSend {
 /// A local user leaving a chat, forwarded by a follower to the chat's hub (follower →
 /// hub). The hub takes the user out of the chat's members (applying it twice changes
 /// nothing) and sends the new chat state to the other followers.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct HubLeave {
     pub chat_id: ChatId,
     pub user_id: UserId,
 }
 
 /// One member's receipts in a chat; a receipt for `n` covers every event up to `n`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct FedReceipt {
     pub chat_id: ChatId,
     pub user_id: UserId,
@@ -136,7 +136,7 @@ pub struct FedReceipt {
 }
 
 /// Ephemeral events: never stored, never retried, dropped after ~30 s.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Ephemeral {
     Typing {

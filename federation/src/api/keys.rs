@@ -17,14 +17,16 @@ pub mod claim {
     /// Most users in one claim.
     pub const MAX_USERS: usize = 100;
 
-    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
     #[serde(deny_unknown_fields)]
     pub struct Request {
         /// Users of the receiving server.
         pub users: Vec<UserId>,
     }
 
-    #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+    #[derive(
+        Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema,
+    )]
     pub struct Response {
         /// Per user, one entry per device that had a KeyPackage; unknown users are left
         /// out.
@@ -39,14 +41,14 @@ pub mod user_devices {
     pub const METHOD: crate::api::Method = crate::api::Method::Get;
     pub const PATH: &str = "/_parley/fed/v1/users/{user_id}/devices";
 
-    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
     pub struct Response {
         pub user_id: UserId,
         pub devices: Vec<DeviceId>,
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct ClaimedKeyPackage {
     pub device_id: DeviceId,
     pub key_package: Payload,

@@ -20,7 +20,7 @@ pub const MAX_EPHEMERAL: usize = 50;
 /// Largest body a receiver accepts (1 MiB of events plus JSON overhead).
 pub const MAX_BODY_BYTES: usize = 1024 * 1024 + 64 * 1024;
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Request {
     pub origin: ServerName,
@@ -56,7 +56,7 @@ impl Request {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Response {
     /// One result per `sends` entry, in order.
     #[serde(default)]
@@ -67,7 +67,7 @@ pub struct Response {
 }
 
 /// The hub's answer to one forwarded send: its `seq`, or why not.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(untagged)]
 pub enum SendResult {
     Accepted {
@@ -82,7 +82,7 @@ pub enum SendResult {
 }
 
 /// A follower's answer to one sequenced event.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(untagged)]
 pub enum EventResult {
     /// Stored (or already stored: dedup on `(chat_id, seq)`).
@@ -93,7 +93,7 @@ pub enum EventResult {
 }
 
 /// Why one entry of a transaction was refused (the transaction itself succeeded).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct EntryError {
     pub error: FedErrorCode,
     pub message: String,

@@ -9,7 +9,7 @@ pub const PATH: &str = "/_parley/fed/v1/version";
 /// The versions this crate speaks.
 pub const VERSIONS: &[&str] = &["parley-fed-v1"];
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Response {
     /// Supported protocol versions, e.g. `["parley-fed-v1"]`.
     pub versions: Vec<String>,
@@ -21,7 +21,7 @@ pub struct Response {
     pub server: Option<Software>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Software {
     pub name: String,
     pub version: String,

@@ -3,5 +3,6 @@
 
 mod docs;
 mod faulty;
+mod generated;
 mod harness;
 mod real;
