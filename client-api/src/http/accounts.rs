@@ -14,6 +14,7 @@ pub mod register {
 
     #[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
     #[serde(deny_unknown_fields)]
+    #[schemars(rename = "AccountsRegisterRequest")]
     pub struct Request {
         /// The localpart: `a-z 0-9 . _ = - /`, 1–64 bytes.
         pub username: String,
@@ -35,6 +36,7 @@ pub mod login {
 
     #[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
     #[serde(deny_unknown_fields)]
+    #[schemars(rename = "AccountsLoginRequest")]
     pub struct Request {
         /// A localpart or a full user id of this server.
         pub username: String,
@@ -60,6 +62,7 @@ pub mod list_devices {
     pub const PATH: &str = "/v1/devices";
 
     #[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
+    #[schemars(rename = "AccountsListDevicesResponse")]
     pub struct Response {
         pub devices: Vec<super::DeviceInfo>,
     }

@@ -14,6 +14,7 @@ pub mod create {
 
     #[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
     #[serde(deny_unknown_fields)]
+    #[schemars(rename = "ChatsCreateRequest")]
     pub struct Request {
         /// The other members (the caller is added). One other and no name: a 1:1 chat;
         /// otherwise a group, whose creator is its first admin.
@@ -33,6 +34,7 @@ pub mod members {
     pub const PATH: &str = "/v1/chats/{chat_id}/members";
 
     #[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
+    #[schemars(rename = "ChatsMembersResponse")]
     pub struct Response {
         pub chat_id: ChatId,
         /// The chat's current MLS epoch, as the hub has accepted commits.
@@ -49,6 +51,7 @@ pub mod rename {
 
     #[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
     #[serde(deny_unknown_fields)]
+    #[schemars(rename = "ChatsRenameRequest")]
     pub struct Request {
         pub name: String,
     }
@@ -63,6 +66,7 @@ pub mod set_admin {
 
     #[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
     #[serde(deny_unknown_fields)]
+    #[schemars(rename = "ChatsSetAdminRequest")]
     pub struct Request {
         pub user_id: UserId,
         pub admin: bool,
@@ -76,6 +80,7 @@ pub mod list {
     pub const PATH: &str = "/v1/chats";
 
     #[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
+    #[schemars(rename = "ChatsListResponse")]
     pub struct Response {
         pub chats: Vec<super::ChatSummary>,
     }
@@ -97,6 +102,7 @@ pub mod send {
 
     #[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
     #[serde(deny_unknown_fields)]
+    #[schemars(rename = "ChatsSendRequest")]
     pub struct Request {
         /// Chosen by the client, unique per sending device: 1–128 printable ASCII.
         pub client_msg_id: String,
@@ -128,6 +134,7 @@ pub mod history {
     pub const PATH: &str = "/v1/chats/{chat_id}/events";
 
     #[derive(Debug, Clone, Default, Serialize, Deserialize, schemars::JsonSchema)]
+    #[schemars(rename = "ChatsHistoryQuery")]
     pub struct Query {
         /// Events with `seq > after`. Default 0.
         #[serde(default)]
@@ -138,6 +145,7 @@ pub mod history {
     }
 
     #[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
+    #[schemars(rename = "ChatsHistoryResponse")]
     pub struct Response {
         pub events: Vec<super::ChatEvent>,
     }
@@ -150,6 +158,7 @@ pub mod receipts {
     pub const PATH: &str = "/v1/chats/{chat_id}/receipts";
 
     #[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
+    #[schemars(rename = "ChatsReceiptsResponse")]
     pub struct Response {
         pub chat_id: ChatId,
         pub last_seq: i64,
@@ -165,6 +174,7 @@ pub mod mark_read {
 
     #[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
     #[serde(deny_unknown_fields)]
+    #[schemars(rename = "ChatsMarkReadRequest")]
     pub struct Request {
         pub seq: i64,
     }

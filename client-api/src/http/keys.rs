@@ -24,6 +24,7 @@ pub mod upload {
 
     #[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
     #[serde(deny_unknown_fields)]
+    #[schemars(rename = "KeysUploadRequest")]
     pub struct Request {
         #[serde(default)]
         pub key_packages: Vec<Payload>,
@@ -49,11 +50,13 @@ pub mod claim {
 
     #[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
     #[serde(deny_unknown_fields)]
+    #[schemars(rename = "KeysClaimRequest")]
     pub struct Request {
         pub user_id: UserId,
     }
 
     #[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
+    #[schemars(rename = "KeysClaimResponse")]
     pub struct Response {
         pub user_id: UserId,
         /// One entry per device that has a KeyPackage; devices with none are left out.
@@ -68,6 +71,7 @@ pub mod user_devices {
     pub const PATH: &str = "/v1/users/{user_id}/devices";
 
     #[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
+    #[schemars(rename = "KeysUserDevicesResponse")]
     pub struct Response {
         pub user_id: UserId,
         pub devices: Vec<DeviceId>,

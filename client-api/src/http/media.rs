@@ -37,6 +37,7 @@ pub mod upload {
 
     #[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
     #[serde(deny_unknown_fields)]
+    #[schemars(rename = "MediaUploadQuery")]
     pub struct Query {
         /// Where the body starts; must equal what the server holds.
         pub offset: u64,

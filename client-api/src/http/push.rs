@@ -16,6 +16,7 @@ pub mod set {
         Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, schemars::JsonSchema,
     )]
     #[serde(deny_unknown_fields)]
+    #[schemars(rename = "PushSetRequest")]
     pub struct Request {
         /// The push gateway's notify URL (`http(s)://…/_parley/push/v1/notify`); at most
         /// 2,048 bytes.
@@ -34,6 +35,7 @@ pub mod list {
     pub const PATH: &str = "/v1/pushers";
 
     #[derive(Debug, Clone, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
+    #[schemars(rename = "PushListResponse")]
     pub struct Response {
         pub pushers: Vec<super::Pusher>,
     }

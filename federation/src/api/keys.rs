@@ -19,6 +19,7 @@ pub mod claim {
 
     #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
     #[serde(deny_unknown_fields)]
+    #[schemars(rename = "FedKeysClaimRequest")]
     pub struct Request {
         /// Users of the receiving server.
         pub users: Vec<UserId>,
@@ -27,6 +28,7 @@ pub mod claim {
     #[derive(
         Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema,
     )]
+    #[schemars(rename = "FedKeysClaimResponse")]
     pub struct Response {
         /// Per user, one entry per device that had a KeyPackage; unknown users are left
         /// out.
@@ -42,6 +44,7 @@ pub mod user_devices {
     pub const PATH: &str = "/_parley/fed/v1/users/{user_id}/devices";
 
     #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+    #[schemars(rename = "FedKeysUserDevicesResponse")]
     pub struct Response {
         pub user_id: UserId,
         pub devices: Vec<DeviceId>,

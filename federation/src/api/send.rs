@@ -22,6 +22,7 @@ pub const MAX_BODY_BYTES: usize = 1024 * 1024 + 64 * 1024;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "FedSendRequest")]
 pub struct Request {
     pub origin: ServerName,
     /// The origin's clock when it formed the transaction (ms).
@@ -57,6 +58,7 @@ impl Request {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema)]
+#[schemars(rename = "FedSendResponse")]
 pub struct Response {
     /// One result per `sends` entry, in order.
     #[serde(default)]

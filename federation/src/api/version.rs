@@ -10,6 +10,7 @@ pub const PATH: &str = "/_parley/fed/v1/version";
 pub const VERSIONS: &[&str] = &["parley-fed-v1"];
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[schemars(rename = "FedVersionResponse")]
 pub struct Response {
     /// Supported protocol versions, e.g. `["parley-fed-v1"]`.
     pub versions: Vec<String>,

@@ -63,7 +63,15 @@ pub(super) async fn privacy(ctx: &Ctx) -> Result<()> {
     sb.send(json!({"type": "ping"})).await?;
     sb.until("pong", |f| f["type"] == "pong").await?;
     let path = format!("/v1/presence/{}", b.user_id);
-    let seen = ctx.as_user(&a, Method::GET, &path, None).await?;
+    // Presence is eventually consistent: wait until the heartbeat is seen.
+    let mut seen = ctx.as_user(&a, Method::GET, &path, None).await?;
+    for _ in 0..100 {
+        if seen.body["online"] == true {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        seen = ctx.as_user(&a, Method::GET, &path, None).await?;
+    }
     ensure!(
         seen.body["online"] == true,
         "an online user with default privacy: {}",
