@@ -346,14 +346,11 @@ pub(super) async fn past_epochs(ctx: &Ctx) -> Result<()> {
         .await?
         .expect(201, None)?;
     }
-    // Current epoch 4: 1..=4 accepted, 0 refused.
-    send(ctx, &b, &chat, "app1", b"app", mls("application", 1))
-        .await?
-        .expect(201, None)?;
+    // Current epoch 4: only messages of epoch 4 are accepted.
     send(ctx, &b, &chat, "app4", b"app", mls("application", 4))
         .await?
         .expect(201, None)?;
-    let old = send(ctx, &b, &chat, "app0", b"app", mls("application", 0)).await?;
+    let old = send(ctx, &b, &chat, "app3", b"app", mls("application", 3)).await?;
     old.expect(409, Some("wrong_epoch"))?;
     ensure!(
         old.body["current_epoch"] == 4,

@@ -189,7 +189,7 @@ fn checks() -> Vec<(Rule, CheckFn)> {
         ),
         check!(
             "GR3",
-            "application messages from too old an epoch are refused",
+            "application messages from another epoch are refused",
             chats::past_epochs
         ),
         check!("GR4", "only admins change membership", chats::admin_only),
