@@ -83,7 +83,7 @@ struct Shape {
 }
 
 fn shapes(g: &mut SchemaGenerator) -> BTreeMap<&'static str, Shape> {
-    use api::{accounts, chats, keys, media, presence, push};
+    use api::{accounts, chats, contacts, keys, media, presence, push};
     let mut m = BTreeMap::new();
     macro_rules! s {
         ($name:literal, $req:expr, [$(($status:literal, $resp:expr)),*]) => {
@@ -199,6 +199,13 @@ fn shapes(g: &mut SchemaGenerator) -> BTreeMap<&'static str, Shape> {
         ],
         &[("offset", true), ("total", true)]
     );
+    s!(
+        "contacts::list",
+        None,
+        [(200, t!(contacts::list::Response))]
+    );
+    s!("contacts::add", None, [(204, None)]);
+    s!("contacts::remove", None, [(204, None)]);
     s!(
         "presence::get_privacy",
         None,

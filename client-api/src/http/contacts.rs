@@ -27,7 +27,7 @@ pub mod remove {
     pub const PATH: &str = "/v1/contacts/{user_id}";
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Contacts {
     pub contacts: Vec<UserId>,
 }
