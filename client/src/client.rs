@@ -89,6 +89,21 @@ pub enum Event {
     MessageQueued(Message),
     /// A message from someone else was decrypted and stored.
     MessageReceived(Message),
+    /// The sender edited a message (the new text; [`Reader::edits`] has every version).
+    MessageEdited {
+        chat_id: ChatId,
+        id: String,
+        text: String,
+    },
+    /// The sender deleted a message for everyone: it is a tombstone now.
+    MessageDeleted { chat_id: ChatId, id: String },
+    /// A member reacted to a message (`Some(emoji)`) or took the reaction back (`None`).
+    ReactionChanged {
+        chat_id: ChatId,
+        id: String,
+        user_id: UserId,
+        emoji: Option<String>,
+    },
     /// An own message changed state (✓ sent, ✓✓ delivered, read, failed).
     MessageStateChanged {
         chat_id: ChatId,
@@ -657,23 +672,7 @@ impl Client {
             "text",
             text.to_owned(),
         )?;
-        let mut conn = inner.db.writer.lock().await;
-        store::ensure_joined(&mut conn, chat).await?;
-        let mut tx = store::begin(&mut conn).await?;
-        store::insert_message(&mut tx, &message).await?;
-        store::outbox_push(
-            &mut tx,
-            chat,
-            &message.id,
-            store::OUTBOX_MESSAGE,
-            Some(&bytes),
-            None,
-        )
-        .await?;
-        tx.commit().await?;
-        drop(conn);
-        inner.emit(Event::MessageQueued(message.clone()));
-        inner.kick();
+        inner.queue_message(chat, &message, bytes).await?;
         Ok(message)
     }
 
@@ -809,8 +808,38 @@ impl Inner {
             sent_at_ms: now_ms(),
             server_ts: None,
             state: MessageState::Pending,
+            reply_to: None,
+            edited_at: None,
+            deleted: false,
         };
         Ok((message, bytes))
+    }
+
+    /// Writes an own message to the history (pending) and queues its envelope.
+    pub(crate) async fn queue_message(
+        &self,
+        chat: &ChatId,
+        message: &Message,
+        bytes: Vec<u8>,
+    ) -> Result<()> {
+        let mut conn = self.db.writer.lock().await;
+        store::ensure_joined(&mut conn, chat).await?;
+        let mut tx = store::begin(&mut conn).await?;
+        store::insert_message(&mut tx, message).await?;
+        store::outbox_push(
+            &mut tx,
+            chat,
+            &message.id,
+            store::OUTBOX_MESSAGE,
+            Some(&bytes),
+            None,
+        )
+        .await?;
+        tx.commit().await?;
+        drop(conn);
+        self.emit(Event::MessageQueued(message.clone()));
+        self.kick();
+        Ok(())
     }
 
     pub(crate) fn emit(&self, e: Event) {

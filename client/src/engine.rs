@@ -389,6 +389,26 @@ impl Inner {
         match payload {
             ChatPayload::Application { mls_message } => {
                 if own {
+                    // An own action is applied now that the hub ordered it, by the rules
+                    // every other device applies.
+                    let queued = store::outbox_get(tx, &ev.chat_id, &ev.client_msg_id).await?;
+                    let action = queued
+                        .and_then(|r| r.plaintext)
+                        .and_then(|p| Envelope::from_bytes(&p).ok())
+                        .filter(|e| crate::messaging::action_of(&e.content).is_some());
+                    if let Some(env) = action {
+                        store::outbox_remove(tx, &ev.chat_id, &ev.client_msg_id).await?;
+                        let action = crate::messaging::ActionEvent {
+                            chat: &ev.chat_id,
+                            seq: ev.seq,
+                            ts: ev.ts,
+                            user: &self.user_id,
+                            device: &self.device_id,
+                        };
+                        return crate::messaging::apply_action(tx, &action, &env)
+                            .await
+                            .map(Apply::Done);
+                    }
                     return self.own_message_sequenced(tx, ev).await.map(Apply::Done);
                 }
                 let result = {
@@ -411,7 +431,28 @@ impl Inner {
                                 ev.sender, ev.sender_device
                             ))));
                         }
+                        let envelope = Envelope::from_bytes(&plaintext).ok();
+                        if let Some(env) = envelope
+                            .as_ref()
+                            .filter(|e| crate::messaging::action_of(&e.content).is_some())
+                        {
+                            let action = crate::messaging::ActionEvent {
+                                chat: &ev.chat_id,
+                                seq: ev.seq,
+                                ts: ev.ts,
+                                user: &user,
+                                device: &device,
+                            };
+                            return crate::messaging::apply_action(tx, &action, env)
+                                .await
+                                .map(Apply::Done);
+                        }
                         let (message, media) = decode_message(ev, &user, &device, &plaintext);
+                        if crate::messaging::id_taken(tx, &ev.chat_id, &message.id, &device).await?
+                        {
+                            tracing::warn!(chat = %ev.chat_id, seq = ev.seq, id = %message.id, "message id already used in the chat by another sender; ignored");
+                            return Ok(Apply::Done(Vec::new()));
+                        }
                         if store::insert_message(tx, &message).await? {
                             if let Some(media) = media {
                                 store::set_message_media(
@@ -423,7 +464,12 @@ impl Inner {
                                 )
                                 .await?;
                             }
-                            Ok(Apply::Done(vec![Event::MessageReceived(message)]))
+                            let id = message.id.clone();
+                            let mut events = vec![Event::MessageReceived(message)];
+                            events.extend(
+                                crate::messaging::message_arrived(tx, &ev.chat_id, &id).await?,
+                            );
+                            Ok(Apply::Done(events))
                         } else {
                             Ok(Apply::Done(Vec::new()))
                         }
@@ -997,6 +1043,7 @@ fn decode_message(
     plaintext: &[u8],
 ) -> (Message, Option<String>) {
     let mut media_json = None;
+    let mut reply_to = None;
     let (id, sent_at, kind, body) = match Envelope::from_bytes(plaintext) {
         Ok(env) => {
             let (kind, body) = match env.content {
@@ -1010,7 +1057,10 @@ fn decode_message(
                     .ok();
                     ("media".to_owned(), body)
                 }
-                Content::Reply { text, .. } => ("text".to_owned(), text),
+                Content::Reply { text, in_reply_to } => {
+                    reply_to = Some(in_reply_to.as_str().to_owned());
+                    ("reply".to_owned(), text)
+                }
                 Content::Unknown { kind } => {
                     (kind.clone(), format!("[unsupported message: {kind}]"))
                 }
@@ -1050,6 +1100,9 @@ fn decode_message(
         sent_at_ms: sent_at,
         server_ts: Some(ev.ts),
         state: MessageState::Received,
+        reply_to,
+        edited_at: None,
+        deleted: false,
     };
     (message, media_json)
 }

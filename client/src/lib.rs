@@ -19,6 +19,10 @@
 //!   unless the server has it (resuming an interrupted upload) and sends the reference;
 //!   [`Client::download`] fetches, checks and decrypts one; [`Client::forward`] sends a
 //!   received file on without uploading it again.
+//! - Everyday messaging ([`rules`], `spec/messaging.md`): [`Client::reply`],
+//!   [`Client::react`] / [`Client::unreact`], [`Client::edit`] (versions kept locally:
+//!   [`Reader::edits`]), [`Client::delete_for_everyone`] (a tombstone on every device)
+//!   and [`Client::delete_for_me`]; the MLS sender decides who may edit or delete.
 //! - A local SQLite store per device ([`store`]) holds the MLS state and the decrypted
 //!   history: [`Reader`] reads history and searches it offline.
 //! - Other devices of the user are added to the user's chats by an existing device
@@ -33,7 +37,9 @@ mod engine;
 pub mod error;
 mod groups;
 mod media;
+mod messaging;
 pub mod payload;
+pub mod rules;
 mod socket;
 pub mod store;
 
@@ -42,7 +48,9 @@ pub use error::{Error, Result};
 pub use groups::{GroupMember, GroupMembers};
 pub use media::{Attachment, Downloaded, FileOptions, SentFile, guess_mime, human_size};
 pub use payload::ChatPayload;
-pub use store::{ChatInfo, MemberReceipt, Message, MessageState, Reader, ReceiptSummary};
+pub use store::{
+    ChatInfo, MemberReceipt, Message, MessageState, Reaction, Reader, ReceiptSummary, Version,
+};
 
 pub use parley_client_api::http::presence::{Presence, Visibility};
 pub use parley_client_api::http::push::Pusher;

@@ -124,6 +124,31 @@ pub struct Message {
     /// The server's time of acceptance, ms since the Unix epoch.
     pub server_ts: Option<i64>,
     pub state: MessageState,
+    /// A reply: the id of the message it quotes.
+    pub reply_to: Option<String>,
+    /// The hub's time of the last edit, if the sender edited it (see
+    /// [`Reader::edits`] for every version).
+    pub edited_at: Option<i64>,
+    /// Deleted for everyone by its sender: a tombstone (the text is gone).
+    pub deleted: bool,
+}
+
+/// The text a tombstone shows.
+pub const DELETED_BODY: &str = "[message deleted]";
+
+/// One member's reaction to a message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reaction {
+    pub user_id: UserId,
+    pub emoji: String,
+}
+
+/// One version of an edited message, oldest first: the original, then each edit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Version {
+    pub text: String,
+    /// The hub's time of the message or the edit.
+    pub at_ms: i64,
 }
 
 /// How far a message got among its recipients: the members of the chat other than its
@@ -196,6 +221,9 @@ struct MessageRow {
     sent_at: i64,
     server_ts: Option<i64>,
     state: String,
+    reply_to: Option<String>,
+    edited_at: Option<i64>,
+    deleted: bool,
 }
 
 impl TryFrom<MessageRow> for Message {
@@ -213,12 +241,15 @@ impl TryFrom<MessageRow> for Message {
             sent_at_ms: r.sent_at,
             server_ts: r.server_ts,
             state: r.state.parse()?,
+            reply_to: r.reply_to,
+            edited_at: r.edited_at,
+            deleted: r.deleted,
         })
     }
 }
 
-const MESSAGE_COLUMNS: &str =
-    "chat_id, msg_id, seq, sender, sender_device, outgoing, kind, body, sent_at, server_ts, state";
+pub(crate) const MESSAGE_COLUMNS: &str = "chat_id, msg_id, seq, sender, sender_device, outgoing, kind, body, sent_at, \
+     server_ts, state, reply_to, edited_at, deleted";
 
 pub(crate) fn parse_members(s: &str) -> Vec<UserId> {
     s.split_whitespace()
@@ -229,7 +260,7 @@ pub(crate) fn parse_members(s: &str) -> Vec<UserId> {
 /// Read access to a profile's store. Works offline and beside a running client.
 #[derive(Clone, Debug)]
 pub struct Reader {
-    pool: SqlitePool,
+    pub(crate) pool: SqlitePool,
 }
 
 fn options(path: &Path) -> SqliteConnectOptions {
@@ -338,7 +369,8 @@ impl Reader {
     pub async fn history(&self, chat_id: &ChatId, limit: u32) -> Result<Vec<Message>> {
         let sql = format!(
             "SELECT {MESSAGE_COLUMNS} FROM (
-               SELECT *, (seq IS NULL) AS unsent FROM parley_messages WHERE chat_id = ?1
+               SELECT *, (seq IS NULL) AS unsent FROM parley_messages
+               WHERE chat_id = ?1 AND hidden = 0
                ORDER BY unsent DESC, seq DESC, id DESC LIMIT ?2
              ) ORDER BY unsent, seq, id"
         );
@@ -364,7 +396,8 @@ impl Reader {
             .replace('_', "\\_");
         let sql = format!(
             "SELECT {MESSAGE_COLUMNS} FROM parley_messages
-             WHERE body LIKE ?1 ESCAPE '\\' AND kind = 'text' AND (?2 IS NULL OR chat_id = ?2)
+             WHERE body LIKE ?1 ESCAPE '\\' AND kind IN ('text', 'reply') AND deleted = 0
+               AND hidden = 0 AND (?2 IS NULL OR chat_id = ?2)
              ORDER BY coalesce(server_ts, sent_at) DESC, id DESC LIMIT ?3"
         );
         let rows: Vec<MessageRow> = sqlx::query_as(&sql)
@@ -380,7 +413,7 @@ impl Reader {
     pub async fn message(&self, chat_id: &ChatId, id: &str) -> Result<Option<Message>> {
         let sql = format!(
             "SELECT {MESSAGE_COLUMNS} FROM parley_messages WHERE chat_id = ?1 AND msg_id = ?2
-             ORDER BY outgoing DESC LIMIT 1"
+             AND hidden = 0 ORDER BY outgoing DESC LIMIT 1"
         );
         let row: Option<MessageRow> = sqlx::query_as(&sql)
             .bind(chat_id.as_str())
@@ -733,8 +766,9 @@ pub(crate) async fn chat_members(
 pub(crate) async fn insert_message(conn: &mut SqliteConnection, m: &Message) -> Result<bool> {
     let done = sqlx::query(
         "INSERT INTO parley_messages
-           (chat_id, msg_id, seq, sender, sender_device, outgoing, kind, body, sent_at, server_ts, state)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
+           (chat_id, msg_id, seq, sender, sender_device, outgoing, kind, body, sent_at, server_ts, state,
+            reply_to)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)
          ON CONFLICT (chat_id, sender_device, msg_id) DO NOTHING",
     )
     .bind(m.chat_id.as_str())
@@ -748,6 +782,7 @@ pub(crate) async fn insert_message(conn: &mut SqliteConnection, m: &Message) -> 
     .bind(m.sent_at_ms)
     .bind(m.server_ts)
     .bind(m.state.as_str())
+    .bind(m.reply_to.as_deref())
     .execute(&mut *conn)
     .await?;
     let at = m.server_ts.unwrap_or(m.sent_at_ms);

@@ -99,12 +99,52 @@ enum Command {
         /// The chat to send it to.
         to: String,
     },
+    /// Reply to a message: `parley reply CHAT MESSAGE_ID text…` (message ids:
+    /// `parley history --ids`).
+    Reply {
+        chat: String,
+        /// The message replied to.
+        message: String,
+        #[arg(required = true, trailing_var_arg = true)]
+        text: Vec<String>,
+    },
+    /// React to a message with one emoji (it replaces your earlier reaction);
+    /// `--remove` takes it back.
+    React {
+        chat: String,
+        message: String,
+        emoji: String,
+        #[arg(long)]
+        remove: bool,
+    },
+    /// Change the text of one of your messages (within 24 h of sending it). Every
+    /// device keeps the earlier versions (`parley history --edits`).
+    Edit {
+        chat: String,
+        message: String,
+        #[arg(required = true, trailing_var_arg = true)]
+        text: Vec<String>,
+    },
+    /// Delete one of your messages for everyone (within 48 h: it shows as deleted on
+    /// every device), or with `--for-me` any message from this device only.
+    Delete {
+        chat: String,
+        message: String,
+        #[arg(long)]
+        for_me: bool,
+    },
     /// Show a chat's history (from the local store; works offline).
     History {
         chat: String,
         /// How many messages.
         #[arg(short = 'n', long, default_value_t = 50)]
         limit: u32,
+        /// Show each message's id (what `reply`, `react`, `edit` and `delete` take).
+        #[arg(long)]
+        ids: bool,
+        /// Show the earlier versions of edited messages.
+        #[arg(long)]
+        edits: bool,
     },
     /// Search your history (local; works offline).
     Search {
@@ -650,14 +690,102 @@ async fn run(cli: Cli) -> Result<()> {
             }
             client.shutdown().await;
         }
-        Command::History { chat, limit } => {
+        Command::History {
+            chat,
+            limit,
+            ids,
+            edits,
+        } => {
             let reader = Reader::open(&dir).await?;
             let me = reader.user_id().await?;
             let chat = resolve_chat_offline(&reader, &chat).await?;
             let group = reader.chat(&chat).await?.is_some_and(|c| is_group(&c));
             for m in reader.history(&chat, limit).await? {
                 let receipts = group_receipts(&reader, &m, group).await?;
-                println!("{}{receipts}", line(&m, me.as_ref(), false, group));
+                let extra = decorations(&reader, &m, me.as_ref(), ids).await?;
+                println!("{}{receipts}{extra}", line(&m, me.as_ref(), false, group));
+                if edits && m.edited_at.is_some() {
+                    for v in reader.edits(&chat, &m.id).await? {
+                        println!("        {}  version: {}", clock(v.at_ms), v.text);
+                    }
+                }
+            }
+        }
+        Command::Reply {
+            chat,
+            message,
+            text,
+        } => {
+            let client = Client::open(config()).await?;
+            let chat = chat_to_send_to(&client, &chat).await?;
+            let mut events = client.subscribe();
+            client.connect();
+            let synced = client.wait_synced(Duration::from_secs(3)).await.is_ok();
+            let msg = client.reply(&chat, &message, &text.join(" ")).await?;
+            let state = if synced {
+                wait_state(&mut events, &msg, WAIT).await
+            } else {
+                MessageState::Pending
+            };
+            match state {
+                MessageState::Pending => println!(
+                    "queued {} (not sent yet: the server is unreachable; it goes out the next time parley connects)",
+                    msg.id
+                ),
+                MessageState::Failed => bail!("the server refused the message"),
+                s => println!("{} {}", s.tick(), msg.id),
+            }
+            client.shutdown().await;
+        }
+        Command::React {
+            chat,
+            message,
+            emoji,
+            remove,
+        } => {
+            let result = action(config(), &chat, |client, chat| async move {
+                if remove {
+                    client.unreact(&chat, &message, &emoji).await?;
+                    Ok(format!("removed {emoji} from {message}"))
+                } else {
+                    client.react(&chat, &message, &emoji).await?;
+                    Ok(format!("reacted {emoji} to {message}"))
+                }
+            })
+            .await?;
+            println!("{result}");
+        }
+        Command::Edit {
+            chat,
+            message,
+            text,
+        } => {
+            let text = text.join(" ");
+            let result = action(config(), &chat, |client, chat| async move {
+                client.edit(&chat, &message, &text).await?;
+                Ok(format!("edited {message}"))
+            })
+            .await?;
+            println!("{result}");
+        }
+        Command::Delete {
+            chat,
+            message,
+            for_me,
+        } => {
+            if for_me {
+                let client = Client::open(config()).await?;
+                let chat = resolve_chat(&client, &chat, false).await?;
+                client.delete_for_me(&chat, &message).await?;
+                println!("deleted {message} from this device");
+                client.shutdown().await;
+            } else {
+                let result = action(config(), &chat, |client, chat| async move {
+                    client.delete_for_everyone(&chat, &message).await?;
+                    Ok(format!("deleted {message} for everyone"))
+                })
+                .await?;
+                println!("{result}");
             }
         }
         Command::Search { text, chat } => {
@@ -742,6 +870,85 @@ async fn resolve_chat_offline(reader: &Reader, s: &str) -> Result<ChatId> {
         [] => bail!("no chat {s:?}; see `parley chats`"),
         _ => bail!("{s:?} matches several chats; give more of the id"),
     }
+}
+
+/// A one-shot action on a message: connects (so what the server holds is processed
+/// first), runs `f`, waits until what it queued is sent. Says so when it could not be.
+async fn action<F, Fut>(config: ClientConfig, chat: &str, f: F) -> Result<String>
+where
+    F: FnOnce(Client, ChatId) -> Fut,
+    Fut: std::future::Future<Output = Result<String>>,
+{
+    let client = Client::open(config).await?;
+    client.connect();
+    let synced = client.wait_synced(Duration::from_secs(3)).await.is_ok();
+    let result = async {
+        let chat = resolve_chat(&client, chat, false).await?;
+        let done = f(client.clone(), chat).await?;
+        if !synced {
+            return Ok(format!(
+                "{done} (queued: the server is unreachable; it goes out the next time parley connects)"
+            ));
+        }
+        wait_outbox_empty(&client).await;
+        if client.store().outbox_len().await? > 0 {
+            return Ok(format!("{done} (queued: not sent yet)"));
+        }
+        Ok(done)
+    }
+    .await;
+    client.shutdown().await;
+    result
+}
+
+/// What a history line shows besides the text: `  [id …]` (with `ids`), `(edited)`,
+/// the message a reply quotes, reactions.
+async fn decorations(
+    reader: &Reader,
+    m: &Message,
+    me: Option<&UserId>,
+    ids: bool,
+) -> Result<String> {
+    let mut out = String::new();
+    if let Some(to) = &m.reply_to {
+        let quoted = reader
+            .message(&m.chat_id, to)
+            .await?
+            .map(|q| format!("{}: {}", who(&q, me), snippet(&q.body)))
+            .unwrap_or_else(|| "a message not on this device".into());
+        out.push_str(&format!("  (reply to {quoted})"));
+    }
+    if m.edited_at.is_some() {
+        out.push_str("  (edited)");
+    }
+    let reactions = reader.reactions(&m.chat_id, &m.id).await?;
+    if !reactions.is_empty() {
+        let list: Vec<String> = reactions
+            .iter()
+            .map(|r| {
+                let by = if Some(&r.user_id) == me {
+                    "me".to_owned()
+                } else {
+                    r.user_id.to_string()
+                };
+                format!("{} {by}", r.emoji)
+            })
+            .collect();
+        out.push_str(&format!("  [{}]", list.join(", ")));
+    }
+    if ids && m.kind != "media" {
+        out.push_str(&format!("  [id {}]", m.id));
+    }
+    Ok(out)
+}
+
+/// The first 40 characters of a text.
+fn snippet(s: &str) -> String {
+    let mut out: String = s.chars().take(40).collect();
+    if s.chars().count() > 40 {
+        out.push('…');
+    }
+    out
 }
 
 async fn wait_outbox_empty(client: &Client) {
@@ -872,9 +1079,33 @@ async fn listen(config: ClientConfig) -> Result<()> {
                     m.chat_id, m.sender, m.body, m.id, m.chat_id, m.id
                 );
             }
+            Ok(Event::MessageReceived(m)) if m.reply_to.is_some() => {
+                println!(
+                    "[{}] {} (reply to {}): {}",
+                    m.chat_id,
+                    m.sender,
+                    m.reply_to.as_deref().unwrap_or_default(),
+                    m.body
+                );
+            }
             Ok(Event::MessageReceived(m)) => {
                 println!("[{}] {}: {}", m.chat_id, m.sender, m.body);
             }
+            Ok(Event::MessageEdited { chat_id, id, text }) => {
+                println!("[{chat_id}] message {id} edited: {text}");
+            }
+            Ok(Event::MessageDeleted { chat_id, id }) => {
+                println!("[{chat_id}] message {id} was deleted");
+            }
+            Ok(Event::ReactionChanged {
+                chat_id,
+                id,
+                user_id,
+                emoji,
+            }) => match emoji {
+                Some(e) => println!("[{chat_id}] {user_id} reacted {e} to {id}"),
+                None => println!("[{chat_id}] {user_id} took back a reaction to {id}"),
+            },
             Ok(Event::MessageStateChanged {
                 chat_id, id, state, ..
             }) => println!("[{chat_id}] your message {id}: {}", state.tick()),
@@ -1107,6 +1338,7 @@ async fn render(
     for m in client.history(chat, 20).await? {
         out.push_str(&line(&m, Some(me), true, group));
         out.push_str(&group_receipts(client.store(), &m, group).await?);
+        out.push_str(&decorations(client.store(), &m, Some(me), false).await?);
         out.push_str("\r\n");
     }
     out.push_str(&"-".repeat(60));

@@ -10,6 +10,7 @@ mod e2e;
 mod federation;
 mod groups;
 mod media;
+mod messaging;
 mod offline;
 mod presence;
 mod races;
