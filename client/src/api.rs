@@ -103,7 +103,7 @@ impl Api {
         format!("{rest}{}", parley_client_api::ws::PATH)
     }
 
-    async fn call<B: Serialize, R: DeserializeOwned>(
+    pub(crate) async fn call<B: Serialize, R: DeserializeOwned>(
         &self,
         method: Method,
         path: &str,
@@ -119,7 +119,7 @@ impl Api {
             .map_err(|e| Error::Protocol(format!("{} {path}: {e}", method.as_str())))
     }
 
-    async fn raw<B: Serialize>(
+    pub(crate) async fn raw<B: Serialize>(
         &self,
         method: Method,
         path: &str,

@@ -32,6 +32,7 @@
 //! (an MLS message, or a Commit with its Welcome).
 
 mod api;
+mod blocking;
 mod client;
 mod engine;
 pub mod error;
@@ -52,6 +53,7 @@ pub use store::{
     ChatInfo, MemberReceipt, Message, MessageState, Reaction, Reader, ReceiptSummary, Version,
 };
 
+pub use parley_client_api::http::blocks::Blocked;
 pub use parley_client_api::http::presence::{Presence, Visibility};
 pub use parley_client_api::http::push::Pusher;
 pub use parley_client_api::{ChatId, DeviceId, ErrorCode, UserId};

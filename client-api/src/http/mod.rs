@@ -4,6 +4,7 @@
 //! Every endpoint but `register` and `login` needs `Authorization: Bearer <token>`.
 
 pub mod accounts;
+pub mod blocks;
 pub mod chats;
 pub mod contacts;
 pub mod keys;

@@ -133,6 +133,13 @@ enum Command {
         #[arg(long)]
         for_me: bool,
     },
+    /// Block a user: their 1:1 messages, invitations, typing and presence no longer
+    /// reach you (your server enforces it; they are not told).
+    Block { user: String },
+    /// Unblock a user: what they send from now on reaches you again.
+    Unblock { user: String },
+    /// List the users you block.
+    Blocked,
     /// Show a chat's history (from the local store; works offline).
     History {
         chat: String,
@@ -710,6 +717,36 @@ async fn run(cli: Cli) -> Result<()> {
                     }
                 }
             }
+        }
+        Command::Block { user } => {
+            let client = Client::open(config()).await?;
+            let user = parse_user(&user)?;
+            client.block(&user).await?;
+            println!("blocked {user}");
+            client.shutdown().await;
+        }
+        Command::Unblock { user } => {
+            let client = Client::open(config()).await?;
+            let user = parse_user(&user)?;
+            client.unblock(&user).await?;
+            println!("unblocked {user}");
+            client.shutdown().await;
+        }
+        Command::Blocked => {
+            let client = Client::open(config()).await?;
+            let list = client.blocked().await?;
+            if list.is_empty() {
+                println!("you block no one");
+            }
+            for b in list {
+                println!(
+                    "{}  since {} UTC ({})",
+                    b.user_id,
+                    clock(b.since),
+                    ago(b.since)
+                );
+            }
+            client.shutdown().await;
         }
         Command::Reply {
             chat,

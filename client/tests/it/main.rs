@@ -3,6 +3,7 @@
 
 mod harness;
 
+mod blocking;
 mod canary;
 mod cli;
 mod devices;

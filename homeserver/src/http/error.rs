@@ -49,6 +49,7 @@ impl From<ServiceError> for ApiError {
             ServiceError::UploadOffset { .. } => ErrorCode::UploadOffset,
             ServiceError::QuotaExceeded { .. } => ErrorCode::QuotaExceeded,
             ServiceError::NotMember => ErrorCode::NotMember,
+            ServiceError::NotFound(_) => ErrorCode::NotFound,
             ServiceError::TooLarge { .. } => ErrorCode::TooLarge,
             ServiceError::Forbidden(_) | ServiceError::FederationDenied(_) => ErrorCode::Forbidden,
             ServiceError::Remote(_) => {
@@ -92,6 +93,7 @@ pub fn fed_error(e: ServiceError) -> parley_federation::ProtocolError {
         ServiceError::UnknownChat => C::UnknownChat,
         ServiceError::UnknownBlob(_) => C::NotFound,
         ServiceError::NotMember => C::NotMember,
+        ServiceError::NotFound(_) => C::NotFound,
         ServiceError::FederationDenied(_) | ServiceError::Forbidden(_) => C::FederationDenied,
         ServiceError::TooLarge { .. } => C::TooLarge,
         ServiceError::WrongEpoch { .. } => C::WrongEpoch,

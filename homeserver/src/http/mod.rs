@@ -2,6 +2,7 @@
 //! `parley-client-api` and the services; they hold no logic and touch no SQL.
 
 pub mod admin;
+pub mod blocks;
 pub mod client;
 pub mod contacts;
 pub mod error;
@@ -96,6 +97,14 @@ pub fn app(state: AppState) -> Router {
             post(presence::set_pusher).get(presence::list_pushers),
         )
         .route(push_api::delete::PATH, delete(presence::delete_pusher))
+        .route(
+            parley_client_api::http::blocks::list::PATH,
+            get(blocks::list),
+        )
+        .route(
+            parley_client_api::http::blocks::block::PATH,
+            put(blocks::block).delete(blocks::unblock),
+        )
         .route(parley_client_api::ws::PATH, get(ws::upgrade))
         .route("/health", get(|| async { "ok" }))
         .route("/ready", get(client::ready))

@@ -442,10 +442,13 @@ impl Chats {
         limit: u32,
     ) -> Result<Vec<ChatEvent>, ServiceError> {
         self.members_as_member(chat_id, me).await?;
-        Ok(self
+        let events = self
             .store
             .history(chat_id, after.max(0), limit.clamp(1, 500))
-            .await?)
+            .await?;
+        super::blocking::Blocking::new(self.store.clone())
+            .filter_history(chat_id, me, events)
+            .await
     }
 
     pub async fn receipts(

@@ -2,6 +2,7 @@
 //! Handlers never touch SQL; services never see HTTP.
 
 pub mod accounts;
+pub mod blocking;
 pub mod chats;
 pub mod contacts;
 pub mod federation;
@@ -53,6 +54,9 @@ pub enum ServiceError {
     QuotaExceeded { used: u64, quota: u64 },
     #[error("not a member of this chat")]
     NotMember,
+    /// Nothing of that kind to act on (e.g. unblocking a user who is not blocked).
+    #[error("{0}")]
+    NotFound(String),
     #[error("payload is {size} bytes; the limit is {limit}")]
     TooLarge { size: usize, limit: usize },
     #[error("{0}")]
@@ -92,6 +96,7 @@ pub struct Services {
     pub presence: presence::Presence,
     pub contacts: contacts::Contacts,
     pub push: push::Push,
+    pub blocking: blocking::Blocking,
 }
 
 impl Services {
@@ -185,6 +190,7 @@ impl Services {
             _ => (None, None),
         };
         Ok(Self {
+            blocking: blocking::Blocking::new(store.clone()),
             federation: federation.clone(),
             relay,
             media: media.clone(),

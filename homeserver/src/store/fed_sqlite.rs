@@ -120,6 +120,42 @@ async fn apply_snapshot(
 
 /// Stores one hub event (once), applies its membership change, moves the head and
 /// writes inbox rows for the local devices that must see it.
+/// Takes out of an event's recipients the local users whose block withholds it
+/// (`store::blocks::withheld`): enforced here for events arriving from another hub.
+async fn withhold_blocked(
+    tx: &mut Transaction<'_, Sqlite>,
+    e: &ChatEvent,
+    recipients: &mut BTreeSet<String>,
+) -> Result<()> {
+    let periods = super::blocks::periods_sqlite(tx, &[e.sender.as_str()]).await?;
+    if periods.is_empty() {
+        return Ok(());
+    }
+    let kind: Option<i16> = sqlx::query_scalar("SELECT kind FROM chats WHERE chat_id = ?1")
+        .bind(e.chat_id.as_str())
+        .fetch_optional(&mut **tx)
+        .await?;
+    let Some(kind) = kind else {
+        return Ok(());
+    };
+    let kind = kind_from_i16(kind)?;
+    recipients.retain(|u| {
+        UserId::try_from(u.as_str()).map_or(true, |u| {
+            !super::blocks::withheld(
+                &periods,
+                &u,
+                &e.sender,
+                e.ts,
+                kind,
+                e.seq,
+                e.mls,
+                e.membership.as_ref(),
+            )
+        })
+    });
+    Ok(())
+}
+
 async fn apply_event(
     tx: &mut Transaction<'_, Sqlite>,
     e: &ChatEvent,
@@ -217,6 +253,7 @@ async fn apply_event(
     .bind(epoch)
     .execute(&mut **tx)
     .await?;
+    withhold_blocked(tx, e, &mut recipients).await?;
     let mut out = Vec::new();
     for device in local_devices(tx, &recipients).await? {
         if device == e.sender_device {

@@ -6,6 +6,7 @@
 //! functions in [`plan`], which both backends call with what they read inside the
 //! transaction. Nothing here is acknowledged to anyone before its transaction commits.
 
+pub mod blocks;
 pub mod contacts;
 pub mod devices;
 pub mod fed;

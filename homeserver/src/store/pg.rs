@@ -296,7 +296,11 @@ impl PgStore {
                     .await?;
             present = rows.into_iter().map(id).collect::<Result<_>>()?;
         }
-        let plan = plan::plan_sends(batch, &existing, &chats, &users, &present, max_members);
+        let mut plan = plan::plan_sends(batch, &existing, &chats, &users, &present, max_members);
+        let senders: BTreeSet<&str> = batch.iter().map(|r| r.sender.as_str()).collect();
+        let senders: Vec<&str> = senders.into_iter().collect();
+        let periods = super::blocks::periods_pg(&mut tx, &senders).await?;
+        super::blocks::withhold_inbox(&mut plan, batch, &chats, &users, &periods);
         let now_ts = batch.iter().map(|r| r.ts).max().unwrap_or_default();
         for (chat, seq, blob) in &plan.blob_refs {
             sqlx::query("INSERT INTO blob_refs (chat_id, seq, hash, ts) VALUES ($1, $2, $3, $4)")

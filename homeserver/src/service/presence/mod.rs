@@ -37,6 +37,7 @@ use tokio::sync::mpsc;
 
 use self::core::{Action, Timings, Tracker, Typing, TypingRelay, visible};
 use super::ServiceError;
+use super::blocking::Blocking;
 use super::relay::{Relay, convert};
 use crate::clock::now_ms;
 use crate::config::PresenceConfig;
@@ -216,6 +217,12 @@ impl Presence {
         };
         if viewer == target {
             return inner.local_presence(target).await;
+        }
+        if Blocking::new(inner.store.clone())
+            .hides(target, viewer)
+            .await
+        {
+            return Ok(hidden);
         }
         let (viewer_setting, _) = inner.store.presence_row(viewer).await?;
         let target_listed = inner.store.is_contact(viewer, target).await?;
@@ -399,7 +406,15 @@ impl Inner {
             refresh,
         } = change;
         let (setting, _) = self.store.presence_row(user).await?;
-        let peers = self.store.chat_peers(user).await?;
+        // A block hides presence both ways (MS24).
+        let hidden = Blocking::new(self.store.clone()).hidden_among(user).await;
+        let peers: Vec<_> = self
+            .store
+            .chat_peers(user)
+            .await?
+            .into_iter()
+            .filter(|(p, _)| !hidden.contains(p))
+            .collect();
         let remote_servers = || {
             peers
                 .iter()
@@ -542,7 +557,14 @@ impl Inner {
         };
         let mut local = Vec::new();
         let mut servers = BTreeSet::new();
-        for m in members.iter().filter(|m| **m != r.user) {
+        // A block hides typing both ways (MS24).
+        let hidden = Blocking::new(self.store.clone())
+            .hidden_among(&r.user)
+            .await;
+        for m in members
+            .iter()
+            .filter(|m| **m != r.user && !hidden.contains(m))
+        {
             if m.server_name() != self.local {
                 servers.insert(m.server_name().to_owned());
             } else {
@@ -586,6 +608,11 @@ impl Inner {
                 if !members.contains(&user) {
                     return Err(ServiceError::NotMember);
                 }
+                let hidden = Blocking::new(self.store.clone()).hidden_among(&user).await;
+                let members: Vec<UserId> = members
+                    .into_iter()
+                    .filter(|m| !hidden.contains(m))
+                    .collect();
                 let frame = ServerFrame::Typing {
                     chat_id: chat,
                     user_id: user,
@@ -614,9 +641,10 @@ impl Inner {
                     )));
                 }
                 let peers = self.store.chat_peers(&user).await?;
+                let hidden = Blocking::new(self.store.clone()).hidden_among(&user).await;
                 let local: Vec<_> = peers
                     .into_iter()
-                    .filter(|(p, _)| p.server_name() == self.local)
+                    .filter(|(p, _)| p.server_name() == self.local && !hidden.contains(p))
                     .collect();
                 if local.is_empty() {
                     return Err(ServiceError::NotMember);
