@@ -83,7 +83,7 @@ struct Shape {
 }
 
 fn shapes(g: &mut SchemaGenerator) -> BTreeMap<&'static str, Shape> {
-    use api::{accounts, chats, contacts, keys, media, presence, push};
+    use api::{accounts, blocks, chats, contacts, keys, media, presence, push};
     let mut m = BTreeMap::new();
     macro_rules! s {
         ($name:literal, $req:expr, [$(($status:literal, $resp:expr)),*]) => {
@@ -199,6 +199,9 @@ fn shapes(g: &mut SchemaGenerator) -> BTreeMap<&'static str, Shape> {
         ],
         &[("offset", true), ("total", true)]
     );
+    s!("blocks::list", None, [(200, t!(blocks::list::Response))]);
+    s!("blocks::block", None, [(200, t!(blocks::block::Response))]);
+    s!("blocks::unblock", None, [(204, None)]);
     s!(
         "contacts::list",
         None,

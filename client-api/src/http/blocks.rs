@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use crate::ids::UserId;
 
 /// One blocked user.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Blocked {
     pub user_id: UserId,
     /// Since when (ms since the Unix epoch).
@@ -23,7 +23,10 @@ pub mod list {
     pub const METHOD: crate::http::Method = crate::http::Method::Get;
     pub const PATH: &str = "/v1/blocks";
 
-    #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+    #[derive(
+        Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, schemars::JsonSchema,
+    )]
+    #[schemars(rename = "BlockList")]
     pub struct Response {
         pub blocked: Vec<super::Blocked>,
     }
