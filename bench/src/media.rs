@@ -94,9 +94,12 @@ async fn measured<T>(
     Ok((out?, elapsed, peak))
 }
 
-/// One size's figures.
+/// One size's figures, each from a fresh server (so a size's peak RSS owes nothing to
+/// what an earlier, other-sized transfer left in the allocator).
 struct Row {
     size: u64,
+    /// The server's RSS before the transfer (KiB).
+    idle: u64,
     put: Duration,
     get: Duration,
     send: Duration,
@@ -117,13 +120,39 @@ pub(crate) async fn run(args: MediaArgs) -> Result<()> {
         Some(p) => p.clone(),
         None => crate::server::default_binary()?,
     };
-    let server = Server::spawn(&binary, args.database_url.as_deref(), None).await?;
-    let result = bench(&server, &sizes).await;
-    server.stop().await?;
-    result
+    let mut rows = Vec::new();
+    for &size in &sizes {
+        let server = Server::spawn(&binary, args.database_url.as_deref(), None).await?;
+        let row = bench(&server, size).await;
+        server.stop().await?;
+        let row = row?;
+        eprintln!("{}", line(&row));
+        rows.push(row);
+    }
+    println!(
+        "{:>8}  {:>10} {:>10}  {:>10} {:>10}  {:>9} {:>9} {:>9} {:>9} {:>9}",
+        "size",
+        "PUT MB/s",
+        "GET MB/s",
+        "send MB/s",
+        "dl MB/s",
+        "RSS idle",
+        "RSS PUT",
+        "RSS GET",
+        "RSS send",
+        "RSS dl"
+    );
+    for r in &rows {
+        println!("{}", line(r));
+    }
+    println!(
+        "MB/s = 10^6 bytes/s of plaintext (server path: of blob bytes); RSS = peak in MiB of a fresh server (one per size) during the phase (sampled every 20 ms); PUT/GET: raw HTTP in 8 MiB segments; send/dl: SDK end to end (encrypt+upload, fetch+verify+decrypt)"
+    );
+    Ok(())
 }
 
-async fn bench(server: &Server, sizes: &[u64]) -> Result<()> {
+/// One size on `server`: raw PUT and GET, then an SDK send and download.
+async fn bench(server: &Server, size: u64) -> Result<Row> {
     let work = tempfile::tempdir()?;
     let url = server.url.as_str().trim_end_matches('/').to_owned();
     let tag = format!("{:08x}", rand::random::<u32>());
@@ -153,80 +182,56 @@ async fn bench(server: &Server, sizes: &[u64]) -> Result<()> {
         idle as f64 / 1024.0
     );
 
-    let mut rows = Vec::new();
-    for (i, &size) in sizes.iter().enumerate() {
-        eprintln!("{:.0} MiB: writing the file", size as f64 / MIB);
-        let raw = work.path().join(format!("raw{i}.bin"));
-        let blob = random_file(&raw, size)?;
-        let (_, put, rss_put) =
-            measured(server.pid, put_blob(&http, &url, &token, &raw, &blob, size)).await?;
-        let (got, get, rss_get) =
-            measured(server.pid, get_blob(&http, &url, &token, &blob)).await?;
-        ensure!(got == size, "downloaded {got} of {size} bytes");
+    eprintln!("{:.0} MiB: writing the file", size as f64 / MIB);
+    let raw = work.path().join("raw.bin");
+    let blob = random_file(&raw, size)?;
+    let (_, put, rss_put) =
+        measured(server.pid, put_blob(&http, &url, &token, &raw, &blob, size)).await?;
+    let (got, get, rss_get) = measured(server.pid, get_blob(&http, &url, &token, &blob)).await?;
+    ensure!(got == size, "downloaded {got} of {size} bytes");
 
-        let file = work.path().join(format!("file{i}.bin"));
-        random_file(&file, size)?;
-        let (sent, send, rss_send) = measured(server.pid, async {
-            Ok(alice
-                .send_file(&chat, &file, FileOptions::default())
-                .await?)
-        })
-        .await?;
-        ensure!(sent.upload_complete, "the upload did not complete");
-        let id = sent.message.id.clone();
-        wait(Duration::from_secs(60), || async {
-            Ok(bob.attachment(&chat, &id).await?.is_some())
-        })
-        .await
-        .context("bob did not receive the file message")?;
-        let out = work.path().join(format!("out{i}.bin"));
-        let (done, download, rss_download) = measured(server.pid, async {
-            Ok(bob.download(&chat, &id, &out).await?)
-        })
-        .await?;
-        ensure!(done.size == size, "decrypted {} of {size} bytes", done.size);
-        for p in [&raw, &file, &out] {
-            let _ = std::fs::remove_file(p);
-        }
-        let row = Row {
-            size,
-            put,
-            get,
-            send,
-            download,
-            rss_put,
-            rss_get,
-            rss_send,
-            rss_download,
-        };
-        eprintln!("{}", line(&row, idle));
-        rows.push(row);
+    let file = work.path().join("file.bin");
+    random_file(&file, size)?;
+    let (sent, send, rss_send) = measured(server.pid, async {
+        Ok(alice
+            .send_file(&chat, &file, FileOptions::default())
+            .await?)
+    })
+    .await?;
+    ensure!(sent.upload_complete, "the upload did not complete");
+    let id = sent.message.id.clone();
+    wait(Duration::from_secs(60), || async {
+        Ok(bob.attachment(&chat, &id).await?.is_some())
+    })
+    .await
+    .context("bob did not receive the file message")?;
+    let out = work.path().join("out.bin");
+    let (done, download, rss_download) = measured(server.pid, async {
+        Ok(bob.download(&chat, &id, &out).await?)
+    })
+    .await?;
+    ensure!(done.size == size, "decrypted {} of {size} bytes", done.size);
+    for p in [&raw, &file, &out] {
+        let _ = std::fs::remove_file(p);
     }
+    let row = Row {
+        size,
+        idle,
+        put,
+        get,
+        send,
+        download,
+        rss_put,
+        rss_get,
+        rss_send,
+        rss_download,
+    };
     alice.shutdown().await;
     bob.shutdown().await;
-    println!(
-        "{:>8}  {:>10} {:>10}  {:>10} {:>10}  {:>9} {:>9} {:>9} {:>9} {:>9}",
-        "size",
-        "PUT MB/s",
-        "GET MB/s",
-        "send MB/s",
-        "dl MB/s",
-        "RSS idle",
-        "RSS PUT",
-        "RSS GET",
-        "RSS send",
-        "RSS dl"
-    );
-    for r in &rows {
-        println!("{}", line(r, idle));
-    }
-    println!(
-        "MB/s = 10^6 bytes/s of plaintext (server path: of blob bytes); RSS = server peak in MiB during the phase (sampled every 20 ms); PUT/GET: raw HTTP in 8 MiB segments; send/dl: SDK end to end (encrypt+upload, fetch+verify+decrypt)"
-    );
-    Ok(())
+    Ok(row)
 }
 
-fn line(r: &Row, idle: u64) -> String {
+fn line(r: &Row) -> String {
     let mbps = |d: Duration| r.size as f64 / 1e6 / d.as_secs_f64().max(1e-9);
     let mib = |kib: u64| format!("{:.1}", kib as f64 / 1024.0);
     format!(
@@ -236,7 +241,7 @@ fn line(r: &Row, idle: u64) -> String {
         mbps(r.get),
         mbps(r.send),
         mbps(r.download),
-        mib(idle),
+        mib(r.idle),
         mib(r.rss_put),
         mib(r.rss_get),
         mib(r.rss_send),

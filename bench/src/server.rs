@@ -29,7 +29,7 @@ pub(crate) struct Server {
 }
 
 impl Server {
-    /// Spawns `binary` with `PARLEY_LOG=warn` on a free port of 127.0.0.1 and waits for its
+    /// Spawns `binary` with `PARLEY_LOG=warn` (or `$PARLEY_BENCH_SERVER_LOG`) on a free port of 127.0.0.1 and waits for its
     /// ready line. Without `database_url` it uses SQLite in a temporary directory;
     /// `config` is the text of a config file to start it with (e.g. limits).
     pub(crate) async fn spawn(
@@ -106,7 +106,12 @@ impl Server {
             .arg("--data-dir")
             .arg(data.path())
             .args(extra)
-            .env("PARLEY_LOG", "warn")
+            // `PARLEY_BENCH_SERVER_LOG=parley_homeserver::service::relay=debug` shows
+            // what a run's servers do (stderr); quiet by default.
+            .env(
+                "PARLEY_LOG",
+                std::env::var("PARLEY_BENCH_SERVER_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())

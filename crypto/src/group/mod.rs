@@ -8,7 +8,8 @@
 //!   (openmls's `MIXED_PLAINTEXT_WIRE_FORMAT_POLICY`). Incoming handshake
 //!   messages must be PublicMessages too ([`ProcessError::WrongWireFormat`]).
 //! - [`MAX_PAST_EPOCHS`] = 3: application messages from the three previous
-//!   epochs still decrypt (the hub accepts `current-3 ..= current`).
+//!   epochs still decrypt (a device that merged a commit can still read messages
+//!   sequenced before it; the hub itself accepts messages only in its current epoch).
 //! - Welcomes carry the ratchet tree (no separate tree download).
 //! - Application plaintexts are padded to a multiple of [`PADDING_SIZE`] bytes.
 //! - Out-of-order tolerance within an epoch: [`OUT_OF_ORDER_TOLERANCE`] generations.

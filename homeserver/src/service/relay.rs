@@ -384,7 +384,11 @@ impl Destination {
                 } else {
                     format!("{}.{txn_id}", self.boot)
                 };
+                let started = std::time::Instant::now();
                 let outcome = self.send_batch(server, &wire, &events, &ephemeral).await;
+                tracing::debug!(destination = %self.name, events = events.len(),
+                    ephemeral = ephemeral.len(), ?outcome, ms = started.elapsed().as_secs_f64() * 1e3,
+                    "transaction sent");
                 failures = match outcome {
                     Outcome::Status(200..=299) => 0,
                     _ => failures.saturating_add(1),
