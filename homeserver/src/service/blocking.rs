@@ -10,7 +10,7 @@ use parley_client_api::{ChatId, UserId};
 
 use super::ServiceError;
 use crate::clock::now_ms;
-use crate::store::blocks::{BlockStore, withheld};
+use crate::store::blocks::{BlockStore, event_withheld};
 use crate::store::{AnyStore, Store};
 
 #[derive(Clone)]
@@ -61,18 +61,7 @@ impl Blocking {
         let Some(info) = self.store.chat_info(chat_id).await? else {
             return Ok(events);
         };
-        events.retain(|e| {
-            !withheld(
-                &periods,
-                me,
-                &e.sender,
-                e.ts,
-                info.kind,
-                e.seq,
-                e.mls,
-                e.membership.as_ref(),
-            )
-        });
+        events.retain(|e| !event_withheld(&periods, me, info.kind, e));
         Ok(events)
     }
 

@@ -6,9 +6,9 @@
 
 use std::future::Future;
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 
-use parley_client_api::http::chats::{ChatKind, MembershipChange, MlsKind, MlsMeta};
+use parley_client_api::http::chats::{ChatEvent, ChatKind, MembershipChange, MlsKind, MlsMeta};
 use parley_client_api::{ChatId, DeviceId, UserId};
 use sqlx::{PgConnection, SqliteConnection};
 
@@ -63,6 +63,38 @@ pub fn withheld(
         Some(MlsKind::Commit) => seq == 1 || membership.is_some_and(|m| m.add.contains(recipient)),
         Some(_) => false,
     }
+}
+
+/// [`withheld`] for a stored event of a chat of `kind`.
+pub fn event_withheld(
+    periods: &[BlockPeriod],
+    recipient: &UserId,
+    kind: ChatKind,
+    e: &ChatEvent,
+) -> bool {
+    withheld(
+        periods,
+        recipient,
+        &e.sender,
+        e.ts,
+        kind,
+        e.seq,
+        e.mls,
+        e.membership.as_ref(),
+    )
+}
+
+/// Takes out of `recipients` (user ids) the users a block withholds `e` from: the
+/// follower's side of [`withhold_inbox`], for events arriving from another hub.
+pub(crate) fn withhold_recipients(
+    periods: &[BlockPeriod],
+    kind: ChatKind,
+    e: &ChatEvent,
+    recipients: &mut BTreeSet<String>,
+) {
+    recipients.retain(|u| {
+        UserId::try_from(u.as_str()).map_or(true, |u| !event_withheld(periods, &u, kind, e))
+    });
 }
 
 /// Drops from a send plan the inbox rows a block withholds ([`withheld`]); `chats` and

@@ -147,8 +147,6 @@ async fn apply_snapshot(
     Ok(())
 }
 
-/// Stores one hub event (once), applies its membership change, moves the head and
-/// writes inbox rows for the local devices that must see it.
 /// Takes out of an event's recipients the local users whose block withholds it
 /// (`store::blocks::withheld`): enforced here for events arriving from another hub.
 async fn withhold_blocked(
@@ -168,23 +166,12 @@ async fn withhold_blocked(
         return Ok(());
     };
     let kind = kind_from_i16(kind)?;
-    recipients.retain(|u| {
-        UserId::try_from(u.as_str()).map_or(true, |u| {
-            !super::blocks::withheld(
-                &periods,
-                &u,
-                &e.sender,
-                e.ts,
-                kind,
-                e.seq,
-                e.mls,
-                e.membership.as_ref(),
-            )
-        })
-    });
+    super::blocks::withhold_recipients(&periods, kind, e, recipients);
     Ok(())
 }
 
+/// Stores one hub event (once), applies its membership change, moves the head and
+/// writes inbox rows for the local devices that must see it.
 async fn apply_event(
     tx: &mut Transaction<'_, Postgres>,
     e: &ChatEvent,
