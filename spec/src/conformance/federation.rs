@@ -93,15 +93,7 @@ pub(super) async fn valid(ctx: &Ctx) -> Result<()> {
     let peer = ctx.peer().await?;
     let dest = ctx.server_name().await?;
     let (path, device) = devices_path(ctx).await?;
-    let h = Peer::sign(
-        &peer.signer(),
-        "GET",
-        dest,
-        &path,
-        b"",
-        now_ms(),
-        &random_nonce(),
-    )?;
+    let h = Peer::sign_now(&peer.signer(), "GET", dest, &path, b"")?;
     let r = ctx.fed_call(Method::GET, &path, None, h).await?;
     r.expect(200, None)
         .with_context(|| format!("is the suite's peer {} allowed by the server?", peer.name))?;
@@ -131,7 +123,7 @@ pub(super) async fn forged(ctx: &Ctx) -> Result<()> {
         peer.name.clone(),
         ServerSigningKey::from_seed(&rand::random()),
     );
-    let h = Peer::sign(&forger, "GET", dest, &path, b"", now_ms(), &random_nonce())?;
+    let h = Peer::sign_now(&forger, "GET", dest, &path, b"")?;
     let r = ctx.fed_call(Method::GET, &path, None, h).await?;
     ensure!(
         r.status == 401,
@@ -145,15 +137,7 @@ pub(super) async fn forged(ctx: &Ctx) -> Result<()> {
         r.body
     );
     // The published key id with signature bytes that are not its signature.
-    let mut h = Peer::sign(
-        &peer.signer(),
-        "GET",
-        dest,
-        &path,
-        b"",
-        now_ms(),
-        &random_nonce(),
-    )?;
+    let mut h = Peer::sign_now(&peer.signer(), "GET", dest, &path, b"")?;
     for (name, value) in &mut h {
         if name == "signature" {
             *value = tamper(value)?;
@@ -185,15 +169,7 @@ pub(super) async fn replayed(ctx: &Ctx) -> Result<()> {
     let peer = ctx.peer().await?;
     let dest = ctx.server_name().await?;
     let (path, _) = devices_path(ctx).await?;
-    let h = Peer::sign(
-        &peer.signer(),
-        "GET",
-        dest,
-        &path,
-        b"",
-        now_ms(),
-        &random_nonce(),
-    )?;
+    let h = Peer::sign_now(&peer.signer(), "GET", dest, &path, b"")?;
     ctx.fed_call(Method::GET, &path, None, h.clone())
         .await?
         .expect(200, None)?;
@@ -243,15 +219,7 @@ pub(super) async fn digest(ctx: &Ctx) -> Result<()> {
     let u = ctx.register().await?;
     let path = parley_federation::api::keys::claim::PATH;
     let body = json!({"users": [u.user_id]}).to_string().into_bytes();
-    let h = Peer::sign(
-        &peer.signer(),
-        "POST",
-        dest,
-        path,
-        &body,
-        now_ms(),
-        &random_nonce(),
-    )?;
+    let h = Peer::sign_now(&peer.signer(), "POST", dest, path, &body)?;
     let other = json!({"users": [u.user_id, u.user_id]})
         .to_string()
         .into_bytes();
@@ -265,15 +233,7 @@ pub(super) async fn denied(ctx: &Ctx) -> Result<()> {
     let peer = ctx.denied_peer().await?;
     let dest = ctx.server_name().await?;
     let (path, _) = devices_path(ctx).await?;
-    let h = Peer::sign(
-        &peer.signer(),
-        "GET",
-        dest,
-        &path,
-        b"",
-        now_ms(),
-        &random_nonce(),
-    )?;
+    let h = Peer::sign_now(&peer.signer(), "GET", dest, &path, b"")?;
     let r = ctx.fed_call(Method::GET, &path, None, h).await?;
     r.expect(403, Some("federation_denied"))
         .with_context(|| format!("the denied peer is {}", peer.name))?;
@@ -296,15 +256,7 @@ pub(super) async fn txn_idempotent(ctx: &Ctx) -> Result<()> {
         .into_bytes();
     let mut answers = Vec::new();
     for _ in 0..2 {
-        let h = Peer::sign(
-            &peer.signer(),
-            "PUT",
-            dest,
-            &path,
-            &body,
-            now_ms(),
-            &random_nonce(),
-        )?;
+        let h = Peer::sign_now(&peer.signer(), "PUT", dest, &path, &body)?;
         let r = ctx
             .fed_call(Method::PUT, &path, Some(body.clone()), h)
             .await?;
@@ -323,15 +275,7 @@ pub(super) async fn txn_idempotent(ctx: &Ctx) -> Result<()> {
         parley_federation::api::send::PATH,
         &[("txn_id", &format!("{txn}-lie"))],
     );
-    let h = Peer::sign(
-        &peer.signer(),
-        "PUT",
-        dest,
-        &path,
-        &lie,
-        now_ms(),
-        &random_nonce(),
-    )?;
+    let h = Peer::sign_now(&peer.signer(), "PUT", dest, &path, &lie)?;
     let r = ctx.fed_call(Method::PUT, &path, Some(lie), h).await?;
     ensure!(
         r.status == 400,

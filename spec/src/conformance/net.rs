@@ -7,7 +7,7 @@ use anyhow::{Context, Result, bail};
 use parley_federation::ServerName;
 use parley_federation::directory::{self, KeyToPublish};
 use parley_federation::keys::ServerSigningKey;
-use parley_federation::signing::profile::{OutgoingRequest, RequestSigner};
+use parley_federation::signing::profile::{OutgoingRequest, RequestSigner, random_nonce};
 use reqwest::Method;
 use serde_json::{Value, json};
 use tokio::sync::OnceCell;
@@ -375,6 +375,25 @@ impl Peer {
     /// The peer's signer.
     pub(crate) fn signer(&self) -> RequestSigner {
         RequestSigner::new(self.name.clone(), ServerSigningKey::from_seed(&self.seed))
+    }
+
+    /// [`Peer::sign`] now, with a fresh nonce: a request the server should accept.
+    pub(crate) fn sign_now(
+        signer: &RequestSigner,
+        method: &str,
+        destination: &str,
+        path: &str,
+        body: &[u8],
+    ) -> Result<Vec<(String, String)>> {
+        Self::sign(
+            signer,
+            method,
+            destination,
+            path,
+            body,
+            now_ms(),
+            &random_nonce(),
+        )
     }
 
     /// The headers of a request signed at `now_ms` with `nonce` for `destination`.
