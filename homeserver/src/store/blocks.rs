@@ -6,7 +6,7 @@
 
 use std::future::Future;
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 
 use parley_client_api::http::chats::{ChatEvent, ChatKind, MembershipChange, MlsKind, MlsMeta};
 use parley_client_api::{ChatId, DeviceId, UserId};
@@ -82,19 +82,6 @@ pub fn event_withheld(
         e.mls,
         e.membership.as_ref(),
     )
-}
-
-/// Takes out of `recipients` (user ids) the users a block withholds `e` from: the
-/// follower's side of [`withhold_inbox`], for events arriving from another hub.
-pub(crate) fn withhold_recipients(
-    periods: &[BlockPeriod],
-    kind: ChatKind,
-    e: &ChatEvent,
-    recipients: &mut BTreeSet<String>,
-) {
-    recipients.retain(|u| {
-        UserId::try_from(u.as_str()).map_or(true, |u| !event_withheld(periods, &u, kind, e))
-    });
 }
 
 /// Drops from a send plan the inbox rows a block withholds ([`withheld`]); `chats` and

@@ -7,12 +7,14 @@
 //! event, a forwarded send before its client is answered), so nothing committed is
 //! forgotten by a crash; a row is deleted only after its destination acknowledged it.
 
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::future::Future;
 
-use parley_client_api::http::chats::{ChatEvent, ChatKind, Receipt};
+use parley_client_api::http::chats::{ChatEvent, ChatKind, MlsKind, Receipt};
 use parley_client_api::{ChatId, DeviceId, UserId};
 use serde::{Deserialize, Serialize};
 
+use super::blocks::BlockPeriod;
 use super::{AnyStore, ReceiptNotice, Result};
 
 /// What an outbox row carries. Events and chat states are references (the row names
@@ -168,6 +170,135 @@ pub fn order_follower_ops(
     }
     keyed.sort_by(|a, b| a.0.cmp(&b.0));
     keyed.into_iter().map(|(_, op)| op).collect()
+}
+
+/// A group of follower ops applied together: a chat state on its own, or a run of events
+/// that share one read of members, devices and blocks. An event that changes membership
+/// is a run of its own (whom it reaches depends on the change).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OpRun<'a> {
+    Snapshot(&'a ChatSnapshotRow),
+    /// `(index in the ops, event)`, in order.
+    Events(Vec<(usize, &'a ChatEvent)>),
+}
+
+/// True when `e` adds or removes members.
+pub fn changes_membership(e: &ChatEvent) -> bool {
+    e.membership
+        .as_ref()
+        .is_some_and(|m| !m.add.is_empty() || !m.remove.is_empty())
+}
+
+/// Splits ordered ops into the runs a store applies, keeping their order. Pure.
+pub fn op_runs(ops: &[FollowerOp]) -> Vec<OpRun<'_>> {
+    let mut runs = Vec::new();
+    let mut events: Vec<(usize, &ChatEvent)> = Vec::new();
+    for (i, op) in ops.iter().enumerate() {
+        match op {
+            FollowerOp::Snapshot(s) => {
+                if !events.is_empty() {
+                    runs.push(OpRun::Events(std::mem::take(&mut events)));
+                }
+                runs.push(OpRun::Snapshot(s));
+            }
+            FollowerOp::Event(e) if changes_membership(e) => {
+                if !events.is_empty() {
+                    runs.push(OpRun::Events(std::mem::take(&mut events)));
+                }
+                runs.push(OpRun::Events(vec![(i, e)]));
+            }
+            FollowerOp::Event(e) => events.push((i, e)),
+        }
+    }
+    if !events.is_empty() {
+        runs.push(OpRun::Events(events));
+    }
+    runs
+}
+
+/// What a store read for the newly stored events of a run.
+#[derive(Debug, Clone, Default)]
+pub struct RunContext {
+    /// Per chat, the users that must see its events (user ids): its current members,
+    /// plus, for a membership event, the users it adds or removes.
+    pub recipients: HashMap<ChatId, BTreeSet<String>>,
+    /// The kinds of the run's chats (read only when `periods` is not empty).
+    pub kinds: HashMap<ChatId, ChatKind>,
+    /// Blocks of the run's senders.
+    pub periods: Vec<BlockPeriod>,
+    /// Local devices per user.
+    pub devices: BTreeMap<String, Vec<DeviceId>>,
+}
+
+impl RunContext {
+    /// Adds the users `e` adds or removes to its chat's recipients.
+    pub fn add_membership_recipients(&mut self, e: &ChatEvent) {
+        if let Some(change) = &e.membership {
+            self.recipients
+                .entry(e.chat_id.clone())
+                .or_default()
+                .extend(
+                    change
+                        .add
+                        .iter()
+                        .chain(&change.remove)
+                        .map(UserId::to_string),
+                );
+        }
+    }
+
+    /// Every user named in `recipients`, for the device read.
+    pub fn users(&self) -> BTreeSet<String> {
+        self.recipients.values().flatten().cloned().collect()
+    }
+}
+
+/// The inbox rows a run of newly stored events writes, in order: `(index in the ops,
+/// device)` for each local device of each recipient of each event, except the sending
+/// device and what a block withholds. Pure.
+pub fn run_inbox(events: &[(usize, &ChatEvent)], ctx: &RunContext) -> Vec<(usize, DeviceId)> {
+    let mut out = Vec::new();
+    for (i, e) in events {
+        let Some(recipients) = ctx.recipients.get(&e.chat_id) else {
+            continue;
+        };
+        let kind = ctx.kinds.get(&e.chat_id).copied();
+        for user in recipients {
+            if let (Some(kind), false) = (kind, ctx.periods.is_empty())
+                && UserId::try_from(user.as_str())
+                    .is_ok_and(|u| super::blocks::event_withheld(&ctx.periods, &u, kind, e))
+            {
+                continue;
+            }
+            for device in ctx.devices.get(user).into_iter().flatten() {
+                if *device != e.sender_device {
+                    out.push((*i, device.clone()));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The head of each chat after a run: `(chat, highest seq, latest ts, MLS epoch)`, the
+/// epoch being one past the highest commit's (0 without commits). Sorted by chat. Pure.
+pub fn run_heads(events: &[(usize, &ChatEvent)]) -> Vec<(ChatId, i64, i64, i64)> {
+    let mut heads: BTreeMap<ChatId, (i64, i64, i64)> = BTreeMap::new();
+    for (_, e) in events {
+        let epoch = e
+            .mls
+            .filter(|m| m.kind == MlsKind::Commit)
+            .map(|m| super::epoch_i64(m.epoch).saturating_add(1))
+            .unwrap_or(0);
+        let h = heads
+            .entry(e.chat_id.clone())
+            .or_insert((e.seq, e.ts, epoch));
+        *h = (h.0.max(e.seq), h.1.max(e.ts), h.2.max(epoch));
+    }
+    heads
+        .into_iter()
+        .map(|(c, (seq, ts, epoch))| (c, seq, ts, epoch))
+        .collect()
 }
 
 pub trait FedStore: Send + Sync + 'static {
@@ -474,6 +605,110 @@ mod tests {
         assert_eq!(
             direct_key(&[(a.clone(), true), (b.clone(), false)]),
             direct_key(&[(b, false), (a, true)])
+        );
+    }
+
+    fn user(s: &str) -> UserId {
+        UserId::try_from(s).unwrap()
+    }
+
+    #[test]
+    fn a_membership_event_and_a_chat_state_each_end_a_run() {
+        let mut join = ev("a", 3);
+        join.membership = Some(parley_client_api::http::chats::MembershipChange {
+            add: vec![user("@c:x.org")],
+            remove: vec![],
+        });
+        let ops = vec![
+            FollowerOp::Event(ev("a", 1)),
+            FollowerOp::Event(ev("b", 1)),
+            FollowerOp::Event(join),
+            FollowerOp::Event(ev("a", 4)),
+            FollowerOp::Snapshot(snap("b")),
+            FollowerOp::Event(ev("b", 2)),
+        ];
+        let shape: Vec<String> = op_runs(&ops)
+            .iter()
+            .map(|r| match r {
+                OpRun::Snapshot(s) => format!("S {}", s.chat_id),
+                OpRun::Events(es) => format!(
+                    "E {}",
+                    es.iter()
+                        .map(|(i, _)| i.to_string())
+                        .collect::<Vec<_>>()
+                        .join(",")
+                ),
+            })
+            .collect();
+        assert_eq!(shape, ["E 0,1", "E 2", "E 3", "S !b:hub.org", "E 5"]);
+    }
+
+    #[test]
+    fn a_run_reaches_every_recipient_device_but_the_senders_and_the_blocked() {
+        let mut direct = ev("d", 7);
+        direct.ts = 100;
+        let group = ev("g", 2);
+        let mut ctx = RunContext::default();
+        for c in ["d", "g"] {
+            ctx.recipients.insert(
+                chat(c),
+                ["@a:hub.org", "@b:x.org"]
+                    .map(String::from)
+                    .into_iter()
+                    .collect(),
+            );
+        }
+        let device = |d: &str| DeviceId::try_from(d).unwrap();
+        // The sender's other device gets the event; the sending device does not.
+        ctx.devices
+            .insert("@a:hub.org".into(), vec![device("D"), device("D2")]);
+        ctx.devices.insert("@b:x.org".into(), vec![device("B1")]);
+        let run = [(4, &direct), (9, &group)];
+        assert_eq!(
+            run_inbox(&run, &ctx),
+            [
+                (4, device("D2")),
+                (4, device("B1")),
+                (9, device("D2")),
+                (9, device("B1")),
+            ]
+        );
+        // b blocked a before the direct message: b's device no longer gets it, but still
+        // gets the group's (a block withholds a group's application messages only in
+        // direct chats).
+        ctx.periods = vec![BlockPeriod {
+            blocker: user("@b:x.org"),
+            blocked: user("@a:hub.org"),
+            since: 50,
+            until: None,
+        }];
+        ctx.kinds.insert(chat("d"), ChatKind::Direct);
+        ctx.kinds.insert(chat("g"), ChatKind::Group);
+        assert_eq!(
+            run_inbox(&run, &ctx),
+            [(4, device("D2")), (9, device("D2")), (9, device("B1"))]
+        );
+    }
+
+    #[test]
+    fn a_runs_heads_take_the_highest_seq_ts_and_the_epoch_after_the_last_commit() {
+        use parley_client_api::http::chats::MlsMeta;
+        let mut commit = ev("a", 2);
+        commit.ts = 30;
+        commit.mls = Some(MlsMeta {
+            kind: MlsKind::Commit,
+            epoch: 4,
+        });
+        let mut app = ev("a", 3);
+        app.ts = 20;
+        app.mls = Some(MlsMeta {
+            kind: MlsKind::Application,
+            epoch: 5,
+        });
+        let other = ev("b", 9);
+        assert_eq!(
+            run_heads(&[(0, &app), (1, &other), (2, &commit)]),
+            [(chat("a"), 3, 30, 5), (chat("b"), 9, 0, 0)]
         );
     }
 }

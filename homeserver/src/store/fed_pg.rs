@@ -3,17 +3,16 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use parley_client_api::http::chats::{ChatEvent, MlsKind, Receipt};
+use parley_client_api::http::chats::{ChatEvent, Receipt};
 use parley_client_api::{ChatId, DeviceId, UserId};
 use sqlx::{Postgres, Row, Transaction};
 
 use super::ReceiptNotice;
 use super::fed::{
-    Applied, ChatSnapshotRow, DestinationRow, FedStore, FollowerOp, NewOutboxRow, OutboxKind,
-    OutboxRow, SendResultRow, direct_key,
+    Applied, ChatSnapshotRow, DestinationRow, FedStore, FollowerOp, NewOutboxRow, OpRun,
+    OutboxKind, OutboxRow, RunContext, SendResultRow, direct_key, op_runs, run_heads, run_inbox,
 };
-use super::pg::{PgStore, event_from_row, upsert_receipts};
-use super::plan::ReceiptRow;
+use super::pg::{PgStore, devices_of, event_from_row, receipts_from_rows, upsert_receipts};
 use super::{
     INBOX_SEND_RESULT, Result, blobs_to_json, epoch_i64, id, kind_from_i16, kind_to_i16,
     membership_to_json, mls_kind_to_i16,
@@ -65,19 +64,6 @@ async fn local_devices(
             .push(id(r.get("device_id"))?);
     }
     Ok(out)
-}
-
-async fn current_members(
-    tx: &mut Transaction<'_, Postgres>,
-    chat_id: &ChatId,
-) -> Result<BTreeSet<String>> {
-    let rows: Vec<String> = sqlx::query_scalar(
-        "SELECT user_id FROM chat_members WHERE chat_id = $1 AND left_at IS NULL",
-    )
-    .bind(chat_id.as_str())
-    .fetch_all(&mut **tx)
-    .await?;
-    Ok(rows.into_iter().collect())
 }
 
 async fn apply_snapshot(
@@ -147,147 +133,199 @@ async fn apply_snapshot(
     Ok(())
 }
 
-/// Takes out of an event's recipients the local users whose block withholds it
-/// (`store::blocks::withheld`): enforced here for events arriving from another hub.
-async fn withhold_blocked(
+/// Stores a run of hub events (each once), applies a membership event's change, moves
+/// the chats' heads and writes inbox rows for the local devices that must see the new
+/// events: a handful of statements per run, whatever its length.
+async fn apply_run(
     tx: &mut Transaction<'_, Postgres>,
-    e: &ChatEvent,
-    recipients: &mut BTreeSet<String>,
-) -> Result<()> {
-    let periods = super::blocks::periods_pg(tx, &[e.sender.as_str()]).await?;
-    if periods.is_empty() {
-        return Ok(());
-    }
-    let kind: Option<i16> = sqlx::query_scalar("SELECT kind FROM chats WHERE chat_id = $1")
-        .bind(e.chat_id.as_str())
-        .fetch_optional(&mut **tx)
-        .await?;
-    let Some(kind) = kind else {
-        return Ok(());
-    };
-    let kind = kind_from_i16(kind)?;
-    super::blocks::withhold_recipients(&periods, kind, e, recipients);
-    Ok(())
-}
-
-/// Stores one hub event (once), applies its membership change, moves the head and
-/// writes inbox rows for the local devices that must see it.
-async fn apply_event(
-    tx: &mut Transaction<'_, Postgres>,
-    e: &ChatEvent,
+    run: &[(usize, &ChatEvent)],
     at: i64,
-) -> Result<Vec<(DeviceId, i64)>> {
-    let inserted = sqlx::query(
+) -> Result<Vec<(DeviceId, i64, usize)>> {
+    let ev = |f: fn(&ChatEvent) -> String| run.iter().map(|(_, e)| f(e)).collect::<Vec<_>>();
+    let stored: Vec<(String, i64)> = sqlx::query_as(
         "INSERT INTO events (chat_id, seq, sender, sender_device, client_msg_id, ts, payload,
                              mls_kind, mls_epoch, membership, blobs)
-         SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11
-         WHERE EXISTS (SELECT 1 FROM chats WHERE chat_id = $1)
-         ON CONFLICT DO NOTHING",
+         SELECT v.c, v.s, v.snd, v.dev, v.cm, v.ts, v.p, v.mk, v.me, v.mb, v.b
+         FROM UNNEST($1::text[], $2::bigint[], $3::text[], $4::text[], $5::text[],
+                     $6::bigint[], $7::bytea[], $8::smallint[], $9::bigint[], $10::text[],
+                     $11::text[]) AS v(c, s, snd, dev, cm, ts, p, mk, me, mb, b)
+         WHERE EXISTS (SELECT 1 FROM chats WHERE chat_id = v.c)
+         ON CONFLICT DO NOTHING
+         RETURNING chat_id, seq",
     )
-    .bind(e.chat_id.as_str())
-    .bind(e.seq)
-    .bind(e.sender.as_str())
-    .bind(e.sender_device.as_str())
-    .bind(&e.client_msg_id)
-    .bind(e.ts)
-    .bind(&e.payload.0)
-    .bind(e.mls.map(|m| mls_kind_to_i16(m.kind)))
-    .bind(e.mls.map(|m| epoch_i64(m.epoch)))
-    .bind(membership_to_json(&e.membership))
-    .bind(blobs_to_json(&e.blobs))
-    .execute(&mut **tx)
-    .await?
-    .rows_affected();
-    if inserted == 0 {
+    .bind(ev(|e| e.chat_id.to_string()))
+    .bind(run.iter().map(|(_, e)| e.seq).collect::<Vec<_>>())
+    .bind(ev(|e| e.sender.to_string()))
+    .bind(ev(|e| e.sender_device.to_string()))
+    .bind(ev(|e| e.client_msg_id.clone()))
+    .bind(run.iter().map(|(_, e)| e.ts).collect::<Vec<_>>())
+    .bind(
+        run.iter()
+            .map(|(_, e)| e.payload.0.clone())
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        run.iter()
+            .map(|(_, e)| e.mls.map(|m| mls_kind_to_i16(m.kind)))
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        run.iter()
+            .map(|(_, e)| e.mls.map(|m| epoch_i64(m.epoch)))
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        run.iter()
+            .map(|(_, e)| membership_to_json(&e.membership))
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        run.iter()
+            .map(|(_, e)| blobs_to_json(&e.blobs))
+            .collect::<Vec<_>>(),
+    )
+    .fetch_all(&mut **tx)
+    .await?;
+    let stored: BTreeSet<(String, i64)> = stored.into_iter().collect();
+    let new: Vec<(usize, &ChatEvent)> = run
+        .iter()
+        .filter(|(_, e)| stored.contains(&(e.chat_id.to_string(), e.seq)))
+        .copied()
+        .collect();
+    if new.is_empty() {
         return Ok(Vec::new());
     }
-    // The event's media references, as on the hub: who may download a blob here, and
+    // The events' media references, as on the hub: who may download a blob here, and
     // which server it is fetched from (the sender's).
-    for blob in &e.blobs {
-        sqlx::query(
-            "INSERT INTO blob_refs (chat_id, seq, hash, ts) VALUES ($1, $2, $3, $4)
-             ON CONFLICT DO NOTHING",
-        )
-        .bind(e.chat_id.as_str())
-        .bind(e.seq)
-        .bind(blob.as_str())
-        .bind(e.ts)
-        .execute(&mut **tx)
-        .await?;
+    for (_, e) in &new {
+        for blob in &e.blobs {
+            sqlx::query(
+                "INSERT INTO blob_refs (chat_id, seq, hash, ts) VALUES ($1, $2, $3, $4)
+                 ON CONFLICT DO NOTHING",
+            )
+            .bind(e.chat_id.as_str())
+            .bind(e.seq)
+            .bind(blob.as_str())
+            .bind(e.ts)
+            .execute(&mut **tx)
+            .await?;
+        }
     }
-    let mut recipients = current_members(tx, &e.chat_id).await?;
-    let change = e.membership.clone().unwrap_or_default();
-    recipients.extend(
-        change
-            .add
-            .iter()
-            .chain(&change.remove)
-            .map(UserId::to_string),
-    );
-    for user in &change.add {
-        sqlx::query(
-            "INSERT INTO chat_members (chat_id, user_id, joined_at) VALUES ($1, $2, $3)
-             ON CONFLICT (chat_id, user_id) DO UPDATE SET left_at = NULL, admin = FALSE,
-                joined_at = EXCLUDED.joined_at",
-        )
-        .bind(e.chat_id.as_str())
-        .bind(user.as_str())
-        .bind(at)
-        .execute(&mut **tx)
-        .await?;
-    }
-    for user in &change.remove {
-        sqlx::query(
-            "UPDATE chat_members SET left_at = $3, admin = FALSE
-             WHERE chat_id = $1 AND user_id = $2 AND left_at IS NULL",
-        )
-        .bind(e.chat_id.as_str())
-        .bind(user.as_str())
-        .bind(at)
-        .execute(&mut **tx)
-        .await?;
-    }
-    let epoch = e
-        .mls
-        .filter(|m| m.kind == MlsKind::Commit)
-        .map(|m| epoch_i64(m.epoch) + 1)
-        .unwrap_or(0);
-    sqlx::query(
-        "UPDATE chats SET last_seq = GREATEST(last_seq, $2), last_ts = GREATEST(last_ts, $3),
-                          mls_epoch = GREATEST(mls_epoch, $4)
-         WHERE chat_id = $1",
+    let heads = run_heads(&new);
+    let chats: Vec<String> = heads.iter().map(|(c, ..)| c.to_string()).collect();
+    let mut ctx = RunContext::default();
+    let members = sqlx::query(
+        "SELECT chat_id, user_id FROM chat_members
+         WHERE chat_id = ANY($1) AND left_at IS NULL",
     )
-    .bind(e.chat_id.as_str())
-    .bind(e.seq)
-    .bind(e.ts)
-    .bind(epoch)
+    .bind(&chats)
+    .fetch_all(&mut **tx)
+    .await?;
+    for r in members {
+        ctx.recipients
+            .entry(id(r.get("chat_id"))?)
+            .or_default()
+            .insert(r.get("user_id"));
+    }
+    // A membership event is a run of its own (`op_runs`): the users it adds or removes
+    // see it too.
+    if let [(_, e)] = new.as_slice()
+        && let Some(change) = &e.membership
+    {
+        ctx.add_membership_recipients(e);
+        for user in &change.add {
+            sqlx::query(
+                "INSERT INTO chat_members (chat_id, user_id, joined_at) VALUES ($1, $2, $3)
+                 ON CONFLICT (chat_id, user_id) DO UPDATE SET left_at = NULL, admin = FALSE,
+                    joined_at = EXCLUDED.joined_at",
+            )
+            .bind(e.chat_id.as_str())
+            .bind(user.as_str())
+            .bind(at)
+            .execute(&mut **tx)
+            .await?;
+        }
+        for user in &change.remove {
+            sqlx::query(
+                "UPDATE chat_members SET left_at = $3, admin = FALSE
+                 WHERE chat_id = $1 AND user_id = $2 AND left_at IS NULL",
+            )
+            .bind(e.chat_id.as_str())
+            .bind(user.as_str())
+            .bind(at)
+            .execute(&mut **tx)
+            .await?;
+        }
+    }
+    sqlx::query(
+        "UPDATE chats SET last_seq = GREATEST(last_seq, v.s), last_ts = GREATEST(last_ts, v.t),
+                          mls_epoch = GREATEST(mls_epoch, v.e)
+         FROM UNNEST($1::text[], $2::bigint[], $3::bigint[], $4::bigint[]) AS v(c, s, t, e)
+         WHERE chats.chat_id = v.c",
+    )
+    .bind(&chats)
+    .bind(heads.iter().map(|h| h.1).collect::<Vec<_>>())
+    .bind(heads.iter().map(|h| h.2).collect::<Vec<_>>())
+    .bind(heads.iter().map(|h| h.3).collect::<Vec<_>>())
     .execute(&mut **tx)
     .await?;
-    withhold_blocked(tx, e, &mut recipients).await?;
-    let devices: Vec<DeviceId> = local_devices(tx, &recipients)
-        .await?
-        .into_values()
-        .flatten()
-        .filter(|d| *d != e.sender_device)
-        .collect();
-    if devices.is_empty() {
+    let senders: BTreeSet<&str> = new.iter().map(|(_, e)| e.sender.as_str()).collect();
+    ctx.periods = super::blocks::periods_pg(tx, &senders.into_iter().collect::<Vec<_>>()).await?;
+    if !ctx.periods.is_empty() {
+        let kinds = sqlx::query("SELECT chat_id, kind FROM chats WHERE chat_id = ANY($1)")
+            .bind(&chats)
+            .fetch_all(&mut **tx)
+            .await?;
+        for r in kinds {
+            ctx.kinds
+                .insert(id(r.get("chat_id"))?, kind_from_i16(r.get("kind"))?);
+        }
+    }
+    ctx.devices = local_devices(tx, &ctx.users()).await?;
+    let inbox = run_inbox(&new, &ctx);
+    if inbox.is_empty() {
         return Ok(Vec::new());
     }
+    let events: std::collections::HashMap<usize, &ChatEvent> = new.iter().copied().collect();
     let rows = sqlx::query(
         "INSERT INTO inbox (device_id, chat_id, kind, seq, sender, created_at)
-         SELECT d, $2, 0, $3, $4, $5 FROM UNNEST($1::text[]) AS v(d)
-         RETURNING id, device_id",
+         SELECT d, c, 0, s, snd, $5
+         FROM UNNEST($1::text[], $2::text[], $3::bigint[], $4::text[]) WITH ORDINALITY
+              AS v(d, c, s, snd, n)
+         ORDER BY n
+         RETURNING id, device_id, chat_id, seq",
     )
-    .bind(devices.iter().map(|d| d.to_string()).collect::<Vec<_>>())
-    .bind(e.chat_id.as_str())
-    .bind(e.seq)
-    .bind(e.sender.as_str())
+    .bind(inbox.iter().map(|(_, d)| d.to_string()).collect::<Vec<_>>())
+    .bind(
+        inbox
+            .iter()
+            .map(|(i, _)| events[i].chat_id.to_string())
+            .collect::<Vec<_>>(),
+    )
+    .bind(inbox.iter().map(|(i, _)| events[i].seq).collect::<Vec<_>>())
+    .bind(
+        inbox
+            .iter()
+            .map(|(i, _)| events[i].sender.to_string())
+            .collect::<Vec<_>>(),
+    )
     .bind(at)
     .fetch_all(&mut **tx)
     .await?;
-    rows.into_iter()
-        .map(|r| Ok((id(r.get("device_id"))?, r.get::<i64, _>("id"))))
-        .collect()
+    // Each (device, chat, seq) is written once: map the new rows back to their ops.
+    let op_of: std::collections::HashMap<(String, i64), usize> = new
+        .iter()
+        .map(|(i, e)| ((e.chat_id.to_string(), e.seq), *i))
+        .collect();
+    let mut out = Vec::with_capacity(rows.len());
+    for r in rows {
+        let key = (r.get::<String, _>("chat_id"), r.get::<i64, _>("seq"));
+        if let Some(i) = op_of.get(&key) {
+            out.push((id(r.get("device_id"))?, r.get::<i64, _>("id"), *i));
+        }
+    }
+    out.sort_by_key(|(_, inbox_id, _)| *inbox_id);
+    Ok(out)
 }
 
 impl FedStore for PgStore {
@@ -460,13 +498,11 @@ impl FedStore for PgStore {
     async fn apply_from_hub(&self, ops: &[FollowerOp], at: i64) -> Result<Applied> {
         let mut tx = self.pool().begin().await?;
         let mut applied = Applied::default();
-        for (i, op) in ops.iter().enumerate() {
-            match op {
-                FollowerOp::Snapshot(s) => apply_snapshot(&mut tx, s, at).await?,
-                FollowerOp::Event(e) => {
-                    for (device, inbox_id) in apply_event(&mut tx, e, at).await? {
-                        applied.inbox.push((device, inbox_id, i));
-                    }
+        for run in op_runs(ops) {
+            match run {
+                OpRun::Snapshot(s) => apply_snapshot(&mut tx, s, at).await?,
+                OpRun::Events(events) => {
+                    applied.inbox.extend(apply_run(&mut tx, &events, at).await?)
                 }
             }
         }
@@ -621,43 +657,52 @@ impl FedStore for PgStore {
         receipts: &[(ChatId, Receipt)],
         at: i64,
     ) -> Result<Vec<ReceiptNotice>> {
-        let mut tx = self.pool().begin().await?;
-        let mut rows = Vec::new();
-        for (chat, r) in receipts {
-            let raised = sqlx::query(
-                "UPDATE chat_members
-                    SET delivered_seq = GREATEST(delivered_seq, $3), read_seq = GREATEST(read_seq, $4)
-                 WHERE chat_id = $1 AND user_id = $2 AND (delivered_seq < $3 OR read_seq < $4)
-                 RETURNING delivered_seq, read_seq",
-            )
-            .bind(chat.as_str())
-            .bind(r.user_id.as_str())
-            .bind(r.delivered_seq)
-            .bind(r.read_seq)
-            .fetch_optional(&mut *tx)
-            .await?;
-            let Some(raised) = raised else { continue };
-            let receipt = Receipt {
-                user_id: r.user_id.clone(),
-                delivered_seq: raised.get("delivered_seq"),
-                read_seq: raised.get("read_seq"),
-            };
-            let devices: Vec<String> = sqlx::query_scalar(
-                "SELECT d.device_id FROM chat_members m JOIN devices d ON d.user_id = m.user_id
-                 WHERE m.chat_id = $1 AND m.left_at IS NULL AND m.user_id <> $2",
-            )
-            .bind(chat.as_str())
-            .bind(r.user_id.as_str())
-            .fetch_all(&mut *tx)
-            .await?;
-            for device in devices {
-                rows.push(ReceiptRow {
-                    device_id: id(device)?,
-                    chat_id: chat.clone(),
-                    receipt: receipt.clone(),
-                });
-            }
+        let receipts = super::plan::fold_receipts(receipts);
+        if receipts.is_empty() {
+            return Ok(Vec::new());
         }
+        let chats: Vec<String> = receipts.iter().map(|(c, _)| c.to_string()).collect();
+        let mut tx = self.pool().begin().await?;
+        let changed = sqlx::query(
+            "UPDATE chat_members m
+                SET delivered_seq = GREATEST(m.delivered_seq, v.d),
+                    read_seq = GREATEST(m.read_seq, v.r)
+             FROM UNNEST($1::text[], $2::text[], $3::bigint[], $4::bigint[]) AS v(c, u, d, r)
+             WHERE m.chat_id = ANY($1) AND m.chat_id = v.c AND m.user_id = v.u
+               AND (m.delivered_seq < v.d OR m.read_seq < v.r)
+             RETURNING m.chat_id, m.user_id, m.delivered_seq, m.read_seq",
+        )
+        .bind(&chats)
+        .bind(
+            receipts
+                .iter()
+                .map(|(_, r)| r.user_id.to_string())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            receipts
+                .iter()
+                .map(|(_, r)| r.delivered_seq)
+                .collect::<Vec<_>>(),
+        )
+        .bind(receipts.iter().map(|(_, r)| r.read_seq).collect::<Vec<_>>())
+        .fetch_all(&mut *tx)
+        .await?;
+        let changed = receipts_from_rows(changed)?;
+        let members: Vec<(String, String)> = sqlx::query_as(
+            "SELECT chat_id, user_id FROM chat_members WHERE chat_id = ANY($1) AND left_at IS NULL",
+        )
+        .bind(&chats)
+        .fetch_all(&mut *tx)
+        .await?;
+        let members: Vec<(ChatId, UserId)> = members
+            .into_iter()
+            .map(|(c, u)| Ok((id(c)?, id(u)?)))
+            .collect::<Result<_>>()?;
+        let notify = super::plan::notify_other_members(&changed, &members);
+        let users: BTreeSet<UserId> = notify.values().flatten().cloned().collect();
+        let devices = devices_of(&mut tx, &users).await?;
+        let rows = super::plan::receipt_rows(&changed, &notify, &devices, None);
         let notices = upsert_receipts(&mut tx, rows, at).await?;
         tx.commit().await?;
         Ok(notices)

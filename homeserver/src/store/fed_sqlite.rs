@@ -2,17 +2,18 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use parley_client_api::http::chats::{ChatEvent, MlsKind, Receipt};
+use parley_client_api::http::chats::{ChatEvent, Receipt};
 use parley_client_api::{ChatId, DeviceId, UserId};
 use sqlx::{Row, Sqlite, Transaction};
 
 use super::ReceiptNotice;
 use super::fed::{
-    Applied, ChatSnapshotRow, DestinationRow, FedStore, FollowerOp, NewOutboxRow, OutboxKind,
-    OutboxRow, SendResultRow, direct_key,
+    Applied, ChatSnapshotRow, DestinationRow, FedStore, FollowerOp, NewOutboxRow, OpRun,
+    OutboxKind, OutboxRow, RunContext, SendResultRow, direct_key, op_runs, run_heads, run_inbox,
 };
-use super::plan::ReceiptRow;
-use super::sqlite::{SqliteStore, event_from_row, json_list, upsert_receipts};
+use super::sqlite::{
+    SqliteStore, devices_of, event_from_row, json_list, receipt_from_row, upsert_receipts,
+};
 use super::{
     INBOX_SEND_RESULT, Result, blobs_to_json, epoch_i64, id, kind_from_i16, kind_to_i16,
     membership_to_json, mls_kind_to_i16,
@@ -41,21 +42,28 @@ pub(super) async fn insert_outbox(
     Ok(ids)
 }
 
+/// Local devices per user.
 async fn local_devices(
     tx: &mut Transaction<'_, Sqlite>,
     users: &BTreeSet<String>,
-) -> Result<Vec<DeviceId>> {
+) -> Result<BTreeMap<String, Vec<DeviceId>>> {
+    let mut out: BTreeMap<String, Vec<DeviceId>> = BTreeMap::new();
     if users.is_empty() {
-        return Ok(Vec::new());
+        return Ok(out);
     }
-    let rows: Vec<String> = sqlx::query_scalar(
-        "SELECT device_id FROM devices WHERE user_id IN (SELECT value FROM json_each(?1))
+    let rows = sqlx::query(
+        "SELECT user_id, device_id FROM devices WHERE user_id IN (SELECT value FROM json_each(?1))
          ORDER BY device_id",
     )
     .bind(json_list(users))
     .fetch_all(&mut **tx)
     .await?;
-    rows.into_iter().map(id).collect()
+    for r in rows {
+        out.entry(r.get("user_id"))
+            .or_default()
+            .push(id(r.get("device_id"))?);
+    }
+    Ok(out)
 }
 
 async fn apply_snapshot(
@@ -118,134 +126,138 @@ async fn apply_snapshot(
     Ok(())
 }
 
-/// Takes out of an event's recipients the local users whose block withholds it
-/// (`store::blocks::withheld`): enforced here for events arriving from another hub.
-async fn withhold_blocked(
+/// Stores a run of hub events (each once), applies a membership event's change, moves
+/// the chats' heads and writes inbox rows for the local devices that must see the new
+/// events. Members, blocks and devices are read once per run.
+async fn apply_run(
     tx: &mut Transaction<'_, Sqlite>,
-    e: &ChatEvent,
-    recipients: &mut BTreeSet<String>,
-) -> Result<()> {
-    let periods = super::blocks::periods_sqlite(tx, &[e.sender.as_str()]).await?;
-    if periods.is_empty() {
-        return Ok(());
-    }
-    let kind: Option<i16> = sqlx::query_scalar("SELECT kind FROM chats WHERE chat_id = ?1")
-        .bind(e.chat_id.as_str())
-        .fetch_optional(&mut **tx)
-        .await?;
-    let Some(kind) = kind else {
-        return Ok(());
-    };
-    let kind = kind_from_i16(kind)?;
-    super::blocks::withhold_recipients(&periods, kind, e, recipients);
-    Ok(())
-}
-
-/// Stores one hub event (once), applies its membership change, moves the head and
-/// writes inbox rows for the local devices that must see it.
-async fn apply_event(
-    tx: &mut Transaction<'_, Sqlite>,
-    e: &ChatEvent,
+    run: &[(usize, &ChatEvent)],
     at: i64,
-) -> Result<Vec<(DeviceId, i64)>> {
-    let inserted = sqlx::query(
-        "INSERT INTO events (chat_id, seq, sender, sender_device, client_msg_id, ts, payload,
-                             mls_kind, mls_epoch, membership, blobs)
-         SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11
-         WHERE EXISTS (SELECT 1 FROM chats WHERE chat_id = ?1)
-         ON CONFLICT DO NOTHING",
-    )
-    .bind(e.chat_id.as_str())
-    .bind(e.seq)
-    .bind(e.sender.as_str())
-    .bind(e.sender_device.as_str())
-    .bind(&e.client_msg_id)
-    .bind(e.ts)
-    .bind(&e.payload.0)
-    .bind(e.mls.map(|m| mls_kind_to_i16(m.kind)))
-    .bind(e.mls.map(|m| epoch_i64(m.epoch)))
-    .bind(membership_to_json(&e.membership))
-    .bind(blobs_to_json(&e.blobs))
-    .execute(&mut **tx)
-    .await?
-    .rows_affected();
-    if inserted == 0 {
-        return Ok(Vec::new());
-    }
-    // The event's media references, as on the hub: who may download a blob here, and
-    // which server it is fetched from (the sender's).
-    for blob in &e.blobs {
-        sqlx::query(
-            "INSERT INTO blob_refs (chat_id, seq, hash, ts) VALUES (?1, ?2, ?3, ?4)
+) -> Result<Vec<(DeviceId, i64, usize)>> {
+    let mut new: Vec<(usize, &ChatEvent)> = Vec::with_capacity(run.len());
+    for (i, e) in run {
+        let inserted = sqlx::query(
+            "INSERT INTO events (chat_id, seq, sender, sender_device, client_msg_id, ts, payload,
+                                 mls_kind, mls_epoch, membership, blobs)
+             SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11
+             WHERE EXISTS (SELECT 1 FROM chats WHERE chat_id = ?1)
              ON CONFLICT DO NOTHING",
         )
         .bind(e.chat_id.as_str())
         .bind(e.seq)
-        .bind(blob.as_str())
+        .bind(e.sender.as_str())
+        .bind(e.sender_device.as_str())
+        .bind(&e.client_msg_id)
         .bind(e.ts)
+        .bind(&e.payload.0)
+        .bind(e.mls.map(|m| mls_kind_to_i16(m.kind)))
+        .bind(e.mls.map(|m| epoch_i64(m.epoch)))
+        .bind(membership_to_json(&e.membership))
+        .bind(blobs_to_json(&e.blobs))
         .execute(&mut **tx)
-        .await?;
-    }
-    let current: Vec<String> = sqlx::query_scalar(
-        "SELECT user_id FROM chat_members WHERE chat_id = ?1 AND left_at IS NULL",
-    )
-    .bind(e.chat_id.as_str())
-    .fetch_all(&mut **tx)
-    .await?;
-    let mut recipients: BTreeSet<String> = current.into_iter().collect();
-    let change = e.membership.clone().unwrap_or_default();
-    recipients.extend(
-        change
-            .add
-            .iter()
-            .chain(&change.remove)
-            .map(UserId::to_string),
-    );
-    for user in &change.add {
-        sqlx::query(
-            "INSERT INTO chat_members (chat_id, user_id, joined_at) VALUES (?1, ?2, ?3)
-             ON CONFLICT (chat_id, user_id) DO UPDATE SET left_at = NULL, admin = 0,
-                joined_at = excluded.joined_at",
-        )
-        .bind(e.chat_id.as_str())
-        .bind(user.as_str())
-        .bind(at)
-        .execute(&mut **tx)
-        .await?;
-    }
-    for user in &change.remove {
-        sqlx::query(
-            "UPDATE chat_members SET left_at = ?3, admin = 0
-             WHERE chat_id = ?1 AND user_id = ?2 AND left_at IS NULL",
-        )
-        .bind(e.chat_id.as_str())
-        .bind(user.as_str())
-        .bind(at)
-        .execute(&mut **tx)
-        .await?;
-    }
-    let epoch = e
-        .mls
-        .filter(|m| m.kind == MlsKind::Commit)
-        .map(|m| epoch_i64(m.epoch) + 1)
-        .unwrap_or(0);
-    sqlx::query(
-        "UPDATE chats SET last_seq = MAX(last_seq, ?2), last_ts = MAX(last_ts, ?3),
-                          mls_epoch = MAX(mls_epoch, ?4)
-         WHERE chat_id = ?1",
-    )
-    .bind(e.chat_id.as_str())
-    .bind(e.seq)
-    .bind(e.ts)
-    .bind(epoch)
-    .execute(&mut **tx)
-    .await?;
-    withhold_blocked(tx, e, &mut recipients).await?;
-    let mut out = Vec::new();
-    for device in local_devices(tx, &recipients).await? {
-        if device == e.sender_device {
+        .await?
+        .rows_affected();
+        if inserted == 0 {
             continue;
         }
+        // The event's media references, as on the hub: who may download a blob here,
+        // and which server it is fetched from (the sender's).
+        for blob in &e.blobs {
+            sqlx::query(
+                "INSERT INTO blob_refs (chat_id, seq, hash, ts) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT DO NOTHING",
+            )
+            .bind(e.chat_id.as_str())
+            .bind(e.seq)
+            .bind(blob.as_str())
+            .bind(e.ts)
+            .execute(&mut **tx)
+            .await?;
+        }
+        new.push((*i, *e));
+    }
+    if new.is_empty() {
+        return Ok(Vec::new());
+    }
+    let heads = run_heads(&new);
+    let chats = json_list(heads.iter().map(|(c, ..)| c.as_str()));
+    let mut ctx = RunContext::default();
+    let members = sqlx::query(
+        "SELECT chat_id, user_id FROM chat_members
+         WHERE chat_id IN (SELECT value FROM json_each(?1)) AND left_at IS NULL",
+    )
+    .bind(&chats)
+    .fetch_all(&mut **tx)
+    .await?;
+    for r in members {
+        ctx.recipients
+            .entry(id(r.get("chat_id"))?)
+            .or_default()
+            .insert(r.get("user_id"));
+    }
+    // A membership event is a run of its own (`op_runs`): the users it adds or removes
+    // see it too.
+    if let [(_, e)] = new.as_slice()
+        && let Some(change) = &e.membership
+    {
+        ctx.add_membership_recipients(e);
+        for user in &change.add {
+            sqlx::query(
+                "INSERT INTO chat_members (chat_id, user_id, joined_at) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (chat_id, user_id) DO UPDATE SET left_at = NULL, admin = 0,
+                    joined_at = excluded.joined_at",
+            )
+            .bind(e.chat_id.as_str())
+            .bind(user.as_str())
+            .bind(at)
+            .execute(&mut **tx)
+            .await?;
+        }
+        for user in &change.remove {
+            sqlx::query(
+                "UPDATE chat_members SET left_at = ?3, admin = 0
+                 WHERE chat_id = ?1 AND user_id = ?2 AND left_at IS NULL",
+            )
+            .bind(e.chat_id.as_str())
+            .bind(user.as_str())
+            .bind(at)
+            .execute(&mut **tx)
+            .await?;
+        }
+    }
+    for (chat, seq, ts, epoch) in &heads {
+        sqlx::query(
+            "UPDATE chats SET last_seq = MAX(last_seq, ?2), last_ts = MAX(last_ts, ?3),
+                              mls_epoch = MAX(mls_epoch, ?4)
+             WHERE chat_id = ?1",
+        )
+        .bind(chat.as_str())
+        .bind(seq)
+        .bind(ts)
+        .bind(epoch)
+        .execute(&mut **tx)
+        .await?;
+    }
+    let senders: BTreeSet<&str> = new.iter().map(|(_, e)| e.sender.as_str()).collect();
+    ctx.periods =
+        super::blocks::periods_sqlite(tx, &senders.into_iter().collect::<Vec<_>>()).await?;
+    if !ctx.periods.is_empty() {
+        let kinds = sqlx::query(
+            "SELECT chat_id, kind FROM chats WHERE chat_id IN (SELECT value FROM json_each(?1))",
+        )
+        .bind(&chats)
+        .fetch_all(&mut **tx)
+        .await?;
+        for r in kinds {
+            ctx.kinds
+                .insert(id(r.get("chat_id"))?, kind_from_i16(r.get("kind"))?);
+        }
+    }
+    ctx.devices = local_devices(tx, &ctx.users()).await?;
+    let events: std::collections::HashMap<usize, &ChatEvent> = new.iter().copied().collect();
+    let mut out = Vec::new();
+    for (i, device) in run_inbox(&new, &ctx) {
+        let e = events[&i];
         let inbox_id: i64 = sqlx::query_scalar(
             "INSERT INTO inbox (device_id, chat_id, kind, seq, sender, created_at)
              VALUES (?1, ?2, 0, ?3, ?4, ?5) RETURNING id",
@@ -257,7 +269,7 @@ async fn apply_event(
         .bind(at)
         .fetch_one(&mut **tx)
         .await?;
-        out.push((device, inbox_id));
+        out.push((device, inbox_id, i));
     }
     Ok(out)
 }
@@ -434,13 +446,11 @@ impl FedStore for SqliteStore {
     async fn apply_from_hub(&self, ops: &[FollowerOp], at: i64) -> Result<Applied> {
         let mut tx = self.write_tx().await?;
         let mut applied = Applied::default();
-        for (i, op) in ops.iter().enumerate() {
-            match op {
-                FollowerOp::Snapshot(s) => apply_snapshot(&mut tx, s, at).await?,
-                FollowerOp::Event(e) => {
-                    for (device, inbox_id) in apply_event(&mut tx, e, at).await? {
-                        applied.inbox.push((device, inbox_id, i));
-                    }
+        for run in op_runs(ops) {
+            match run {
+                OpRun::Snapshot(s) => apply_snapshot(&mut tx, s, at).await?,
+                OpRun::Events(events) => {
+                    applied.inbox.extend(apply_run(&mut tx, &events, at).await?)
                 }
             }
         }
@@ -602,14 +612,18 @@ impl FedStore for SqliteStore {
         receipts: &[(ChatId, Receipt)],
         at: i64,
     ) -> Result<Vec<ReceiptNotice>> {
+        let receipts = super::plan::fold_receipts(receipts);
+        if receipts.is_empty() {
+            return Ok(Vec::new());
+        }
         let mut tx = self.write_tx().await?;
-        let mut rows = Vec::new();
-        for (chat, r) in receipts {
+        let mut changed = Vec::new();
+        for (chat, r) in &receipts {
             let raised = sqlx::query(
                 "UPDATE chat_members
                     SET delivered_seq = MAX(delivered_seq, ?3), read_seq = MAX(read_seq, ?4)
                  WHERE chat_id = ?1 AND user_id = ?2 AND (delivered_seq < ?3 OR read_seq < ?4)
-                 RETURNING delivered_seq, read_seq",
+                 RETURNING chat_id, user_id, delivered_seq, read_seq",
             )
             .bind(chat.as_str())
             .bind(r.user_id.as_str())
@@ -617,28 +631,25 @@ impl FedStore for SqliteStore {
             .bind(r.read_seq)
             .fetch_optional(&mut *tx)
             .await?;
-            let Some(raised) = raised else { continue };
-            let receipt = Receipt {
-                user_id: r.user_id.clone(),
-                delivered_seq: raised.get("delivered_seq"),
-                read_seq: raised.get("read_seq"),
-            };
-            let devices: Vec<String> = sqlx::query_scalar(
-                "SELECT d.device_id FROM chat_members m JOIN devices d ON d.user_id = m.user_id
-                 WHERE m.chat_id = ?1 AND m.left_at IS NULL AND m.user_id <> ?2",
-            )
-            .bind(chat.as_str())
-            .bind(r.user_id.as_str())
-            .fetch_all(&mut *tx)
-            .await?;
-            for device in devices {
-                rows.push(ReceiptRow {
-                    device_id: id(device)?,
-                    chat_id: chat.clone(),
-                    receipt: receipt.clone(),
-                });
+            if let Some(row) = raised {
+                changed.push(receipt_from_row(&row)?);
             }
         }
+        let members: Vec<(String, String)> = sqlx::query_as(
+            "SELECT chat_id, user_id FROM chat_members
+             WHERE chat_id IN (SELECT value FROM json_each(?1)) AND left_at IS NULL",
+        )
+        .bind(json_list(changed.iter().map(|(c, _)| c.as_str())))
+        .fetch_all(&mut *tx)
+        .await?;
+        let members: Vec<(ChatId, UserId)> = members
+            .into_iter()
+            .map(|(c, u)| Ok((id(c)?, id(u)?)))
+            .collect::<Result<_>>()?;
+        let notify = super::plan::notify_other_members(&changed, &members);
+        let users: BTreeSet<UserId> = notify.values().flatten().cloned().collect();
+        let devices = devices_of(&mut tx, &users).await?;
+        let rows = super::plan::receipt_rows(&changed, &notify, &devices, None);
         let notices = upsert_receipts(&mut tx, rows, at).await?;
         tx.commit().await?;
         Ok(notices)

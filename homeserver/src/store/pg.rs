@@ -67,7 +67,7 @@ fn strs<T: AsRef<str>>(v: impl IntoIterator<Item = T>) -> Vec<String> {
 }
 
 /// Devices of the given users.
-async fn devices_of(
+pub(super) async fn devices_of(
     tx: &mut Transaction<'_, Postgres>,
     users: &BTreeSet<UserId>,
 ) -> Result<HashMap<UserId, Vec<DeviceId>>> {
@@ -1463,7 +1463,9 @@ async fn key_package_count(
     })
 }
 
-fn receipts_from_rows(rows: Vec<sqlx::postgres::PgRow>) -> Result<Vec<(ChatId, Receipt)>> {
+pub(super) fn receipts_from_rows(
+    rows: Vec<sqlx::postgres::PgRow>,
+) -> Result<Vec<(ChatId, Receipt)>> {
     rows.into_iter()
         .map(|r| {
             Ok((

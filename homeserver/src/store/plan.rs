@@ -447,6 +447,56 @@ pub fn receipt_rows(
     rows
 }
 
+/// Receipts another server reported, folded to the highest per `(chat, member)` and
+/// sorted (so concurrent writers lock members' rows in one order). Pure.
+pub fn fold_receipts(receipts: &[(ChatId, Receipt)]) -> Vec<(ChatId, Receipt)> {
+    let mut folded: BTreeMap<(ChatId, UserId), (i64, i64)> = BTreeMap::new();
+    for (chat, r) in receipts {
+        let e = folded
+            .entry((chat.clone(), r.user_id.clone()))
+            .or_insert((r.delivered_seq, r.read_seq));
+        *e = (e.0.max(r.delivered_seq), e.1.max(r.read_seq));
+    }
+    folded
+        .into_iter()
+        .map(|((chat, user_id), (delivered_seq, read_seq))| {
+            (
+                chat,
+                Receipt {
+                    user_id,
+                    delivered_seq,
+                    read_seq,
+                },
+            )
+        })
+        .collect()
+}
+
+/// Who hears of a member's receipt that another server reported: the chat's other
+/// current members (`members`: `(chat, member)` pairs). Pure.
+pub fn notify_other_members(
+    changed: &[(ChatId, Receipt)],
+    members: &[(ChatId, UserId)],
+) -> BTreeMap<(ChatId, UserId), BTreeSet<UserId>> {
+    let mut of_chat: BTreeMap<&ChatId, BTreeSet<&UserId>> = BTreeMap::new();
+    for (chat, user) in members {
+        of_chat.entry(chat).or_default().insert(user);
+    }
+    changed
+        .iter()
+        .map(|(chat, r)| {
+            let others = of_chat
+                .get(chat)
+                .into_iter()
+                .flatten()
+                .filter(|u| **u != &r.user_id)
+                .map(|u| (*u).clone())
+                .collect();
+            ((chat.clone(), r.user_id.clone()), others)
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -759,5 +809,28 @@ mod tests {
         );
         let to: Vec<_> = rows.iter().map(|r| r.device_id.as_str()).collect();
         assert_eq!(to, vec!["A1", "C1"]);
+    }
+
+    #[test]
+    fn remote_receipts_fold_to_the_highest_and_reach_the_other_members() {
+        let r = |user: &str, delivered_seq, read_seq| Receipt {
+            user_id: u(user),
+            delivered_seq,
+            read_seq,
+        };
+        let folded = fold_receipts(&[
+            (c("a"), r("bob", 5, 2)),
+            (c("a"), r("bob", 4, 3)),
+            (c("a"), r("al", 1, 0)),
+        ]);
+        assert_eq!(folded, [(c("a"), r("al", 1, 0)), (c("a"), r("bob", 5, 3))]);
+        let notify = notify_other_members(
+            &folded[1..],
+            &[(c("a"), u("al")), (c("a"), u("bob")), (c("b"), u("cy"))],
+        );
+        assert_eq!(
+            notify,
+            BTreeMap::from([((c("a"), u("bob")), BTreeSet::from([u("al")]))])
+        );
     }
 }

@@ -83,7 +83,7 @@ fn is_unique_violation(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Database(db) if db.is_unique_violation())
 }
 
-async fn devices_of(
+pub(super) async fn devices_of(
     tx: &mut Transaction<'_, Sqlite>,
     users: &BTreeSet<UserId>,
 ) -> Result<HashMap<UserId, Vec<DeviceId>>> {
@@ -166,7 +166,7 @@ pub(super) async fn upsert_receipts(
     Ok(notices)
 }
 
-fn receipt_from_row(r: &SqliteRow) -> Result<(ChatId, Receipt)> {
+pub(super) fn receipt_from_row(r: &SqliteRow) -> Result<(ChatId, Receipt)> {
     Ok((
         id(r.get("chat_id"))?,
         Receipt {
