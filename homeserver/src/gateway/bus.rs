@@ -14,10 +14,11 @@
 //! One task owns the NATS subscriptions; the registry talks to it through a bounded
 //! queue and never waits on it.
 //!
-//! "Does any node hold device X's socket?" (push, for a device with no socket here) is a
-//! NATS request on the device's subject ([`Probe`]): the node subscribed to it answers
-//! at once from its bus task; with no subscriber the NATS server answers "no
-//! responders" at once. No map of our own, again.
+//! "Does any node hold device X's socket?" (push, for a device with no socket here;
+//! presence, for a user online on another node) is a NATS request on the device's
+//! subject ([`Probe`]): the node subscribed to it answers at once from its bus task with
+//! its node id; with no subscriber the NATS server answers "no responders" at once. No
+//! map of our own, again.
 
 use std::collections::HashMap;
 
@@ -148,30 +149,31 @@ fn subject(device: &DeviceId) -> String {
 /// bus task; "no responders" comes back at once).
 const PROBE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
-/// Asks the domain whether a node holds a device's socket (a NATS request on the
-/// device's subject). Called by the push task, concurrently with the bus task.
+/// Asks the domain which node holds a device's socket (a NATS request on the device's
+/// subject). Called by the push task and presence, concurrently with the bus task.
 #[derive(Clone)]
 pub(super) struct Probe {
     client: async_nats::Client,
+    /// This node's id (as the bus task answers probes).
+    pub(super) node: String,
 }
 
 impl Probe {
-    pub(super) async fn connected(&self, device: &DeviceId) -> bool {
-        let Ok(body) = serde_json::to_vec(&Wire::Probe) else {
-            return false;
-        };
+    /// The id of the node holding the device's socket; `None`: no node (or no answer).
+    pub(super) async fn holder(&self, device: &DeviceId) -> Option<String> {
+        let body = serde_json::to_vec(&Wire::Probe).ok()?;
         let request = self.client.request(subject(device), body.into());
         match tokio::time::timeout(PROBE_TIMEOUT, request).await {
-            Ok(Ok(_answer)) => true,
+            Ok(Ok(answer)) => Some(String::from_utf8_lossy(&answer.payload).into_owned()),
             Ok(Err(e)) => {
                 if e.kind() != async_nats::RequestErrorKind::NoResponders {
                     tracing::warn!(%device, error = %e, "bus probe failed");
                 }
-                false
+                None
             }
             Err(_) => {
                 tracing::warn!(%device, "bus probe timed out");
-                false
+                None
             }
         }
     }
@@ -188,13 +190,15 @@ pub(super) async fn start(
     let (tx, rx) = mpsc::channel(64 * 1024);
     let probe = Probe {
         client: client.clone(),
+        node: node.clone(),
     };
-    tokio::spawn(run(client, rx, to_registry));
+    tokio::spawn(run(client, node.clone(), rx, to_registry));
     Ok((BusHandle { tx, node }, probe))
 }
 
 async fn run(
     client: async_nats::Client,
+    node: String,
     mut rx: mpsc::Receiver<Cmd>,
     to_registry: mpsc::Sender<(DeviceId, Wire)>,
 ) {
@@ -256,7 +260,7 @@ async fn run(
                     Ok(Wire::Probe) => {
                         // Subscribed: the socket is on this node.
                         if let Some(reply) = reply
-                            && let Err(e) = client.publish(reply, "1".into()).await
+                            && let Err(e) = client.publish(reply, node.clone().into()).await
                         {
                             tracing::warn!(error = %e, "bus probe answer failed");
                         }

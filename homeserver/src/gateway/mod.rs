@@ -132,7 +132,7 @@ impl Gateway {
     /// push is sent rather than missed.
     pub async fn connected_anywhere(&self, device: &DeviceId) -> bool {
         match &self.probe {
-            Some(probe) => probe.connected(device).await,
+            Some(probe) => probe.holder(device).await.is_some(),
             None => {
                 let (tx, rx) = oneshot::channel();
                 if self
@@ -145,6 +145,18 @@ impl Gateway {
                 }
                 rx.await.unwrap_or(false)
             }
+        }
+    }
+
+    /// Whether another node of the domain holds the device's socket (false without a
+    /// bus, or when the bus does not answer).
+    pub async fn connected_elsewhere(&self, device: &DeviceId) -> bool {
+        match &self.probe {
+            Some(probe) => probe
+                .holder(device)
+                .await
+                .is_some_and(|node| node != probe.node),
+            None => false,
         }
     }
 

@@ -10,7 +10,7 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use parley_client_api::http::chats::{ChatEvent, ChatKind};
+use parley_client_api::http::chats::{ChatEvent, ChatKind, Receipt};
 use parley_client_api::{BlobHash, ChatId, UserId};
 use parley_federation::api::send::{self, EntryError, EventResult, SendResult};
 use parley_federation::api::{ChatSnapshot, HubSend};
@@ -20,7 +20,7 @@ use super::relay::convert;
 use super::{ServiceError, Services};
 use crate::clock::now_ms;
 use crate::gateway::Outbound;
-use crate::store::fed::{ChatSnapshotRow, FedStore, FollowerOp, order_follower_ops};
+use crate::store::fed::{ChatSnapshotRow, FedStore, FollowerOp, Received, order_follower_ops};
 use crate::store::{SendOutcome, SendRequest};
 
 fn reject(error: FedErrorCode, message: impl Into<String>) -> EntryError {
@@ -69,19 +69,24 @@ pub async fn receive(
     if let Some(first) = services.store.received_txn(origin.as_str(), txn_id).await? {
         return serde_json::from_str(&first).map_err(|e| ServiceError::Internal(e.to_string()));
     }
-    let response = send::Response {
-        sends: hub_sends(services, origin, request.sends).await,
-        events: follower_events(services, origin, request.chats, request.events).await?,
-    };
-    receipts(services, origin, request.receipts).await?;
+    // Sends and leaves commit on their own (each is idempotent: a resend of this
+    // transaction finds them done); receipts are passed on to the other followers before
+    // anything is recorded. The rest — the hub's chat states and events, receipts, and
+    // the record of this answer — commits in one store transaction.
+    let sends = hub_sends(services, origin, request.sends).await;
     leaves(services, origin, request.leaves).await?;
-    let json =
-        serde_json::to_string(&response).map_err(|e| ServiceError::Internal(e.to_string()))?;
-    services
-        .store
-        .save_received_txn(origin.as_str(), txn_id, &json, now_ms())
-        .await?;
-    Ok(response)
+    let receipts = accepted_receipts(services, origin, request.receipts);
+    pass_on_receipts(services, origin, &receipts).await?;
+    follower_apply(
+        services,
+        origin,
+        txn_id,
+        sends,
+        request.chats,
+        request.events,
+        receipts,
+    )
+    .await
 }
 
 /// As the hub: sequences the origin's users' sends. A chat's sends go one after the
@@ -219,16 +224,17 @@ pub fn outcome_to_result(outcome: SendOutcome) -> SendResult {
 }
 
 /// As a follower: checks that `origin` hosts each chat and that we have members in it,
-/// applies states and events in order, and pushes the new inbox rows live.
-async fn follower_events(
+/// then applies states, events and receipts in order, records the answer, and pushes the
+/// new inbox rows live.
+async fn follower_apply(
     services: &Services,
     origin: &ServerName,
+    txn_id: &str,
+    sends: Vec<SendResult>,
     chats: Vec<ChatSnapshot>,
     events: Vec<parley_federation::api::FedEvent>,
-) -> Result<Vec<EventResult>, ServiceError> {
-    if chats.is_empty() && events.is_empty() {
-        return Ok(Vec::new());
-    }
+    receipts: Vec<(ChatId, Receipt)>,
+) -> Result<send::Response, ServiceError> {
     let local = services.config.server_name.as_str();
     let mut snapshots = Vec::new();
     for s in chats {
@@ -241,8 +247,8 @@ async fn follower_events(
     }
     // Chats we will know after this transaction: those we have, plus accepted states.
     let mut ids: Vec<ChatId> = snapshots.iter().map(|(s, _)| s.chat_id.clone()).collect();
-    let mut results: Vec<Option<EventResult>> = Vec::with_capacity(events.len());
-    let mut accepted: Vec<(usize, ChatEvent)> = Vec::new();
+    let mut results: Vec<EventResult> = Vec::with_capacity(events.len());
+    let mut accepted: Vec<ChatEvent> = Vec::new();
     let mut parsed = Vec::with_capacity(events.len());
     for e in &events {
         let event: Result<ChatEvent, EntryError> =
@@ -252,40 +258,58 @@ async fn follower_events(
         }
         parsed.push(event);
     }
-    let existing: HashSet<ChatId> = services
-        .store
-        .known_chats(&ids)
-        .await?
-        .into_iter()
-        .collect();
+    let existing: HashSet<ChatId> = if ids.is_empty() {
+        HashSet::new()
+    } else {
+        services
+            .store
+            .known_chats(&ids)
+            .await?
+            .into_iter()
+            .collect()
+    };
     let with_state: HashSet<ChatId> = snapshots.iter().map(|(s, _)| s.chat_id.clone()).collect();
-    for (i, event) in parsed.into_iter().enumerate() {
-        let result = match event {
-            Err(e) => Some(EventResult::Rejected(e)),
-            Ok(ev) if ev.chat_id.hub() != origin.as_str() => Some(EventResult::Rejected(reject(
+    for event in parsed {
+        results.push(match event {
+            Err(e) => EventResult::Rejected(e),
+            Ok(ev) if ev.chat_id.hub() != origin.as_str() => EventResult::Rejected(reject(
                 FedErrorCode::Forbidden,
                 format!("{origin} does not host {}", ev.chat_id),
-            ))),
+            )),
             Ok(ev) if !existing.contains(&ev.chat_id) && !with_state.contains(&ev.chat_id) => {
-                Some(EventResult::Rejected(reject(
+                EventResult::Rejected(reject(
                     FedErrorCode::NotMember,
                     format!("{} has no members here", ev.chat_id),
-                )))
+                ))
             }
             Ok(ev) => {
-                accepted.push((i, ev));
-                None
+                let stored = EventResult::Stored { seq: ev.seq };
+                accepted.push(ev);
+                stored
             }
-        };
-        results.push(result);
+        });
     }
     let known = |c: &ChatId| existing.contains(c);
-    let ops = order_follower_ops(
-        snapshots,
-        accepted.iter().map(|(_, e)| e.clone()).collect(),
-        &known,
-    );
-    let applied = services.store.apply_from_hub(&ops, now_ms()).await?;
+    let ops = order_follower_ops(snapshots, accepted, &known);
+    let response = send::Response {
+        sends,
+        events: results,
+    };
+    let json =
+        serde_json::to_string(&response).map_err(|e| ServiceError::Internal(e.to_string()))?;
+    let applied = services
+        .store
+        .receive_transaction(
+            &Received {
+                origin: origin.as_str(),
+                txn_id,
+                response: &json,
+                ops: &ops,
+                receipts: &receipts,
+            },
+            now_ms(),
+        )
+        .await?;
     // Push what landed in local inboxes.
     let mut deliveries = Vec::new();
     let mut json: std::collections::HashMap<usize, Arc<str>> = std::collections::HashMap::new();
@@ -313,23 +337,17 @@ async fn follower_events(
         ));
     }
     services.gateway.deliver(deliveries).await;
-    for (i, ev) in accepted {
-        results[i] = Some(EventResult::Stored { seq: ev.seq });
-    }
-    Ok(results.into_iter().flatten().collect())
+    super::inbox::push_receipts(&services.gateway, applied.notices).await;
+    Ok(response)
 }
 
-/// Members' receipts from `origin`: its own users' (we are the hub, or it is), or any
-/// member's when `origin` is the chat's hub. Raised here, pushed to local devices, and,
-/// for chats we host, passed on to the other followers.
-async fn receipts(
+/// Members' receipts `origin` may report: its own users' (for chats we host), or any
+/// member's when `origin` is the chat's hub.
+fn accepted_receipts(
     services: &Services,
     origin: &ServerName,
     receipts: Vec<parley_federation::api::FedReceipt>,
-) -> Result<(), ServiceError> {
-    if receipts.is_empty() {
-        return Ok(());
-    }
+) -> Vec<(ChatId, Receipt)> {
     let local = services.config.server_name.as_str();
     let mut accepted = Vec::new();
     for r in receipts {
@@ -347,33 +365,41 @@ async fn receipts(
         }
         accepted.push((
             chat,
-            parley_client_api::http::chats::Receipt {
+            Receipt {
                 user_id: user,
                 delivered_seq: r.delivered_seq,
                 read_seq: r.read_seq,
             },
         ));
     }
-    let notices = services
-        .store
-        .apply_remote_receipts(&accepted, now_ms())
-        .await?;
-    super::inbox::push_receipts(&services.gateway, notices).await;
-    if let Some(relay) = &services.relay {
-        let hosted: Vec<(ChatId, UserId)> = accepted
-            .into_iter()
-            .filter(|(c, _)| c.hub() == local)
-            .map(|(c, r)| (c, r.user_id))
-            .collect();
-        super::relay::federate_receipts(
-            &services.store,
-            relay,
-            local,
-            hosted,
-            Some(origin.as_str()),
-        )
-        .await?;
-    }
+    accepted
+}
+
+/// For chats we host: queues the origin's users' receipts for the other followers (as
+/// received; a follower keeps the highest it hears). Done before the transaction is
+/// recorded, so a crash in between resends it rather than loses them.
+async fn pass_on_receipts(
+    services: &Services,
+    origin: &ServerName,
+    receipts: &[(ChatId, Receipt)],
+) -> Result<(), ServiceError> {
+    let Some(relay) = &services.relay else {
+        return Ok(());
+    };
+    let local = services.config.server_name.as_str();
+    let hosted: Vec<(ChatId, Receipt)> = receipts
+        .iter()
+        .filter(|(c, _)| c.hub() == local)
+        .cloned()
+        .collect();
+    super::relay::queue_receipts(
+        &services.store,
+        relay,
+        local,
+        crate::store::plan::fold_receipts(&hosted),
+        Some(origin.as_str()),
+    )
+    .await?;
     Ok(())
 }
 

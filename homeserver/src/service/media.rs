@@ -75,6 +75,9 @@ pub struct Download {
 pub struct Media {
     store: AnyStore,
     objects: Arc<dyn ObjectStore>,
+    /// The directory of the local filesystem store (`None` for S3): a finished upload
+    /// is moved into it, not copied.
+    local_root: Option<PathBuf>,
     staging: PathBuf,
     max_blob: u64,
     quota: u64,
@@ -144,13 +147,10 @@ impl Media {
         }
         let objects = object_store::local::LocalFileSystem::new_with_prefix(&media)
             .map_err(|e| ServiceError::Internal(e.to_string()))?;
-        Ok(Self::with_objects(
-            store,
-            Arc::new(objects),
-            staging,
-            max_blob,
-            quota,
-        ))
+        let mut media_service =
+            Self::with_objects(store, Arc::new(objects), staging, max_blob, quota);
+        media_service.local_root = Some(media);
+        Ok(media_service)
     }
 
     /// Media over any object store (S3 and others).
@@ -164,6 +164,7 @@ impl Media {
         Self {
             store,
             objects,
+            local_root: None,
             staging,
             max_blob,
             quota,
@@ -639,7 +640,20 @@ impl Media {
         self.staging.join(format!("{hash}.{who}.part"))
     }
 
+    /// Puts a staged, verified blob into the object store. On the local filesystem the
+    /// file is renamed into place (no copy, no buffer: memory does not depend on the
+    /// blob's size), falling back to a copy when the two directories are on different
+    /// filesystems.
     async fn copy_into_store(&self, path: &Path, hash: &BlobHash) -> Result<(), ServiceError> {
+        if let Some(root) = &self.local_root {
+            let target = root.join(object_path(hash).as_ref());
+            match move_into_place(path, &target).await {
+                Ok(()) => return Ok(()),
+                Err(e) => {
+                    tracing::debug!(%hash, error = %e, "cannot rename a blob into place: copying")
+                }
+            }
+        }
         let upload = self
             .objects
             .put_multipart(&object_path(hash))
@@ -662,6 +676,20 @@ impl Media {
             }
         }
     }
+}
+
+/// Renames `from` to `to` (creating `to`'s directory) and syncs the directory, so the
+/// blob is durable under its final name before the upload is acknowledged.
+async fn move_into_place(from: &Path, to: &Path) -> std::io::Result<()> {
+    let dir = to
+        .parent()
+        .ok_or_else(|| std::io::Error::other("a blob path has a directory"))?
+        .to_owned();
+    tokio::fs::create_dir_all(&dir).await?;
+    tokio::fs::rename(from, to).await?;
+    tokio::task::spawn_blocking(move || std::fs::File::open(&dir)?.sync_all())
+        .await
+        .map_err(std::io::Error::other)?
 }
 
 /// Feeds a staged file to `writer` one whole part at a time, with back pressure: each

@@ -6,8 +6,9 @@
 //!   rows and feeds the new ones to the state machine, so a lost wake-up costs only
 //!   latency (every task also rereads on a timer).
 //! - One batch in flight per destination; its `txn_id` is persisted on the rows before
-//!   the request leaves, so a restarted server resends the same transaction, which the
-//!   receiver answers from its dedup table.
+//!   the request leaves (in the commit that deletes the previous batch's acknowledged
+//!   rows), so a restarted server resends the same transaction, which the receiver
+//!   answers from its dedup table.
 //! - A forwarded send (follower → hub) is answered by the hub's `seq`: the task hands
 //!   each [`SendResult`] to the client request waiting for that outbox row. When nobody
 //!   waits any more (the client was answered `pending`, or this server restarted), the
@@ -341,6 +342,9 @@ impl Destination {
         let mut actions = outbox.step(Input::Tick, now_ms(), rand::rng().random());
         // Failed requests in a row, for `/metrics`.
         let mut failures = 0u32;
+        // Rows of the batch just acknowledged: deleted with the next batch's txn id in
+        // one commit (or on their own when no batch follows).
+        let mut acked: Vec<i64> = Vec::new();
         loop {
             let mut wait_until = None;
             let mut send = None;
@@ -352,14 +356,18 @@ impl Destination {
                         ephemeral,
                     } => send = Some((txn_id, events, ephemeral)),
                     Action::Acked { event_ids, .. } => {
-                        self.delete(&event_ids, &mut known).await;
+                        acked.extend(event_ids.iter().filter_map(|i| i64::try_from(*i).ok()));
                     }
                     Action::DeadLetter {
                         event_ids, reason, ..
                     } => {
                         tracing::warn!(destination = %self.name, ?reason, rows = event_ids.len(),
                             "federation events dead-lettered");
-                        self.delete(&event_ids, &mut known).await;
+                        let ids: Vec<i64> = event_ids
+                            .iter()
+                            .filter_map(|i| i64::try_from(*i).ok())
+                            .collect();
+                        self.delete(&ids, &mut known).await;
                     }
                     Action::Park { status } => {
                         tracing::warn!(destination = %self.name, status, "destination refuses us: parked");
@@ -385,7 +393,9 @@ impl Destination {
                     format!("{}.{txn_id}", self.boot)
                 };
                 let started = std::time::Instant::now();
-                let outcome = self.send_batch(server, &wire, &events, &ephemeral).await;
+                let outcome = self
+                    .send_batch(server, &wire, &events, &ephemeral, &mut acked, &mut known)
+                    .await;
                 tracing::debug!(destination = %self.name, events = events.len(),
                     ephemeral = ephemeral.len(), ?outcome, ms = started.elapsed().as_secs_f64() * 1e3,
                     "transaction sent");
@@ -399,6 +409,9 @@ impl Destination {
                     rand::rng().random(),
                 );
                 continue;
+            }
+            if !acked.is_empty() {
+                self.delete(&std::mem::take(&mut acked), &mut known).await;
             }
             // Idle or waiting: the next wake-up, the end of the wait, or a reread.
             let sleep = match wait_until {
@@ -492,17 +505,16 @@ impl Destination {
             .collect())
     }
 
-    async fn delete(&self, ids: &[u64], known: &mut HashSet<i64>) {
-        let ids: Vec<i64> = ids.iter().filter_map(|i| i64::try_from(*i).ok()).collect();
+    async fn delete(&self, ids: &[i64], known: &mut HashSet<i64>) {
         if ids.is_empty() {
             // A batch of ephemeral events only: no rows.
             return;
         }
-        if let Err(e) = self.store.outbox_delete(&ids).await {
+        if let Err(e) = self.store.outbox_delete(ids).await {
             tracing::error!(destination = %self.name, error = %e, "cannot delete acknowledged outbox rows");
         }
         for id in ids {
-            known.remove(&id);
+            known.remove(id);
         }
     }
 
@@ -518,7 +530,8 @@ impl Destination {
         }
     }
 
-    /// Builds the transaction from the rows, persists its id on them, sends it, and hands
+    /// Builds the transaction from the rows, persists its id on them (deleting the
+    /// `acked` rows of the previous batch in the same commit), sends it, and hands
     /// forwarded sends their answers.
     async fn send_batch(
         &self,
@@ -526,6 +539,8 @@ impl Destination {
         txn_id: &str,
         entries: &[Entry],
         ephemeral: &[Entry],
+        acked: &mut Vec<i64>,
+        known: &mut HashSet<i64>,
     ) -> parley_federation::outbox::Outcome {
         use parley_federation::outbox::Outcome;
         if !self.federation.decide(server).allowed {
@@ -539,11 +554,14 @@ impl Destination {
                 Entry::Ephemeral(_) => None,
             })
             .collect();
-        if !ids.is_empty()
-            && let Err(e) = self.store.outbox_set_txn(&ids, txn_id).await
-        {
-            tracing::warn!(destination = %self.name, error = %e, "cannot persist the txn id");
-            return Outcome::Network;
+        if !ids.is_empty() || !acked.is_empty() {
+            if let Err(e) = self.store.outbox_next_batch(acked, &ids, txn_id).await {
+                tracing::warn!(destination = %self.name, error = %e, "cannot persist the txn id");
+                return Outcome::Network;
+            }
+            for id in acked.drain(..) {
+                known.remove(&id);
+            }
         }
         let (mut request, send_ids) = match self.build(entries).await {
             Ok(built) => built,
@@ -836,7 +854,26 @@ pub async fn federate_receipts(
     if pairs.is_empty() {
         return Ok(());
     }
-    let hosted: Vec<parley_client_api::ChatId> = pairs
+    let receipts = store.member_receipts(&pairs).await?;
+    queue_receipts(store, relay, local, receipts, except).await
+}
+
+/// Queues these receipts for the servers that must hear of them (as
+/// [`federate_receipts`], with the values given).
+pub async fn queue_receipts(
+    store: &AnyStore,
+    relay: &Relay,
+    local: &str,
+    receipts: Vec<(
+        parley_client_api::ChatId,
+        parley_client_api::http::chats::Receipt,
+    )>,
+    except: Option<&str>,
+) -> Result<(), StoreError> {
+    if receipts.is_empty() {
+        return Ok(());
+    }
+    let hosted: Vec<parley_client_api::ChatId> = receipts
         .iter()
         .filter(|(c, _)| c.hub() == local)
         .map(|(c, _)| c.clone())
@@ -849,7 +886,7 @@ pub async fn federate_receipts(
         store.chat_followers(&hosted).await?.into_iter().collect()
     };
     let mut rows = Vec::new();
-    for (chat, receipt) in store.member_receipts(&pairs).await? {
+    for (chat, receipt) in receipts {
         let destinations: Vec<String> = if chat.hub() == local {
             followers
                 .get(&chat)

@@ -139,11 +139,25 @@ pub enum FollowerOp {
     Event(ChatEvent),
 }
 
-/// What applying a hub's transaction wrote: for each event, whether it was new, and the
-/// inbox rows to push live `(device, inbox id, index of the event in the ops)`.
+/// What a received transaction asks of the store ([`FedStore::receive_transaction`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Received<'a> {
+    pub origin: &'a str,
+    pub txn_id: &'a str,
+    /// The answer, kept for a resend of the same transaction.
+    pub response: &'a str,
+    /// The hub's chat states and events, ordered ([`order_follower_ops`]).
+    pub ops: &'a [FollowerOp],
+    /// Members' receipts, checked (the origin may report them).
+    pub receipts: &'a [(ChatId, Receipt)],
+}
+
+/// What a received transaction wrote: the inbox rows to push live `(device, inbox id,
+/// index of the event in the ops)` and the receipt items.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Applied {
     pub inbox: Vec<(DeviceId, i64, usize)>,
+    pub notices: Vec<ReceiptNotice>,
 }
 
 /// The chat states and events a follower must receive, ordered for application: a chat's
@@ -317,8 +331,14 @@ pub trait FedStore: Send + Sync + 'static {
     fn outbox_destinations(&self) -> impl Future<Output = Result<Vec<String>>> + Send;
     /// Rows queued per destination (destinations with rows only).
     fn outbox_depths(&self) -> impl Future<Output = Result<Vec<(String, i64)>>> + Send;
-    /// Marks rows as the batch `txn_id` (persisted before the batch is sent).
-    fn outbox_set_txn(&self, ids: &[i64], txn_id: &str) -> impl Future<Output = Result<()>> + Send;
+    /// Deletes the rows of the batch just acknowledged (`acked`) and marks the next
+    /// batch's rows with its `txn_id`, in one commit (before the batch is sent).
+    fn outbox_next_batch(
+        &self,
+        acked: &[i64],
+        batch: &[i64],
+        txn_id: &str,
+    ) -> impl Future<Output = Result<()>> + Send;
     fn outbox_delete(&self, ids: &[i64]) -> impl Future<Output = Result<()>> + Send;
     fn destinations(&self) -> impl Future<Output = Result<Vec<DestinationRow>>> + Send;
     fn save_destination(&self, row: &DestinationRow) -> impl Future<Output = Result<()>> + Send;
@@ -334,11 +354,15 @@ pub trait FedStore: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Option<(ChatSnapshotRow, i64)>>> + Send;
     /// Which of these chats have a local copy (a row in `chats`).
     fn known_chats(&self, chat_ids: &[ChatId]) -> impl Future<Output = Result<Vec<ChatId>>> + Send;
-    /// Applies a hub's chat states and events (deduplicated on `(chat_id, seq)`), writing
-    /// inbox rows for the local members' devices.
-    fn apply_from_hub(
+    /// Applies what a received transaction carries for the store, in one database
+    /// transaction: the hub's chat states and events (deduplicated on `(chat_id, seq)`,
+    /// inbox rows for the local members' devices), then members' receipts (raised, never
+    /// lowered; a receipt item for every local device of the chat's other members), and
+    /// records the answer under `(origin, txn_id)` — so a resent transaction is either
+    /// applied whole or answered from the record, never half.
+    fn receive_transaction(
         &self,
-        ops: &[FollowerOp],
+        t: &Received<'_>,
         at: i64,
     ) -> impl Future<Output = Result<Applied>> + Send;
     /// The first response to `(origin, txn_id)`, if that transaction was answered.
@@ -347,13 +371,6 @@ pub trait FedStore: Send + Sync + 'static {
         origin: &str,
         txn_id: &str,
     ) -> impl Future<Output = Result<Option<String>>> + Send;
-    fn save_received_txn(
-        &self,
-        origin: &str,
-        txn_id: &str,
-        response: &str,
-        at: i64,
-    ) -> impl Future<Output = Result<()>> + Send;
     /// Deletes received-transaction rows older than `before` (ms); returns how many.
     fn purge_received(&self, before: i64) -> impl Future<Output = Result<u64>> + Send;
     /// Remembers `(origin, nonce)` until `window_end` (ms); false when it is already
@@ -384,13 +401,6 @@ pub trait FedStore: Send + Sync + 'static {
         &self,
         pairs: &[(ChatId, UserId)],
     ) -> impl Future<Output = Result<Vec<(ChatId, Receipt)>>> + Send;
-    /// Raises members' receipts as another server reported them (never lowers one) and
-    /// writes a receipt item for every local device of the chat's other members.
-    fn apply_remote_receipts(
-        &self,
-        receipts: &[(ChatId, Receipt)],
-        at: i64,
-    ) -> impl Future<Output = Result<Vec<ReceiptNotice>>> + Send;
     /// Takes or renews the lease on driving `destination`'s outbox for `holder` until
     /// `until`; true when `holder` has it (it was free, expired, or already its own).
     fn take_lease(
@@ -429,8 +439,8 @@ impl FedStore for AnyStore {
     async fn outbox_depths(&self) -> Result<Vec<(String, i64)>> {
         dispatch!(self, s => s.outbox_depths().await)
     }
-    async fn outbox_set_txn(&self, ids: &[i64], txn_id: &str) -> Result<()> {
-        dispatch!(self, s => s.outbox_set_txn(ids, txn_id).await)
+    async fn outbox_next_batch(&self, acked: &[i64], batch: &[i64], txn_id: &str) -> Result<()> {
+        dispatch!(self, s => s.outbox_next_batch(acked, batch, txn_id).await)
     }
     async fn outbox_delete(&self, ids: &[i64]) -> Result<()> {
         dispatch!(self, s => s.outbox_delete(ids).await)
@@ -450,20 +460,11 @@ impl FedStore for AnyStore {
     async fn known_chats(&self, chat_ids: &[ChatId]) -> Result<Vec<ChatId>> {
         dispatch!(self, s => s.known_chats(chat_ids).await)
     }
-    async fn apply_from_hub(&self, ops: &[FollowerOp], at: i64) -> Result<Applied> {
-        dispatch!(self, s => s.apply_from_hub(ops, at).await)
+    async fn receive_transaction(&self, t: &Received<'_>, at: i64) -> Result<Applied> {
+        dispatch!(self, s => s.receive_transaction(t, at).await)
     }
     async fn received_txn(&self, origin: &str, txn_id: &str) -> Result<Option<String>> {
         dispatch!(self, s => s.received_txn(origin, txn_id).await)
-    }
-    async fn save_received_txn(
-        &self,
-        origin: &str,
-        txn_id: &str,
-        response: &str,
-        at: i64,
-    ) -> Result<()> {
-        dispatch!(self, s => s.save_received_txn(origin, txn_id, response, at).await)
     }
     async fn purge_received(&self, before: i64) -> Result<u64> {
         dispatch!(self, s => s.purge_received(before).await)
@@ -492,13 +493,6 @@ impl FedStore for AnyStore {
     }
     async fn member_receipts(&self, pairs: &[(ChatId, UserId)]) -> Result<Vec<(ChatId, Receipt)>> {
         dispatch!(self, s => s.member_receipts(pairs).await)
-    }
-    async fn apply_remote_receipts(
-        &self,
-        receipts: &[(ChatId, Receipt)],
-        at: i64,
-    ) -> Result<Vec<ReceiptNotice>> {
-        dispatch!(self, s => s.apply_remote_receipts(receipts, at).await)
     }
     async fn take_lease(
         &self,

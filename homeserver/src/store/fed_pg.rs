@@ -9,8 +9,8 @@ use sqlx::{Postgres, Row, Transaction};
 
 use super::ReceiptNotice;
 use super::fed::{
-    Applied, ChatSnapshotRow, DestinationRow, FedStore, FollowerOp, NewOutboxRow, OpRun,
-    OutboxKind, OutboxRow, RunContext, SendResultRow, direct_key, op_runs, run_heads, run_inbox,
+    Applied, ChatSnapshotRow, DestinationRow, FedStore, NewOutboxRow, OpRun, OutboxKind, OutboxRow,
+    Received, RunContext, SendResultRow, direct_key, op_runs, run_heads, run_inbox,
 };
 use super::pg::{PgStore, devices_of, event_from_row, receipts_from_rows, upsert_receipts};
 use super::{
@@ -328,6 +328,81 @@ async fn apply_run(
     Ok(out)
 }
 
+/// Raises members' receipts as another server reported them (never lowers one) and
+/// writes a receipt item for every local device of the chat's other members.
+async fn raise_remote_receipts(
+    tx: &mut Transaction<'_, Postgres>,
+    receipts: &[(ChatId, Receipt)],
+    at: i64,
+) -> Result<Vec<ReceiptNotice>> {
+    let receipts = super::plan::fold_receipts(receipts);
+    if receipts.is_empty() {
+        return Ok(Vec::new());
+    }
+    let chats: Vec<String> = receipts.iter().map(|(c, _)| c.to_string()).collect();
+    let changed = sqlx::query(
+        "UPDATE chat_members m
+            SET delivered_seq = GREATEST(m.delivered_seq, v.d),
+                read_seq = GREATEST(m.read_seq, v.r)
+         FROM UNNEST($1::text[], $2::text[], $3::bigint[], $4::bigint[]) AS v(c, u, d, r)
+         WHERE m.chat_id = ANY($1) AND m.chat_id = v.c AND m.user_id = v.u
+           AND (m.delivered_seq < v.d OR m.read_seq < v.r)
+         RETURNING m.chat_id, m.user_id, m.delivered_seq, m.read_seq",
+    )
+    .bind(&chats)
+    .bind(
+        receipts
+            .iter()
+            .map(|(_, r)| r.user_id.to_string())
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        receipts
+            .iter()
+            .map(|(_, r)| r.delivered_seq)
+            .collect::<Vec<_>>(),
+    )
+    .bind(receipts.iter().map(|(_, r)| r.read_seq).collect::<Vec<_>>())
+    .fetch_all(&mut **tx)
+    .await?;
+    let changed = receipts_from_rows(changed)?;
+    let members: Vec<(String, String)> = sqlx::query_as(
+        "SELECT chat_id, user_id FROM chat_members WHERE chat_id = ANY($1) AND left_at IS NULL",
+    )
+    .bind(&chats)
+    .fetch_all(&mut **tx)
+    .await?;
+    let members: Vec<(ChatId, UserId)> = members
+        .into_iter()
+        .map(|(c, u)| Ok((id(c)?, id(u)?)))
+        .collect::<Result<_>>()?;
+    let notify = super::plan::notify_other_members(&changed, &members);
+    let users: BTreeSet<UserId> = notify.values().flatten().cloned().collect();
+    let devices = devices_of(tx, &users).await?;
+    let rows = super::plan::receipt_rows(&changed, &notify, &devices, None);
+    let notices = upsert_receipts(tx, rows, at).await?;
+    Ok(notices)
+}
+
+/// Records the answer to `(origin, txn_id)` (a resend is answered from it).
+async fn record_received(
+    tx: &mut Transaction<'_, Postgres>,
+    t: &Received<'_>,
+    at: i64,
+) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO federation_received (origin, txn_id, response, received_at)
+         VALUES ($1, $2, $3, $4) ON CONFLICT (origin, txn_id) DO NOTHING",
+    )
+    .bind(t.origin)
+    .bind(t.txn_id)
+    .bind(t.response)
+    .bind(at)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
 impl FedStore for PgStore {
     async fn enqueue_outbox(&self, rows: &[NewOutboxRow], at: i64) -> Result<Vec<i64>> {
         let mut tx = self.pool().begin().await?;
@@ -383,12 +458,16 @@ impl FedStore for PgStore {
         .await?)
     }
 
-    async fn outbox_set_txn(&self, ids: &[i64], txn_id: &str) -> Result<()> {
-        sqlx::query("UPDATE federation_outbox SET txn_id = $2 WHERE id = ANY($1)")
-            .bind(ids)
-            .bind(txn_id)
-            .execute(self.pool())
-            .await?;
+    async fn outbox_next_batch(&self, acked: &[i64], batch: &[i64], txn_id: &str) -> Result<()> {
+        sqlx::query(
+            "WITH acked AS (DELETE FROM federation_outbox WHERE id = ANY($1))
+             UPDATE federation_outbox SET txn_id = $3 WHERE id = ANY($2)",
+        )
+        .bind(acked)
+        .bind(batch)
+        .bind(txn_id)
+        .execute(self.pool())
+        .await?;
         Ok(())
     }
 
@@ -495,10 +574,10 @@ impl FedStore for PgStore {
         rows.into_iter().map(id).collect()
     }
 
-    async fn apply_from_hub(&self, ops: &[FollowerOp], at: i64) -> Result<Applied> {
+    async fn receive_transaction(&self, t: &Received<'_>, at: i64) -> Result<Applied> {
         let mut tx = self.pool().begin().await?;
         let mut applied = Applied::default();
-        for run in op_runs(ops) {
+        for run in op_runs(t.ops) {
             match run {
                 OpRun::Snapshot(s) => apply_snapshot(&mut tx, s, at).await?,
                 OpRun::Events(events) => {
@@ -506,6 +585,8 @@ impl FedStore for PgStore {
                 }
             }
         }
+        applied.notices = raise_remote_receipts(&mut tx, t.receipts, at).await?;
+        record_received(&mut tx, t, at).await?;
         tx.commit().await?;
         Ok(applied)
     }
@@ -518,26 +599,6 @@ impl FedStore for PgStore {
         .bind(txn_id)
         .fetch_optional(self.pool())
         .await?)
-    }
-
-    async fn save_received_txn(
-        &self,
-        origin: &str,
-        txn_id: &str,
-        response: &str,
-        at: i64,
-    ) -> Result<()> {
-        sqlx::query(
-            "INSERT INTO federation_received (origin, txn_id, response, received_at)
-             VALUES ($1, $2, $3, $4) ON CONFLICT (origin, txn_id) DO NOTHING",
-        )
-        .bind(origin)
-        .bind(txn_id)
-        .bind(response)
-        .bind(at)
-        .execute(self.pool())
-        .await?;
-        Ok(())
     }
 
     async fn purge_received(&self, before: i64) -> Result<u64> {
@@ -650,62 +711,6 @@ impl FedStore for PgStore {
                 ))
             })
             .collect()
-    }
-
-    async fn apply_remote_receipts(
-        &self,
-        receipts: &[(ChatId, Receipt)],
-        at: i64,
-    ) -> Result<Vec<ReceiptNotice>> {
-        let receipts = super::plan::fold_receipts(receipts);
-        if receipts.is_empty() {
-            return Ok(Vec::new());
-        }
-        let chats: Vec<String> = receipts.iter().map(|(c, _)| c.to_string()).collect();
-        let mut tx = self.pool().begin().await?;
-        let changed = sqlx::query(
-            "UPDATE chat_members m
-                SET delivered_seq = GREATEST(m.delivered_seq, v.d),
-                    read_seq = GREATEST(m.read_seq, v.r)
-             FROM UNNEST($1::text[], $2::text[], $3::bigint[], $4::bigint[]) AS v(c, u, d, r)
-             WHERE m.chat_id = ANY($1) AND m.chat_id = v.c AND m.user_id = v.u
-               AND (m.delivered_seq < v.d OR m.read_seq < v.r)
-             RETURNING m.chat_id, m.user_id, m.delivered_seq, m.read_seq",
-        )
-        .bind(&chats)
-        .bind(
-            receipts
-                .iter()
-                .map(|(_, r)| r.user_id.to_string())
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            receipts
-                .iter()
-                .map(|(_, r)| r.delivered_seq)
-                .collect::<Vec<_>>(),
-        )
-        .bind(receipts.iter().map(|(_, r)| r.read_seq).collect::<Vec<_>>())
-        .fetch_all(&mut *tx)
-        .await?;
-        let changed = receipts_from_rows(changed)?;
-        let members: Vec<(String, String)> = sqlx::query_as(
-            "SELECT chat_id, user_id FROM chat_members WHERE chat_id = ANY($1) AND left_at IS NULL",
-        )
-        .bind(&chats)
-        .fetch_all(&mut *tx)
-        .await?;
-        let members: Vec<(ChatId, UserId)> = members
-            .into_iter()
-            .map(|(c, u)| Ok((id(c)?, id(u)?)))
-            .collect::<Result<_>>()?;
-        let notify = super::plan::notify_other_members(&changed, &members);
-        let users: BTreeSet<UserId> = notify.values().flatten().cloned().collect();
-        let devices = devices_of(&mut tx, &users).await?;
-        let rows = super::plan::receipt_rows(&changed, &notify, &devices, None);
-        let notices = upsert_receipts(&mut tx, rows, at).await?;
-        tx.commit().await?;
-        Ok(notices)
     }
 
     async fn take_lease(

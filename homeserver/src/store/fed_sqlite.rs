@@ -8,8 +8,8 @@ use sqlx::{Row, Sqlite, Transaction};
 
 use super::ReceiptNotice;
 use super::fed::{
-    Applied, ChatSnapshotRow, DestinationRow, FedStore, FollowerOp, NewOutboxRow, OpRun,
-    OutboxKind, OutboxRow, RunContext, SendResultRow, direct_key, op_runs, run_heads, run_inbox,
+    Applied, ChatSnapshotRow, DestinationRow, FedStore, NewOutboxRow, OpRun, OutboxKind, OutboxRow,
+    Received, RunContext, SendResultRow, direct_key, op_runs, run_heads, run_inbox,
 };
 use super::sqlite::{
     SqliteStore, devices_of, event_from_row, json_list, receipt_from_row, upsert_receipts,
@@ -274,6 +274,73 @@ async fn apply_run(
     Ok(out)
 }
 
+/// Raises members' receipts as another server reported them (never lowers one) and
+/// writes a receipt item for every local device of the chat's other members.
+async fn raise_remote_receipts(
+    tx: &mut Transaction<'_, Sqlite>,
+    receipts: &[(ChatId, Receipt)],
+    at: i64,
+) -> Result<Vec<ReceiptNotice>> {
+    let receipts = super::plan::fold_receipts(receipts);
+    if receipts.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut changed = Vec::new();
+    for (chat, r) in &receipts {
+        let raised = sqlx::query(
+            "UPDATE chat_members
+                SET delivered_seq = MAX(delivered_seq, ?3), read_seq = MAX(read_seq, ?4)
+             WHERE chat_id = ?1 AND user_id = ?2 AND (delivered_seq < ?3 OR read_seq < ?4)
+             RETURNING chat_id, user_id, delivered_seq, read_seq",
+        )
+        .bind(chat.as_str())
+        .bind(r.user_id.as_str())
+        .bind(r.delivered_seq)
+        .bind(r.read_seq)
+        .fetch_optional(&mut **tx)
+        .await?;
+        if let Some(row) = raised {
+            changed.push(receipt_from_row(&row)?);
+        }
+    }
+    let members: Vec<(String, String)> = sqlx::query_as(
+        "SELECT chat_id, user_id FROM chat_members
+         WHERE chat_id IN (SELECT value FROM json_each(?1)) AND left_at IS NULL",
+    )
+    .bind(json_list(changed.iter().map(|(c, _)| c.as_str())))
+    .fetch_all(&mut **tx)
+    .await?;
+    let members: Vec<(ChatId, UserId)> = members
+        .into_iter()
+        .map(|(c, u)| Ok((id(c)?, id(u)?)))
+        .collect::<Result<_>>()?;
+    let notify = super::plan::notify_other_members(&changed, &members);
+    let users: BTreeSet<UserId> = notify.values().flatten().cloned().collect();
+    let devices = devices_of(tx, &users).await?;
+    let rows = super::plan::receipt_rows(&changed, &notify, &devices, None);
+    let notices = upsert_receipts(tx, rows, at).await?;
+    Ok(notices)
+}
+
+/// Records the answer to `(origin, txn_id)` (a resend is answered from it).
+async fn record_received(
+    tx: &mut Transaction<'_, Sqlite>,
+    t: &Received<'_>,
+    at: i64,
+) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO federation_received (origin, txn_id, response, received_at)
+         VALUES (?1, ?2, ?3, ?4) ON CONFLICT (origin, txn_id) DO NOTHING",
+    )
+    .bind(t.origin)
+    .bind(t.txn_id)
+    .bind(t.response)
+    .bind(at)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
 impl FedStore for SqliteStore {
     async fn enqueue_outbox(&self, rows: &[NewOutboxRow], at: i64) -> Result<Vec<i64>> {
         let mut tx = self.write_tx().await?;
@@ -319,8 +386,16 @@ impl FedStore for SqliteStore {
         .await?)
     }
 
-    async fn outbox_set_txn(&self, ids: &[i64], txn_id: &str) -> Result<()> {
+    async fn outbox_next_batch(&self, acked: &[i64], ids: &[i64], txn_id: &str) -> Result<()> {
         let mut tx = self.write_tx().await?;
+        if !acked.is_empty() {
+            sqlx::query(
+                "DELETE FROM federation_outbox WHERE id IN (SELECT value FROM json_each(?1))",
+            )
+            .bind(serde_json::to_string(acked).unwrap_or_default())
+            .execute(&mut *tx)
+            .await?;
+        }
         sqlx::query(
             "UPDATE federation_outbox SET txn_id = ?2 WHERE id IN (SELECT value FROM json_each(?1))",
         )
@@ -443,10 +518,10 @@ impl FedStore for SqliteStore {
         rows.into_iter().map(id).collect()
     }
 
-    async fn apply_from_hub(&self, ops: &[FollowerOp], at: i64) -> Result<Applied> {
+    async fn receive_transaction(&self, t: &Received<'_>, at: i64) -> Result<Applied> {
         let mut tx = self.write_tx().await?;
         let mut applied = Applied::default();
-        for run in op_runs(ops) {
+        for run in op_runs(t.ops) {
             match run {
                 OpRun::Snapshot(s) => apply_snapshot(&mut tx, s, at).await?,
                 OpRun::Events(events) => {
@@ -454,6 +529,8 @@ impl FedStore for SqliteStore {
                 }
             }
         }
+        applied.notices = raise_remote_receipts(&mut tx, t.receipts, at).await?;
+        record_received(&mut tx, t, at).await?;
         tx.commit().await?;
         Ok(applied)
     }
@@ -466,28 +543,6 @@ impl FedStore for SqliteStore {
         .bind(txn_id)
         .fetch_optional(&self.pool)
         .await?)
-    }
-
-    async fn save_received_txn(
-        &self,
-        origin: &str,
-        txn_id: &str,
-        response: &str,
-        at: i64,
-    ) -> Result<()> {
-        let mut tx = self.write_tx().await?;
-        sqlx::query(
-            "INSERT INTO federation_received (origin, txn_id, response, received_at)
-             VALUES (?1, ?2, ?3, ?4) ON CONFLICT (origin, txn_id) DO NOTHING",
-        )
-        .bind(origin)
-        .bind(txn_id)
-        .bind(response)
-        .bind(at)
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok(())
     }
 
     async fn purge_received(&self, before: i64) -> Result<u64> {
@@ -607,54 +662,6 @@ impl FedStore for SqliteStore {
         Ok(out)
     }
 
-    async fn apply_remote_receipts(
-        &self,
-        receipts: &[(ChatId, Receipt)],
-        at: i64,
-    ) -> Result<Vec<ReceiptNotice>> {
-        let receipts = super::plan::fold_receipts(receipts);
-        if receipts.is_empty() {
-            return Ok(Vec::new());
-        }
-        let mut tx = self.write_tx().await?;
-        let mut changed = Vec::new();
-        for (chat, r) in &receipts {
-            let raised = sqlx::query(
-                "UPDATE chat_members
-                    SET delivered_seq = MAX(delivered_seq, ?3), read_seq = MAX(read_seq, ?4)
-                 WHERE chat_id = ?1 AND user_id = ?2 AND (delivered_seq < ?3 OR read_seq < ?4)
-                 RETURNING chat_id, user_id, delivered_seq, read_seq",
-            )
-            .bind(chat.as_str())
-            .bind(r.user_id.as_str())
-            .bind(r.delivered_seq)
-            .bind(r.read_seq)
-            .fetch_optional(&mut *tx)
-            .await?;
-            if let Some(row) = raised {
-                changed.push(receipt_from_row(&row)?);
-            }
-        }
-        let members: Vec<(String, String)> = sqlx::query_as(
-            "SELECT chat_id, user_id FROM chat_members
-             WHERE chat_id IN (SELECT value FROM json_each(?1)) AND left_at IS NULL",
-        )
-        .bind(json_list(changed.iter().map(|(c, _)| c.as_str())))
-        .fetch_all(&mut *tx)
-        .await?;
-        let members: Vec<(ChatId, UserId)> = members
-            .into_iter()
-            .map(|(c, u)| Ok((id(c)?, id(u)?)))
-            .collect::<Result<_>>()?;
-        let notify = super::plan::notify_other_members(&changed, &members);
-        let users: BTreeSet<UserId> = notify.values().flatten().cloned().collect();
-        let devices = devices_of(&mut tx, &users).await?;
-        let rows = super::plan::receipt_rows(&changed, &notify, &devices, None);
-        let notices = upsert_receipts(&mut tx, rows, at).await?;
-        tx.commit().await?;
-        Ok(notices)
-    }
-
     async fn take_lease(
         &self,
         destination: &str,
@@ -674,7 +681,7 @@ impl FedStore for SqliteStore {
         .bind(holder)
         .bind(now)
         .bind(until)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&self.writer)
         .await?;
         Ok(got.as_deref() == Some(holder))
     }

@@ -1,6 +1,7 @@
 //! The SQLite backend: the zero-setup default. One file, WAL, `synchronous = FULL` (an
-//! acknowledged event survives power loss), write transactions `BEGIN IMMEDIATE` so
-//! writers queue on the database lock instead of failing on upgrade. Variable-length
+//! acknowledged event survives power loss), write transactions `BEGIN IMMEDIATE` on one
+//! writer connection, so writers queue in its pool instead of failing on upgrade or
+//! sleeping in SQLite's busy handler. Variable-length
 //! lists are bound as JSON arrays and read with `json_each`.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
@@ -31,7 +32,13 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite")
 
 #[derive(Clone)]
 pub struct SqliteStore {
+    /// Reads (WAL: side by side with the writer) and single-statement writes.
     pub(super) pool: SqlitePool,
+    /// The one connection write transactions take ([`SqliteStore::write_tx`]): writers
+    /// wait their turn in the pool's queue and start the moment the previous one ends,
+    /// instead of polling the database lock in SQLite's busy handler, which sleeps up to
+    /// 100 ms between tries.
+    pub(super) writer: SqlitePool,
 }
 
 impl SqliteStore {
@@ -51,22 +58,26 @@ impl SqliteStore {
         // A connection still inside a transaction is never handed out again (a `BEGIN`
         // whose future was dropped after the worker ran it leaves no `Transaction` to roll
         // back; the next `BEGIN IMMEDIATE` on it would fail): it is closed instead.
-        let pool = SqlitePoolOptions::new()
-            .max_connections(4)
-            .after_release(|conn, _| {
-                Box::pin(async move { Ok(!sqlx::Connection::is_in_transaction(conn)) })
-            })
-            .before_acquire(|conn, _| {
-                Box::pin(async move { Ok(!sqlx::Connection::is_in_transaction(conn)) })
-            })
-            .connect_with(options)
-            .await?;
+        let pool_with = |n: u32| {
+            SqlitePoolOptions::new()
+                .max_connections(n)
+                .after_release(|conn, _| {
+                    Box::pin(async move { Ok(!sqlx::Connection::is_in_transaction(conn)) })
+                })
+                .before_acquire(|conn, _| {
+                    Box::pin(async move { Ok(!sqlx::Connection::is_in_transaction(conn)) })
+                })
+        };
+        let pool = pool_with(4).connect_with(options.clone()).await?;
         MIGRATOR.run(&pool).await?;
-        Ok(Self { pool })
+        let writer = pool_with(1).connect_with(options).await?;
+        Ok(Self { pool, writer })
     }
 
+    /// A write transaction on the writer connection (`BEGIN IMMEDIATE`: it holds the
+    /// database's write lock from the start).
     pub(super) async fn write_tx(&self) -> Result<Transaction<'static, Sqlite>> {
-        Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?)
+        Ok(self.writer.begin_with("BEGIN IMMEDIATE").await?)
     }
 }
 
@@ -205,7 +216,7 @@ impl Store for SqliteStore {
         .bind(&user.localpart)
         .bind(&user.password_hash)
         .bind(user.created_at)
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await;
         match res {
             Ok(_) => Ok(()),
@@ -243,7 +254,7 @@ impl Store for SqliteStore {
         .bind(&device.display_name)
         .bind(&device.token_hash[..])
         .bind(device.created_at)
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await;
         match res {
             Ok(_) => Ok(()),
@@ -408,7 +419,7 @@ impl Store for SqliteStore {
         .bind(chat_id.as_str())
         .bind(user_id.as_str())
         .bind(at)
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await?
         .rows_affected();
         Ok(n == 1)
@@ -858,7 +869,7 @@ impl Store for SqliteStore {
         sqlx::query("UPDATE chats SET name = ?2 WHERE chat_id = ?1")
             .bind(chat_id.as_str())
             .bind(name)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
         Ok(())
     }
@@ -870,7 +881,7 @@ impl Store for SqliteStore {
         .bind(chat_id.as_str())
         .bind(user_id.as_str())
         .bind(admin)
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await?
         .rows_affected();
         Ok(n == 1)
@@ -910,7 +921,7 @@ impl Store for SqliteStore {
         )
         .bind(user_id.as_str())
         .bind(password_hash)
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await?
         .rows_affected();
         Ok(n == 1)
@@ -1028,7 +1039,7 @@ impl Store for SqliteStore {
         sqlx::query("DELETE FROM uploads WHERE hash = ?1 AND user_id = ?2")
             .bind(hash.as_str())
             .bind(user.as_str())
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
         Ok(())
     }
@@ -1100,7 +1111,7 @@ impl Store for SqliteStore {
         .bind(size_i64(size))
         .bind(origin)
         .bind(now)
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await?;
         Ok(())
     }
@@ -1119,7 +1130,7 @@ impl Store for SqliteStore {
     async fn delete_blob(&self, hash: &BlobHash) -> Result<()> {
         sqlx::query("DELETE FROM blobs WHERE hash = ?1")
             .bind(hash.as_str())
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
         Ok(())
     }
@@ -1127,7 +1138,7 @@ impl Store for SqliteStore {
     async fn take_stale_uploads(&self, before: i64) -> Result<Vec<(BlobHash, UserId)>> {
         let rows = sqlx::query("DELETE FROM uploads WHERE created_at < ?1 RETURNING hash, user_id")
             .bind(before)
-            .fetch_all(&self.pool)
+            .fetch_all(&self.writer)
             .await?;
         rows.iter()
             .map(|r| Ok((id(r.get("hash"))?, id(r.get("user_id"))?)))
@@ -1301,7 +1312,7 @@ impl Store for SqliteStore {
              ON CONFLICT (id) DO UPDATE SET mode = excluded.mode",
         )
         .bind(super::mode_to_str(mode))
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await?;
         Ok(())
     }
@@ -1315,7 +1326,7 @@ impl Store for SqliteStore {
         .bind(super::action_to_str(rule.action))
         .bind(rule.reason.as_deref())
         .bind(at)
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await?;
         Ok(())
     }
@@ -1324,7 +1335,7 @@ impl Store for SqliteStore {
         Ok(
             sqlx::query("DELETE FROM federation_rules WHERE pattern = ?")
                 .bind(pattern)
-                .execute(&self.pool)
+                .execute(&self.writer)
                 .await?
                 .rows_affected()
                 > 0,

@@ -1,7 +1,7 @@
 //! The federation store (`FedStore`) on both backends: outbox rows, leases.
 
 use anyhow::{Result, ensure};
-use parley_homeserver::store::fed::{FedStore, NewOutboxRow, OutboxKind};
+use parley_homeserver::store::fed::{FedStore, NewOutboxRow, OutboxKind, Received};
 
 macro_rules! suite {
     ($($name:ident),* $(,)?) => {
@@ -47,7 +47,7 @@ async fn outbox_rows_keep_their_order_and_txn<S: FedStore>(s: S) -> Result<()> {
         ids.len() == 3 && ids[0] < ids[1] && ids[1] < ids[2],
         "{ids:?}"
     );
-    s.outbox_set_txn(&ids[..1], "t1").await?;
+    s.outbox_next_batch(&[], &ids[..1], "t1").await?;
     let b = s.outbox_rows(Some("b.org")).await?;
     let bodies: Vec<&str> = b.iter().map(|r| r.body.as_str()).collect();
     ensure!(bodies == ["1", "3"], "{bodies:?}");
@@ -55,7 +55,11 @@ async fn outbox_rows_keep_their_order_and_txn<S: FedStore>(s: S) -> Result<()> {
     let mut dests = s.outbox_destinations().await?;
     dests.sort();
     ensure!(dests == ["b.org", "c.org"], "{dests:?}");
-    s.outbox_delete(&[ids[0], ids[2]]).await?;
+    // The next batch: the acknowledged one's rows go in the same commit.
+    s.outbox_next_batch(&ids[..1], &ids[2..], "t2").await?;
+    let b = s.outbox_rows(Some("b.org")).await?;
+    ensure!(b.len() == 1 && b[0].body == "3" && b[0].txn_id.as_deref() == Some("t2"));
+    s.outbox_delete(&[ids[2]]).await?;
     ensure!(s.outbox_rows(Some("b.org")).await?.is_empty());
     ensure!(s.outbox_destinations().await? == ["c.org"]);
     Ok(())
@@ -63,8 +67,15 @@ async fn outbox_rows_keep_their_order_and_txn<S: FedStore>(s: S) -> Result<()> {
 
 async fn old_received_transactions_are_purged<S: FedStore>(s: S) -> Result<()> {
     let day = 24 * 3600 * 1000;
-    s.save_received_txn("b.org", "old", "{}", 1_000).await?;
-    s.save_received_txn("b.org", "new", "{}", 9 * day).await?;
+    let record = |txn_id| Received {
+        origin: "b.org",
+        txn_id,
+        response: "{}",
+        ops: &[],
+        receipts: &[],
+    };
+    s.receive_transaction(&record("old"), 1_000).await?;
+    s.receive_transaction(&record("new"), 9 * day).await?;
     // The janitor's cutoff a little over 8 days later: only the old row goes.
     let cutoff = parley_homeserver::service::inbound::received_cutoff(9 * day, 8);
     ensure!(cutoff == day, "{cutoff}");

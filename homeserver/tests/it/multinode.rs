@@ -249,3 +249,48 @@ async fn typing_of(ws: &mut crate::harness::Ws) -> Result<(String, bool)> {
         }
     }
 }
+
+/// Online is the domain's, not a node's (spec PR11): a user connected to node 0 is online
+/// in a query answered by node 1, stays online while one of their sockets is open on any
+/// node, and goes offline when the last one closes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn online_state_spans_nodes() -> Result<()> {
+    use crate::presence::{get_presence, present};
+    let nats = parley_testkit::nats()?;
+    let nodes = Server::start_nodes(2, nats.url()).await?;
+    let (n0, n1) = (&nodes[0], &nodes[1]);
+    let alice = n0.register("alice").await?;
+    let bob = n0.register("bob").await?;
+    n0.create_chat(&alice, &[&bob]).await?;
+    let online_on = async |n: &Server| anyhow::Ok(get_presence(n, &bob, &alice).await?.online);
+    ensure!(online_on(n1).await? == Some(false), "nobody connected yet");
+
+    let phone = present(n0, &alice).await?;
+    ensure!(online_on(n0).await? == Some(true));
+    ensure!(
+        online_on(n1).await? == Some(true),
+        "node 1 must see alice online on node 0"
+    );
+
+    // A second device on node 1; the phone on node 0 goes: alice is still online.
+    let laptop_login = n1.login("alice").await?;
+    let laptop = present(n1, &laptop_login).await?;
+    phone.close().await?;
+    // Give node 0 time to notice the close (and to not announce an offline).
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for n in [n0, n1] {
+        ensure!(online_on(n).await? == Some(true), "laptop still connected");
+    }
+
+    // The last socket closes: offline on both nodes (eventually: the unsubscribe reaches
+    // NATS asynchronously).
+    laptop.close().await?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    for n in [n0, n1] {
+        while online_on(n).await? != Some(false) {
+            ensure!(tokio::time::Instant::now() < deadline, "alice still online");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    Ok(())
+}

@@ -18,9 +18,10 @@
 //!   change of the list or the setting re-sends the user's presence ([`Presence::refresh`]).
 //!
 //! Several nodes per domain: frames reach devices on any node (through the bus, see
-//! [`Inner::deliver`]). Limitation: online state is per node — each node tracks the
-//! sockets connected to it, so a query answered by another node shows the stored last
-//! seen, and a user with sockets on two nodes goes "offline" when one node's go.
+//! [`Inner::deliver`]). Each node tracks the sockets connected to it; a user this node
+//! sees offline is online when another node holds a socket of one of their devices
+//! (a bus probe per device, [`Inner::online_elsewhere`]): a query answered here says so,
+//! and going offline here is not announced while they are online there.
 
 pub mod core;
 
@@ -56,6 +57,8 @@ const FANOUT_WORKERS: usize = 2;
 const MAX_TYPING: usize = 100_000;
 /// Most remote users whose last presence is remembered.
 const MAX_REMOTE: usize = 100_000;
+/// Most devices of a user probed on the bus to learn whether another node holds one.
+const MAX_PROBED: usize = 16;
 
 #[derive(Clone)]
 pub struct Presence {
@@ -381,9 +384,26 @@ impl Inner {
         }
     }
 
+    /// With a bus: whether another node of the domain holds a socket of one of the
+    /// user's devices (at most [`MAX_PROBED`] devices asked, side by side).
+    async fn online_elsewhere(&self, user: &UserId) -> Result<bool, ServiceError> {
+        if !self.gateway.has_bus() {
+            return Ok(false);
+        }
+        let devices = self.store.list_devices(user).await?;
+        let probes = devices
+            .iter()
+            .take(MAX_PROBED)
+            .map(|d| self.gateway.connected_elsewhere(&d.device_id));
+        Ok(futures_util::future::join_all(probes)
+            .await
+            .into_iter()
+            .any(|held| held))
+    }
+
     /// A local user's own presence (they are allowed to see it).
     async fn local_presence(&self, user: &UserId) -> Result<WirePresence, ServiceError> {
-        let online = lock(&self.tracker).is_online(user);
+        let online = lock(&self.tracker).is_online(user) || self.online_elsewhere(user).await?;
         let stored = self.store.presence_row(user).await?.1;
         let pending = lock(&self.pending_writes).get(user).copied();
         let last_seen = if online {
@@ -405,6 +425,10 @@ impl Inner {
             last_seen,
             refresh,
         } = change;
+        if !online && !refresh && self.online_elsewhere(user).await? {
+            // Offline here, still online on another node: nothing to announce.
+            return Ok(());
+        }
         let (setting, _) = self.store.presence_row(user).await?;
         // A block hides presence both ways (MS24).
         let hidden = Blocking::new(self.store.clone()).hidden_among(user).await;
