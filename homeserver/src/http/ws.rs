@@ -37,6 +37,12 @@ const REPLAY_PAGE: u32 = 500;
 const PING_EVERY: Duration = Duration::from_secs(30);
 /// Most queued frames written before one flush.
 const WRITE_BATCH: usize = 64;
+/// A socket's read buffer to start with (it grows for a large frame). tungstenite's
+/// default, 128 KiB, is most of what an idle socket costs (F9 in docs/scaling.md).
+const READ_BUFFER: usize = 8 * 1024;
+/// Bytes buffered before a write reaches the socket. Frames are flushed after each batch
+/// (`WRITE_BATCH`), so a small buffer costs no syscalls; tungstenite's default is 128 KiB.
+const WRITE_BUFFER: usize = 16 * 1024;
 
 pub async fn upgrade(
     State(st): State<AppState>,
@@ -63,6 +69,8 @@ pub async fn upgrade(
     let max = st.services.config.limits.max_event_bytes() / 3 * 4 + FRAME_OVERHEAD;
     ws.max_message_size(max)
         .max_frame_size(max)
+        .read_buffer_size(READ_BUFFER)
+        .write_buffer_size(WRITE_BUFFER)
         .on_upgrade(move |socket| connection(st, me, socket, permit))
 }
 
