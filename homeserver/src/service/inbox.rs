@@ -20,6 +20,8 @@ use super::ServiceError;
 /// low rate a message does not cost the database one commit per acknowledgement.
 /// ✓✓ delivered reaches the sender at most this much later.
 const ACK_TICK: Duration = Duration::from_millis(10);
+/// Waits before each new try of a batch of acks whose commit failed.
+const ACK_RETRY_MS: [u64; 3] = [5, 25, 100];
 
 struct AckJob {
     ack: AckRequest,
@@ -144,7 +146,7 @@ async fn run_ack_writer(
             Some(_) => receipt_pairs(&store, &batch).await,
             None => Vec::new(),
         };
-        match store.commit_acks(&batch, now_ms()).await {
+        match commit_acks(&store, &batch).await {
             Ok(notices) => {
                 metrics
                     .acks
@@ -172,6 +174,24 @@ async fn run_ack_writer(
             let _ = job.done.send(());
         }
     }
+}
+
+/// Commits a batch of acks, retried after a failure: another node's ack writer may
+/// deadlock with this one on Postgres (each deletes its devices' items, then writes
+/// receipt items into the other's devices' inboxes), and Postgres aborts one of the two.
+/// A batch is idempotent, so trying it again is safe.
+async fn commit_acks(
+    store: &AnyStore,
+    batch: &[AckRequest],
+) -> Result<Vec<ReceiptNotice>, crate::store::StoreError> {
+    let mut result = store.commit_acks(batch, now_ms()).await;
+    for backoff_ms in ACK_RETRY_MS {
+        let Err(e) = &result else { break };
+        tracing::warn!(error = %e, "committing acknowledgements failed; retrying");
+        tokio::time::sleep(Duration::from_millis(backoff_ms)).await;
+        result = store.commit_acks(batch, now_ms()).await;
+    }
+    result
 }
 
 /// The `(chat, member)` pairs of the items a batch of acks names.

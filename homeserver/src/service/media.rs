@@ -263,6 +263,9 @@ impl Media {
         if offset != start {
             return Err(ServiceError::UploadOffset { received: start });
         }
+        // Each write hands at most this much to the blocking pool (tokio's default, 2 MiB
+        // per open file, is what an upload request's memory grew by).
+        file.set_max_buf_size(CHUNK);
         let mut len = start;
         while let Some(chunk) = body.next().await {
             let chunk = match chunk {
