@@ -49,6 +49,14 @@ pub enum Error {
     /// An argument is invalid (bad user id, empty text, …).
     #[error("{0}")]
     Invalid(String),
+    /// The key does not open the history archive or backup (a wrong recovery key,
+    /// passphrase or transfer key).
+    #[error("the key does not open this history archive (wrong recovery key or passphrase?)")]
+    WrongKey,
+    /// A history archive or backup is damaged, truncated or not an archive; nothing was
+    /// imported.
+    #[error("the history archive is damaged or incomplete ({0}); nothing was imported")]
+    CorruptArchive(String),
     /// The client was shut down.
     #[error("the client was shut down")]
     Closed,

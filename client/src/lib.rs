@@ -25,6 +25,9 @@
 //!   and [`Client::delete_for_me`]; the MLS sender decides who may edit or delete.
 //! - A local SQLite store per device ([`store`]) holds the MLS state and the decrypted
 //!   history: [`Reader`] reads history and searches it offline.
+//! - History archives ([`history`]): [`history::export`] and
+//!   [`Client::import_history`] stream a device's decrypted history, sealed under an
+//!   [`ArchiveKey`], to and from any file (backups, transfers to a linked device).
 //! - Other devices of the user are added to the user's chats by an existing device
 //!   ([`Client::refresh_devices`], also automatic while connected).
 //!
@@ -37,6 +40,7 @@ mod client;
 mod engine;
 pub mod error;
 mod groups;
+pub mod history;
 mod media;
 mod messaging;
 pub mod payload;
@@ -47,7 +51,9 @@ pub mod store;
 pub use client::{Client, ClientConfig, ConnectionState, Event};
 pub use error::{Error, Result};
 pub use groups::{GroupMember, GroupMembers};
+pub use history::{ExportSummary, ImportSummary};
 pub use media::{Attachment, Downloaded, FileOptions, SentFile, guess_mime, human_size};
+pub use parley_crypto::ArchiveKey;
 pub use payload::ChatPayload;
 pub use store::{
     ChatInfo, MemberReceipt, Message, MessageState, Reaction, Reader, ReceiptSummary, Version,

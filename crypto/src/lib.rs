@@ -15,15 +15,21 @@
 //!   application messages (text, media, reply, reaction, edit, delete).
 //! - [`media`]: chunked ChaCha20-Poly1305 STREAM encryption of attachments with
 //!   padding, addressed by the SHA-256 of the ciphertext.
+//! - [`archive`]: history archives (backups, transfers to a linked device): the media
+//!   format under a fresh content key, sealed under a long-lived key.
+//! - [`recovery`]: backup keys: the recovery key's encoding (64 characters with a
+//!   checksum) and the Argon2id passphrase mode.
 //!
 //! Secrets zeroize on drop and print as `***`.
 
+pub mod archive;
 pub mod envelope;
 pub mod error;
 pub mod group;
 pub mod identity;
 pub mod media;
 pub mod provider;
+pub mod recovery;
 
 pub use error::{
     CommitError, EncryptError, EnvelopeError, IdentityError, JoinError, KeyPackageError,
@@ -37,9 +43,11 @@ pub use identity::{
     DeviceId, DeviceIdentity, DevicePublicIdentity, SafetyNumber, UserId, safety_number,
 };
 
+pub use archive::{ArchiveError, ArchiveKey};
 pub use envelope::{Content, Envelope, MediaRef, MessageId, ReactionAction, Thumbnail};
 pub use media::{BlobHash, EncryptedMedia, MediaKey};
 pub use provider::Provider;
+pub use recovery::{PassphraseError, PassphraseParams, RecoveryKey, RecoveryKeyError};
 
 /// Re-exported so callers can name storage bounds without depending on
 /// `openmls_traits` directly.

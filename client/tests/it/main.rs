@@ -10,6 +10,7 @@ mod devices;
 mod e2e;
 mod federation;
 mod groups;
+mod history;
 mod media;
 mod messaging;
 mod offline;
