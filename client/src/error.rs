@@ -57,6 +57,12 @@ pub enum Error {
     /// imported.
     #[error("the history archive is damaged or incomplete ({0}); nothing was imported")]
     CorruptArchive(String),
+    /// A typed recovery key is malformed or has a typo (its checksum does not match).
+    #[error("invalid recovery key: {0}")]
+    RecoveryKey(String),
+    /// The user has no backup on the homeserver.
+    #[error("there is no backup to restore")]
+    NoBackup,
     /// The client was shut down.
     #[error("the client was shut down")]
     Closed,

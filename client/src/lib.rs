@@ -28,6 +28,9 @@
 //! - History archives ([`history`]): [`history::export`] and
 //!   [`Client::import_history`] stream a device's decrypted history, sealed under an
 //!   [`ArchiveKey`], to and from any file (backups, transfers to a linked device).
+//! - Encrypted backups ([`Client::enable_backup`], [`Client::backup_now`],
+//!   [`Client::restore`]): the history archive under a random key shown once as a
+//!   recovery key (or an Argon2id passphrase), stored on the homeserver.
 //! - Other devices of the user are added to the user's chats by an existing device
 //!   ([`Client::refresh_devices`], also automatic while connected).
 //!
@@ -35,6 +38,7 @@
 //! (an MLS message, or a Commit with its Welcome).
 
 mod api;
+mod backup;
 mod blocking;
 mod client;
 mod engine;
@@ -48,6 +52,7 @@ pub mod rules;
 mod socket;
 pub mod store;
 
+pub use backup::{BackupDone, BackupEnabled, BackupSecret, Restored};
 pub use client::{Client, ClientConfig, ConnectionState, Event};
 pub use error::{Error, Result};
 pub use groups::{GroupMember, GroupMembers};
@@ -59,6 +64,7 @@ pub use store::{
     ChatInfo, MemberReceipt, Message, MessageState, Reaction, Reader, ReceiptSummary, Version,
 };
 
+pub use parley_client_api::http::backup::{Backup, BackupKeyMode};
 pub use parley_client_api::http::blocks::Blocked;
 pub use parley_client_api::http::presence::{Presence, Visibility};
 pub use parley_client_api::http::push::Pusher;

@@ -611,7 +611,7 @@ pub(crate) fn resume_upload(inner: &Arc<Inner>, row: &store::OutboxRow) {
 
 impl Inner {
     /// `profile/media/<sub>`, created.
-    fn media_dir(&self, sub: &str) -> Result<PathBuf> {
+    pub(crate) fn media_dir(&self, sub: &str) -> Result<PathBuf> {
         let dir = self.config.profile.join("media").join(sub);
         std::fs::create_dir_all(&dir).map_err(|e| local_io(&dir, e))?;
         Ok(dir)
@@ -820,7 +820,7 @@ impl Inner {
 
     /// Downloads `blob` (`total` bytes) into `part`, resuming from what it holds.
     /// Returns the bytes fetched.
-    async fn fetch_blob(&self, blob: &BlobHash, part: &Path, total: u64) -> Result<u64> {
+    pub(crate) async fn fetch_blob(&self, blob: &BlobHash, part: &Path, total: u64) -> Result<u64> {
         let mut fetched = 0u64;
         let mut failures = 0u32;
         loop {

@@ -83,7 +83,7 @@ struct Shape {
 }
 
 fn shapes(g: &mut SchemaGenerator) -> BTreeMap<&'static str, Shape> {
-    use api::{accounts, blocks, chats, contacts, keys, media, presence, push};
+    use api::{accounts, backup, blocks, chats, contacts, keys, media, presence, push};
     let mut m = BTreeMap::new();
     macro_rules! s {
         ($name:literal, $req:expr, [$(($status:literal, $resp:expr)),*]) => {
@@ -199,6 +199,13 @@ fn shapes(g: &mut SchemaGenerator) -> BTreeMap<&'static str, Shape> {
         ],
         &[("offset", true), ("total", true)]
     );
+    s!("backup::get", None, [(200, t!(backup::get::Response))]);
+    s!(
+        "backup::put",
+        t!(backup::put::Request),
+        [(200, t!(backup::put::Response))]
+    );
+    s!("backup::delete", None, [(204, None)]);
     s!("blocks::list", None, [(200, t!(blocks::list::Response))]);
     s!("blocks::block", None, [(200, t!(blocks::block::Response))]);
     s!("blocks::unblock", None, [(204, None)]);

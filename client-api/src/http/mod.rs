@@ -4,6 +4,7 @@
 //! Every endpoint but `register` and `login` needs `Authorization: Bearer <token>`.
 
 pub mod accounts;
+pub mod backup;
 pub mod blocks;
 pub mod chats;
 pub mod contacts;
@@ -66,6 +67,9 @@ endpoints![
     accounts::logout,
     accounts::list_devices,
     accounts::delete_device,
+    backup::get,
+    backup::put,
+    backup::delete,
     blocks::list,
     blocks::block,
     blocks::unblock,

@@ -188,8 +188,33 @@ enum Command {
         #[command(subcommand)]
         action: PusherAction,
     },
+    /// Encrypted history backups on your homeserver: `parley backup enable`
+    /// (prints a recovery key once; `--passphrase` to use one instead), `now`, `status`.
+    Backup {
+        #[command(subcommand)]
+        action: BackupAction,
+    },
+    /// Restore your backup into this (freshly logged-in) device: asks for the recovery
+    /// key (or the passphrase) unless `PARLEY_RECOVERY_KEY` holds it.
+    Restore,
     /// Open a chat interactively (the most recent one if none is named).
     Interactive { chat: Option<String> },
+}
+
+#[derive(Subcommand)]
+enum BackupAction {
+    /// Turn backups on (a new key) and make the first backup.
+    Enable {
+        /// Derive the key from a passphrase (read from `PARLEY_BACKUP_PASSPHRASE` or
+        /// standard input) instead of a random recovery key. Weak passphrases can be
+        /// guessed by anyone who obtains the backup.
+        #[arg(long)]
+        passphrase: bool,
+    },
+    /// Make a backup now (replacing the previous one).
+    Now,
+    /// What the server holds.
+    Status,
 }
 
 #[derive(clap::Args)]
@@ -367,6 +392,20 @@ fn password(c: &Credentials) -> Result<String> {
     std::io::stdin()
         .read_line(&mut line)
         .context("reading the password")?;
+    Ok(line.trim_end_matches(['\n', '\r']).to_owned())
+}
+
+/// A secret from the environment variable `var`, else a line of standard input.
+fn secret_input(var: &str, what: &str) -> Result<String> {
+    if let Ok(v) = std::env::var(var) {
+        return Ok(v);
+    }
+    eprint!("{what}: ");
+    let _ = std::io::stderr().flush();
+    let mut line = String::new();
+    std::io::stdin()
+        .read_line(&mut line)
+        .with_context(|| format!("reading the {what}"))?;
     Ok(line.trim_end_matches(['\n', '\r']).to_owned())
 }
 
@@ -717,6 +756,88 @@ async fn run(cli: Cli) -> Result<()> {
                     }
                 }
             }
+        }
+        Command::Backup { action } => {
+            let client = Client::open(config()).await?;
+            match action {
+                BackupAction::Enable { passphrase } => {
+                    let secret = if passphrase {
+                        eprintln!(
+                            "A passphrase is only as strong as it is hard to guess: anyone who \
+                             obtains the backup (the server's operator included) can try \
+                             passphrases offline. Weak passphrases can be guessed."
+                        );
+                        let p = secret_input("PARLEY_BACKUP_PASSPHRASE", "passphrase")?;
+                        parley_client::BackupSecret::Passphrase(p.into())
+                    } else {
+                        parley_client::BackupSecret::RecoveryKey
+                    };
+                    let enabled = client.enable_backup(secret).await?;
+                    if let Some(key) = &enabled.recovery_key {
+                        println!("Your recovery key (write it down; it is shown only once):");
+                        println!();
+                        println!("    {}", key.as_str());
+                        println!();
+                    }
+                    let b = &enabled.backup;
+                    println!(
+                        "backed up {} messages in {} chats ({})",
+                        b.export.messages,
+                        b.export.chats,
+                        human_size(b.backup.size)
+                    );
+                }
+                BackupAction::Now => {
+                    let b = client.backup_now().await?;
+                    println!(
+                        "backed up {} messages in {} chats ({})",
+                        b.export.messages,
+                        b.export.chats,
+                        human_size(b.backup.size)
+                    );
+                }
+                BackupAction::Status => {
+                    let here = if client.backup_enabled().await? {
+                        "enabled on this device"
+                    } else {
+                        "not enabled on this device"
+                    };
+                    match client.backup_status().await? {
+                        Some(b) => println!(
+                            "backup of {} from {} UTC ({}); {}",
+                            human_size(b.size),
+                            clock(b.created_at),
+                            match b.key {
+                                parley_client::BackupKeyMode::RecoveryKey => "recovery key",
+                                parley_client::BackupKeyMode::Passphrase { .. } => "passphrase",
+                            },
+                            here
+                        ),
+                        None => println!("no backup on the server; {here}"),
+                    }
+                }
+            }
+            client.shutdown().await;
+        }
+        Command::Restore => {
+            let client = Client::open(config()).await?;
+            let secret = secret_input("PARLEY_RECOVERY_KEY", "recovery key (or passphrase)")?;
+            let restored = client.restore(&secret).await;
+            let restored = match restored {
+                Ok(r) => r,
+                Err(e) => {
+                    client.shutdown().await;
+                    return Err(e.into());
+                }
+            };
+            println!(
+                "restored {} messages in {} chats ({} new messages, {} new chats)",
+                restored.import.messages,
+                restored.import.chats,
+                restored.import.messages_added,
+                restored.import.chats_added
+            );
+            client.shutdown().await;
         }
         Command::Block { user } => {
             let client = Client::open(config()).await?;

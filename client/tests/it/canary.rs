@@ -1,10 +1,12 @@
 //! The server learns no plaintext: messages carry unique canary strings, and no canary
 //! appears in the server's database (every table, every column), its logs, or the bytes
-//! it sent and received (WebSocket frames unmasked, base64 payloads decoded).
+//! it sent and received (WebSocket frames unmasked, base64 payloads decoded). A backup
+//! stores only ciphertext: no canary in the server's files, and the recovery key and the
+//! backup key appear nowhere on the server or the wire.
 
 use anyhow::{Context, Result, ensure};
 use base64::Engine as _;
-use parley_client::MessageState;
+use parley_client::{BackupSecret, MessageState};
 use sqlx::{Connection, Row};
 
 use crate::harness::{Backend, Recorded, Server};
@@ -45,6 +47,27 @@ async fn the_server_never_sees_plaintext(backend: Backend) -> Result<()> {
     bob.client.mark_read(&chat).await?;
     alice.state(&chat, &m.id, MessageState::Read).await?;
 
+    // A backup (spec/backup.md BK16): the archive is a blob on the server; neither the
+    // recovery key nor the backup key ever leaves the device.
+    let enabled = alice
+        .client
+        .enable_backup(BackupSecret::RecoveryKey)
+        .await?;
+    let recovery = enabled
+        .recovery_key
+        .context("a recovery key")?
+        .replace(' ', "");
+    let backup_key = local_state(&alice, "backup_key").await?;
+    ensure!(backup_key.len() == 64);
+    let secrets = [recovery, backup_key];
+    let files = files_under(server.data_dir.path())?;
+    ensure!(
+        files.len() as u64 >= enabled.backup.backup.size,
+        "the server's files ({} bytes) hold the backup ({:?})",
+        files.len(),
+        enabled.backup
+    );
+
     // The database, every table and column.
     let dump = match backend {
         Backend::Sqlite => dump_sqlite(&server.data_dir.path().join("parley.db")).await?,
@@ -74,8 +97,27 @@ async fn the_server_never_sees_plaintext(backend: Backend) -> Result<()> {
     let logs = server.logs();
     ensure!(logs.contains("listening on"));
 
+    for secret in &secrets {
+        let s = secret.as_bytes();
+        for (what, bytes) in [
+            ("database", &dump),
+            ("wire", &plain),
+            ("wire (decoded)", &decoded),
+            ("server's files", &files),
+        ] {
+            ensure!(!contains(bytes, s), "a backup secret found in the {what}");
+        }
+        ensure!(
+            !logs.contains(secret.as_str()),
+            "a backup secret in the logs"
+        );
+    }
     for canary in &canaries {
         let c = canary.as_bytes();
+        ensure!(
+            !contains(&files, c),
+            "{canary} found in the server's files (media, backups)"
+        );
         let h = hex::encode(c);
         for (what, bytes) in [
             ("database", &dump),
@@ -99,6 +141,38 @@ async fn the_server_never_sees_plaintext(backend: Backend) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// Every file under `dir` (the server's database, media blobs, uploads), concatenated.
+fn files_under(dir: &std::path::Path) -> Result<Vec<u8>> {
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_owned()];
+    while let Some(d) = todo.pop() {
+        for entry in std::fs::read_dir(&d)? {
+            let path = entry?.path();
+            if path.is_dir() {
+                todo.push(path);
+            } else {
+                out.extend(std::fs::read(&path).unwrap_or_default());
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// A value of a device's `parley_state` table.
+async fn local_state(d: &crate::harness::Device, key: &str) -> Result<String> {
+    let url = format!(
+        "sqlite://{}?mode=ro",
+        d.dir.path().join(parley_client::store::DB_FILE).display()
+    );
+    let mut conn = sqlx::SqliteConnection::connect(&url).await?;
+    Ok(
+        sqlx::query_scalar("SELECT value FROM parley_state WHERE key = ?1")
+            .bind(key)
+            .fetch_one(&mut conn)
+            .await?,
+    )
 }
 
 fn rand_bytes() -> [u8; 8] {

@@ -3,6 +3,7 @@
 
 mod harness;
 
+mod backup;
 mod blocking;
 mod canary;
 mod cli;

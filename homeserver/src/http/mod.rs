@@ -2,6 +2,7 @@
 //! `parley-client-api` and the services; they hold no logic and touch no SQL.
 
 pub mod admin;
+pub mod backup;
 pub mod blocks;
 pub mod client;
 pub mod contacts;
@@ -97,6 +98,10 @@ pub fn app(state: AppState) -> Router {
             post(presence::set_pusher).get(presence::list_pushers),
         )
         .route(push_api::delete::PATH, delete(presence::delete_pusher))
+        .route(
+            parley_client_api::http::backup::get::PATH,
+            get(backup::get).put(backup::put).delete(backup::delete),
+        )
         .route(
             parley_client_api::http::blocks::list::PATH,
             get(blocks::list),

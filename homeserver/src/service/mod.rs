@@ -2,6 +2,7 @@
 //! Handlers never touch SQL; services never see HTTP.
 
 pub mod accounts;
+pub mod backup;
 pub mod blocking;
 pub mod chats;
 pub mod contacts;
@@ -97,6 +98,7 @@ pub struct Services {
     pub contacts: contacts::Contacts,
     pub push: push::Push,
     pub blocking: blocking::Blocking,
+    pub backups: backup::Backups,
 }
 
 impl Services {
@@ -191,6 +193,7 @@ impl Services {
         };
         Ok(Self {
             blocking: blocking::Blocking::new(store.clone()),
+            backups: backup::Backups::new(store.clone()),
             federation: federation.clone(),
             relay,
             media: media.clone(),

@@ -6,6 +6,7 @@
 //! functions in [`plan`], which both backends call with what they read inside the
 //! transaction. Nothing here is acknowledged to anyone before its transaction commits.
 
+pub mod backups;
 pub mod blocks;
 pub mod contacts;
 pub mod devices;
@@ -383,7 +384,8 @@ pub trait Store: Send + Sync + 'static {
         origin: &str,
         now: i64,
     ) -> impl Future<Output = Result<()>> + Send;
-    /// Blobs created before `before` that no retained event refers to.
+    /// Blobs created before `before` that no retained event refers to and that are no
+    /// user's backup.
     fn unreferenced_blobs(&self, before: i64)
     -> impl Future<Output = Result<Vec<BlobHash>>> + Send;
     fn delete_blob(&self, hash: &BlobHash) -> impl Future<Output = Result<()>> + Send;

@@ -1221,7 +1221,8 @@ impl Store for PgStore {
     async fn unreferenced_blobs(&self, before: i64) -> Result<Vec<BlobHash>> {
         let rows: Vec<String> = sqlx::query_scalar(
             "SELECT hash FROM blobs b WHERE created_at < $1
-               AND NOT EXISTS (SELECT 1 FROM blob_refs r WHERE r.hash = b.hash)",
+               AND NOT EXISTS (SELECT 1 FROM blob_refs r WHERE r.hash = b.hash)
+               AND NOT EXISTS (SELECT 1 FROM backups k WHERE k.blob = b.hash)",
         )
         .bind(before)
         .fetch_all(&self.pool)
