@@ -24,6 +24,7 @@
 //! SDK for the group's MLS setup and commits), never to the server's internals or
 //! database. See bench/README.md for the figures.
 
+mod backup;
 mod group;
 mod load;
 mod media;
@@ -155,6 +156,8 @@ struct Args {
 enum Mode {
     /// Media: upload/download throughput and server RSS per file size.
     Media(media::MediaArgs),
+    /// Backup: an encrypted history backup and its restore (time, peak memory).
+    Backup(backup::BackupArgs),
 }
 
 /// Most devices of a presence run.
@@ -264,8 +267,10 @@ impl Args {
 #[tokio::main]
 async fn main() -> Result<()> {
     let args = Args::parse();
-    if let Some(Mode::Media(m)) = args.command {
-        return media::run(m).await;
+    match args.command {
+        Some(Mode::Media(m)) => return media::run(m).await,
+        Some(Mode::Backup(b)) => return backup::run(b).await,
+        None => {}
     }
     args.validate()?;
     let group = args.group.map(|members| group::GroupOptions {

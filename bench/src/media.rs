@@ -81,7 +81,7 @@ fn sample_rss(pid: Option<u32>) -> (watch::Sender<bool>, tokio::task::JoinHandle
     (stop, task)
 }
 
-async fn measured<T>(
+pub(crate) async fn measured<T>(
     pid: Option<u32>,
     f: impl std::future::Future<Output = Result<T>>,
 ) -> Result<(T, Duration, u64)> {
@@ -249,7 +249,7 @@ fn line(r: &Row) -> String {
     )
 }
 
-async fn wait<F, Fut>(timeout: Duration, mut check: F) -> Result<()>
+pub(crate) async fn wait<F, Fut>(timeout: Duration, mut check: F) -> Result<()>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<bool>>,
