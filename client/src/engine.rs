@@ -514,6 +514,17 @@ impl Inner {
                     group.process(&p, commit)
                 };
                 match result {
+                    Ok(Received::Commit(summary))
+                        if summary.external
+                            && device_of(&summary.committer)
+                                != Some((ev.sender.clone(), ev.sender_device.clone())) =>
+                    {
+                        // A member's own device re-joined (parley-crypto's policy), but
+                        // it must be the device the server says sent the commit.
+                        Ok(Apply::Skip(Skip::Failed(
+                            "an external commit by another device than its sender".into(),
+                        )))
+                    }
                     Ok(Received::Commit(summary)) => {
                         if summary.discarded_own_pending {
                             self.needs_device_sync.store(true, Ordering::SeqCst);

@@ -171,6 +171,11 @@ pub enum ProcessError {
     /// A Commit is invalid.
     #[error("invalid commit: {0}")]
     InvalidCommit(String),
+    /// An external commit that Parley's policy refuses: only a device of a user who
+    /// already has a leaf may join by external commit, adding nobody else and removing
+    /// only leaves of that user.
+    #[error("external join refused: only a member's own device may join by external commit")]
+    ExternalJoinRefused,
     /// A credential in a Commit or Proposal does not bind its signature key,
     /// or changes a member's user or device id.
     #[error(transparent)]

@@ -173,6 +173,8 @@ pub struct CommitSummary {
     /// This device had a pending Commit for the same epoch; it lost the race
     /// and has been discarded. Rebuild and resend it if still wanted.
     pub discarded_own_pending: bool,
+    /// An external commit: the committer joined with it (it is also in `added`).
+    pub external: bool,
 }
 
 /// The result of processing one incoming message.
@@ -280,6 +282,74 @@ impl Group {
         }
         let mls = staged.into_group(provider).map_err(map_welcome_error)?;
         Ok(Self { mls })
+    }
+
+    /// Joins a group by external commit (RFC 9420 §12.4.3.2) from its GroupInfo (a
+    /// TLS-encoded `MLSMessage` with the ratchet tree and the external public key, as
+    /// [`Group::group_info`] exports it), which must be of `group_id`. Every member's
+    /// credential is checked. Returns the group, already in the new epoch and stored
+    /// through the provider, and the Commit to send to the hub with the GroupInfo's
+    /// epoch (`welcome` is `None`). Unlike the other commits this one cannot wait for
+    /// the hub: if the hub refuses it, delete the group and join again from a fresh
+    /// GroupInfo. Other members accept it only from a device of a user who already
+    /// has a leaf in the group (see [`Group::process`]).
+    pub fn join_external<S: StorageProvider<CURRENT_VERSION>>(
+        provider: &Provider<S>,
+        identity: &DeviceIdentity,
+        group_info: &[u8],
+        group_id: &[u8],
+    ) -> Result<(Self, PendingCommit), JoinError> {
+        let msg =
+            MlsMessageIn::tls_deserialize_exact(group_info).map_err(|_| JoinError::Malformed)?;
+        let MlsMessageBodyIn::GroupInfo(info) = msg.extract() else {
+            return Err(JoinError::Malformed);
+        };
+        if info.ciphersuite() != CIPHERSUITE {
+            return Err(JoinError::UnsupportedCiphersuite(info.ciphersuite().into()));
+        }
+        if info.group_id().as_slice() != group_id {
+            return Err(JoinError::Invalid(
+                "a GroupInfo of another group".to_owned(),
+            ));
+        }
+        let epoch = info.epoch().as_u64();
+        if let Some(old) = MlsGroup::load(provider.storage(), &GroupId::from_slice(group_id))
+            .map_err(|e| JoinError::Storage(storage_msg(e)))?
+        {
+            let mut old = old;
+            old.delete(provider.storage())
+                .map_err(|e| JoinError::Storage(storage_msg(e)))?;
+        }
+        let (mls, bundle) = MlsGroup::external_commit_builder()
+            .with_config(join_config())
+            .build_group(provider, info, identity.public().credential_with_key())
+            .map_err(|e| JoinError::Invalid(e.to_string()))?
+            .leaf_node_parameters(
+                LeafNodeParameters::builder()
+                    .with_capabilities(leaf_capabilities())
+                    .build(),
+            )
+            .load_psks(provider.storage())
+            .map_err(|e| JoinError::Storage(storage_msg(e)))?
+            .build(provider.rand(), provider.crypto(), identity, |_| true)
+            .map_err(|e| JoinError::Invalid(e.to_string()))?
+            .finalize(provider)
+            .map_err(|e| JoinError::Invalid(e.to_string()))?;
+        for member in mls.members() {
+            MemberInfo::from_member(&member)?;
+        }
+        let (commit, _, new_info) = bundle.into_messages();
+        let pending = PendingCommit {
+            epoch,
+            commit: serialize(&commit).map_err(JoinError::Internal)?,
+            welcome: None,
+            group_info: new_info
+                .as_ref()
+                .map(serialize)
+                .transpose()
+                .map_err(JoinError::Internal)?,
+        };
+        Ok((Self { mls }, pending))
     }
 
     /// Loads a group from the store; `Ok(None)` if there is none with this id.
@@ -611,17 +681,20 @@ impl Group {
             .mls
             .process_message(provider, protocol)
             .map_err(|e| map_process_error(e, message_epoch, group_epoch))?;
+        // `None`: an external commit (a device joining from the GroupInfo).
         let sender_leaf = match processed.sender() {
-            Sender::Member(leaf) => *leaf,
+            Sender::Member(leaf) => Some(*leaf),
+            Sender::NewMemberCommit => None,
             _ => return Err(ProcessError::NotAMember),
         };
+        let member_leaf = || sender_leaf.ok_or(ProcessError::NotAMember);
         let credential = processed.credential().clone();
         match processed.into_content() {
             ProcessedMessageContent::ApplicationMessage(app) => {
                 // The sender must still hold its leaf with the same
                 // credential: a removed device cannot keep talking through a
                 // past epoch's keys.
-                let sender = self.member_info(sender_leaf)?;
+                let sender = self.member_info(member_leaf()?)?;
                 if sender.identity.credential() != credential {
                     return Err(ProcessError::NotAMember);
                 }
@@ -635,7 +708,7 @@ impl Group {
                 epoch: message_epoch,
             }),
             ProcessedMessageContent::ProposalMessage(queued) => {
-                let sender = self.member_info(sender_leaf)?;
+                let sender = self.member_info(member_leaf()?)?;
                 let removes = match queued.proposal() {
                     Proposal::Remove(r) => Some(self.member_info(r.removed())?),
                     Proposal::Add(add) => {
@@ -661,8 +734,11 @@ impl Group {
                     .map_err(|e| ProcessError::Storage(storage_msg(e)))?;
                 Ok(Received::ProposalQueued { sender, removes })
             }
+            ProcessedMessageContent::StagedCommitMessage(staged) if sender_leaf.is_none() => {
+                self.merge_external(provider, *staged)
+            }
             ProcessedMessageContent::StagedCommitMessage(staged) => {
-                let committer = self.member_info(sender_leaf)?;
+                let committer = self.member_info(member_leaf()?)?;
                 let mut added = Vec::new();
                 for add in staged.add_proposals() {
                     let leaf = add.add_proposal().key_package().leaf_node();
@@ -706,6 +782,7 @@ impl Group {
                     updated,
                     self_removed,
                     discarded_own_pending,
+                    external: false,
                 }))
             }
             ProcessedMessageContent::OwnPendingCommit => {
@@ -721,6 +798,66 @@ impl Group {
                 Err(ProcessError::NotAMember)
             }
         }
+    }
+
+    /// An external commit: accepted only when a device of a user who already has a
+    /// leaf joins (a user re-adding their own device, e.g. after a restore) and the
+    /// commit adds nobody and removes only leaves of that user (a stale leaf of the same
+    /// device). Anything else is refused before anything is merged.
+    fn merge_external<S: StorageProvider<CURRENT_VERSION>>(
+        &mut self,
+        provider: &Provider<S>,
+        staged: openmls::group::StagedCommit,
+    ) -> Result<Received, ProcessError> {
+        let Some(leaf) = staged.update_path_leaf_node() else {
+            return Err(ProcessError::InvalidCommit(
+                "an external commit without a path".to_owned(),
+            ));
+        };
+        let joiner = DevicePublicIdentity::from_credential(
+            leaf.credential(),
+            leaf.signature_key().as_slice(),
+        )?;
+        let members = self.members()?;
+        if !members
+            .iter()
+            .any(|m| m.identity.user_id() == joiner.user_id())
+        {
+            return Err(ProcessError::ExternalJoinRefused);
+        }
+        if staged.add_proposals().next().is_some() {
+            return Err(ProcessError::ExternalJoinRefused);
+        }
+        let mut removed = Vec::new();
+        for remove in staged.remove_proposals() {
+            let gone = self.member_info(remove.remove_proposal().removed())?;
+            if gone.identity.user_id() != joiner.user_id() {
+                return Err(ProcessError::ExternalJoinRefused);
+            }
+            removed.push(gone);
+        }
+        let discarded_own_pending = self.has_pending_commit();
+        self.mls
+            .merge_staged_commit(provider, staged)
+            .map_err(|e| match e {
+                openmls::group::MergeCommitError::StorageError(e) => {
+                    ProcessError::Storage(storage_msg(e))
+                }
+                other => ProcessError::Internal(other.to_string()),
+            })?;
+        let committer = self
+            .find_member(joiner.user_id().as_str(), joiner.device_id().as_str())
+            .ok_or(ProcessError::NotAMember)?;
+        Ok(Received::Commit(CommitSummary {
+            committer,
+            epoch: self.epoch(),
+            added: vec![joiner],
+            removed,
+            updated: Vec::new(),
+            self_removed: false,
+            discarded_own_pending,
+            external: true,
+        }))
     }
 
     /// A member's new leaf must carry a valid credential for the same user and

@@ -1,6 +1,7 @@
 //! Integration tests for parley-crypto (one harness, see style.md).
 
 mod envelope;
+mod external;
 mod groups;
 mod interop;
 mod media;
