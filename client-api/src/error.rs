@@ -58,13 +58,21 @@ pub enum ErrorCode {
     MethodNotAllowed,
     /// The server failed; nothing was changed. Retrying is safe.
     Internal,
+    /// A disappearing-message timer (`expires_in`) out of bounds, or on an event that
+    /// cannot expire (an MLS commit or proposal).
+    InvalidTimer,
+    /// A report with neither a reason nor an attached message.
+    EmptyReport,
 }
 
 impl ErrorCode {
     /// The HTTP status that carries this code.
     pub fn status(self) -> u16 {
         match self {
-            ErrorCode::BadJson | ErrorCode::InvalidParam => 400,
+            ErrorCode::BadJson
+            | ErrorCode::InvalidParam
+            | ErrorCode::InvalidTimer
+            | ErrorCode::EmptyReport => 400,
             ErrorCode::MissingToken | ErrorCode::UnknownToken | ErrorCode::InvalidCredentials => {
                 401
             }
@@ -108,6 +116,8 @@ impl ErrorCode {
             ErrorCode::NotFound => "not_found",
             ErrorCode::MethodNotAllowed => "method_not_allowed",
             ErrorCode::Internal => "internal",
+            ErrorCode::InvalidTimer => "invalid_timer",
+            ErrorCode::EmptyReport => "empty_report",
         }
     }
 }
@@ -161,6 +171,8 @@ mod tests {
             ErrorCode::NotFound,
             ErrorCode::MethodNotAllowed,
             ErrorCode::Internal,
+            ErrorCode::InvalidTimer,
+            ErrorCode::EmptyReport,
         ] {
             assert_eq!(
                 serde_json::to_value(code).unwrap(),

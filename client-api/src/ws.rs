@@ -61,6 +61,10 @@ pub enum ClientFrame {
         membership: Option<crate::http::chats::MembershipChange>,
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         blobs: Vec<crate::ids::BlobHash>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        expires_in: Option<u32>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        read_receipts: Option<bool>,
     },
     /// Acknowledge inbox items: they are removed, and delivered receipts go out.
     Ack { ids: Vec<i64> },
@@ -163,6 +167,8 @@ impl ClientFrame {
             mls: None,
             membership: None,
             blobs: Vec::new(),
+            expires_in: None,
+            read_receipts: None,
         }
     }
 }
@@ -199,6 +205,8 @@ mod tests {
                 mls: None,
                 membership: None,
                 blobs: vec![],
+                expires_in: None,
+                read_receipts: None,
             }
         );
         assert!(serde_json::from_str::<ClientFrame>(r#"{"type":"nope"}"#).is_err());

@@ -7,7 +7,7 @@ use parley_client_api::http::chats::{self, ChatEvent, ChatSummary, SendAck};
 use parley_client_api::http::contacts;
 use parley_client_api::http::keys::{self, ClaimedKeyPackage, KeyPackageCount};
 use parley_client_api::http::media;
-use parley_client_api::http::presence::{self, Visibility};
+use parley_client_api::http::presence;
 use parley_client_api::http::push;
 use parley_client_api::http::{Method, fill};
 use parley_client_api::{BlobHash, ChatId, DeviceId, ErrorBody, ErrorCode, Payload, UserId};
@@ -190,27 +190,22 @@ impl Api {
             .map(drop)
     }
 
-    pub(crate) async fn privacy(&self) -> Result<Visibility> {
-        let r: presence::get_privacy::Response = self
-            .call::<(), _>(
-                presence::get_privacy::METHOD,
-                presence::get_privacy::PATH,
-                None,
-            )
-            .await?;
-        Ok(r.last_seen)
+    pub(crate) async fn privacy(&self) -> Result<presence::Privacy> {
+        self.call::<(), _>(
+            presence::get_privacy::METHOD,
+            presence::get_privacy::PATH,
+            None,
+        )
+        .await
     }
 
-    pub(crate) async fn set_privacy(&self, last_seen: Visibility) -> Result<Visibility> {
-        let body = presence::Privacy { last_seen };
-        let r: presence::set_privacy::Response = self
-            .call(
-                presence::set_privacy::METHOD,
-                presence::set_privacy::PATH,
-                Some(&body),
-            )
-            .await?;
-        Ok(r.last_seen)
+    pub(crate) async fn set_privacy(&self, body: &presence::Privacy) -> Result<presence::Privacy> {
+        self.call(
+            presence::set_privacy::METHOD,
+            presence::set_privacy::PATH,
+            Some(body),
+        )
+        .await
     }
 
     pub(crate) async fn presence(&self, user: &UserId) -> Result<presence::Presence> {

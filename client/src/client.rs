@@ -111,6 +111,8 @@ pub enum Event {
         seq: Option<i64>,
         state: MessageState,
     },
+    /// A disappearing message's timer ended: it is gone from this device.
+    MessageExpired { chat_id: ChatId, id: String },
     /// A member's receipts in a chat rose.
     ReceiptChanged {
         chat_id: ChatId,
@@ -664,6 +666,7 @@ impl Client {
             return Err(Error::Invalid("the message is empty".into()));
         }
         let inner = &self.inner;
+        let timer = inner.db.reader.timer(chat).await?;
         let (message, bytes) = inner.pending_message(
             chat,
             Content::Text {
@@ -671,6 +674,7 @@ impl Client {
             },
             "text",
             text.to_owned(),
+            timer,
         )?;
         inner.queue_message(chat, &message, bytes).await?;
         Ok(message)
@@ -696,13 +700,30 @@ impl Client {
 
     /// Who sees this user's online state and last seen.
     pub async fn privacy(&self) -> Result<Visibility> {
-        self.inner.api.privacy().await
+        Ok(self.inner.api.privacy().await?.last_seen)
     }
 
     /// Sets who sees this user's online state and last seen (and so whose this user
-    /// sees: the rule is reciprocal).
+    /// sees: the rule is reciprocal). The read-receipt setting stays as it is.
     pub async fn set_privacy(&self, last_seen: Visibility) -> Result<Visibility> {
-        self.inner.api.set_privacy(last_seen).await
+        let mut p = self.inner.api.privacy().await?;
+        p.last_seen = last_seen;
+        Ok(self.inner.api.set_privacy(&p).await?.last_seen)
+    }
+
+    /// Whether this user sends read receipts (and so sees others': the rule is
+    /// reciprocal, spec/messaging.md MS40).
+    pub async fn read_receipts(&self) -> Result<bool> {
+        Ok(self.inner.api.privacy().await?.read_receipts)
+    }
+
+    /// Turns this user's read receipts on or off (every device): off, the server relays
+    /// none of this user's read receipts and delivers this user none of anyone's;
+    /// ✓✓ delivered still works both ways.
+    pub async fn set_read_receipts(&self, on: bool) -> Result<bool> {
+        let mut p = self.inner.api.privacy().await?;
+        p.read_receipts = on;
+        Ok(self.inner.api.set_privacy(&p).await?.read_receipts)
     }
 
     /// A user's online state and last seen, as far as this user may see them.
@@ -793,8 +814,10 @@ impl Inner {
         content: Content,
         kind: &str,
         body: String,
+        expires_in: Option<u32>,
     ) -> Result<(Message, Vec<u8>)> {
-        let envelope = Envelope::new(u64::try_from(now_ms()).unwrap_or(0), content);
+        let mut envelope = Envelope::new(u64::try_from(now_ms()).unwrap_or(0), content);
+        envelope.expires_in = expires_in;
         let bytes = envelope.to_bytes().map_err(Error::crypto)?;
         let message = Message {
             chat_id: chat.clone(),
@@ -811,6 +834,7 @@ impl Inner {
             reply_to: None,
             edited_at: None,
             deleted: false,
+            expires_at: expires_in.map(|s| now_ms() + i64::from(s) * 1000),
         };
         Ok((message, bytes))
     }

@@ -242,12 +242,19 @@ impl Inner {
                     tracing::warn!(chat = %event.chat_id, after, "history has a gap (expired?)");
                     break;
                 }
+                let before = after;
                 for e in page {
                     if e.seq >= event.seq {
                         break;
                     }
                     after = e.seq;
                     self.process_one(&mut conn, e.into()).await?;
+                }
+                if after == before {
+                    // The server holds nothing more before this event: the missing ones
+                    // expired (disappearing messages, retention) and are gone for good.
+                    tracing::info!(chat = %event.chat_id, after, seq = event.seq, "history has a gap (expired)");
+                    break;
                 }
             }
         }
@@ -454,6 +461,9 @@ impl Inner {
                             return Ok(Apply::Done(Vec::new()));
                         }
                         if store::insert_message(tx, &message).await? {
+                            if let Some(env) = &envelope {
+                                store::apply_chat_setting(tx, &ev.chat_id, &env.content).await?;
+                            }
                             if let Some(media) = media {
                                 store::set_message_media(
                                     tx,
@@ -1055,8 +1065,13 @@ fn decode_message(
 ) -> (Message, Option<String>) {
     let mut media_json = None;
     let mut reply_to = None;
+    let mut expires_at = None;
     let (id, sent_at, kind, body) = match Envelope::from_bytes(plaintext) {
         Ok(env) => {
+            // Counted from this device's receipt (MS33).
+            expires_at = env
+                .expires_in
+                .map(|s| crate::client::now_ms() + i64::from(s) * 1000);
             let (kind, body) = match env.content {
                 Content::Text { text } => ("text".to_owned(), text),
                 Content::Media { media, caption } => {
@@ -1075,6 +1090,14 @@ fn decode_message(
                 Content::Unknown { kind } => {
                     (kind.clone(), format!("[unsupported message: {kind}]"))
                 }
+                Content::Timer { seconds } => (
+                    "timer".to_owned(),
+                    crate::disappearing::describe_timer(seconds),
+                ),
+                Content::ReadReceipts { allowed } => (
+                    "read_receipts".to_owned(),
+                    crate::disappearing::describe_receipts(allowed),
+                ),
                 other => {
                     let kind = match other {
                         Content::Reaction { .. } => "reaction",
@@ -1114,6 +1137,7 @@ fn decode_message(
         reply_to,
         edited_at: None,
         deleted: false,
+        expires_at,
     };
     (message, media_json)
 }

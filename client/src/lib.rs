@@ -23,6 +23,10 @@
 //!   [`Client::react`] / [`Client::unreact`], [`Client::edit`] (versions kept locally:
 //!   [`Reader::edits`]), [`Client::delete_for_everyone`] (a tombstone on every device)
 //!   and [`Client::delete_for_me`]; the MLS sender decides who may edit or delete.
+//! - Disappearing messages and privacy: [`Client::set_timer`] (a chat event; messages
+//!   sent while it is on vanish from every device and from the servers),
+//!   [`Client::set_read_receipts`] and [`Client::set_chat_read_receipts`]; reports to
+//!   the server's admins: [`Client::report`], [`Client::report_message`].
 //! - A local SQLite store per device ([`store`]) holds the MLS state and the decrypted
 //!   history: [`Reader`] reads history and searches it offline.
 //! - History archives ([`history`]): [`history::export`] and
@@ -41,6 +45,7 @@ mod api;
 mod backup;
 mod blocking;
 mod client;
+mod disappearing;
 mod engine;
 pub mod error;
 mod groups;
@@ -66,6 +71,8 @@ pub use store::{
 
 pub use parley_client_api::http::backup::{Backup, BackupKeyMode};
 pub use parley_client_api::http::blocks::Blocked;
+pub use parley_client_api::http::chats::timer;
 pub use parley_client_api::http::presence::{Presence, Visibility};
 pub use parley_client_api::http::push::Pusher;
+pub use parley_client_api::http::reports::{ReportTarget, ReportedMessage};
 pub use parley_client_api::{ChatId, DeviceId, ErrorCode, UserId};

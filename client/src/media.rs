@@ -642,6 +642,7 @@ impl Inner {
         caption: Option<String>,
         upload: Option<&Path>,
     ) -> Result<Message> {
+        let timer = self.db.reader.timer(chat).await?;
         let (message, bytes) = self.pending_message(
             chat,
             Content::Media {
@@ -650,6 +651,7 @@ impl Inner {
             },
             "media",
             describe(&media, caption.as_deref()),
+            timer,
         )?;
         let blobs = serde_json::to_string(&[media.blob.to_string()]).map_err(Error::store)?;
         let stored =

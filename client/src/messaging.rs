@@ -427,6 +427,7 @@ impl Client {
         }
         let in_reply_to = MessageId::try_from(to).map_err(|_| invalid("invalid message id"))?;
         let inner = &self.inner;
+        let timer = inner.db.reader.timer(chat).await?;
         let (mut message, bytes) = inner.pending_message(
             chat,
             Content::Reply {
@@ -435,6 +436,7 @@ impl Client {
             },
             "reply",
             text.to_owned(),
+            timer,
         )?;
         message.reply_to = Some(to.to_owned());
         inner.queue_message(chat, &message, bytes).await?;

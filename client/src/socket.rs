@@ -46,6 +46,13 @@ enum End {
 
 /// The task: connect, run, reconnect, until shutdown or logout.
 pub(crate) async fn run(inner: Arc<Inner>, mut flush_rx: mpsc::Receiver<()>) {
+    // Disappearing messages go on schedule whether or not the socket is up.
+    let expiry = tokio::spawn(crate::disappearing::expiry_loop(inner.clone()));
+    run_socket(inner, &mut flush_rx).await;
+    expiry.abort();
+}
+
+async fn run_socket(inner: Arc<Inner>, flush_rx: &mut mpsc::Receiver<()>) {
     let mut shutdown = inner.shutdown.clone();
     let mut backoff = inner.config.reconnect_min;
     loop {
@@ -65,7 +72,7 @@ pub(crate) async fn run(inner: Arc<Inner>, mut flush_rx: mpsc::Receiver<()>) {
                     retry_at: None,
                     beat_sent: false,
                 };
-                let end = conn.run(&mut flush_rx, &mut shutdown).await;
+                let end = conn.run(flush_rx, &mut shutdown).await;
                 match end {
                     End::Shutdown => {
                         let _ = conn.ws.close(None).await;
@@ -480,6 +487,18 @@ impl Conn {
                 .as_deref()
                 .and_then(|b| serde_json::from_str(b).ok())
                 .unwrap_or_else(|| serde_json::json!([]));
+            // What the servers must see in the clear (MS31, MS44): the message's timer,
+            // and the read-receipt policy a `read_receipts` event sets.
+            let envelope = row
+                .plaintext
+                .as_deref()
+                .filter(|_| !is_commit)
+                .and_then(|p| parley_crypto::Envelope::from_bytes(p).ok());
+            let expires_in = envelope.as_ref().and_then(|e| e.expires_in);
+            let read_receipts = match envelope.as_ref().map(|e| &e.content) {
+                Some(parley_crypto::Content::ReadReceipts { allowed }) => Some(*allowed),
+                _ => None,
+            };
             let frame = crate::api::wire(serde_json::json!({
                 "type": "send",
                 "chat_id": chat_id,
@@ -488,6 +507,8 @@ impl Conn {
                 "mls": MlsMeta { kind, epoch },
                 "membership": membership,
                 "blobs": blobs,
+                "expires_in": expires_in,
+                "read_receipts": read_receipts,
             }))?;
             self.send(&frame).await?;
             self.in_flight.insert(row.client_msg_id.clone());

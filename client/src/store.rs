@@ -131,6 +131,9 @@ pub struct Message {
     pub edited_at: Option<i64>,
     /// Deleted for everyone by its sender: a tombstone (the text is gone).
     pub deleted: bool,
+    /// Disappearing messages: when this device deletes it (ms since the Unix epoch,
+    /// counted from when this device received or sent it).
+    pub expires_at: Option<i64>,
 }
 
 /// The text a tombstone shows.
@@ -224,6 +227,7 @@ struct MessageRow {
     reply_to: Option<String>,
     edited_at: Option<i64>,
     deleted: bool,
+    expires_at: Option<i64>,
 }
 
 impl TryFrom<MessageRow> for Message {
@@ -244,12 +248,13 @@ impl TryFrom<MessageRow> for Message {
             reply_to: r.reply_to,
             edited_at: r.edited_at,
             deleted: r.deleted,
+            expires_at: r.expires_at,
         })
     }
 }
 
 pub(crate) const MESSAGE_COLUMNS: &str = "chat_id, msg_id, seq, sender, sender_device, outgoing, kind, body, sent_at, \
-     server_ts, state, reply_to, edited_at, deleted";
+     server_ts, state, reply_to, edited_at, deleted, expires_at";
 
 pub(crate) fn parse_members(s: &str) -> Vec<UserId> {
     s.split_whitespace()
@@ -767,8 +772,8 @@ pub(crate) async fn insert_message(conn: &mut SqliteConnection, m: &Message) -> 
     let done = sqlx::query(
         "INSERT INTO parley_messages
            (chat_id, msg_id, seq, sender, sender_device, outgoing, kind, body, sent_at, server_ts, state,
-            reply_to)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)
+            reply_to, expires_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)
          ON CONFLICT (chat_id, sender_device, msg_id) DO NOTHING",
     )
     .bind(m.chat_id.as_str())
@@ -783,6 +788,7 @@ pub(crate) async fn insert_message(conn: &mut SqliteConnection, m: &Message) -> 
     .bind(m.server_ts)
     .bind(m.state.as_str())
     .bind(m.reply_to.as_deref())
+    .bind(m.expires_at)
     .execute(&mut *conn)
     .await?;
     let at = m.server_ts.unwrap_or(m.sent_at_ms);
@@ -1150,5 +1156,99 @@ impl Reader {
         .bind(id)
         .fetch_optional(&self.pool)
         .await?)
+    }
+}
+
+/// Applies a chat setting an envelope carries (a `timer` or `read_receipts` event), in
+/// `seq` order (or at once for this device's own).
+pub(crate) async fn apply_chat_setting(
+    conn: &mut SqliteConnection,
+    chat: &ChatId,
+    content: &parley_crypto::Content,
+) -> Result<()> {
+    match content {
+        parley_crypto::Content::Timer { seconds } => {
+            sqlx::query("UPDATE parley_chats SET timer_secs = ?2 WHERE chat_id = ?1")
+                .bind(chat.as_str())
+                .bind(i64::from(*seconds))
+                .execute(conn)
+                .await?;
+        }
+        parley_crypto::Content::ReadReceipts { allowed } => {
+            sqlx::query("UPDATE parley_chats SET read_receipts = ?2 WHERE chat_id = ?1")
+                .bind(chat.as_str())
+                .bind(*allowed)
+                .execute(conn)
+                .await?;
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// Deletes the messages whose disappearing timer ended at or before `now`, with their
+/// edit history, reactions and waiting actions; returns `(chat, message id)` of each.
+pub(crate) async fn purge_expired(
+    conn: &mut SqliteConnection,
+    now: i64,
+) -> Result<Vec<(ChatId, String)>> {
+    let gone: Vec<(String, String)> = sqlx::query_as(
+        "DELETE FROM parley_messages WHERE expires_at IS NOT NULL AND expires_at <= ?1
+         RETURNING chat_id, msg_id",
+    )
+    .bind(now)
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut out = Vec::with_capacity(gone.len());
+    for (chat, id) in gone {
+        for table in ["parley_edits", "parley_reactions"] {
+            sqlx::query(&format!(
+                "DELETE FROM {table} WHERE chat_id = ?1 AND msg_id = ?2"
+            ))
+            .bind(&chat)
+            .bind(&id)
+            .execute(&mut *conn)
+            .await?;
+        }
+        sqlx::query("DELETE FROM parley_pending_actions WHERE chat_id = ?1 AND target = ?2")
+            .bind(&chat)
+            .bind(&id)
+            .execute(&mut *conn)
+            .await?;
+        out.push((ChatId::try_from(chat).map_err(Error::store)?, id));
+    }
+    Ok(out)
+}
+
+impl Reader {
+    /// A chat's disappearing-message timer (seconds), if on.
+    pub async fn timer(&self, chat_id: &ChatId) -> Result<Option<u32>> {
+        let secs: Option<i64> =
+            sqlx::query_scalar("SELECT timer_secs FROM parley_chats WHERE chat_id = ?1")
+                .bind(chat_id.as_str())
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(secs.and_then(|s| u32::try_from(s).ok()).filter(|s| *s > 0))
+    }
+
+    /// Whether the chat allows read receipts (its policy, as last set by a member).
+    pub async fn chat_read_receipts(&self, chat_id: &ChatId) -> Result<bool> {
+        let v: Option<bool> =
+            sqlx::query_scalar("SELECT read_receipts FROM parley_chats WHERE chat_id = ?1")
+                .bind(chat_id.as_str())
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(v.unwrap_or(true))
+    }
+
+    /// Every message row of a chat, hidden and deleted ones included, with its kind
+    /// and expiry: what is physically stored on this device (for checks and tests).
+    pub async fn stored_message_ids(&self, chat_id: &ChatId) -> Result<Vec<String>> {
+        Ok(
+            sqlx::query_scalar("SELECT msg_id FROM parley_messages WHERE chat_id = ?1 ORDER BY id")
+                .bind(chat_id.as_str())
+                .fetch_all(&self.pool)
+                .await?,
+        )
     }
 }

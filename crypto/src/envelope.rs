@@ -15,8 +15,10 @@
 //!   sender; replies, reactions, edits and deletions refer to it.
 //! - `sent_at_ms`: the sender's clock (milliseconds since the Unix epoch),
 //!   informational only; the hub's `seq` orders messages.
+//! - `expires_in` (optional): disappearing messages; the receiving device deletes
+//!   the message this many seconds after it received it.
 //! - `kind` + `content`: one of `text`, `media`, `reply`, `reaction`, `edit`,
-//!   `delete` (see [`Content`]). An unknown `kind` decodes to
+//!   `delete`, `timer`, `read_receipts` (see [`Content`]). An unknown `kind` decodes to
 //!   [`Content::Unknown`] instead of failing, so older clients show a
 //!   placeholder for newer kinds. Unknown fields are ignored.
 
@@ -201,6 +203,18 @@ pub enum Content {
         /// The deleted message.
         target: MessageId,
     },
+    /// `kind: "timer"`: the chat's disappearing-message timer from now on (seconds;
+    /// 0: off). Shown to every member as a chat event.
+    Timer {
+        /// Seconds, or 0 for off.
+        seconds: u32,
+    },
+    /// `kind: "read_receipts"`: the chat's read-receipt policy from now on (the send
+    /// carries the same value in the clear, as the server enforces it).
+    ReadReceipts {
+        /// False: no member's read receipts in this chat.
+        allowed: bool,
+    },
     /// A kind this version does not know: show a placeholder.
     Unknown {
         /// The kind as sent.
@@ -215,6 +229,8 @@ pub struct Envelope {
     pub id: MessageId,
     /// The sender's clock, informational.
     pub sent_at_ms: u64,
+    /// Disappearing messages: seconds after receipt at which each device deletes it.
+    pub expires_in: Option<u32>,
     /// What it says.
     pub content: Content,
 }
@@ -249,6 +265,14 @@ struct EditBody {
 struct DeleteBody {
     target: MessageId,
 }
+#[derive(Serialize, Deserialize)]
+struct TimerBody {
+    seconds: u32,
+}
+#[derive(Serialize, Deserialize)]
+struct ReadReceiptsBody {
+    allowed: bool,
+}
 
 #[derive(Serialize, Deserialize)]
 struct Wire {
@@ -256,6 +280,8 @@ struct Wire {
     id: MessageId,
     #[serde(default)]
     sent_at_ms: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    expires_in: Option<u32>,
     kind: String,
     #[serde(default)]
     content: serde_json::Value,
@@ -267,6 +293,7 @@ impl Envelope {
         Self {
             id: MessageId::random(),
             sent_at_ms,
+            expires_in: None,
             content,
         }
     }
@@ -317,6 +344,14 @@ impl Envelope {
                     target: target.clone(),
                 })?,
             ),
+            Content::Timer { seconds } => (
+                "timer",
+                serde_json::to_value(TimerBody { seconds: *seconds })?,
+            ),
+            Content::ReadReceipts { allowed } => (
+                "read_receipts",
+                serde_json::to_value(ReadReceiptsBody { allowed: *allowed })?,
+            ),
             Content::Unknown { .. } => {
                 return Err(EnvelopeError::Malformed(serde::ser::Error::custom(
                     "cannot encode an unknown kind",
@@ -327,6 +362,7 @@ impl Envelope {
             v: ENVELOPE_VERSION,
             id: self.id.clone(),
             sent_at_ms: self.sent_at_ms,
+            expires_in: self.expires_in,
             kind: kind.to_owned(),
             content,
         })?;
@@ -391,6 +427,14 @@ impl Envelope {
                 let b: DeleteBody = serde_json::from_value(c)?;
                 Content::Delete { target: b.target }
             }
+            "timer" => {
+                let b: TimerBody = serde_json::from_value(c)?;
+                Content::Timer { seconds: b.seconds }
+            }
+            "read_receipts" => {
+                let b: ReadReceiptsBody = serde_json::from_value(c)?;
+                Content::ReadReceipts { allowed: b.allowed }
+            }
             other => Content::Unknown {
                 kind: other.to_owned(),
             },
@@ -398,6 +442,7 @@ impl Envelope {
         Ok(Self {
             id: wire.id,
             sent_at_ms: wire.sent_at_ms,
+            expires_in: wire.expires_in,
             content,
         })
     }
@@ -412,6 +457,7 @@ mod tests {
         let env = Envelope {
             id: MessageId::try_from("abc").unwrap(),
             sent_at_ms: 5,
+            expires_in: None,
             content: Content::Text {
                 text: "hello".into(),
             },
@@ -421,6 +467,20 @@ mod tests {
             json,
             serde_json::json!({"v":1,"id":"abc","sent_at_ms":5,"kind":"text","content":{"text":"hello"}})
         );
+    }
+
+    #[test]
+    fn timer_and_expiry_round_trip() {
+        let mut env = Envelope::new(7, Content::Timer { seconds: 3600 });
+        env.expires_in = Some(30);
+        let bytes = env.to_bytes().unwrap();
+        let json: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(json["kind"], "timer");
+        assert_eq!(json["expires_in"], 30);
+        assert_eq!(json["content"]["seconds"], 3600);
+        assert_eq!(Envelope::from_bytes(&bytes).unwrap(), env);
+        let rr = Envelope::new(7, Content::ReadReceipts { allowed: false });
+        assert_eq!(Envelope::from_bytes(&rr.to_bytes().unwrap()).unwrap(), rr);
     }
 
     #[test]

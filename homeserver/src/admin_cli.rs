@@ -48,9 +48,24 @@ pub enum AdminAction {
     RevokeDevice { user_id: String, device_id: String },
     /// Server statistics.
     Stats,
+    /// Reports filed by local users (act on one with `deactivate` for a local account
+    /// or `federation deny` for a remote server).
+    #[command(subcommand)]
+    Reports(ReportsAction),
     /// The federation allow/deny policy.
     #[command(subcommand)]
     Federation(FederationAction),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ReportsAction {
+    /// The newest reports, one line each.
+    List {
+        #[arg(long, default_value_t = 100)]
+        limit: i64,
+    },
+    /// One report in full, with the messages the reporter attached.
+    Show { id: i64 },
 }
 
 #[derive(Debug, Subcommand)]
@@ -204,6 +219,48 @@ pub async fn run(args: AdminArgs) -> Result<()> {
             };
             print_policy(&policy);
         }
+        AdminAction::Reports(ReportsAction::List { limit }) => {
+            let list: api::Reports = send(call(
+                reqwest::Method::GET,
+                format!("/reports?limit={limit}"),
+                None,
+            ))
+            .await?;
+            if list.reports.is_empty() {
+                println!("no reports");
+            }
+            for r in list.reports {
+                println!(
+                    "{}	{}	by {}	{}	{} messages	{}",
+                    r.id,
+                    r.created_at,
+                    r.reporter,
+                    target_line(&r.target),
+                    r.messages.len(),
+                    r.reason.lines().next().unwrap_or_default()
+                );
+            }
+        }
+        AdminAction::Reports(ReportsAction::Show { id }) => {
+            let r: api::Report =
+                send(call(reqwest::Method::GET, format!("/reports/{id}"), None)).await?;
+            println!("report {}", r.id);
+            println!("filed at {} by {}", r.created_at, r.reporter);
+            println!("about {}", target_line(&r.target));
+            println!("reason: {}", r.reason);
+            for m in &r.messages {
+                println!(
+                    "  [{}] {} seq {} at {} ({}): {}",
+                    m.chat_id,
+                    m.sender,
+                    m.seq.map_or("-".to_owned(), |s| s.to_string()),
+                    m.ts,
+                    m.kind,
+                    m.text
+                );
+            }
+            println!("note: {}", r.notice);
+        }
         AdminAction::Stats => {
             let s: api::Stats = send(call(reqwest::Method::GET, "/stats".into(), None)).await?;
             println!(
@@ -213,6 +270,19 @@ pub async fn run(args: AdminArgs) -> Result<()> {
         }
     }
     Ok(())
+}
+
+fn target_line(t: &parley_client_api::http::reports::ReportTarget) -> String {
+    use parley_client_api::http::reports::ReportTarget;
+    match t {
+        ReportTarget::User { user_id } => format!("user {user_id}"),
+        ReportTarget::Chat { chat_id } => format!("chat {chat_id}"),
+        ReportTarget::Message {
+            chat_id,
+            seq,
+            sender,
+        } => format!("message {chat_id} seq {seq} from {sender}"),
+    }
 }
 
 /// `current <kid>`, `next <kid> at <ms>` during a rotation, `retired <kid>` each.

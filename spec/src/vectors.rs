@@ -173,6 +173,7 @@ fn envelopes() -> Value {
             let env = Envelope {
                 id: id("dmVjdG9yLWlk"),
                 sent_at_ms: 1_767_225_600_000,
+                expires_in: None,
                 content,
             };
             let bytes = env.to_bytes().expect("encoding a vector");

@@ -121,6 +121,15 @@ pub mod send {
         /// nothing is stored.
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         pub blobs: Vec<crate::ids::BlobHash>,
+        /// Disappearing messages: the event expires this many seconds after the hub
+        /// accepted it ([`super::timer`] bounds; application messages only, else `400
+        /// invalid_timer`). Servers drop undelivered copies at expiry.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub expires_in: Option<u32>,
+        /// Sets the chat's read-receipt policy (`false`: no read receipts for anyone in
+        /// the chat) from this event on. In a group only admins may change it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub read_receipts: Option<bool>,
     }
 
     pub type Response = super::SendAck;
@@ -278,6 +287,74 @@ pub struct ChatEvent {
     pub membership: Option<MembershipChange>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub blobs: Vec<crate::ids::BlobHash>,
+    /// Seconds after `ts` at which the event expires (disappearing messages).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_in: Option<u32>,
+    /// The chat's read-receipt policy set by this event, if it sets one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub read_receipts: Option<bool>,
+}
+
+/// Disappearing-message timers (spec/messaging.md MS30–MS38): the values a chat's timer
+/// and an event's `expires_in` may take.
+pub mod timer {
+    /// 24 hours, in seconds.
+    pub const DAY: u32 = 24 * 3600;
+    /// The presets: 24 h, 7 days, 90 days.
+    pub const PRESETS: [u32; 3] = [DAY, 7 * DAY, 90 * DAY];
+    /// The shortest custom timer: 5 seconds.
+    pub const MIN_SECS: u32 = 5;
+    /// The longest: 365 days.
+    pub const MAX_SECS: u32 = 365 * DAY;
+
+    /// Whether `secs` is a timer value this version accepts.
+    pub fn valid(secs: u32) -> bool {
+        (MIN_SECS..=MAX_SECS).contains(&secs)
+    }
+
+    /// Parses `off`, `24h`, `7d`, `90d`, or a custom value `<n>s|m|h|d`; `Ok(None)` is off.
+    pub fn parse(s: &str) -> Result<Option<u32>, String> {
+        let s = s.trim();
+        if s == "off" || s == "0" {
+            return Ok(None);
+        }
+        let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+        let mult: u64 = match unit {
+            "" | "s" => 1,
+            "m" => 60,
+            "h" => 3600,
+            "d" => u64::from(DAY),
+            _ => {
+                return Err(format!(
+                    "{s:?}: expected off, 24h, 7d, 90d or a number of seconds"
+                ));
+            }
+        };
+        let n: u64 = num
+            .parse()
+            .map_err(|_| format!("{s:?}: expected off, 24h, 7d, 90d or a number of seconds"))?;
+        let secs = n.saturating_mul(mult);
+        match u32::try_from(secs) {
+            Ok(v) if valid(v) => Ok(Some(v)),
+            _ => Err(format!(
+                "{s:?}: a timer is between {MIN_SECS} seconds and {} days",
+                MAX_SECS / DAY
+            )),
+        }
+    }
+
+    /// `24h`, `7d`, `90s`: the shortest exact form.
+    pub fn display(secs: u32) -> String {
+        if secs % DAY == 0 {
+            format!("{}d", secs / DAY)
+        } else if secs % 3600 == 0 {
+            format!("{}h", secs / 3600)
+        } else if secs % 60 == 0 {
+            format!("{}m", secs / 60)
+        } else {
+            format!("{secs}s")
+        }
+    }
 }
 
 /// One member's receipts in a chat; `n` covers every event up to `n`.

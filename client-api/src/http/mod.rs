@@ -12,6 +12,7 @@ pub mod keys;
 pub mod media;
 pub mod presence;
 pub mod push;
+pub mod reports;
 
 /// An HTTP method, as the endpoints name it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -100,6 +101,7 @@ endpoints![
     push::set,
     push::list,
     push::delete,
+    reports::create,
 ];
 
 /// The device socket, `GET /v1/ws` (see [`crate::ws`]).

@@ -59,13 +59,30 @@ impl std::str::FromStr for Visibility {
 }
 
 /// The caller's privacy settings.
-#[derive(
-    Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Privacy {
     /// Who sees the caller's online state and last seen.
     pub last_seen: Visibility,
+    /// Whether the caller sends read receipts (default `true`). Reciprocal: with
+    /// `false` the server relays none of the caller's read receipts and delivers the
+    /// caller no one else's (✓✓ delivered still works both ways). A `PUT` without the
+    /// field turns them back on.
+    #[serde(default = "yes")]
+    pub read_receipts: bool,
+}
+
+impl Default for Privacy {
+    fn default() -> Self {
+        Self {
+            last_seen: Visibility::default(),
+            read_receipts: true,
+        }
+    }
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// Read the caller's privacy settings.
@@ -112,11 +129,14 @@ mod tests {
     fn visibility_wire_and_rules() {
         assert_eq!(
             serde_json::to_string(&Privacy {
-                last_seen: Visibility::Contacts
+                last_seen: Visibility::Contacts,
+                read_receipts: true,
             })
             .unwrap(),
-            r#"{"last_seen":"contacts"}"#
+            r#"{"last_seen":"contacts","read_receipts":true}"#
         );
+        let p: Privacy = serde_json::from_str(r#"{"last_seen":"nobody"}"#).unwrap();
+        assert!(p.read_receipts);
         for v in [
             Visibility::Everyone,
             Visibility::Contacts,

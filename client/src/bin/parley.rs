@@ -140,6 +140,21 @@ enum Command {
     Unblock { user: String },
     /// List the users you block.
     Blocked,
+    /// Disappearing messages in a chat: `parley timer CHAT 24h` (off | 24h | 7d | 90d |
+    /// a custom value such as 30s, 10m, 12h, 2d). Every member sees the change; what
+    /// anyone sends from then on disappears from every device and from the servers.
+    /// Without a value, show the chat's timer.
+    Timer { chat: String, value: Option<String> },
+    /// A chat's read-receipt policy: `parley chat-receipts CHAT off` forbids read
+    /// receipts for every member (in a group: admins only); `on` allows them again.
+    ChatReceipts { chat: String, value: Option<String> },
+    /// Report abuse to your server's admins: `parley report user USER --reason …`,
+    /// `report message CHAT MESSAGE_ID --reason …`, `report chat CHAT --reason …`; attach
+    /// more messages with `--attach MESSAGE_ID` (their text goes to the admins).
+    Report {
+        #[command(subcommand)]
+        about: ReportAbout,
+    },
     /// Show a chat's history (from the local store; works offline).
     History {
         chat: String,
@@ -240,6 +255,47 @@ enum PrivacyAction {
         /// everyone | contacts (the people in your contact list) | nobody
         value: Option<String>,
     },
+    /// Whether you send read receipts (on | off). Reciprocal: turn yours off and you
+    /// see no one's; ✓✓ delivered still works.
+    ReadReceipts { value: Option<String> },
+}
+
+#[derive(Subcommand)]
+enum ReportAbout {
+    /// Report a user (local or of another server).
+    User {
+        user: String,
+        #[arg(long, default_value = "")]
+        reason: String,
+        /// Attach messages of CHAT by id (with --chat).
+        #[arg(long)]
+        chat: Option<String>,
+        #[arg(long)]
+        attach: Vec<String>,
+    },
+    /// Report one message (it is attached).
+    Message {
+        chat: String,
+        message: String,
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+    /// Report a chat.
+    Chat {
+        chat: String,
+        #[arg(long, default_value = "")]
+        reason: String,
+        #[arg(long)]
+        attach: Vec<String>,
+    },
+}
+
+fn on_off(v: &str) -> Result<bool> {
+    match v {
+        "on" | "yes" | "true" | "allow" => Ok(true),
+        "off" | "no" | "false" | "forbid" => Ok(false),
+        other => bail!("{other:?}: expected on or off"),
+    }
 }
 
 #[derive(Subcommand)]
@@ -499,6 +555,130 @@ async fn run(cli: Cli) -> Result<()> {
             };
             println!("last seen: {}", v.as_str());
             client.shutdown().await;
+        }
+        Command::Privacy {
+            action: PrivacyAction::ReadReceipts { value },
+        } => {
+            let client = Client::open(config()).await?;
+            let on = match value {
+                Some(v) => client.set_read_receipts(on_off(&v)?).await?,
+                None => client.read_receipts().await?,
+            };
+            println!(
+                "read receipts: {}",
+                if on {
+                    "on"
+                } else {
+                    "off (you send none and see no one's)"
+                }
+            );
+            client.shutdown().await;
+        }
+        Command::Timer { chat, value: None } => {
+            let reader = Reader::open(&dir).await?;
+            let chat = resolve_chat_offline(&reader, &chat).await?;
+            match reader.timer(&chat).await? {
+                Some(s) => println!(
+                    "disappearing messages: {}",
+                    parley_client::timer::display(s)
+                ),
+                None => println!("disappearing messages: off"),
+            }
+        }
+        Command::Timer {
+            chat,
+            value: Some(value),
+        } => {
+            let secs = parley_client::timer::parse(&value).map_err(|e| anyhow!(e))?;
+            let result = action(config(), &chat, |client, chat| async move {
+                client.set_timer(&chat, secs).await?;
+                Ok(match secs {
+                    Some(s) => format!(
+                        "disappearing messages: {}",
+                        parley_client::timer::display(s)
+                    ),
+                    None => "disappearing messages: off".to_owned(),
+                })
+            })
+            .await?;
+            println!("{result}");
+        }
+        Command::ChatReceipts { chat, value: None } => {
+            let reader = Reader::open(&dir).await?;
+            let chat = resolve_chat_offline(&reader, &chat).await?;
+            let on = reader.chat_read_receipts(&chat).await?;
+            println!(
+                "read receipts in this chat: {}",
+                if on { "on" } else { "off" }
+            );
+        }
+        Command::ChatReceipts {
+            chat,
+            value: Some(value),
+        } => {
+            let allowed = on_off(&value)?;
+            let result = action(config(), &chat, |client, chat| async move {
+                client.set_chat_read_receipts(&chat, allowed).await?;
+                Ok(format!(
+                    "read receipts in this chat: {}",
+                    if allowed { "on" } else { "off" }
+                ))
+            })
+            .await?;
+            println!("{result}");
+        }
+        Command::Report { about } => {
+            let client = Client::open(config()).await?;
+            let done = match about {
+                ReportAbout::User {
+                    user,
+                    reason,
+                    chat,
+                    attach,
+                } => {
+                    let user = parse_user(&user)?;
+                    let attach = match chat {
+                        Some(c) => {
+                            let c = resolve_chat(&client, &c, false).await?;
+                            attach.into_iter().map(|id| (c.clone(), id)).collect()
+                        }
+                        None if attach.is_empty() => Vec::new(),
+                        None => bail!("--attach needs --chat"),
+                    };
+                    client.report_user(&user, &reason, &attach).await
+                }
+                ReportAbout::Message {
+                    chat,
+                    message,
+                    reason,
+                } => {
+                    let chat = resolve_chat(&client, &chat, false).await?;
+                    client.report_message(&chat, &message, &reason).await
+                }
+                ReportAbout::Chat {
+                    chat,
+                    reason,
+                    attach,
+                } => {
+                    let chat = resolve_chat(&client, &chat, false).await?;
+                    let attach: Vec<_> = attach.into_iter().map(|id| (chat.clone(), id)).collect();
+                    client
+                        .report(
+                            parley_client::ReportTarget::Chat {
+                                chat_id: chat.clone(),
+                            },
+                            &reason,
+                            &attach,
+                        )
+                        .await
+                }
+            };
+            client.shutdown().await;
+            let r = done?;
+            println!(
+                "report {} sent to your server's admins (what you attached is your word: Parley cannot prove who wrote it)",
+                r.report_id
+            );
         }
         Command::Contacts { action } => {
             let client = Client::open(config()).await?;
@@ -1255,6 +1435,9 @@ async fn listen(config: ClientConfig) -> Result<()> {
             Ok(Event::MessageDeleted { chat_id, id }) => {
                 println!("[{chat_id}] message {id} was deleted");
             }
+            Ok(Event::MessageExpired { chat_id, id }) => {
+                println!("[{chat_id}] message {id} disappeared");
+            }
             Ok(Event::ReactionChanged {
                 chat_id,
                 id,
@@ -1421,7 +1604,15 @@ async fn interactive(config: ClientConfig, chat: Option<String>) -> Result<()> {
                 if text == "/quit" {
                     break;
                 }
-                if !text.is_empty() {
+                if let Some(value) = text.strip_prefix("/timer ") {
+                    notice = match parley_client::timer::parse(value) {
+                        Ok(secs) => match client.set_timer(&chat, secs).await {
+                            Ok(_) => String::new(),
+                            Err(e) => format!("timer not set: {e}"),
+                        },
+                        Err(e) => e,
+                    };
+                } else if !text.is_empty() {
                     notice.clear();
                     if let Err(e) = client.send_text(&chat, text).await {
                         notice = format!("not sent: {e}");

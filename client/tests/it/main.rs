@@ -8,6 +8,7 @@ mod blocking;
 mod canary;
 mod cli;
 mod devices;
+mod disappearing;
 mod e2e;
 mod federation;
 mod groups;

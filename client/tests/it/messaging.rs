@@ -209,6 +209,7 @@ async fn replies_reactions_edits_and_deletes_in_a_group(backend: Backend) -> Res
             &Envelope {
                 id: early.clone(),
                 sent_at_ms: now(),
+                expires_in: None,
                 content: Content::Text {
                     text: "sent after its reaction".into(),
                 },

@@ -90,14 +90,14 @@ fn content() -> impl Strategy<Value = Content> {
 proptest! {
     #[test]
     fn prop_envelope_round_trip(id in message_id(), sent_at_ms in any::<u64>(), content in content()) {
-        let env = Envelope { id, sent_at_ms, content };
+        let env = Envelope { id, sent_at_ms, expires_in: None, content };
         let bytes = env.to_bytes().unwrap();
         prop_assert_eq!(Envelope::from_bytes(&bytes).unwrap(), env);
     }
 
     #[test]
     fn prop_unknown_kinds_never_fail(kind in "[a-z_]{1,20}", extra in ".{0,40}") {
-        prop_assume!(!["text", "media", "reply", "reaction", "edit", "delete"].contains(&kind.as_str()));
+        prop_assume!(!["text", "media", "reply", "reaction", "edit", "delete", "timer", "read_receipts"].contains(&kind.as_str()));
         let json = serde_json::json!({"v": 1, "id": "abc", "kind": kind, "content": {"x": extra}, "future_field": 1});
         let env = Envelope::from_bytes(json.to_string().as_bytes()).unwrap();
         prop_assert_eq!(env.content, Content::Unknown { kind });

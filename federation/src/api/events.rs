@@ -57,6 +57,13 @@ pub struct FedEvent {
     /// ([`crate::api::media`]).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub blobs: Vec<String>,
+    /// Disappearing messages: seconds after `ts` at which the event expires. Every
+    /// server holding a copy drops it (and its undelivered inbox rows) then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_in: Option<u32>,
+    /// The chat's read-receipt policy this event sets (`false`: none relayed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub read_receipts: Option<bool>,
 }
 
 /// A chat's state as its hub sees it after event `seq` (hub → followers): sent when the
@@ -77,6 +84,17 @@ pub struct ChatSnapshot {
     pub created_at: i64,
     /// Current members, with their roles.
     pub members: Vec<SnapshotMember>,
+    /// The chat's read-receipt policy (`false`: no read receipts relayed in the chat).
+    #[serde(default = "yes", skip_serializing_if = "is_true")]
+    pub read_receipts: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn is_true(b: &bool) -> bool {
+    *b
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
@@ -113,6 +131,10 @@ pub struct HubSend {
     /// references without checking again.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub blobs: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_in: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub read_receipts: Option<bool>,
 }
 
 /// A local user leaving a chat, forwarded by a follower to the chat's hub (follower →

@@ -88,6 +88,32 @@ pub mod api {
         pub grace_secs: Option<u64>,
     }
 
+    /// A report filed by a local user (`GET /_parley/admin/v1/reports[/{id}]`).
+    #[derive(Debug, Clone, Serialize, Deserialize)]
+    pub struct Report {
+        pub id: i64,
+        pub reporter: UserId,
+        pub target: parley_client_api::http::reports::ReportTarget,
+        pub reason: String,
+        pub messages: Vec<parley_client_api::http::reports::ReportedMessage>,
+        pub created_at: i64,
+        /// What the attached messages prove: only that the reporter's device showed them
+        /// (no franking in v1).
+        pub notice: String,
+    }
+
+    #[derive(Debug, Clone, Serialize, Deserialize)]
+    pub struct Reports {
+        pub reports: Vec<Report>,
+    }
+
+    #[derive(Debug, Clone, Default, Serialize, Deserialize)]
+    pub struct ReportsQuery {
+        /// At most this many, newest first (default 100).
+        #[serde(default)]
+        pub limit: Option<i64>,
+    }
+
     #[derive(Debug, Clone, Serialize, Deserialize)]
     pub struct Stats {
         pub users: i64,
@@ -116,6 +142,8 @@ pub fn admin_app(state: AppState) -> Router {
             delete(revoke_device),
         )
         .route("/_parley/admin/v1/stats", get(stats))
+        .route("/_parley/admin/v1/reports", get(reports))
+        .route("/_parley/admin/v1/reports/{id}", get(report))
         .route(
             "/_parley/admin/v1/federation/rules",
             get(federation_rules)
@@ -269,6 +297,38 @@ async fn stats(State(st): State<AppState>, _: Admin) -> ApiResult<Json<api::Stat
         inbox_rows: s.inbox_rows,
         connected_sockets: st.services.gateway.connected().await,
     }))
+}
+
+fn report_body(r: crate::service::reports::Report) -> api::Report {
+    api::Report {
+        id: r.id,
+        reporter: r.reporter,
+        target: r.target,
+        reason: r.reason,
+        messages: r.messages,
+        created_at: r.created_at,
+        notice: crate::service::reports::CLAIM_NOTICE.to_owned(),
+    }
+}
+
+/// Reports filed by local users, newest first.
+async fn reports(
+    State(st): State<AppState>,
+    _: Admin,
+    axum::extract::Query(q): axum::extract::Query<api::ReportsQuery>,
+) -> ApiResult<Json<api::Reports>> {
+    let reports = st.services.reports.list(q.limit.unwrap_or(100)).await?;
+    Ok(Json(api::Reports {
+        reports: reports.into_iter().map(report_body).collect(),
+    }))
+}
+
+async fn report(
+    State(st): State<AppState>,
+    _: Admin,
+    ApiPath(id): ApiPath<i64>,
+) -> ApiResult<Json<api::Report>> {
+    Ok(Json(report_body(st.services.reports.get(id).await?)))
 }
 
 fn federation(st: &AppState) -> ApiResult<&crate::service::federation::Federation> {

@@ -1,4 +1,5 @@
-//! Block list handlers (`/v1/blocks`); the rules are in `service::blocking`.
+//! Block list handlers (`/v1/blocks`; the rules are in `service::blocking`) and reports
+//! (`/v1/reports`, `service::reports`).
 
 use axum::Json;
 use axum::extract::State;
@@ -44,4 +45,22 @@ pub async fn unblock(
 ) -> Result<StatusCode, ApiError> {
     st.services.blocking.unblock(&me.user_id, &user).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// `POST /v1/reports`: files a report with this server's admins (`service::reports`).
+pub async fn report(
+    State(st): State<AppState>,
+    Auth(me): Auth,
+    super::extract::ApiJson(req): super::extract::ApiJson<
+        parley_client_api::http::reports::create::Request,
+    >,
+) -> Result<
+    (
+        StatusCode,
+        Json<parley_client_api::http::reports::create::Response>,
+    ),
+    ApiError,
+> {
+    let r = st.services.reports.file(&me.user_id, req).await?;
+    Ok((StatusCode::CREATED, Json(r)))
 }

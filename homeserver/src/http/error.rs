@@ -37,6 +37,8 @@ impl From<ServiceError> for ApiError {
     fn from(e: ServiceError) -> Self {
         let code = match &e {
             ServiceError::InvalidParam(_) => ErrorCode::InvalidParam,
+            ServiceError::InvalidTimer(_) => ErrorCode::InvalidTimer,
+            ServiceError::EmptyReport => ErrorCode::EmptyReport,
             ServiceError::UserExists => ErrorCode::UserExists,
             ServiceError::InvalidCredentials => ErrorCode::InvalidCredentials,
             ServiceError::UnknownToken => ErrorCode::UnknownToken,
@@ -88,7 +90,7 @@ impl IntoResponse for ApiError {
 pub fn fed_error(e: ServiceError) -> parley_federation::ProtocolError {
     use parley_federation::FedErrorCode as C;
     let code = match &e {
-        ServiceError::InvalidParam(_) => C::InvalidParam,
+        ServiceError::InvalidParam(_) | ServiceError::InvalidTimer(_) => C::InvalidParam,
         ServiceError::UnknownUser(_) => C::UnknownUser,
         ServiceError::UnknownChat => C::UnknownChat,
         ServiceError::UnknownBlob(_) => C::NotFound,

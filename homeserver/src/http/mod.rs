@@ -110,6 +110,10 @@ pub fn app(state: AppState) -> Router {
             parley_client_api::http::blocks::block::PATH,
             put(blocks::block).delete(blocks::unblock),
         )
+        .route(
+            parley_client_api::http::reports::create::PATH,
+            post(blocks::report),
+        )
         .route(parley_client_api::ws::PATH, get(ws::upgrade))
         .route("/health", get(|| async { "ok" }))
         .route("/ready", get(client::ready))

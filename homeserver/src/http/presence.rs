@@ -20,7 +20,11 @@ pub async fn get_privacy(
     Auth(me): Auth,
 ) -> ApiResult<Json<presence::get_privacy::Response>> {
     let last_seen = st.services.presence.privacy(&me.user_id).await?;
-    Ok(Json(Privacy { last_seen }))
+    let read_receipts = st.services.presence.read_receipts(&me.user_id).await?;
+    Ok(Json(Privacy {
+        last_seen,
+        read_receipts,
+    }))
 }
 
 pub async fn set_privacy(
@@ -31,6 +35,10 @@ pub async fn set_privacy(
     st.services
         .presence
         .set_privacy(&me.user_id, req.last_seen)
+        .await?;
+    st.services
+        .presence
+        .set_read_receipts(&me.user_id, req.read_receipts)
         .await?;
     Ok(Json(req))
 }

@@ -341,6 +341,8 @@ impl Conn {
                 mls,
                 membership,
                 blobs,
+                expires_in,
+                read_receipts,
             } => {
                 let chats = self.st.services.chats.clone();
                 let me = self.me.clone();
@@ -350,6 +352,8 @@ impl Conn {
                     mls,
                     membership,
                     blobs,
+                    expires_in,
+                    read_receipts,
                 };
                 return Ok(Some(Box::pin(async move {
                     let r = chats.send(&me, chat_id, body).await;
@@ -469,6 +473,8 @@ mod tests {
             }),
             membership: None,
             blobs: vec!["ab".repeat(32).try_into().unwrap()],
+            expires_in: Some(60),
+            read_receipts: None,
         };
         let text = super::event_frame_text(42, &serde_json::to_string(&event).unwrap());
         let frame: ServerFrame = serde_json::from_str(&text).unwrap();

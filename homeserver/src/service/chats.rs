@@ -274,7 +274,10 @@ impl Chats {
             mls,
             membership,
             blobs,
+            expires_in,
+            read_receipts,
         } = body;
+        check_timer(expires_in, mls).map_err(ServiceError::InvalidTimer)?;
         if blobs.len() > MAX_BLOBS_PER_EVENT {
             return Err(ServiceError::InvalidParam(format!(
                 "blobs: at most {MAX_BLOBS_PER_EVENT} per event"
@@ -319,8 +322,21 @@ impl Chats {
             self.media.check_reference(&me.user_id, blob).await?;
         }
         if chat_id.hub() != self.config.server_name.as_str() {
+            let extra = Extra {
+                expires_in,
+                read_receipts,
+            };
             return self
-                .forward(me, chat_id, client_msg_id, payload, mls, membership, blobs)
+                .forward(
+                    me,
+                    chat_id,
+                    client_msg_id,
+                    payload,
+                    mls,
+                    membership,
+                    blobs,
+                    extra,
+                )
                 .await;
         }
         let req = SendRequest {
@@ -333,6 +349,8 @@ impl Chats {
             mls,
             membership,
             blobs,
+            expires_in,
+            read_receipts,
         };
         let ack = |seq, ts, duplicate| SendAck {
             chat_id: chat_id.clone(),
@@ -377,6 +395,7 @@ impl Chats {
         mls: Option<parley_client_api::http::chats::MlsMeta>,
         membership: Option<parley_client_api::http::chats::MembershipChange>,
         blobs: Vec<parley_client_api::BlobHash>,
+        extra: Extra,
     ) -> Result<SendAck, ServiceError> {
         let Some(remote) = &self.remote else {
             return Err(ServiceError::UnknownChat);
@@ -400,6 +419,8 @@ impl Chats {
                 .transpose()
                 .map_err(ServiceError::Internal)?,
             blobs: blobs.iter().map(|b| b.to_string()).collect(),
+            expires_in: extra.expires_in,
+            read_receipts: extra.read_receipts,
         };
         let body =
             serde_json::to_string(&send).map_err(|e| ServiceError::Internal(e.to_string()))?;
@@ -456,11 +477,24 @@ impl Chats {
         chat_id: &ChatId,
         me: &UserId,
     ) -> Result<(i64, Vec<Receipt>), ServiceError> {
+        use crate::store::receipt_policy::ReceiptPolicyStore as _;
         self.members_as_member(chat_id, me).await?;
-        self.store
+        let (last, receipts) = self
+            .store
             .receipts(chat_id)
             .await?
-            .ok_or(ServiceError::UnknownChat)
+            .ok_or(ServiceError::UnknownChat)?;
+        // Read-receipt privacy (MS42–MS45): what `me` may see.
+        let users: Vec<UserId> = receipts.iter().map(|r| r.user_id.clone()).collect();
+        let policy = self
+            .store
+            .receipt_policy(std::slice::from_ref(chat_id), &users)
+            .await?;
+        let receipts = receipts
+            .into_iter()
+            .map(|r| policy.mask(chat_id, Some(me), r))
+            .collect();
+        Ok((last, receipts))
     }
 
     /// Marks everything up to `seq` read and pushes the receipt change.
@@ -565,4 +599,34 @@ impl Chats {
         self.store.set_admin(chat_id, user, admin).await?;
         Ok(())
     }
+}
+
+/// What a forwarded send carries beside its payload and MLS metadata.
+struct Extra {
+    expires_in: Option<u32>,
+    read_receipts: Option<bool>,
+}
+
+/// A disappearing timer must be within the spec's bounds (MS32), and only application
+/// messages expire: a commit or proposal dropped before a device received it would leave
+/// that device unable to follow the chat's epochs.
+pub(crate) fn check_timer(
+    expires_in: Option<u32>,
+    mls: Option<parley_client_api::http::chats::MlsMeta>,
+) -> Result<(), String> {
+    use parley_client_api::http::chats::timer;
+    let Some(secs) = expires_in else {
+        return Ok(());
+    };
+    if !timer::valid(secs) {
+        return Err(format!(
+            "expires_in: {secs} is not a timer (between {} seconds and {} days)",
+            timer::MIN_SECS,
+            timer::MAX_SECS / timer::DAY
+        ));
+    }
+    if mls.is_some_and(|m| m.kind != MlsKind::Application) {
+        return Err("expires_in: only application messages expire".into());
+    }
+    Ok(())
 }

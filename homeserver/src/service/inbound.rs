@@ -168,6 +168,9 @@ fn to_send_request(
         .iter()
         .map(|b| BlobHash::try_from(b.as_str()).map_err(|e| bad(e.to_string())))
         .collect::<Result<Vec<_>, _>>()?;
+    let mls: Option<parley_client_api::http::chats::MlsMeta> =
+        send.mls.map(|m| convert(&m)).transpose().map_err(bad)?;
+    super::chats::check_timer(send.expires_in, mls).map_err(bad)?;
     Ok(SendRequest {
         chat_id,
         sender,
@@ -175,7 +178,7 @@ fn to_send_request(
         client_msg_id: send.client_msg_id.clone(),
         payload: send.payload.0.clone(),
         ts: now_ms(),
-        mls: send.mls.map(|m| convert(&m)).transpose().map_err(bad)?,
+        mls,
         membership: send
             .membership
             .as_ref()
@@ -183,6 +186,8 @@ fn to_send_request(
             .transpose()
             .map_err(bad)?,
         blobs,
+        expires_in: send.expires_in,
+        read_receipts: send.read_receipts,
     })
 }
 
@@ -462,6 +467,7 @@ fn snapshot_row(
         created_by: convert(&s.created_by).map_err(bad)?,
         created_at: s.created_at,
         members,
+        read_receipts: s.read_receipts,
     })
 }
 

@@ -215,6 +215,48 @@ async fn receipt_pairs(store: &AnyStore, batch: &[AckRequest]) -> Vec<(ChatId, U
     }
 }
 
+/// How often expired disappearing messages are dropped (MS34: within a few seconds of
+/// their expiry), and at most how many per transaction.
+const EXPIRY_TICK: Duration = Duration::from_secs(1);
+const EXPIRY_BATCH: i64 = 1000;
+
+/// Drops events whose disappearing timer ended, with their undelivered inbox rows, every
+/// [`EXPIRY_TICK`]; media only they referred to goes with them.
+pub fn spawn_expiry(store: AnyStore, media: super::media::Media) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(EXPIRY_TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            loop {
+                match store.purge_disappeared(now_ms(), EXPIRY_BATCH).await {
+                    Ok(d) => {
+                        if d.purged.events > 0 {
+                            tracing::debug!(
+                                events = d.purged.events,
+                                inbox_rows = d.purged.inbox_rows,
+                                "expired messages dropped"
+                            );
+                        }
+                        if !d.orphans.is_empty()
+                            && let Err(e) = media.collect_orphans(&d.orphans).await
+                        {
+                            tracing::warn!(error = %e, "collecting expired media failed");
+                        }
+                        if d.purged.events < EXPIRY_BATCH as u64 {
+                            break;
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "dropping expired messages failed");
+                        break;
+                    }
+                }
+            }
+        }
+    });
+}
+
 /// Deletes what is older than the retention limit, at start and then hourly; with
 /// federation on, also received transactions older than the dedup window (days).
 pub fn spawn_janitor(

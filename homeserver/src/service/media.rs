@@ -600,6 +600,25 @@ impl Media {
         Ok((blobs.len(), uploads.len() + fetches))
     }
 
+    /// Deletes blobs no event refers to any more because the events that did expired
+    /// (disappearing messages, MS35); returns how many went.
+    pub async fn collect_orphans(&self, hashes: &[BlobHash]) -> Result<usize, ServiceError> {
+        let mut n = 0;
+        for hash in hashes {
+            match self.objects.delete(&object_path(hash)).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => {
+                    // The hourly collection takes it later.
+                    tracing::warn!(%hash, error = %e, "deleting an expired blob failed");
+                    continue;
+                }
+            }
+            self.store.delete_blob(hash).await?;
+            n += 1;
+        }
+        Ok(n)
+    }
+
     /// Removes partial fetches from other servers last written before `before` (a fetch
     /// that failed for good leaves one; a retry soon after resumes it).
     async fn remove_stale_fetches(&self, before: i64) -> usize {

@@ -14,6 +14,7 @@ pub mod media;
 pub mod presence;
 pub mod push;
 pub mod relay;
+pub mod reports;
 pub mod sequencer;
 
 use std::sync::Arc;
@@ -29,6 +30,10 @@ use crate::store::{AnyStore, StoreError};
 pub enum ServiceError {
     #[error("{0}")]
     InvalidParam(String),
+    #[error("{0}")]
+    InvalidTimer(String),
+    #[error("a report needs a reason or at least one message")]
+    EmptyReport,
     #[error("username is taken")]
     UserExists,
     #[error("wrong username or password")]
@@ -99,6 +104,7 @@ pub struct Services {
     pub push: push::Push,
     pub blocking: blocking::Blocking,
     pub backups: backup::Backups,
+    pub reports: reports::Reports,
 }
 
 impl Services {
@@ -163,6 +169,7 @@ impl Services {
         if let Some(fed) = &federation {
             media = media.with_federation(fed.clone(), metrics.clone());
         }
+        inbox::spawn_expiry(store.clone(), media.clone());
         inbox::spawn_janitor(
             store.clone(),
             media.clone(),
@@ -194,6 +201,7 @@ impl Services {
         Ok(Self {
             blocking: blocking::Blocking::new(store.clone()),
             backups: backup::Backups::new(store.clone()),
+            reports: reports::Reports::new(store.clone()),
             federation: federation.clone(),
             relay,
             media: media.clone(),

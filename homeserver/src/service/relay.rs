@@ -832,6 +832,7 @@ fn to_wire_snapshot(
                 })
             })
             .collect::<Result<_, String>>()?,
+        read_receipts: s.read_receipts,
     })
 }
 
@@ -886,7 +887,16 @@ pub async fn queue_receipts(
         store.chat_followers(&hosted).await?.into_iter().collect()
     };
     let mut rows = Vec::new();
+    // Read-receipt privacy: a local user who turned them off, or a chat that forbids
+    // them, sends other servers the delivered part only (MS43, MS45).
+    let policy = {
+        use crate::store::receipt_policy::ReceiptPolicyStore as _;
+        let chats: Vec<_> = receipts.iter().map(|(c, _)| c.clone()).collect();
+        let users: Vec<_> = receipts.iter().map(|(_, r)| r.user_id.clone()).collect();
+        store.receipt_policy(&chats, &users).await?
+    };
     for (chat, receipt) in receipts {
+        let receipt = policy.mask(&chat, None, receipt);
         let destinations: Vec<String> = if chat.hub() == local {
             followers
                 .get(&chat)

@@ -119,6 +119,8 @@ async fn run_writer(
                             mls: req.mls,
                             membership: req.membership,
                             blobs: req.blobs,
+                            expires_in: req.expires_in,
+                            read_receipts: req.read_receipts,
                         };
                         let Ok(json) = serde_json::to_string(&event) else {
                             continue;

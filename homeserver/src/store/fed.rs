@@ -130,6 +130,8 @@ pub struct ChatSnapshotRow {
     pub created_by: UserId,
     pub created_at: i64,
     pub members: Vec<(UserId, bool)>,
+    /// The chat's read-receipt policy.
+    pub read_receipts: bool,
 }
 
 /// One step of applying a hub's transaction on a follower, in the order to apply.
@@ -547,6 +549,7 @@ mod tests {
             created_by: UserId::try_from("@a:hub.org").unwrap(),
             created_at: 0,
             members: vec![],
+            read_receipts: true,
         }
     }
     fn ev(c: &str, seq: i64) -> ChatEvent {
@@ -561,6 +564,8 @@ mod tests {
             mls: None,
             membership: None,
             blobs: vec![],
+            expires_in: None,
+            read_receipts: None,
         }
     }
     fn shape(ops: &[FollowerOp]) -> Vec<String> {

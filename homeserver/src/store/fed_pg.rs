@@ -83,10 +83,12 @@ async fn apply_snapshot(
     };
     let key = key.filter(|_| taken.as_deref().is_none_or(|c| c == s.chat_id.as_str()));
     sqlx::query(
-        "INSERT INTO chats (chat_id, kind, direct_key, created_by, created_at, last_ts, name, mls_epoch)
-         VALUES ($1, $2, $3, $4, $5, $5, $6, $7)
+        "INSERT INTO chats (chat_id, kind, direct_key, created_by, created_at, last_ts, name, mls_epoch,
+                            read_receipts)
+         VALUES ($1, $2, $3, $4, $5, $5, $6, $7, $8)
          ON CONFLICT (chat_id) DO UPDATE
-            SET name = EXCLUDED.name, mls_epoch = GREATEST(chats.mls_epoch, EXCLUDED.mls_epoch)",
+            SET name = EXCLUDED.name, mls_epoch = GREATEST(chats.mls_epoch, EXCLUDED.mls_epoch),
+                read_receipts = EXCLUDED.read_receipts",
     )
     .bind(s.chat_id.as_str())
     .bind(kind_to_i16(s.kind))
@@ -95,6 +97,7 @@ async fn apply_snapshot(
     .bind(s.created_at)
     .bind(&s.name)
     .bind(epoch_i64(s.mls_epoch))
+    .bind(s.read_receipts)
     .execute(&mut **tx)
     .await?;
     sqlx::query(
@@ -195,6 +198,17 @@ async fn apply_run(
     if new.is_empty() {
         return Ok(Vec::new());
     }
+    let stamps: Vec<_> = new
+        .iter()
+        .map(|(_, e)| super::disappearing::Stamp {
+            chat_id: &e.chat_id,
+            seq: e.seq,
+            ts: e.ts,
+            expires_in: e.expires_in,
+            read_receipts: e.read_receipts,
+        })
+        .collect();
+    super::disappearing::stamp_pg(tx, &stamps).await?;
     // The events' media references, as on the hub: who may download a blob here, and
     // which server it is fetched from (the sender's).
     for (_, e) in &new {
@@ -516,7 +530,7 @@ impl FedStore for PgStore {
     async fn events_by_seq(&self, refs: &[(ChatId, i64)]) -> Result<Vec<ChatEvent>> {
         let rows = sqlx::query(
             "SELECT e.chat_id, e.seq, e.sender, e.sender_device, e.client_msg_id, e.ts, e.payload,
-                    e.mls_kind, e.mls_epoch, e.membership, e.blobs
+                    e.mls_kind, e.mls_epoch, e.membership, e.blobs, e.expires_at, e.read_receipts
              FROM UNNEST($1::text[], $2::bigint[]) WITH ORDINALITY AS k(c, s, n)
              JOIN events e ON e.chat_id = k.c AND e.seq = k.s
              ORDER BY k.n",
@@ -531,7 +545,7 @@ impl FedStore for PgStore {
     async fn chat_snapshot(&self, chat_id: &ChatId) -> Result<Option<(ChatSnapshotRow, i64)>> {
         let mut tx = self.pool().begin().await?;
         let Some(chat) = sqlx::query(
-            "SELECT kind, name, mls_epoch, created_by, created_at, last_seq FROM chats
+            "SELECT kind, name, mls_epoch, created_by, created_at, last_seq, read_receipts FROM chats
              WHERE chat_id = $1",
         )
         .bind(chat_id.as_str())
@@ -556,6 +570,7 @@ impl FedStore for PgStore {
                 mls_epoch: u64::try_from(chat.get::<i64, _>("mls_epoch")).unwrap_or_default(),
                 created_by: id(chat.get("created_by"))?,
                 created_at: chat.get("created_at"),
+                read_receipts: chat.get("read_receipts"),
                 members: members
                     .iter()
                     .map(|r| Ok((id(r.get("user_id"))?, r.get("admin"))))

@@ -83,10 +83,12 @@ async fn apply_snapshot(
     };
     let key = key.filter(|_| taken.as_deref().is_none_or(|c| c == s.chat_id.as_str()));
     sqlx::query(
-        "INSERT INTO chats (chat_id, kind, direct_key, created_by, created_at, last_ts, name, mls_epoch)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?5, ?6, ?7)
+        "INSERT INTO chats (chat_id, kind, direct_key, created_by, created_at, last_ts, name, mls_epoch,
+                            read_receipts)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?5, ?6, ?7, ?8)
          ON CONFLICT (chat_id) DO UPDATE
-            SET name = excluded.name, mls_epoch = MAX(chats.mls_epoch, excluded.mls_epoch)",
+            SET name = excluded.name, mls_epoch = MAX(chats.mls_epoch, excluded.mls_epoch),
+                read_receipts = excluded.read_receipts",
     )
     .bind(s.chat_id.as_str())
     .bind(kind_to_i16(s.kind))
@@ -95,6 +97,7 @@ async fn apply_snapshot(
     .bind(s.created_at)
     .bind(&s.name)
     .bind(epoch_i64(s.mls_epoch))
+    .bind(s.read_receipts)
     .execute(&mut **tx)
     .await?;
     let members = json_list(s.members.iter().map(|(u, _)| u.as_str()));
@@ -179,6 +182,17 @@ async fn apply_run(
     if new.is_empty() {
         return Ok(Vec::new());
     }
+    let stamps: Vec<_> = new
+        .iter()
+        .map(|(_, e)| super::disappearing::Stamp {
+            chat_id: &e.chat_id,
+            seq: e.seq,
+            ts: e.ts,
+            expires_in: e.expires_in,
+            read_receipts: e.read_receipts,
+        })
+        .collect();
+    super::disappearing::stamp_sqlite(tx, &stamps).await?;
     let heads = run_heads(&new);
     let chats = json_list(heads.iter().map(|(c, ..)| c.as_str()));
     let mut ctx = RunContext::default();
@@ -458,7 +472,7 @@ impl FedStore for SqliteStore {
         for (chat, seq) in refs {
             let row = sqlx::query(
                 "SELECT chat_id, seq, sender, sender_device, client_msg_id, ts, payload, mls_kind,
-                        mls_epoch, membership, blobs FROM events WHERE chat_id = ?1 AND seq = ?2",
+                        mls_epoch, membership, blobs, expires_at, read_receipts FROM events WHERE chat_id = ?1 AND seq = ?2",
             )
             .bind(chat.as_str())
             .bind(seq)
@@ -474,7 +488,7 @@ impl FedStore for SqliteStore {
     async fn chat_snapshot(&self, chat_id: &ChatId) -> Result<Option<(ChatSnapshotRow, i64)>> {
         let mut tx = self.pool.begin().await?;
         let Some(chat) = sqlx::query(
-            "SELECT kind, name, mls_epoch, created_by, created_at, last_seq FROM chats
+            "SELECT kind, name, mls_epoch, created_by, created_at, last_seq, read_receipts FROM chats
              WHERE chat_id = ?1",
         )
         .bind(chat_id.as_str())
@@ -499,6 +513,7 @@ impl FedStore for SqliteStore {
                 mls_epoch: u64::try_from(chat.get::<i64, _>("mls_epoch")).unwrap_or_default(),
                 created_by: id(chat.get("created_by"))?,
                 created_at: chat.get("created_at"),
+                read_receipts: chat.get("read_receipts"),
                 members: members
                     .iter()
                     .map(|r| Ok((id(r.get("user_id"))?, r.get("admin"))))

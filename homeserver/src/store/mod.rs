@@ -10,12 +10,15 @@ pub mod backups;
 pub mod blocks;
 pub mod contacts;
 pub mod devices;
+pub mod disappearing;
 pub mod fed;
 mod fed_pg;
 mod fed_sqlite;
 pub mod pg;
 pub mod plan;
 pub mod presence;
+pub mod receipt_policy;
+pub mod reports;
 pub mod sqlite;
 
 use std::future::Future;
@@ -121,6 +124,10 @@ pub struct SendRequest {
     pub mls: Option<MlsMeta>,
     pub membership: Option<MembershipChange>,
     pub blobs: Vec<BlobHash>,
+    /// Disappearing messages: seconds after `ts` at which the event expires.
+    pub expires_in: Option<u32>,
+    /// The chat's read-receipt policy this event sets.
+    pub read_receipts: Option<bool>,
 }
 
 /// One item of a device's inbox, as replayed on reconnect.
@@ -329,6 +336,13 @@ pub trait Store: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Option<(i64, Vec<Receipt>)>>> + Send;
     /// Deletes inbox rows and events older than `before` (ms).
     fn purge_expired(&self, before: i64) -> impl Future<Output = Result<Purged>> + Send;
+    /// Drops events whose disappearing timer ended at or before `now` (at most `limit`),
+    /// with their undelivered inbox rows and blob references.
+    fn purge_disappeared(
+        &self,
+        now: i64,
+        limit: i64,
+    ) -> impl Future<Output = Result<disappearing::Disappeared>> + Send;
     /// Counts for metrics and the admin API.
     fn stats(&self) -> impl Future<Output = Result<Stats>> + Send;
 
@@ -571,6 +585,9 @@ impl Store for AnyStore {
     async fn purge_expired(&self, before: i64) -> Result<Purged> {
         dispatch!(self, s => s.purge_expired(before).await)
     }
+    async fn purge_disappeared(&self, now: i64, limit: i64) -> Result<disappearing::Disappeared> {
+        dispatch!(self, s => s.purge_disappeared(now, limit).await)
+    }
     async fn stats(&self) -> Result<Stats> {
         dispatch!(self, s => s.stats().await)
     }
@@ -774,6 +791,17 @@ pub(crate) fn blobs_from_json(s: Option<String>) -> Result<Vec<BlobHash>> {
         None => Ok(Vec::new()),
         Some(s) => serde_json::from_str(&s).map_err(|e| StoreError::Corrupt(e.to_string())),
     }
+}
+
+/// When an event expires (ms), from its hub time and timer.
+pub(crate) fn expires_at(ts: i64, expires_in: Option<u32>) -> Option<i64> {
+    expires_in.map(|s| ts.saturating_add(i64::from(s) * 1000))
+}
+
+/// An event's timer back from its columns.
+pub(crate) fn expires_in(ts: Option<i64>, expires_at: Option<i64>) -> Option<u32> {
+    let secs = (expires_at? - ts.unwrap_or_default()) / 1000;
+    u32::try_from(secs).ok()
 }
 
 pub(crate) fn size_i64(n: u64) -> i64 {

@@ -99,6 +99,9 @@ pub(super) async fn upsert_receipts(
     if rows.is_empty() {
         return Ok(Vec::new());
     }
+    // Read-receipt privacy: what each device's user may see (MS40–MS47).
+    let (policy, owner) = super::receipt_policy::for_rows_pg(tx, &rows).await?;
+    let rows = policy.mask_rows(rows, &owner);
     // One row per (device, chat, member) in a statement: keep the last.
     let mut dedup: BTreeMap<(DeviceId, ChatId, UserId), Receipt> = BTreeMap::new();
     for r in rows {
@@ -429,6 +432,18 @@ impl PgStore {
             // A send of the batch was stored before: roll back (dropping `tx`).
             return Ok(None);
         }
+        let stamps: Vec<_> = plan
+            .events
+            .iter()
+            .map(|(i, seq)| super::disappearing::Stamp {
+                chat_id: &batch[*i].chat_id,
+                seq: *seq,
+                ts: batch[*i].ts,
+                expires_in: batch[*i].expires_in,
+                read_receipts: batch[*i].read_receipts,
+            })
+            .collect();
+        super::disappearing::stamp_pg(&mut tx, &stamps).await?;
         super::fed_pg::insert_outbox(&mut tx, &plan.outbox_rows(), now).await?;
         tx.commit().await?;
         let ids = rows
@@ -687,7 +702,7 @@ impl Store for PgStore {
     async fn history(&self, chat_id: &ChatId, after: i64, limit: u32) -> Result<Vec<ChatEvent>> {
         let rows = sqlx::query(
             "SELECT chat_id, seq, sender, sender_device, client_msg_id, ts, payload, mls_kind,
-                    mls_epoch, membership, blobs FROM events
+                    mls_epoch, membership, blobs, expires_at, read_receipts FROM events
              WHERE chat_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
         )
         .bind(chat_id.as_str())
@@ -707,7 +722,7 @@ impl Store for PgStore {
         let rows = sqlx::query(
             "SELECT i.id, i.kind, i.chat_id, i.seq, i.sender, i.delivered_seq, i.read_seq, i.body,
                     e.sender_device, e.client_msg_id, e.ts, e.payload, e.mls_kind, e.mls_epoch,
-                    e.membership, e.blobs
+                    e.membership, e.blobs, e.expires_at, e.read_receipts
              FROM inbox i
              LEFT JOIN events e ON i.kind = 0 AND e.chat_id = i.chat_id AND e.seq = i.seq
              WHERE i.device_id = $1 AND i.id > $2 ORDER BY i.id LIMIT $3",
@@ -763,6 +778,8 @@ impl Store for PgStore {
                     mls: mls_from_columns(r.get("mls_kind"), r.get("mls_epoch"))?,
                     membership: membership_from_json(r.get("membership"))?,
                     blobs: blobs_from_json(r.get("blobs"))?,
+                    expires_in: super::expires_in(r.get("ts"), r.get("expires_at")),
+                    read_receipts: r.get("read_receipts"),
                 },
             });
         }
@@ -940,6 +957,14 @@ impl Store for PgStore {
             .await?
             .rows_affected();
         Ok(Purged { inbox_rows, events })
+    }
+
+    async fn purge_disappeared(
+        &self,
+        now: i64,
+        limit: i64,
+    ) -> Result<super::disappearing::Disappeared> {
+        super::disappearing::purge_pg(&self.pool, now, limit).await
     }
 
     async fn chat_info(&self, chat_id: &ChatId) -> Result<Option<ChatInfo>> {
@@ -1493,5 +1518,7 @@ pub(super) fn event_from_row(r: sqlx::postgres::PgRow) -> Result<ChatEvent> {
         mls: mls_from_columns(r.get("mls_kind"), r.get("mls_epoch"))?,
         membership: membership_from_json(r.get("membership"))?,
         blobs: blobs_from_json(r.get("blobs"))?,
+        expires_in: super::expires_in(r.get("ts"), r.get("expires_at")),
+        read_receipts: r.get("read_receipts"),
     })
 }

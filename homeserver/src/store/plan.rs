@@ -266,6 +266,11 @@ fn check_send(
     let Some(sender) = chat.members.get(&req.sender) else {
         return Some(SendOutcome::NotMember);
     };
+    if req.read_receipts.is_some() && chat.kind == ChatKind::Group && !sender.admin {
+        return Some(SendOutcome::Refused(
+            "only admins change a group's read-receipt policy".into(),
+        ));
+    }
     if let Some(mls) = req.mls {
         // Every kind: the current epoch only (see `MlsMeta`).
         let current = chat.mls_epoch;
@@ -521,6 +526,8 @@ mod tests {
             mls: None,
             membership: None,
             blobs: Vec::new(),
+            expires_in: None,
+            read_receipts: None,
         }
     }
     fn chat(last: i64, members: &[(&str, &[&str])]) -> ChatState {

@@ -124,6 +124,12 @@ pub(super) async fn upsert_receipts(
     rows: Vec<ReceiptRow>,
     now: i64,
 ) -> Result<Vec<ReceiptNotice>> {
+    if rows.is_empty() {
+        return Ok(Vec::new());
+    }
+    // Read-receipt privacy: what each device's user may see (MS40–MS47).
+    let (policy, owner) = super::receipt_policy::for_rows_sqlite(tx, &rows).await?;
+    let rows = policy.mask_rows(rows, &owner);
     let mut dedup: BTreeMap<(DeviceId, ChatId, UserId), Receipt> = BTreeMap::new();
     for r in rows {
         dedup.insert(
@@ -200,6 +206,8 @@ pub(super) fn event_from_row(r: &SqliteRow) -> Result<ChatEvent> {
         mls: mls_from_columns(r.get("mls_kind"), r.get("mls_epoch"))?,
         membership: membership_from_json(r.get("membership"))?,
         blobs: blobs_from_json(r.get("blobs"))?,
+        expires_in: super::expires_in(r.get("ts"), r.get("expires_at")),
+        read_receipts: r.get("read_receipts"),
     })
 }
 
@@ -598,6 +606,18 @@ impl Store for SqliteStore {
             .await?;
             ids.push((new_id, row.device_id.clone(), row.chat_id.clone(), row.seq));
         }
+        let stamps: Vec<_> = plan
+            .events
+            .iter()
+            .map(|(i, seq)| super::disappearing::Stamp {
+                chat_id: &batch[*i].chat_id,
+                seq: *seq,
+                ts: batch[*i].ts,
+                expires_in: batch[*i].expires_in,
+                read_receipts: batch[*i].read_receipts,
+            })
+            .collect();
+        super::disappearing::stamp_sqlite(&mut tx, &stamps).await?;
         super::fed_sqlite::insert_outbox(&mut tx, &plan.outbox_rows(), now).await?;
         tx.commit().await?;
         Ok(plan.finish(batch, ids))
@@ -606,7 +626,7 @@ impl Store for SqliteStore {
     async fn history(&self, chat_id: &ChatId, after: i64, limit: u32) -> Result<Vec<ChatEvent>> {
         let rows = sqlx::query(
             "SELECT chat_id, seq, sender, sender_device, client_msg_id, ts, payload, mls_kind,
-                    mls_epoch, membership, blobs FROM events
+                    mls_epoch, membership, blobs, expires_at, read_receipts FROM events
              WHERE chat_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
         )
         .bind(chat_id.as_str())
@@ -626,7 +646,7 @@ impl Store for SqliteStore {
         let rows = sqlx::query(
             "SELECT i.id, i.kind, i.chat_id, i.seq, i.sender, i.delivered_seq, i.read_seq, i.body,
                     e.sender_device, e.client_msg_id, e.ts, e.payload, e.mls_kind, e.mls_epoch,
-                    e.membership, e.blobs
+                    e.membership, e.blobs, e.expires_at, e.read_receipts
              FROM inbox i
              LEFT JOIN events e ON i.kind = 0 AND e.chat_id = i.chat_id AND e.seq = i.seq
              WHERE i.device_id = ?1 AND i.id > ?2 ORDER BY i.id LIMIT ?3",
@@ -680,6 +700,8 @@ impl Store for SqliteStore {
                     mls: mls_from_columns(r.get("mls_kind"), r.get("mls_epoch"))?,
                     membership: membership_from_json(r.get("membership"))?,
                     blobs: blobs_from_json(r.get("blobs"))?,
+                    expires_in: super::expires_in(r.get("ts"), r.get("expires_at")),
+                    read_receipts: r.get("read_receipts"),
                 },
             });
         }
@@ -838,6 +860,14 @@ impl Store for SqliteStore {
             .rows_affected();
         tx.commit().await?;
         Ok(Purged { inbox_rows, events })
+    }
+
+    async fn purge_disappeared(
+        &self,
+        now: i64,
+        limit: i64,
+    ) -> Result<super::disappearing::Disappeared> {
+        super::disappearing::purge_sqlite(&self.pool, now, limit).await
     }
 
     async fn chat_info(&self, chat_id: &ChatId) -> Result<Option<ChatInfo>> {

@@ -478,6 +478,8 @@ async fn a_pending_send_concludes_on_the_sending_device(backend: Backend) -> Res
             }),
             membership: None,
             blobs: Vec::new(),
+            expires_in: None,
+            read_receipts: None,
         })
         .await?;
     for _ in 0..2 {

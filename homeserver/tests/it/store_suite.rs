@@ -108,6 +108,8 @@ fn send(chat: &ChatId, user: &str, dev: &str, id: &str) -> SendRequest {
         mls: None,
         membership: None,
         blobs: Vec::new(),
+        expires_in: None,
+        read_receipts: None,
     }
 }
 

@@ -272,6 +272,19 @@ impl Presence {
         Ok(self.inner.store.presence_row(user).await?.0)
     }
 
+    /// Whether the user sends (and sees) read receipts (MS40).
+    pub async fn read_receipts(&self, user: &UserId) -> Result<bool, ServiceError> {
+        use crate::store::receipt_policy::ReceiptPolicyStore as _;
+        Ok(self.inner.store.read_receipts_enabled(user).await?)
+    }
+
+    /// Turns the user's read receipts on or off; from then on the server relays none of
+    /// theirs and delivers them none of anyone else's (MS41).
+    pub async fn set_read_receipts(&self, user: &UserId, on: bool) -> Result<(), ServiceError> {
+        use crate::store::receipt_policy::ReceiptPolicyStore as _;
+        Ok(self.inner.store.set_read_receipts(user, on).await?)
+    }
+
     /// Changes the caller's setting and re-sends their presence under it.
     pub async fn set_privacy(&self, user: &UserId, v: Visibility) -> Result<(), ServiceError> {
         self.inner.store.set_visibility(user, v).await?;
