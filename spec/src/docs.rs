@@ -20,6 +20,7 @@ pub const DOCUMENTS: &[&str] = &[
     "v1/e2ee.md",
     "v1/errors.md",
     "presence.md",
+    "messaging.md",
     "push-gateway.md",
 ];
 

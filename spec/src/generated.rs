@@ -83,7 +83,7 @@ struct Shape {
 }
 
 fn shapes(g: &mut SchemaGenerator) -> BTreeMap<&'static str, Shape> {
-    use api::{accounts, backup, blocks, chats, contacts, keys, media, presence, push};
+    use api::{accounts, backup, blocks, chats, contacts, keys, media, presence, push, reports};
     let mut m = BTreeMap::new();
     macro_rules! s {
         ($name:literal, $req:expr, [$(($status:literal, $resp:expr)),*]) => {
@@ -234,6 +234,11 @@ fn shapes(g: &mut SchemaGenerator) -> BTreeMap<&'static str, Shape> {
     );
     s!("push::list", None, [(200, t!(push::list::Response))]);
     s!("push::delete", None, [(204, None)]);
+    s!(
+        "reports::create",
+        t!(reports::create::Request),
+        [(201, t!(reports::create::Response))]
+    );
     if let Some(upload) = m.get_mut("media::upload") {
         upload.bytes_in = true;
     }

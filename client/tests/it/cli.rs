@@ -212,3 +212,85 @@ async fn group_commands() -> Result<()> {
     ensure!(chats.contains("Team 2 ("), "{chats}");
     Ok(())
 }
+
+/// `parley timer`, `privacy read-receipts`, `chat-receipts` and `report`, their clear
+/// errors, and what `listen` and `history` show (spec/messaging.md MS36, MS46, MS55).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn timer_receipts_and_report_commands() -> Result<()> {
+    let server = Server::start(Backend::Sqlite).await?;
+    let url = server.url();
+    let dirs = tempfile::tempdir()?;
+    let [a, b] = ["a", "b"].map(|d| dirs.path().join(d));
+    for (dir, name) in [(&a, "alice"), (&b, "bob")] {
+        stdout(&parley(
+            dir,
+            &["register", name, "--server", &url],
+            PASSWORD,
+        )?)?;
+    }
+    let bob = "@bob:parley.test";
+    let chat = stdout(&parley(&a, &["chat", "new", bob], PASSWORD)?)?;
+    let chat = chat.trim();
+    // Bob joins from the Welcome.
+    stdout(&parley(&b, &["send", chat, "hi"], PASSWORD)?)?;
+
+    fails_with(
+        &parley(&a, &["timer", chat, "2s"], PASSWORD)?,
+        "a timer is between 5 seconds and 365 days",
+    )?;
+    fails_with(
+        &parley(&a, &["timer", chat, "soon"], PASSWORD)?,
+        "expected off, 24h, 7d, 90d",
+    )?;
+    let set = stdout(&parley(&a, &["timer", chat, "5s"], PASSWORD)?)?;
+    ensure!(set.contains("disappearing messages: 5s"), "{set}");
+    let shown = stdout(&parley(&a, &["timer", chat], PASSWORD)?)?;
+    ensure!(shown.contains("5s"), "{shown}");
+    let sent = stdout(&parley(&a, &["send", chat, "gone soon"], PASSWORD)?)?;
+    ensure!(sent.starts_with('✓'), "{sent}");
+    // Bob's listen shows the timer event, the message, and its disappearance.
+    let listen = Command::new("timeout")
+        .args(["9", PARLEY, "--profile"])
+        .arg(&b)
+        .arg("listen")
+        .output()?;
+    let out = String::from_utf8_lossy(&listen.stdout);
+    ensure!(
+        out.contains("[disappearing messages: 5s]")
+            && out.contains("@alice:parley.test: gone soon")
+            && out.contains("disappeared"),
+        "{out}"
+    );
+    let history = stdout(&parley(&b, &["history", chat], PASSWORD)?)?;
+    ensure!(!history.contains("gone soon"), "{history}");
+    ensure!(
+        stdout(&parley(&b, &["timer", chat], PASSWORD)?)?.contains("5s"),
+        "bob's timer"
+    );
+    stdout(&parley(&a, &["timer", chat, "off"], PASSWORD)?)?;
+
+    // Read receipts: the user's setting and the chat's policy.
+    fails_with(
+        &parley(&b, &["privacy", "read-receipts", "maybe"], PASSWORD)?,
+        "expected on or off",
+    )?;
+    let off = stdout(&parley(&b, &["privacy", "read-receipts", "off"], PASSWORD)?)?;
+    ensure!(off.contains("read receipts: off"), "{off}");
+    let shown = stdout(&parley(&b, &["privacy", "read-receipts"], PASSWORD)?)?;
+    ensure!(shown.contains("off"), "{shown}");
+    let policy = stdout(&parley(&a, &["chat-receipts", chat, "off"], PASSWORD)?)?;
+    ensure!(policy.contains("read receipts in this chat: off"), "{policy}");
+
+    // Reports.
+    fails_with(
+        &parley(&b, &["report", "user", "@alice:parley.test"], PASSWORD)?,
+        "a report needs a reason or a message",
+    )?;
+    let done = stdout(&parley(
+        &b,
+        &["report", "user", "@alice:parley.test", "--reason", "spam"],
+        PASSWORD,
+    )?)?;
+    ensure!(done.starts_with("report ") && done.contains("admins"), "{done}");
+    Ok(())
+}

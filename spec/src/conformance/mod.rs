@@ -10,6 +10,7 @@ mod accounts;
 mod chats;
 mod federation;
 mod media;
+mod messaging;
 mod net;
 mod presence;
 mod socket;
@@ -263,6 +264,36 @@ fn checks() -> Vec<(Rule, CheckFn)> {
             "T2",
             "typing reaches the other members, not the typer",
             presence::typing
+        ),
+        check!(
+            "MS32",
+            "a disappearing timer out of bounds or on a commit is refused",
+            messaging::bad_timer
+        ),
+        check!(
+            "MS34",
+            "an expired event leaves the history and the undelivered inboxes",
+            messaging::timer_purge
+        ),
+        check!(
+            "MS21",
+            "a blocked user's 1:1 messages do not reach the blocker",
+            messaging::blocking
+        ),
+        check!(
+            "MS41",
+            "a user without read receipts sends none and sees none",
+            messaging::receipts_off
+        ),
+        check!(
+            "MS44",
+            "a chat that forbids read receipts relays none",
+            messaging::chat_policy
+        ),
+        check!(
+            "MS51",
+            "a report needs content",
+            messaging::reports
         ),
         check!(
             "FK1",
