@@ -279,7 +279,10 @@ async fn timer_receipts_and_report_commands() -> Result<()> {
     let shown = stdout(&parley(&b, &["privacy", "read-receipts"], PASSWORD)?)?;
     ensure!(shown.contains("off"), "{shown}");
     let policy = stdout(&parley(&a, &["chat-receipts", chat, "off"], PASSWORD)?)?;
-    ensure!(policy.contains("read receipts in this chat: off"), "{policy}");
+    ensure!(
+        policy.contains("read receipts in this chat: off"),
+        "{policy}"
+    );
 
     // Reports.
     fails_with(
@@ -291,6 +294,9 @@ async fn timer_receipts_and_report_commands() -> Result<()> {
         &["report", "user", "@alice:parley.test", "--reason", "spam"],
         PASSWORD,
     )?)?;
-    ensure!(done.starts_with("report ") && done.contains("admins"), "{done}");
+    ensure!(
+        done.starts_with("report ") && done.contains("admins"),
+        "{done}"
+    );
     Ok(())
 }

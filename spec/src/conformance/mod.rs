@@ -290,11 +290,7 @@ fn checks() -> Vec<(Rule, CheckFn)> {
             "a chat that forbids read receipts relays none",
             messaging::chat_policy
         ),
-        check!(
-            "MS51",
-            "a report needs content",
-            messaging::reports
-        ),
+        check!("MS51", "a report needs content", messaging::reports),
         check!(
             "FK1",
             "the key directory is served, self-signed, with thumbprint key ids",
