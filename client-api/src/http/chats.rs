@@ -345,11 +345,11 @@ pub mod timer {
 
     /// `24h`, `7d`, `90s`: the shortest exact form.
     pub fn display(secs: u32) -> String {
-        if secs % DAY == 0 {
+        if secs.is_multiple_of(DAY) {
             format!("{}d", secs / DAY)
-        } else if secs % 3600 == 0 {
+        } else if secs.is_multiple_of(3600) {
             format!("{}h", secs / 3600)
-        } else if secs % 60 == 0 {
+        } else if secs.is_multiple_of(60) {
             format!("{}m", secs / 60)
         } else {
             format!("{secs}s")
