@@ -437,7 +437,8 @@ impl Client {
             | ServerFrame::Synced
             | ServerFrame::Pong
             | ServerFrame::Typing { .. }
-            | ServerFrame::Presence { .. } => {}
+            | ServerFrame::Presence { .. }
+            | ServerFrame::DevicesChanged => {}
         }
         Ok(())
     }

@@ -63,6 +63,12 @@ pub enum ErrorCode {
     InvalidTimer,
     /// A report with neither a reason nor an attached message.
     EmptyReport,
+    /// No such device link, or another user's (spec/devices.md DL3).
+    UnknownLink,
+    /// The device link expired before it was approved: start a new one.
+    LinkExpired,
+    /// The device link was approved already (a link is used once), or its id is taken.
+    LinkUsed,
 }
 
 impl ErrorCode {
@@ -89,6 +95,9 @@ impl ErrorCode {
             ErrorCode::TooLarge => 413,
             ErrorCode::RateLimited => 429,
             ErrorCode::Internal => 500,
+            ErrorCode::UnknownLink => 404,
+            ErrorCode::LinkExpired => 410,
+            ErrorCode::LinkUsed => 409,
         }
     }
 
@@ -118,6 +127,9 @@ impl ErrorCode {
             ErrorCode::Internal => "internal",
             ErrorCode::InvalidTimer => "invalid_timer",
             ErrorCode::EmptyReport => "empty_report",
+            ErrorCode::UnknownLink => "unknown_link",
+            ErrorCode::LinkExpired => "link_expired",
+            ErrorCode::LinkUsed => "link_used",
         }
     }
 }
@@ -173,6 +185,9 @@ mod tests {
             ErrorCode::Internal,
             ErrorCode::InvalidTimer,
             ErrorCode::EmptyReport,
+            ErrorCode::UnknownLink,
+            ErrorCode::LinkExpired,
+            ErrorCode::LinkUsed,
         ] {
             assert_eq!(
                 serde_json::to_value(code).unwrap(),

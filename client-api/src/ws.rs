@@ -151,6 +151,10 @@ pub enum ServerFrame {
         #[serde(flatten)]
         presence: crate::http::presence::Presence,
     },
+    /// One of the user's devices was removed (by another device or the admin): the
+    /// user's devices take it out of their chats' groups (spec/devices.md DR2). Not an
+    /// inbox item; a device that was offline checks when it connects.
+    DevicesChanged,
 }
 
 impl ClientFrame {

@@ -129,6 +129,12 @@ pub enum Event {
         added: Vec<(UserId, DeviceId)>,
         removed: Vec<(UserId, DeviceId)>,
     },
+    /// A contact the user verified changed devices (added or removed one) since: the
+    /// safety number changed; compare it again (spec/devices.md DV4).
+    VerifiedDevicesChanged { chat_id: ChatId, user_id: UserId },
+    /// Comes right before a message from a verified contact whose devices changed since
+    /// the user verified them (until verified again).
+    VerificationWarning { chat_id: ChatId, user_id: UserId },
     /// An event could not be decrypted or applied; it was skipped.
     Undecryptable {
         chat_id: ChatId,
@@ -288,6 +294,7 @@ impl Client {
                 &hex::encode(identity.public().key()),
             )
             .await?;
+            crate::devices::bootstrap_trust(&mut tx, identity.public()).await?;
             tx.commit().await?;
         }
         let api = Api::new(&server_url, Some(session.access_token))?;
@@ -329,9 +336,11 @@ impl Client {
                 .map_err(Error::crypto)?;
         let identity = {
             let mut conn = db.writer.lock().await;
-            DeviceIdentity::load(provider(&mut conn).storage(), &public)
+            let identity = DeviceIdentity::load(provider(&mut conn).storage(), &public)
                 .map_err(Error::crypto)?
-                .ok_or_else(|| Error::Store("the device's identity key is missing".into()))?
+                .ok_or_else(|| Error::Store("the device's identity key is missing".into()))?;
+            crate::devices::bootstrap_trust(&mut conn, identity.public()).await?;
+            identity
         };
         let api = Api::new(&server_url, Some(token))?;
         Ok(Self::build(config, db, api, identity, user_id, device_id))
@@ -594,6 +603,7 @@ impl Client {
             let peer_kps = inner.api.claim(peer).await?;
             let mine = inner.api.claim(&inner.user_id).await?;
             let mut conn = inner.db.writer.lock().await;
+            let trusted = crate::devices::trusted(&mut conn).await?;
             let p = provider(&mut conn);
             for c in &peer_kps {
                 kps.extend(check_key_package(&p, peer, c));
@@ -602,7 +612,10 @@ impl Client {
                 return Err(Error::NoDevices(peer.to_string()));
             }
             for c in mine.iter().filter(|c| c.device_id != inner.device_id) {
-                kps.extend(check_key_package(&p, &inner.user_id, c));
+                kps.extend(
+                    check_key_package(&p, &inner.user_id, c)
+                        .filter(|kp| crate::devices::trusted_key_package(kp, &trusted)),
+                );
             }
         }
         let mut conn = inner.db.writer.lock().await;
@@ -987,9 +1000,14 @@ impl Inner {
         if !missing.is_empty() {
             let claimed = self.api.claim(&self.user_id).await?;
             let mut conn = self.db.writer.lock().await;
+            // Only own devices this device trusts (spec/devices.md DL7).
+            let trusted = crate::devices::trusted(&mut conn).await?;
             let p = provider(&mut conn);
             for c in claimed.iter().filter(|c| missing.contains(&c.device_id)) {
-                kps.extend(check_key_package(&p, &self.user_id, c));
+                kps.extend(
+                    check_key_package(&p, &self.user_id, c)
+                        .filter(|kp| crate::devices::trusted_key_package(kp, &trusted)),
+                );
             }
         }
         if kps.is_empty() && stale.is_empty() {

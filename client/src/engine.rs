@@ -377,6 +377,13 @@ impl Inner {
             store::set_chat_meta(&mut tx, &ev.chat_id, true, None).await?;
         }
         store::set_last_seq(&mut tx, &ev.chat_id, ev.seq).await?;
+        crate::devices::after_join(
+            &mut tx,
+            &self.user_id,
+            (&ev.sender, &ev.sender_device),
+            &group,
+        )
+        .await?;
         tx.commit().await?;
         tracing::info!(chat = %ev.chat_id, seq = ev.seq, "joined chat");
         self.emit(Event::ChatJoined {
@@ -475,7 +482,14 @@ impl Inner {
                                 .await?;
                             }
                             let id = message.id.clone();
-                            let mut events = vec![Event::MessageReceived(message)];
+                            let mut events = Vec::new();
+                            if crate::devices::verification_changed(tx, &message.sender).await? {
+                                events.push(Event::VerificationWarning {
+                                    chat_id: ev.chat_id.clone(),
+                                    user_id: message.sender.clone(),
+                                });
+                            }
+                            events.push(Event::MessageReceived(message));
                             events.extend(
                                 crate::messaging::message_arrived(tx, &ev.chat_id, &id).await?,
                             );
@@ -559,7 +573,7 @@ impl Inner {
                             self.commit_departures(tx, &ev.chat_id, &mut group, &gone, false)
                                 .await?;
                         }
-                        let added = summary
+                        let added: Vec<(UserId, DeviceId)> = summary
                             .added
                             .iter()
                             .filter_map(|d| {
@@ -569,7 +583,30 @@ impl Inner {
                                 ))
                             })
                             .collect();
-                        let removed = summary.removed.iter().filter_map(device_of).collect();
+                        let removed: Vec<(UserId, DeviceId)> =
+                            summary.removed.iter().filter_map(device_of).collect();
+                        crate::devices::after_commit(
+                            tx,
+                            &self.user_id,
+                            &summary.committer.identity,
+                            &summary.added,
+                        )
+                        .await?;
+                        let mut changed: Vec<UserId> = added
+                            .iter()
+                            .chain(removed.iter())
+                            .map(|(u, _): &(UserId, DeviceId)| u.clone())
+                            .collect();
+                        changed.sort();
+                        changed.dedup();
+                        for user_id in
+                            crate::devices::note_device_changes(tx, &self.user_id, &changed).await?
+                        {
+                            events.push(Event::VerifiedDevicesChanged {
+                                chat_id: ev.chat_id.clone(),
+                                user_id,
+                            });
+                        }
                         events.insert(
                             0,
                             Event::MembersChanged {

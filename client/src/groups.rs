@@ -155,13 +155,17 @@ impl Inner {
         for user in users {
             let claimed = self.api.claim(user).await?;
             let mut conn = self.db.writer.lock().await;
+            let trusted = crate::devices::trusted(&mut conn).await?;
             let p = provider(&mut conn);
             let before = kps.len();
             for c in claimed
                 .iter()
                 .filter(|c| user != &self.user_id || c.device_id != self.device_id)
             {
-                kps.extend(check_key_package(&p, user, c));
+                // Own devices only if trusted (spec/devices.md DL7).
+                kps.extend(check_key_package(&p, user, c).filter(|kp| {
+                    user != &self.user_id || crate::devices::trusted_key_package(kp, &trusted)
+                }));
             }
             if kps.len() == before && user != &self.user_id {
                 return Err(Error::NoDevices(user.to_string()));

@@ -46,6 +46,7 @@ mod backup;
 mod blocking;
 mod client;
 mod disappearing;
+mod devices;
 mod engine;
 pub mod error;
 mod groups;
@@ -59,6 +60,7 @@ pub mod store;
 
 pub use backup::{BackupDone, BackupEnabled, BackupSecret, Restored};
 pub use client::{Client, ClientConfig, ConnectionState, Event};
+pub use devices::{Linked, LinkedDevice, PendingLink, SafetyNumber, Verification, is_spent_link};
 pub use error::{Error, Result};
 pub use groups::{GroupMember, GroupMembers};
 pub use history::{ExportSummary, ImportSummary};

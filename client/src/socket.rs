@@ -380,6 +380,13 @@ impl Conn {
                 }
             },
             ServerFrame::Pong => {}
+            ServerFrame::DevicesChanged => {
+                // The leader of each chat among the remaining devices commits the removal.
+                if let Err(e) = self.inner.sync_devices(false).await {
+                    tracing::warn!(error = %e, "device sync failed");
+                }
+                self.flush().await?;
+            }
             ServerFrame::Presence { presence } => {
                 let _ = self.inner.events.send(Event::Presence(presence));
             }

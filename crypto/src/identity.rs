@@ -452,6 +452,84 @@ pub fn safety_number(a: &DevicePublicIdentity, b: &DevicePublicIdentity) -> Safe
     SafetyNumber(parts.concat())
 }
 
+const USER_SAFETY_NUMBER_LABEL: &[u8] = b"parley-user-safety-number-v1";
+
+/// The canonical list of one user's devices that [`user_safety_number`] hashes:
+/// `u8 len ‖ user id ‖ (u16be len ‖ DevicePublicIdentity::to_bytes)*`, the
+/// encodings sorted bytewise and deduplicated. `None` if a device names another
+/// user or the list is empty.
+fn user_device_list(user: &UserId, devices: &[DevicePublicIdentity]) -> Option<Vec<u8>> {
+    if devices.is_empty() || devices.iter().any(|d| &d.user_id != user) {
+        return None;
+    }
+    let mut encodings: Vec<Vec<u8>> = devices.iter().map(DevicePublicIdentity::to_bytes).collect();
+    encodings.sort();
+    encodings.dedup();
+    let u = user.as_str().as_bytes();
+    let mut out =
+        Vec::with_capacity(1 + u.len() + encodings.iter().map(|e| 2 + e.len()).sum::<usize>());
+    // Validated at construction: ≤ 255 bytes; an encoding is ≤ 354 bytes.
+    out.push(u.len() as u8);
+    out.extend_from_slice(u);
+    for e in encodings {
+        out.extend_from_slice(&(e.len() as u16).to_be_bytes());
+        out.extend_from_slice(&e);
+    }
+    Some(out)
+}
+
+fn user_fingerprint_digits(list: &[u8]) -> String {
+    let mut hasher = Sha512::new();
+    hasher.update(USER_SAFETY_NUMBER_LABEL);
+    hasher.update(list);
+    let mut hash = hasher.finalize();
+    for _ in 0..SAFETY_NUMBER_ITERATIONS {
+        let mut hasher = Sha512::new();
+        hasher.update(hash);
+        hasher.update(list);
+        hash = hasher.finalize();
+    }
+    let mut out = String::with_capacity(30);
+    for chunk in hash[..30].chunks(5) {
+        let value = chunk.iter().fold(0u64, |acc, b| (acc << 8) | u64::from(*b));
+        out.push_str(&format!("{:05}", value % 100_000));
+    }
+    out
+}
+
+/// The safety number two users compare to verify each other (spec/devices.md,
+/// DV1): it covers every device of both users, so it changes when either adds
+/// or removes a device. For each user, over the canonical list `L` of its
+/// devices (see `user_device_list`):
+///
+/// ```text
+/// h_0     = SHA-512("parley-user-safety-number-v1" ‖ L)
+/// h_{i+1} = SHA-512(h_i ‖ L)            for i in 0..5200
+/// digits  = for each of the first six 5-byte chunks c of h_5200:
+///           (c as a 40-bit big-endian integer) mod 100000, zero-padded to 5
+/// ```
+///
+/// The two 30-digit strings are sorted and concatenated. `None` if either list
+/// is empty or names a device of another user.
+pub fn user_safety_number(
+    a: (&UserId, &[DevicePublicIdentity]),
+    b: (&UserId, &[DevicePublicIdentity]),
+) -> Option<SafetyNumber> {
+    let mut parts = [
+        user_fingerprint_digits(&user_device_list(a.0, a.1)?),
+        user_fingerprint_digits(&user_device_list(b.0, b.1)?),
+    ];
+    parts.sort();
+    Some(SafetyNumber(parts.concat()))
+}
+
+/// What a QR code for verifying shows (spec/devices.md, DV2):
+/// `parley-verify:1:<user a>:<user b>:<60 digits>`, the user ids sorted.
+pub fn verify_qr_payload(a: &UserId, b: &UserId, number: &SafetyNumber) -> String {
+    let (x, y) = if a <= b { (a, b) } else { (b, a) };
+    format!("parley-verify:1:{x}:{y}:{}", number.digits())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -560,6 +638,46 @@ mod tests {
         );
         let n = safety_number(a.public(), b.public());
         assert_eq!(n.digits(), SAFETY_NUMBER_VECTOR, "{n}");
+    }
+
+    #[test]
+    fn user_safety_number_covers_every_device_in_any_order() {
+        let alice = UserId::try_from("@alice:a.example").unwrap();
+        let bob = UserId::try_from("@bob:b.example").unwrap();
+        let dev = |u: &UserId, d: &str, seed: u8| {
+            DeviceIdentity::from_secret_bytes(
+                u.clone(),
+                DeviceId::try_from(d).unwrap(),
+                &[seed; 32],
+            )
+            .public()
+            .clone()
+        };
+        let a1 = dev(&alice, "A1", 1);
+        let a2 = dev(&alice, "A2", 2);
+        let b1 = dev(&bob, "B1", 3);
+        let one = user_safety_number((&alice, &[a1.clone()]), (&bob, &[b1.clone()])).unwrap();
+        let two =
+            user_safety_number((&alice, &[a1.clone(), a2.clone()]), (&bob, &[b1.clone()])).unwrap();
+        assert_ne!(one, two);
+        assert_eq!(
+            two,
+            user_safety_number(
+                (&bob, &[b1.clone()]),
+                (&alice, &[a2.clone(), a1.clone(), a2.clone()])
+            )
+            .unwrap()
+        );
+        assert!(user_safety_number((&alice, &[b1.clone()]), (&bob, &[b1.clone()])).is_none());
+        assert!(user_safety_number((&alice, &[]), (&bob, &[b1.clone()])).is_none());
+        let qr = verify_qr_payload(&bob, &alice, &two);
+        assert_eq!(
+            qr,
+            format!(
+                "parley-verify:1:@alice:a.example:@bob:b.example:{}",
+                two.digits()
+            )
+        );
     }
 
     const SAFETY_NUMBER_VECTOR: &str =

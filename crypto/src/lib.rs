@@ -19,6 +19,8 @@
 //!   format under a fresh content key, sealed under a long-lived key.
 //! - [`recovery`]: backup keys: the recovery key's encoding (64 characters with a
 //!   checksum) and the Argon2id passphrase mode.
+//! - [`link`]: the link code and the sealed request and approval that link
+//!   a new device to an existing one.
 //!
 //! Secrets zeroize on drop and print as `***`.
 
@@ -27,6 +29,7 @@ pub mod envelope;
 pub mod error;
 pub mod group;
 pub mod identity;
+pub mod link;
 pub mod media;
 pub mod provider;
 pub mod recovery;
@@ -41,6 +44,7 @@ pub use group::{
 };
 pub use identity::{
     DeviceId, DeviceIdentity, DevicePublicIdentity, SafetyNumber, UserId, safety_number,
+    user_safety_number, verify_qr_payload,
 };
 
 pub use archive::{ArchiveError, ArchiveKey};

@@ -101,6 +101,8 @@ pub struct Limits {
     pub max_blob_bytes: u64,
     /// Media bytes one user may have uploaded (blobs and uploads in progress).
     pub user_quota_bytes: u64,
+    /// How long a device link waits for its approval, in seconds (spec/devices.md DL2).
+    pub link_ttl_secs: u64,
 }
 
 impl Limits {
@@ -126,6 +128,7 @@ impl Default for Limits {
             max_group_members: 1024,
             max_blob_bytes: 103 * 1024 * 1024,
             user_quota_bytes: 1024 * 1024 * 1024,
+            link_ttl_secs: parley_client_api::http::links::LINK_TTL_SECS,
         }
     }
 }

@@ -22,6 +22,7 @@ pub const DOCUMENTS: &[&str] = &[
     "presence.md",
     "messaging.md",
     "push-gateway.md",
+    "devices.md",
 ];
 
 /// The rule ids defined in `markdown`, in order of appearance.

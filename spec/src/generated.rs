@@ -83,7 +83,9 @@ struct Shape {
 }
 
 fn shapes(g: &mut SchemaGenerator) -> BTreeMap<&'static str, Shape> {
-    use api::{accounts, backup, blocks, chats, contacts, keys, media, presence, push, reports};
+    use api::{
+        accounts, backup, blocks, chats, contacts, keys, links, media, presence, push, reports,
+    };
     let mut m = BTreeMap::new();
     macro_rules! s {
         ($name:literal, $req:expr, [$(($status:literal, $resp:expr)),*]) => {
@@ -215,6 +217,18 @@ fn shapes(g: &mut SchemaGenerator) -> BTreeMap<&'static str, Shape> {
         [(200, t!(contacts::list::Response))]
     );
     s!("contacts::add", None, [(204, None)]);
+    s!(
+        "links::create",
+        t!(links::create::Request),
+        [(201, t!(links::create::Response))]
+    );
+    s!("links::get", None, [(200, t!(links::get::Response))]);
+    s!("links::approve", t!(links::approve::Request), [(204, None)]);
+    s!(
+        "links::approval",
+        None,
+        [(200, t!(links::approval::Response))]
+    );
     s!("contacts::remove", None, [(204, None)]);
     s!(
         "presence::get_privacy",

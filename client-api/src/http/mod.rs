@@ -9,6 +9,7 @@ pub mod blocks;
 pub mod chats;
 pub mod contacts;
 pub mod keys;
+pub mod links;
 pub mod media;
 pub mod presence;
 pub mod push;
@@ -91,6 +92,10 @@ endpoints![
     keys::count,
     keys::claim,
     keys::user_devices,
+    links::create,
+    links::get,
+    links::approve,
+    links::approval,
     media::exists,
     media::download,
     media::upload_status,

@@ -44,6 +44,14 @@ enum Command {
     Logout,
     /// Show who this profile is.
     Whoami,
+    /// Show the safety number with a contact (compare it with theirs), or mark them
+    /// verified: a later change of their devices then shows a warning.
+    Verify {
+        user: String,
+        /// Mark the contact verified (after comparing the numbers).
+        #[arg(long)]
+        mark: bool,
+    },
     /// List your devices, remove one, or add missing ones to your chats.
     Devices {
         #[command(subcommand)]
@@ -326,6 +334,16 @@ enum DevicesAction {
     Remove { device_id: String },
     /// Add your devices that are missing from your chats.
     Sync,
+    /// On a new device (after `parley login`): show a link code and wait until one of
+    /// your devices approves it.
+    Link {
+        /// How long to wait for the approval, in seconds.
+        #[arg(long, default_value_t = 300)]
+        wait: u64,
+    },
+    /// On one of your devices: approve the new device whose link code you typed; it is
+    /// added to all your chats.
+    Approve { code: String },
 }
 
 #[derive(Subcommand)]
@@ -498,7 +516,7 @@ async fn run(cli: Cli) -> Result<()> {
                 dir.display()
             );
             println!(
-                "your other devices add this one to your chats when they next connect (or run `parley devices sync` there)"
+                "link it to your account: run `parley devices link` here and approve the code on one of your devices"
             );
             client.shutdown().await;
         }
@@ -722,6 +740,35 @@ async fn run(cli: Cli) -> Result<()> {
             }
             client.shutdown().await;
         }
+        Command::Verify { user, mark } => {
+            let client = Client::open(config()).await?;
+            let user = parse_user(&user)?;
+            let n = if mark {
+                client.mark_verified(&user).await?
+            } else {
+                client.safety_number(&user).await?
+            };
+            println!("safety number with {user}:");
+            println!("{}", n.number);
+            println!("QR payload: {}", n.qr_payload);
+            println!(
+                "covers {} of your devices and {} of theirs",
+                n.own_devices, n.their_devices
+            );
+            match n.verification {
+                parley_client::Verification::Verified if mark => {
+                    println!("{user} is now marked verified")
+                }
+                parley_client::Verification::Verified => println!("{user} is verified"),
+                parley_client::Verification::Changed => println!(
+                    "WARNING: {user}'s devices changed since you verified them: compare the number again, then `parley verify --mark {user}`"
+                ),
+                parley_client::Verification::Unverified => println!(
+                    "not verified: compare this number with {user}'s (in person or by a call you trust), then `parley verify --mark {user}`"
+                ),
+            }
+            client.shutdown().await;
+        }
         Command::Whoami => {
             let client = Client::open(config()).await?;
             println!(
@@ -754,6 +801,31 @@ async fn run(cli: Cli) -> Result<()> {
                     client.remove_device(&id).await?;
                     wait_outbox_empty(&client).await;
                     println!("removed {id}");
+                }
+                DevicesAction::Link { wait } => {
+                    let link = client.start_link().await?;
+                    println!("link code: {}", link.code());
+                    println!("QR payload: {}", link.qr_payload());
+                    println!(
+                        "on one of your devices run: parley devices approve {}",
+                        link.code()
+                    );
+                    let linked = client
+                        .wait_for_approval(link, Duration::from_secs(wait))
+                        .await?;
+                    println!(
+                        "linked: approved by {}; your chats arrive as that device adds this one",
+                        linked.approved_by
+                    );
+                    client.connect();
+                    client.wait_synced(WAIT).await?;
+                }
+                DevicesAction::Approve { code } => {
+                    client.connect();
+                    client.wait_synced(WAIT).await?;
+                    let d = client.approve_link(&code).await?;
+                    wait_outbox_empty(&client).await;
+                    println!("approved {}: it was added to your chats", d.device_id);
                 }
                 DevicesAction::Sync => {
                     client.connect();
@@ -1458,7 +1530,7 @@ async fn listen(config: ClientConfig) -> Result<()> {
                 removed,
             }) => {
                 for (u, d) in added {
-                    println!("[{chat_id}] device {d} of {u} joined");
+                    println!("[{chat_id}] a new device was added for {u} ({d})");
                 }
                 for (u, d) in removed {
                     println!("[{chat_id}] device {d} of {u} left");
@@ -1469,6 +1541,12 @@ async fn listen(config: ClientConfig) -> Result<()> {
                 seq,
                 reason,
             }) => println!("[{chat_id}] event {seq} could not be read: {reason}"),
+            Ok(Event::VerifiedDevicesChanged { chat_id, user_id }) => println!(
+                "[{chat_id}] WARNING: {user_id}'s devices changed since you verified them (parley verify {user_id})"
+            ),
+            Ok(Event::VerificationWarning { chat_id, user_id }) => println!(
+                "[{chat_id}] WARNING: the next message is from {user_id}, whose devices changed since you verified them"
+            ),
             Ok(Event::Typing {
                 chat_id,
                 user_id,

@@ -17,7 +17,7 @@ async fn the_server_never_sees_plaintext(backend: Backend) -> Result<()> {
     let server = Server::start(backend).await?;
     let alice = server.register("alice").await?;
     let bob = server.register("bob").await?;
-    let alice2 = server.login("alice").await?;
+    let alice2 = server.link("alice", &alice).await?;
     for d in [&alice, &bob, &alice2] {
         d.online().await?;
     }

@@ -47,7 +47,7 @@ async fn a_removed_device_leaves_the_chats() -> Result<()> {
     let server = Server::start(Backend::Sqlite).await?;
     let mut alice = server.register("alice").await?;
     let bob = server.register("bob").await?;
-    let alice2 = server.login("alice").await?;
+    let alice2 = server.link("alice", &alice).await?;
     for d in [&alice, &bob, &alice2] {
         d.online().await?;
     }

@@ -51,7 +51,7 @@ async fn two_users_three_devices(backend: Backend) -> Result<()> {
     alice.received(&chat, "hi alice").await?;
 
     // Alice logs in a second device; her first device adds it to the chat.
-    let alice2 = server.login("alice").await?;
+    let alice2 = server.link("alice", &alice).await?;
     alice2.online().await?;
     alice.client.refresh_devices().await?;
     alice2.joined(&chat).await?;

@@ -27,7 +27,7 @@ async fn a_group_of_four_reads_the_same_messages_in_the_same_order(backend: Back
     let bob = server.register("bob").await?;
     let carol = server.register("carol").await?;
     let dave = server.register("dave").await?;
-    let dave2 = server.login("dave").await?;
+    let dave2 = server.link("dave", &dave).await?;
     let all = [&alice, &bob, &carol, &dave, &dave2];
     for d in all {
         d.online().await?;
@@ -446,7 +446,7 @@ async fn leaving_is_a_proposal_that_the_next_sender_commits(backend: Backend) ->
     let alice = server.register("alice").await?;
     let bob = server.register("bob").await?;
     let carol = server.register("carol").await?;
-    let carol2 = server.login("carol").await?;
+    let carol2 = server.link("carol", &carol).await?;
     let dave = server.register("dave").await?;
     for d in [&alice, &bob, &carol, &carol2, &dave] {
         d.online().await?;

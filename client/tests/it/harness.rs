@@ -201,11 +201,23 @@ impl Server {
         Ok(Device::new(client, dir))
     }
 
-    /// Logs in another device of a user, in a fresh profile directory.
+    /// Logs in another device of a user, in a fresh profile directory. Not linked: the
+    /// user's devices do not add it to their chats (see [`Server::link`]).
     pub async fn login(&self, username: &str) -> Result<Device> {
         let dir = tempfile::tempdir()?;
         let client = Client::login(config(dir.path()), &self.url(), username, PASSWORD).await?;
         Ok(Device::new(client, dir))
+    }
+
+    /// Logs in another device of `existing`'s user and links it: the new device opens a
+    /// link, `existing` approves its code (trusting it and adding it to every chat), the
+    /// new device checks the approval.
+    pub async fn link(&self, username: &str, existing: &Device) -> Result<Device> {
+        let new = self.login(username).await?;
+        let link = new.client.start_link().await?;
+        existing.client.approve_link(&link.code()).await?;
+        new.client.wait_for_approval(link, WAIT).await?;
+        Ok(new)
     }
 }
 
@@ -308,6 +320,29 @@ impl Device {
                 .is_some_and(|m| m.state == state))
         })
         .await
+    }
+
+    /// Makes this device trust `other` (an own device) as if it had seen a trusted device
+    /// add it, by writing the profile's table directly: for tests that need two devices
+    /// to race on adding the same device.
+    pub async fn trust(&self, other: &Device) -> Result<()> {
+        use sqlx::Connection as _;
+        let url = format!(
+            "sqlite://{}",
+            self.dir
+                .path()
+                .join(parley_client::store::DB_FILE)
+                .display()
+        );
+        let mut conn = sqlx::SqliteConnection::connect(&url).await?;
+        sqlx::query(
+            "INSERT INTO trusted_devices (device_id, identity_key, how, trusted_at) VALUES (?1, ?2, 'test', 0)",
+        )
+        .bind(other.client.device_id().as_str())
+        .bind(other.client.identity_key().as_slice())
+        .execute(&mut conn)
+        .await?;
+        Ok(())
     }
 
     /// The access token (read from the profile, for raw API checks).

@@ -13,6 +13,7 @@ mod e2e;
 mod federation;
 mod groups;
 mod history;
+mod linking;
 mod media;
 mod messaging;
 mod offline;

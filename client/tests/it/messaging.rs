@@ -68,7 +68,7 @@ async fn replies_reactions_edits_and_deletes_in_a_group(backend: Backend) -> Res
     for d in [&bob, &carol] {
         d.joined(&chat).await?;
     }
-    let alice2 = server.login("alice").await?;
+    let alice2 = server.link("alice", &alice).await?;
     alice2.online().await?;
     alice.client.refresh_devices().await?;
     alice2.joined(&chat).await?;

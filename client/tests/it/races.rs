@@ -37,7 +37,7 @@ async fn two_devices_adding_the_same_device_at_once() -> Result<()> {
     let server = Server::start(Backend::Sqlite).await?;
     let alice = server.register("alice").await?;
     let bob = server.register("bob").await?;
-    let alice2 = server.login("alice").await?;
+    let alice2 = server.link("alice", &alice).await?;
     for d in [&alice, &bob, &alice2] {
         d.online().await?;
     }
@@ -45,10 +45,12 @@ async fn two_devices_adding_the_same_device_at_once() -> Result<()> {
     for d in [&alice, &bob, &alice2] {
         d.joined(&chat).await?;
     }
-    // A third device of alice; both her devices add it at the same moment. The hub
-    // takes one commit for the epoch; the other gets wrong_epoch, catches up, and finds
-    // nothing left to do.
+    // A third device of alice, which both her devices trust (as after a link); both add
+    // it at the same moment. The hub takes one commit for the epoch; the other gets
+    // wrong_epoch, catches up, and finds nothing left to do.
     let alice3 = server.login("alice").await?;
+    alice.trust(&alice3).await?;
+    alice2.trust(&alice3).await?;
     alice3.online().await?;
     let (x, y) = tokio::join!(
         alice.client.refresh_devices(),

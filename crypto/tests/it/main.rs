@@ -6,5 +6,6 @@ mod groups;
 mod interop;
 mod media;
 mod persistence;
+mod safety;
 mod support;
 mod vectors;

@@ -9,6 +9,7 @@ pub mod contacts;
 pub mod error;
 pub mod extract;
 pub mod federation;
+pub mod links;
 pub mod media;
 pub mod presence;
 pub mod ws;
@@ -73,6 +74,15 @@ pub fn app(state: AppState) -> Router {
         )
         .route(keys::claim::PATH, post(client::claim_keys))
         .route(keys::user_devices::PATH, get(client::user_devices))
+        .route(
+            parley_client_api::http::links::create::PATH,
+            post(links::create),
+        )
+        .route(parley_client_api::http::links::get::PATH, get(links::get))
+        .route(
+            parley_client_api::http::links::approve::PATH,
+            post(links::approve).get(links::approval),
+        )
         .route(
             media_api::download::PATH,
             get(media::download).merge(head(media::exists)),

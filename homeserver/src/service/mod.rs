@@ -10,6 +10,7 @@ pub mod federation;
 pub mod inbound;
 pub mod inbox;
 pub mod keys;
+pub mod links;
 pub mod media;
 pub mod presence;
 pub mod push;
@@ -60,6 +61,12 @@ pub enum ServiceError {
     QuotaExceeded { used: u64, quota: u64 },
     #[error("not a member of this chat")]
     NotMember,
+    #[error("no such device link")]
+    UnknownLink,
+    #[error("the device link expired; start a new one on the new device")]
+    LinkExpired,
+    #[error("the device link was used already; start a new one on the new device")]
+    LinkUsed,
     /// Nothing of that kind to act on (e.g. unblocking a user who is not blocked).
     #[error("{0}")]
     NotFound(String),
@@ -101,6 +108,7 @@ pub struct Services {
     pub relay: Option<relay::Relay>,
     pub presence: presence::Presence,
     pub contacts: contacts::Contacts,
+    pub links: links::Links,
     pub push: push::Push,
     pub blocking: blocking::Blocking,
     pub backups: backup::Backups,
@@ -216,6 +224,7 @@ impl Services {
             ),
             inbox,
             keys,
+            links: links::Links::new(store.clone(), config.limits.link_ttl_secs),
             contacts: contacts::Contacts::new(
                 store.clone(),
                 presence.clone(),
@@ -271,6 +280,24 @@ impl Services {
     ) -> Result<(), ServiceError> {
         self.accounts.remove_device(user_id, device_id).await?;
         self.close_sockets([device_id.clone()]).await;
+        // DR2: the user's other devices take it out of their chats now.
+        if let Ok(json) = serde_json::to_string(&parley_client_api::ws::ServerFrame::DevicesChanged)
+        {
+            let json: std::sync::Arc<str> = json.into();
+            let items = self
+                .accounts
+                .devices(user_id)
+                .await?
+                .into_iter()
+                .map(|d| {
+                    (
+                        d.device_id,
+                        crate::gateway::Outbound::Ephemeral(json.clone()),
+                    )
+                })
+                .collect();
+            self.gateway.deliver(items).await;
+        }
         Ok(())
     }
 

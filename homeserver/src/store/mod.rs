@@ -14,6 +14,7 @@ pub mod disappearing;
 pub mod fed;
 mod fed_pg;
 mod fed_sqlite;
+pub mod links;
 pub mod pg;
 pub mod plan;
 pub mod presence;
