@@ -17,10 +17,11 @@ use std::time::Duration;
 
 use parley_client_api::http::links;
 use parley_client_api::http::{Method, fill};
-use parley_client_api::{ChatId, DeviceId, ErrorCode, Payload, UserId};
+use parley_client_api::{BlobHash, ChatId, DeviceId, ErrorCode, Payload, UserId};
 use parley_crypto::link::{LinkCode, LinkRequest, open_request, seal_approval};
 use parley_crypto::{
-    DevicePublicIdentity, Group, ValidatedKeyPackage, user_safety_number, verify_qr_payload,
+    ArchiveKey, DevicePublicIdentity, Group, ValidatedKeyPackage, user_safety_number,
+    verify_qr_payload,
 };
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -33,6 +34,9 @@ use crate::store::{self, provider};
 
 /// How often a waiting new device asks for its approval.
 const POLL_EVERY: Duration = Duration::from_millis(300);
+/// How long an approving device waits for its adds to be accepted before it exports
+/// the history.
+const OUTBOX_WAIT: Duration = Duration::from_secs(20);
 /// `parley_state` key: this profile has bootstrapped its trusted devices.
 const TRUST_BOOTSTRAPPED: &str = "trusted_devices_v1";
 
@@ -98,10 +102,44 @@ impl PendingLink {
     }
 }
 
-/// What the approving device sends the new one inside the sealed approval.
+/// What the approving device sends the new one inside the sealed approval (DL4).
 #[derive(Debug, Default, Serialize, Deserialize)]
 pub(crate) struct ApprovalPayload {
     pub(crate) v: u32,
+    /// The history archive for the new device (DL9), if the user chose to send it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) history: Option<HistoryRef>,
+}
+
+/// Where the history archive is and the key it is sealed under (only ever inside the
+/// sealed approval).
+#[derive(Serialize, Deserialize)]
+pub(crate) struct HistoryRef {
+    /// The blob address (media storage of the approver's server).
+    pub(crate) blob: String,
+    pub(crate) size: u64,
+    /// The archive key, hex: fresh for this transfer, for this device only.
+    pub(crate) key: String,
+}
+
+impl std::fmt::Debug for HistoryRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HistoryRef")
+            .field("blob", &self.blob)
+            .field("size", &self.size)
+            .finish_non_exhaustive()
+    }
+}
+
+/// How much history the approving device sends the new one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HistoryRange {
+    /// None: the new device starts empty.
+    Nothing,
+    /// Everything this device has.
+    All,
+    /// The messages of the last N days.
+    Days(u32),
 }
 
 /// The new device's view of a finished link.
@@ -109,13 +147,19 @@ pub(crate) struct ApprovalPayload {
 pub struct Linked {
     /// The device that approved this one.
     pub approved_by: DeviceId,
+    /// The history it sent, imported (`None`: none was sent).
+    pub history: Option<crate::history::ImportSummary>,
+    /// The history archive's blob address and size, if one was sent.
+    pub history_blob: Option<(String, u64)>,
 }
 
 /// The approving device's view of a finished link.
 #[derive(Debug, Clone)]
 pub struct LinkedDevice {
-    /// The new device, now trusted and being added to every chat.
+    /// The new device, now trusted and added to every chat.
     pub device_id: DeviceId,
+    /// The history sent (`None`: none).
+    pub history: Option<crate::history::ExportSummary>,
 }
 
 /// Whether the user verified a contact (spec/devices.md DV3).
@@ -511,19 +555,60 @@ impl Client {
                 approver.device_id()
             )));
         }
-        let _payload: ApprovalPayload = serde_json::from_slice(&payload).unwrap_or_default();
-        let mut conn = inner.db.writer.lock().await;
-        trust(&mut conn, &approver, "approver").await?;
-        drop(conn);
+        let payload: ApprovalPayload = serde_json::from_slice(&payload).unwrap_or_default();
+        {
+            let mut conn = inner.db.writer.lock().await;
+            trust(&mut conn, &approver, "approver").await?;
+        }
         tracing::info!(approver = %approved_by, "this device was linked");
-        Ok(Linked { approved_by })
+        let (history, history_blob) = match payload.history {
+            None => (None, None),
+            Some(h) => {
+                let key: [u8; 32] = hex::decode(&h.key)
+                    .ok()
+                    .and_then(|k| k.try_into().ok())
+                    .ok_or_else(|| Error::Protocol("the history key is malformed".into()))?;
+                let summary = self
+                    .import_history_blob(&h.blob, h.size, &ArchiveKey::from_bytes(key))
+                    .await?;
+                (Some(summary), Some((h.blob, h.size)))
+            }
+        };
+        Ok(Linked {
+            approved_by,
+            history,
+            history_blob,
+        })
+    }
+
+    /// Downloads a history archive (blob `blob`, `size` bytes, from this user's server)
+    /// and imports it with `key` (DL9). A blob sealed for another device does not open
+    /// with this device's key: [`Error::WrongKey`], and nothing changes.
+    pub async fn import_history_blob(
+        &self,
+        blob: &str,
+        size: u64,
+        key: &ArchiveKey,
+    ) -> Result<crate::history::ImportSummary> {
+        let inner = &self.inner;
+        let hash = BlobHash::try_from(blob)
+            .map_err(|e| Error::Protocol(format!("history blob address: {e}")))?;
+        let part = inner.media_dir("history")?.join(format!("{blob}.part"));
+        inner.fetch_blob(&hash, &part, size).await?;
+        let result = async {
+            let file = std::fs::File::open(&part).map_err(Error::store)?;
+            self.import_history(key, file).await
+        }
+        .await;
+        let _ = std::fs::remove_file(&part);
+        result
     }
 
     /// On an existing device: approves the link whose code the user typed (DL3, DL4):
     /// reads the new device's request, checks it against the code (the server cannot
     /// substitute another device), approves once, trusts the new device and adds it to
     /// every chat of the user (one Commit per chat, through each chat's hub).
-    pub async fn approve_link(&self, code: &str) -> Result<LinkedDevice> {
+    pub async fn approve_link(&self, code: &str, history: HistoryRange) -> Result<LinkedDevice> {
         let inner = &self.inner;
         let code = LinkCode::parse(code).map_err(|e| Error::Invalid(e.to_string()))?;
         let link_id = code.link_id();
@@ -545,19 +630,85 @@ impl Client {
                 r.device_id
             )));
         }
-        let payload = serde_json::to_vec(&ApprovalPayload { v: 1 })
-            .map_err(|e| Error::Protocol(e.to_string()))?;
-        let approval = seal_approval(&code, &opened, inner.identity.public(), &payload);
-        inner.api.link_approve(&link_id, approval).await?;
         {
             let mut conn = inner.db.writer.lock().await;
             trust(&mut conn, new, "approved").await?;
         }
-        tracing::info!(device = %r.device_id, "approved a new device");
+        tracing::info!(device = %r.device_id, "approving a new device");
         inner.sync_devices(true).await?;
+        let (history_ref, exported) = match history {
+            HistoryRange::Nothing => (None, None),
+            HistoryRange::All | HistoryRange::Days(_) => {
+                // The history covers what was ordered before the device's adds were
+                // accepted (when connected), so nothing falls between it and the chats.
+                let deadline = tokio::time::Instant::now() + OUTBOX_WAIT;
+                while inner.db.reader.outbox_len().await? > 0
+                    && tokio::time::Instant::now() < deadline
+                {
+                    tokio::time::sleep(POLL_EVERY).await;
+                }
+                let since = match history {
+                    HistoryRange::Days(n) => Some(now_ms() - i64::from(n) * 86_400_000),
+                    _ => None,
+                };
+                let (h, summary) = self.send_history(since).await?;
+                (Some(h), Some(summary))
+            }
+        };
+        let payload = serde_json::to_vec(&ApprovalPayload {
+            v: 1,
+            history: history_ref,
+        })
+        .map_err(|e| Error::Protocol(e.to_string()))?;
+        let approval = seal_approval(&code, &opened, inner.identity.public(), &payload);
+        inner.api.link_approve(&link_id, approval).await?;
+        tracing::info!(device = %r.device_id, "approved a new device");
         Ok(LinkedDevice {
             device_id: r.device_id,
+            history: exported,
         })
+    }
+
+    /// Exports the history under a fresh key and uploads the archive (DL9).
+    async fn send_history(
+        &self,
+        since: Option<i64>,
+    ) -> Result<(HistoryRef, crate::history::ExportSummary)> {
+        let inner = &self.inner;
+        let key = ArchiveKey::generate();
+        let path = inner.media_dir("history")?.join(format!(
+            "out-{}",
+            parley_crypto::MessageId::random().as_str()
+        ));
+        let file = std::fs::File::create(&path).map_err(Error::store)?;
+        let result = async {
+            let (file, summary) = self.export_history(since, &key, file).await?;
+            file.sync_all().map_err(Error::store)?;
+            drop(file);
+            let hash = {
+                let mut f = std::fs::File::open(&path).map_err(Error::store)?;
+                let mut h = Sha256::new();
+                std::io::copy(&mut f, &mut h).map_err(Error::store)?;
+                hex::encode(h.finalize())
+            };
+            let blob = BlobHash::try_from(hash.as_str())
+                .map_err(|e| Error::Protocol(format!("history blob address: {e}")))?;
+            inner
+                .upload_blob(&path, &blob, summary.archive_bytes)
+                .await
+                .map_err(|(e, _)| e)?;
+            Ok((
+                HistoryRef {
+                    blob: hash,
+                    size: summary.archive_bytes,
+                    key: hex::encode(key.as_bytes()),
+                },
+                summary,
+            ))
+        }
+        .await;
+        let _ = std::fs::remove_file(&path);
+        result
     }
 }
 

@@ -60,7 +60,9 @@ pub mod store;
 
 pub use backup::{BackupDone, BackupEnabled, BackupSecret, Restored};
 pub use client::{Client, ClientConfig, ConnectionState, Event};
-pub use devices::{Linked, LinkedDevice, PendingLink, SafetyNumber, Verification, is_spent_link};
+pub use devices::{
+    HistoryRange, Linked, LinkedDevice, PendingLink, SafetyNumber, Verification, is_spent_link,
+};
 pub use error::{Error, Result};
 pub use groups::{GroupMember, GroupMembers};
 pub use history::{ExportSummary, ImportSummary};

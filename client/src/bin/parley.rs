@@ -342,8 +342,13 @@ enum DevicesAction {
         wait: u64,
     },
     /// On one of your devices: approve the new device whose link code you typed; it is
-    /// added to all your chats.
-    Approve { code: String },
+    /// added to all your chats and gets your history (encrypted for it alone).
+    Approve {
+        code: String,
+        /// How much history to send: `all`, `none`, or a number of days.
+        #[arg(long, default_value = "all")]
+        history: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -817,15 +822,34 @@ async fn run(cli: Cli) -> Result<()> {
                         "linked: approved by {}; your chats arrive as that device adds this one",
                         linked.approved_by
                     );
+                    if let Some(h) = linked.history {
+                        println!(
+                            "imported {} messages of {} chats from it",
+                            h.messages, h.chats
+                        );
+                    }
                     client.connect();
                     client.wait_synced(WAIT).await?;
                 }
-                DevicesAction::Approve { code } => {
+                DevicesAction::Approve { code, history } => {
+                    let range = match history.as_str() {
+                        "all" => parley_client::HistoryRange::All,
+                        "none" => parley_client::HistoryRange::Nothing,
+                        n => parley_client::HistoryRange::Days(n.parse().map_err(|_| {
+                            anyhow!("--history takes all, none or a number of days, not {n:?}")
+                        })?),
+                    };
                     client.connect();
                     client.wait_synced(WAIT).await?;
-                    let d = client.approve_link(&code).await?;
+                    let d = client.approve_link(&code, range).await?;
                     wait_outbox_empty(&client).await;
                     println!("approved {}: it was added to your chats", d.device_id);
+                    if let Some(h) = d.history {
+                        println!(
+                            "sent {} messages of {} chats, encrypted for it alone",
+                            h.messages, h.chats
+                        );
+                    }
                 }
                 DevicesAction::Sync => {
                     client.connect();

@@ -47,6 +47,27 @@ async fn the_server_never_sees_plaintext(backend: Backend) -> Result<()> {
     bob.client.mark_read(&chat).await?;
     alice.state(&chat, &m.id, MessageState::Read).await?;
 
+    // History to a newly linked device travels as an archive through the server's
+    // media storage (devices.md DL9): the device reads every canary, the server none.
+    let alice3 = server.login("alice").await?;
+    let link = alice3.client.start_link().await?;
+    alice
+        .client
+        .approve_link(&link.code(), parley_client::HistoryRange::All)
+        .await?;
+    let linked = alice3
+        .client
+        .wait_for_approval(link, crate::harness::WAIT)
+        .await?;
+    ensure!(linked.history.is_some_and(|h| h.messages >= 4));
+    let moved = alice3.history(&chat).await?;
+    for text in &canaries {
+        ensure!(
+            moved.iter().any(|m| &m.body == text),
+            "{text} not in the linked history"
+        );
+    }
+
     // A backup (spec/backup.md BK16): the archive is a blob on the server; neither the
     // recovery key nor the backup key ever leaves the device.
     let enabled = alice

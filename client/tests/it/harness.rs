@@ -215,7 +215,10 @@ impl Server {
     pub async fn link(&self, username: &str, existing: &Device) -> Result<Device> {
         let new = self.login(username).await?;
         let link = new.client.start_link().await?;
-        existing.client.approve_link(&link.code()).await?;
+        existing
+            .client
+            .approve_link(&link.code(), parley_client::HistoryRange::Nothing)
+            .await?;
         new.client.wait_for_approval(link, WAIT).await?;
         Ok(new)
     }

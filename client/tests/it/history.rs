@@ -156,6 +156,8 @@ async fn archive_moves_history_to_another_device(backend: Backend) -> Result<()>
     // The device still joins the chat as usual and goes on from there; the imported
     // file downloads.
     alice2.online().await?;
+    // Alice's first device trusts the new one, as after a link (devices.md DL7).
+    alice.trust(&alice2).await?;
     alice.client.refresh_devices().await?;
     alice2.joined(&chat).await?;
     bob.client.send_text(&chat, "after the import").await?;

@@ -3,11 +3,13 @@
 //! keeps state.
 
 use anyhow::{Context, Result, bail, ensure};
-use parley_client::{ErrorCode, Event, Verification};
+use parley_client::{ErrorCode, Event, HistoryRange, Verification};
 
 use crate::harness::{Backend, Device, Server, drain, eventually, users};
 
 crate::on_both_backends!(
+    a_linked_device_reads_the_old_history,
+    a_lost_device_is_removed_from_a_group_across_servers,
     a_linked_device_joins_every_chat_and_contacts_see_it,
     an_expired_or_used_link_code_is_refused,
     safety_numbers_agree_and_follow_device_changes,
@@ -69,12 +71,19 @@ async fn a_linked_device_joins_every_chat_and_contacts_see_it(backend: Backend) 
     let last = wrong.len() - 1;
     wrong[last] = if wrong[last] == 'A' { 'B' } else { 'A' };
     let wrong: String = wrong.into_iter().collect();
-    let e = alice.client.approve_link(&wrong).await.unwrap_err();
+    let e = alice
+        .client
+        .approve_link(&wrong, HistoryRange::Nothing)
+        .await
+        .unwrap_err();
     ensure!(e.to_string().contains("does not match"), "{e}");
 
     // The right code: alice's device approves, trusts the new device and adds it to
     // both chats (one commit per chat); the new device checks who approved it.
-    let approved = alice.client.approve_link(&code).await?;
+    let approved = alice
+        .client
+        .approve_link(&code, HistoryRange::Nothing)
+        .await?;
     ensure!(approved.device_id == *new.client.device_id());
     let linked = new
         .client
@@ -134,13 +143,29 @@ async fn an_expired_or_used_link_code_is_refused(backend: Backend) -> Result<()>
     let link = new.client.start_link().await?;
     let code = link.code();
     // Another user cannot see it; the new device cannot approve itself.
-    ensure!(err_code(bob.client.approve_link(&code).await)? == ErrorCode::UnknownLink);
-    ensure!(err_code(new.client.approve_link(&code).await)? == ErrorCode::Forbidden);
-    alice.client.approve_link(&code).await?;
+    ensure!(
+        err_code(bob.client.approve_link(&code, HistoryRange::Nothing).await)?
+            == ErrorCode::UnknownLink
+    );
+    ensure!(
+        err_code(new.client.approve_link(&code, HistoryRange::Nothing).await)?
+            == ErrorCode::Forbidden
+    );
+    alice
+        .client
+        .approve_link(&code, HistoryRange::Nothing)
+        .await?;
     new.client
         .wait_for_approval(link, crate::harness::WAIT)
         .await?;
-    ensure!(err_code(alice.client.approve_link(&code).await)? == ErrorCode::LinkUsed);
+    ensure!(
+        err_code(
+            alice
+                .client
+                .approve_link(&code, HistoryRange::Nothing)
+                .await
+        )? == ErrorCode::LinkUsed
+    );
 
     // Expired (DL2): nobody approves, so the new device's wait ends with the link's
     // expiry; an approval after it is refused.
@@ -155,7 +180,14 @@ async fn an_expired_or_used_link_code_is_refused(backend: Backend) -> Result<()>
                 .await
         )? == ErrorCode::LinkExpired
     );
-    ensure!(err_code(alice.client.approve_link(&code).await)? == ErrorCode::LinkExpired);
+    ensure!(
+        err_code(
+            alice
+                .client
+                .approve_link(&code, HistoryRange::Nothing)
+                .await
+        )? == ErrorCode::LinkExpired
+    );
     Ok(())
 }
 
@@ -226,5 +258,119 @@ async fn safety_numbers_agree_and_follow_device_changes(backend: Backend) -> Res
     let carol = server.register("carol").await?;
     let e = alice.client.safety_number(carol.user()).await.unwrap_err();
     ensure!(e.to_string().contains("share no chat"), "{e}");
+    Ok(())
+}
+
+async fn a_linked_device_reads_the_old_history(backend: Backend) -> Result<()> {
+    let server = Server::start(backend).await?;
+    let alice = server.register("alice").await?;
+    let bob = server.register("bob").await?;
+    for d in [&alice, &bob] {
+        d.online().await?;
+    }
+    let chat = alice.client.create_chat(bob.user()).await?;
+    bob.joined(&chat).await?;
+    let texts = ["the old days", "were good", "and long"];
+    for (i, t) in texts.iter().enumerate() {
+        if i % 2 == 0 {
+            alice.client.send_text(&chat, t).await?;
+        } else {
+            bob.client.send_text(&chat, t).await?;
+        }
+        alice.received(&chat, t).await?;
+    }
+
+    // Linked with all history: the old conversation is there, in order, and the chat
+    // goes on (DL9).
+    let new = server.login("alice").await?;
+    new.online().await?;
+    let link = new.client.start_link().await?;
+    let approved = alice
+        .client
+        .approve_link(&link.code(), HistoryRange::All)
+        .await?;
+    ensure!(approved.history.as_ref().is_some_and(|h| h.messages == 3));
+    let linked = new
+        .client
+        .wait_for_approval(link, crate::harness::WAIT)
+        .await?;
+    let imported = linked.history.context("no history came")?;
+    ensure!(
+        imported.messages == 3 && imported.messages_added == 3,
+        "{imported:?}"
+    );
+    let mut old: Vec<String> = new
+        .history(&chat)
+        .await?
+        .into_iter()
+        .map(|m| m.body)
+        .collect();
+    old.sort();
+    let mut want: Vec<String> = texts.iter().map(|t| (*t).to_owned()).collect();
+    want.sort();
+    ensure!(old == want, "{old:?}");
+    new.joined(&chat).await?;
+    bob.client.send_text(&chat, "welcome back").await?;
+    new.received(&chat, "welcome back").await?;
+
+    // A history blob meant for another device does not open with another key: a clear
+    // error, and nothing on the device changes.
+    let other = server.login("alice").await?;
+    let (blob, size) = linked.history_blob.context("no blob")?;
+    let e = other
+        .client
+        .import_history_blob(&blob, size, &parley_crypto::ArchiveKey::generate())
+        .await;
+    let e = match e {
+        Err(e) => e,
+        Ok(s) => bail!("imported {s:?}"),
+    };
+    ensure!(matches!(e, parley_client::Error::WrongKey), "{e}");
+    ensure!(other.client.chats().await?.is_empty());
+    let still: Vec<String> = new
+        .history(&chat)
+        .await?
+        .into_iter()
+        .map(|m| m.body)
+        .collect();
+    ensure!(still.len() == 4, "{still:?}");
+    Ok(())
+}
+
+async fn a_lost_device_is_removed_from_a_group_across_servers(backend: Backend) -> Result<()> {
+    let a = Server::start_peer(backend, "127.0.0.2", "").await?;
+    let b = Server::start_peer(backend, "127.0.0.3", "").await?;
+    let alice = a.register("alice").await?;
+    let bob = b.register("bob").await?;
+    let lost = a.link("alice", &alice).await?;
+    for d in [&alice, &bob, &lost] {
+        d.online().await?;
+    }
+    // A group hubbed on bob's server, with alice's two devices.
+    let group = bob.client.create_group("Across", &users(&[&alice])).await?;
+    for d in [&alice, &lost] {
+        d.joined(&group).await?;
+    }
+    bob.client.send_text(&group, "before").await?;
+    lost.received(&group, "before").await?;
+
+    // Alice removes the lost device from her other device (DR1, DR2): it is logged out
+    // and a commit takes it out of the group; it receives nothing more.
+    alice.client.remove_device(lost.client.device_id()).await?;
+    let lost_id = lost.client.device_id().clone();
+    eventually("bob's group drops the lost device", || async {
+        Ok(!has_member(&bob, &group, lost_id.as_str()).await?)
+    })
+    .await?;
+    bob.client.send_text(&group, "after").await?;
+    alice.received(&group, "after").await?;
+    ensure!(
+        !lost
+            .history(&group)
+            .await?
+            .iter()
+            .any(|m| m.body == "after"),
+        "the removed device read a later message"
+    );
     Ok(())
 }
