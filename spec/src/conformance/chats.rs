@@ -599,3 +599,23 @@ pub(super) async fn read(ctx: &Ctx) -> Result<()> {
     );
     Ok(())
 }
+
+pub(super) async fn one_socket(ctx: &Ctx) -> Result<()> {
+    let (a, b) = (ctx.register().await?, ctx.register().await?);
+    let chat = create(ctx, &a, &[&b], None).await?;
+    let (mut first, _) = Socket::connect_synced(&b).await?;
+    let (mut second, _) = Socket::connect_synced(&b).await?;
+    let code = first.closed_with().await?;
+    ensure!(
+        code == Some(4001),
+        "the older socket of a device was closed with {code:?}, not 4001 replaced"
+    );
+    // The newer socket is the device's: it gets the live event.
+    let seq = send_ok(ctx, &a, &chat, "one-socket").await?;
+    let f = second
+        .until("the event on the newer socket", |f| f["type"] == "event")
+        .await?;
+    ensure!(f["event"]["seq"] == seq, "event: {f}");
+    second.close().await;
+    Ok(())
+}

@@ -1,12 +1,16 @@
 //! Media blobs: upload, hash check, dedup, access (client-api.md).
 
-use anyhow::{Result, ensure};
+use anyhow::{Context, Result, ensure};
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use parley_client_api::http::fill;
 use reqwest::Method;
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
 use super::chats::{create, send};
-use super::net::{Ctx, User};
+use super::net::{Ctx, Peer, User, now_ms};
+use super::peer::PEER_DEVICE;
 
 fn blob(tag: &str) -> (Vec<u8>, String) {
     let bytes: Vec<u8> = format!("conformance blob {tag} {}", rand::random::<u64>())
@@ -167,5 +171,94 @@ pub(super) async fn offset(ctx: &Ctx) -> Result<()> {
         )
         .await?;
     r.expect(409, Some("upload_offset"))?;
+    Ok(())
+}
+
+pub(super) async fn federated(ctx: &Ctx) -> Result<()> {
+    let federates = ctx
+        .call(Method::GET, parley_federation::directory::PATH, None, None)
+        .await?
+        .status
+        == 200;
+    if !federates {
+        return super::skip("federation is off on this server (no key directory)");
+    }
+    // The suite's peer is the sender's server: a user of the peer sends a file in a chat
+    // the server hosts; a local member downloads it through the server.
+    let peer = ctx.new_peer().await?;
+    let a = ctx.register().await?;
+    let remote = peer.user(&ctx.username());
+    let r = ctx
+        .as_user(
+            &a,
+            Method::POST,
+            "/v1/chats",
+            Some(json!({"members": [remote], "name": "media"})),
+        )
+        .await?;
+    r.ok().context("a chat with a user of the suite's peer")?;
+    let chat = r.body["chat_id"].as_str().context("no chat_id")?.to_owned();
+    let (bytes, hash) = blob("federated");
+    let mut wrong = bytes.clone();
+    wrong[0] ^= 1;
+    // The first fetch gets bytes that do not hash to the address, later ones the right.
+    peer.serve_blob(&hash, vec![wrong.clone(), bytes.clone()]);
+    let server = ctx.server_name().await?;
+    let txn = format!("conformance-media-{}", rand::random::<u64>());
+    let path = fill(parley_federation::api::send::PATH, &[("txn_id", &txn)]);
+    let body = json!({
+        "origin": peer.name.as_str(),
+        "origin_ts": now_ms(),
+        "sends": [{
+            "chat_id": chat,
+            "sender": remote,
+            "sender_device": PEER_DEVICE,
+            "client_msg_id": "federated-file",
+            "payload": STANDARD.encode("a file reference"),
+            "blobs": [hash],
+        }],
+    })
+    .to_string()
+    .into_bytes();
+    let h = Peer::sign_now(&peer.signer(), "PUT", server, &path, &body)?;
+    let r = ctx.fed_call(Method::PUT, &path, Some(body), h).await?;
+    r.expect(200, None)?;
+    ensure!(
+        r.body["sends"][0]["seq"].is_i64(),
+        "the hub did not sequence the peer user's send: {}",
+        r.body
+    );
+    let media = format!("/v1/media/{hash}");
+    let first = ctx.as_user(&a, Method::GET, &media, None).await?;
+    ensure!(
+        !(200..300).contains(&first.status) && first.bytes != wrong,
+        "bytes that do not match their address were served: {}",
+        first.status
+    );
+    let second = ctx.as_user(&a, Method::GET, &media, None).await?;
+    second
+        .expect(200, None)
+        .context("the blob, fetched again")?;
+    ensure!(second.bytes == bytes, "the blob's bytes differ");
+    let fetches = |p: &Peer| {
+        p.received()
+            .into_iter()
+            .filter(|r| r.method == "GET" && r.path.ends_with(&hash))
+            .collect::<Vec<_>>()
+    };
+    let before = fetches(&peer);
+    ensure!(
+        before.iter().all(|r| r.signed.as_deref() == Ok(server)),
+        "a media fetch not signed by {server}: {:?}",
+        before.iter().map(|r| &r.signed).collect::<Vec<_>>()
+    );
+    // Kept once: later downloads are served from the server's copy.
+    let third = ctx.as_user(&a, Method::GET, &media, None).await?;
+    third.expect(200, None)?;
+    ensure!(third.bytes == bytes, "the blob's bytes differ");
+    ensure!(
+        fetches(&peer).len() == before.len(),
+        "the server fetched a blob it already holds again"
+    );
     Ok(())
 }

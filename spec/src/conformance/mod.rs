@@ -9,10 +9,13 @@
 mod accounts;
 mod chats;
 mod federation;
+mod keys;
 mod media;
 mod messaging;
 mod net;
+mod peer;
 mod presence;
+mod push;
 mod socket;
 
 use std::future::Future;
@@ -153,6 +156,22 @@ fn checks() -> Vec<(Rule, CheckFn)> {
             accounts::endpoints_exist
         ),
         check!(
+            "KP1",
+            "KeyPackages are uploaded, counted and validated",
+            keys::upload_count
+        ),
+        check!(
+            "KP2",
+            "a claim hands each one-time KeyPackage out once, then the last resort; \
+             remote users are claimed from their server",
+            keys::claim_once
+        ),
+        check!(
+            "KP3",
+            "a user's devices are listed, remote users' by their server",
+            keys::device_list
+        ),
+        check!(
             "CH1",
             "a 1:1 chat is created once per pair",
             chats::create_direct
@@ -216,6 +235,11 @@ fn checks() -> Vec<(Rule, CheckFn)> {
             chats::ws_errors
         ),
         check!(
+            "WS6",
+            "a device's new socket closes its older one with 4001",
+            chats::one_socket
+        ),
+        check!(
             "RC1",
             "a device's ack becomes a delivered receipt for the sender",
             chats::delivered
@@ -249,6 +273,11 @@ fn checks() -> Vec<(Rule, CheckFn)> {
             "MD5",
             "an upload chunk at the wrong offset is refused",
             media::offset
+        ),
+        check!(
+            "MD6",
+            "a blob from another server is fetched signed, checked against its hash, kept once",
+            media::federated
         ),
         check!(
             "PR3",
@@ -292,6 +321,51 @@ fn checks() -> Vec<(Rule, CheckFn)> {
         ),
         check!("MS51", "a report needs content", messaging::reports),
         check!(
+            "T3",
+            "typing ends with typing false 5 s after the last refresh",
+            presence::typing_expiry
+        ),
+        check!(
+            "P1",
+            "a device's pusher is set, replaced, listed and removed",
+            push::pusher_crud
+        ),
+        check!(
+            "P2",
+            "invalid gateway URLs and tokens are refused",
+            push::pusher_validation
+        ),
+        check!(
+            "N1",
+            "only devices without a socket are notified, not for their own messages",
+            push::notify_offline
+        ),
+        check!(
+            "N2",
+            "notifications are coalesced; the next names the newest chat",
+            push::coalescing
+        ),
+        check!(
+            "R1",
+            "counts are unread over all chats and in the chat; reading resets them",
+            push::counts
+        ),
+        check!(
+            "R2",
+            "a notification carries no content, sender, user or device",
+            push::no_content
+        ),
+        check!(
+            "S1",
+            "a failed notification is retried with the newest counts, one at a time",
+            push::retry
+        ),
+        check!(
+            "S3",
+            "a gone or rejected token removes the pusher",
+            push::gone
+        ),
+        check!(
             "FK1",
             "the key directory is served, self-signed, with thumbprint key ids",
             federation::directory
@@ -300,6 +374,11 @@ fn checks() -> Vec<(Rule, CheckFn)> {
             "FK2",
             "the server advertises its federation versions",
             federation::version
+        ),
+        check!(
+            "FK3",
+            "a peer's directory is cached; retired and expired keys verify nothing",
+            federation::key_cache
         ),
         check!(
             "FS1",
@@ -330,11 +409,36 @@ fn checks() -> Vec<(Rule, CheckFn)> {
             federation::txn_idempotent
         ),
         check!(
+            "FO1",
+            "a refused batch is retried under its txn id until acknowledged, in order, once",
+            federation::outbox_same_txn
+        ),
+        check!(
+            "FO2",
+            "429 and 5xx are retried after 1 s, then 2 s",
+            federation::outbox_backoff
+        ),
+        check!(
             "FX1",
             "a message crosses to a member on another server with the hub's seq",
             federation::cross_server
         ),
+        // Last: it waits until a minute has passed since FK3's directory fetch.
+        check!(
+            "FK4",
+            "a peer's key rotation is followed: the next key accepted, the old one refused",
+            federation::key_rotation
+        ),
     ]
+}
+
+/// Time a check gets beyond [`Config::check_timeout`]: FK4 may wait a minute for the
+/// server's next directory fetch (FK3).
+fn extra_time(id: &str) -> Duration {
+    match id {
+        "FK4" => Duration::from_secs(62),
+        _ => Duration::ZERO,
+    }
 }
 
 /// The rules the suite checks, in order.
@@ -415,8 +519,9 @@ pub async fn run(config: &Config, mut progress: impl FnMut(&RuleResult)) -> anyh
         if !config.only.is_empty() && !config.only.iter().any(|p| rule.id.starts_with(p.as_str())) {
             continue;
         }
-        let outcome = match tokio::time::timeout(config.check_timeout, f(&ctx)).await {
-            Err(_) => Outcome::Fail(format!("no result within {:?}", config.check_timeout)),
+        let limit = config.check_timeout + extra_time(rule.id);
+        let outcome = match tokio::time::timeout(limit, f(&ctx)).await {
+            Err(_) => Outcome::Fail(format!("no result within {limit:?}")),
             Ok(Ok(())) => Outcome::Pass,
             Ok(Err(e)) => match e.downcast_ref::<Skip>() {
                 Some(Skip(why)) => Outcome::Skip(why.clone()),

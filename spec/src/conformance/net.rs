@@ -1,18 +1,14 @@
 //! The suite's side of the wire: HTTP calls, test users, and its federation peers.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, Ordering};
 
 use anyhow::{Context, Result, bail};
-use parley_federation::ServerName;
-use parley_federation::directory::{self, KeyToPublish};
-use parley_federation::keys::ServerSigningKey;
-use parley_federation::signing::profile::{OutgoingRequest, RequestSigner, random_nonce};
 use reqwest::Method;
 use serde_json::{Value, json};
 use tokio::sync::OnceCell;
 
 use super::Config;
+pub(crate) use super::peer::Peer;
 
 /// The password of every account the suite registers.
 pub(crate) const PASSWORD: &str = "conformance suite password";
@@ -30,6 +26,8 @@ pub(crate) struct Ctx {
     server_name: OnceCell<String>,
     pub(super) peer: OnceCell<Option<Peer>>,
     pub(super) denied: OnceCell<Option<Peer>>,
+    /// The peer whose key rotation FK3 starts and FK4 completes.
+    rotating: OnceCell<Option<Peer>>,
     config: Config,
 }
 
@@ -106,17 +104,18 @@ impl Ctx {
             server_name: OnceCell::new(),
             peer: OnceCell::new(),
             denied: OnceCell::new(),
+            rotating: OnceCell::new(),
             config: config.clone(),
         })
     }
 
     pub(super) async fn shutdown(&self) {
-        for p in [self.peer.get(), self.denied.get()]
+        for p in [self.peer.get(), self.denied.get(), self.rotating.get()]
             .into_iter()
             .flatten()
             .flatten()
         {
-            p.task.abort();
+            p.stop();
         }
     }
 
@@ -158,6 +157,39 @@ impl Ctx {
             token: s("access_token")?,
             base: base.to_owned(),
         })
+    }
+
+    /// Logs `user` in again: a new device of the same account.
+    pub(crate) async fn login(&self, user: &User) -> Result<User> {
+        let r = self
+            .call_at(
+                &user.base,
+                Method::POST,
+                "/v1/login",
+                None,
+                Some(json!({"username": user.username, "password": PASSWORD})),
+            )
+            .await?;
+        r.expect(200, None).context("login")?;
+        let s = |k: &str| -> Result<String> {
+            r.body
+                .get(k)
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+                .with_context(|| format!("login: no {k} in {}", r.body))
+        };
+        Ok(User {
+            username: user.username.clone(),
+            user_id: user.user_id.clone(),
+            device_id: s("device_id")?,
+            token: s("access_token")?,
+            base: user.base.clone(),
+        })
+    }
+
+    /// The loopback address the suite listens on for its peers and push gateways.
+    pub(crate) fn listen_ip(&self) -> &str {
+        &self.config.peer_ip
     }
 
     /// The first server's name, learned from a registered user id (`@name:server`).
@@ -280,6 +312,32 @@ impl Ctx {
         }
     }
 
+    /// A fresh peer (its own name, key and scripts) on the allowed address.
+    pub(crate) async fn new_peer(&self) -> Result<Peer> {
+        match Peer::start(&self.config.peer_ip).await {
+            Ok(p) => Ok(p),
+            Err(e) => super::skip(format!(
+                "cannot listen on {} for a federation peer: {e}",
+                self.config.peer_ip
+            )),
+        }
+    }
+
+    /// The peer whose key rotation spans FK3 and FK4 (started on first use).
+    pub(crate) async fn rotating_peer(&self) -> Result<&Peer> {
+        let p = self
+            .rotating
+            .get_or_init(|| async { Peer::start(&self.config.peer_ip).await.ok() })
+            .await;
+        match p {
+            Some(p) => Ok(p),
+            None => super::skip(format!(
+                "cannot listen on {} for the suite's federation peer",
+                self.config.peer_ip
+            )),
+        }
+    }
+
     /// A peer the server under test must refuse.
     pub(crate) async fn denied_peer(&self) -> Result<&Peer> {
         let p = self
@@ -314,116 +372,6 @@ pub(crate) fn server_of(user_id: &str) -> Result<String> {
         .split_once(':')
         .map(|(_, s)| s.to_owned())
         .with_context(|| format!("{user_id:?} is not a user id"))
-}
-
-/// A federation peer played by the suite: a signing key, and a listener serving its key
-/// directory at `/.well-known/http-message-signatures-directory`. Its server name is the
-/// listener's `ip:port` (reachable only by a server in test mode).
-pub(crate) struct Peer {
-    pub(crate) name: ServerName,
-    seed: [u8; 32],
-    /// How many times its key directory was fetched.
-    pub(crate) fetches: Arc<AtomicUsize>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Peer {
-    async fn start(ip: &str) -> Result<Self> {
-        let listener = tokio::net::TcpListener::bind((ip, 0)).await?;
-        let name = ServerName::try_from(listener.local_addr()?.to_string().as_str())?;
-        let seed: [u8; 32] = rand::random();
-        let fetches = Arc::new(AtomicUsize::new(0));
-        let app = {
-            let name = name.clone();
-            let fetches = fetches.clone();
-            axum::Router::new().route(
-                directory::PATH,
-                axum::routing::get(move || {
-                    let name = name.clone();
-                    let fetches = fetches.clone();
-                    async move {
-                        fetches.fetch_add(1, Ordering::SeqCst);
-                        let key = ServerSigningKey::from_seed(&seed);
-                        let now = now_ms();
-                        let published = [KeyToPublish {
-                            key: &key,
-                            nbf: now / 1000 - 3600,
-                            exp: now / 1000 + 24 * 3600,
-                        }];
-                        match directory::build_response(&name, &published, &[], now, 60) {
-                            Ok(d) => parley_federation::transport::http::directory_response(d),
-                            Err(e) => axum::response::IntoResponse::into_response((
-                                axum::http::StatusCode::INTERNAL_SERVER_ERROR,
-                                e.to_string(),
-                            )),
-                        }
-                    }
-                }),
-            )
-        };
-        let task = tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
-        Ok(Self {
-            name,
-            seed,
-            fetches,
-            task,
-        })
-    }
-
-    /// The peer's signer.
-    pub(crate) fn signer(&self) -> RequestSigner {
-        RequestSigner::new(self.name.clone(), ServerSigningKey::from_seed(&self.seed))
-    }
-
-    /// [`Peer::sign`] now, with a fresh nonce: a request the server should accept.
-    pub(crate) fn sign_now(
-        signer: &RequestSigner,
-        method: &str,
-        destination: &str,
-        path: &str,
-        body: &[u8],
-    ) -> Result<Vec<(String, String)>> {
-        Self::sign(
-            signer,
-            method,
-            destination,
-            path,
-            body,
-            now_ms(),
-            &random_nonce(),
-        )
-    }
-
-    /// The headers of a request signed at `now_ms` with `nonce` for `destination`.
-    pub(crate) fn sign(
-        signer: &RequestSigner,
-        method: &str,
-        destination: &str,
-        path: &str,
-        body: &[u8],
-        now_ms: i64,
-        nonce: &str,
-    ) -> Result<Vec<(String, String)>> {
-        let destination = ServerName::try_from(destination)?;
-        let headers = signer.sign(
-            &OutgoingRequest {
-                method,
-                destination: &destination,
-                path,
-                query: None,
-                body,
-            },
-            now_ms,
-            nonce,
-        )?;
-        Ok(headers
-            .to_vec()
-            .into_iter()
-            .map(|(k, v)| (k.to_owned(), v))
-            .collect())
-    }
 }
 
 /// Milliseconds since the Unix epoch.

@@ -2,7 +2,7 @@
 
 use anyhow::{Result, ensure};
 use reqwest::Method;
-use serde_json::json;
+use serde_json::{Value, json};
 
 use super::chats::create;
 use super::net::Ctx;
@@ -13,6 +13,9 @@ pub(super) async fn presence_frames(ctx: &Ctx) -> Result<()> {
     create(ctx, &a, &[&b], None).await?;
     let (mut sa, _) = Socket::connect_synced(&a).await?;
     sa.send(json!({"type": "heartbeat"})).await?;
+    // The heartbeat is handled before the pong: bob comes online after it.
+    sa.send(json!({"type": "ping"})).await?;
+    sa.until("pong", |f| f["type"] == "pong").await?;
     let (mut sb, _) = Socket::connect_synced(&b).await?;
     sb.send(json!({"type": "heartbeat"})).await?;
     let f = sa
@@ -136,6 +139,31 @@ pub(super) async fn typing(ctx: &Ctx) -> Result<()> {
     ensure!(
         next["type"] == "pong",
         "the typer got its own typing: {next}"
+    );
+    sa.close().await;
+    sb.close().await;
+    Ok(())
+}
+
+pub(super) async fn typing_expiry(ctx: &Ctx) -> Result<()> {
+    let (a, b) = (ctx.register().await?, ctx.register().await?);
+    let chat = create(ctx, &a, &[&b], None).await?;
+    let (mut sa, _) = Socket::connect_synced(&a).await?;
+    let (mut sb, _) = Socket::connect_synced(&b).await?;
+    sa.send(json!({"type": "typing", "chat_id": chat, "typing": true}))
+        .await?;
+    let is_typing = |f: &Value| f["type"] == "typing" && f["user_id"] == a.user_id.as_str();
+    let on = sb.until("typing true", is_typing).await?;
+    ensure!(on["typing"] == true, "typing frame: {on}");
+    let started = std::time::Instant::now();
+    // No refresh and no `typing: false` from the typer: the server ends it after 5 s.
+    let off = sb.until("typing false after 5 s", is_typing).await?;
+    let after = started.elapsed();
+    ensure!(off["typing"] == false, "expected typing false, got {off}");
+    ensure!(
+        after >= std::time::Duration::from_millis(4_000)
+            && after <= std::time::Duration::from_millis(9_000),
+        "typing false came {after:?} after typing true (the expiry is 5 s)"
     );
     sa.close().await;
     sb.close().await;

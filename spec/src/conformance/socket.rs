@@ -95,6 +95,21 @@ impl Socket {
             .await
     }
 
+    /// Reads until the server closes the socket (within [`WAIT`]); the close code, if
+    /// the server sent a close frame.
+    pub(crate) async fn closed_with(&mut self) -> Result<Option<u16>> {
+        loop {
+            let msg = tokio::time::timeout(WAIT, self.ws.next())
+                .await
+                .context("the socket stayed open")?;
+            match msg {
+                None | Some(Err(_)) => return Ok(None),
+                Some(Ok(Message::Close(c))) => return Ok(c.map(|c| u16::from(c.code))),
+                Some(Ok(_)) => {}
+            }
+        }
+    }
+
     pub(crate) async fn close(mut self) {
         let _ = self.ws.close(None).await;
     }

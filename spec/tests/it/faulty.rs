@@ -30,12 +30,28 @@ enum Fault {
     SkipsSequenceNumber,
     /// Acknowledges a socket `send` (✓ sent) without storing it.
     AcksBeforeStoring,
+    /// Hands out a claimed KeyPackage again: answers every later claim of a user with
+    /// the first answer.
+    HandsOutKeyPackageTwice,
+    /// Keeps trusting a key it once saw verify: accepts a request refused with
+    /// `unknown_key` whose `keyid` signed an accepted request before (an expired or
+    /// retired key).
+    AcceptsRetiredKey,
+    /// Never tells a socket that typing stopped (drops `typing: false` frames).
+    DropsTypingStop,
+    /// Keeps a device's older socket open when the server replaces it (swallows the
+    /// `4001` close).
+    KeepsReplacedSocket,
 }
 
 struct Proxy {
     upstream: String,
     fault: Fault,
     http: reqwest::Client,
+    /// `HandsOutKeyPackageTwice`: the first claim answer per request body.
+    claims: std::sync::Mutex<std::collections::HashMap<Vec<u8>, Vec<u8>>>,
+    /// `AcceptsRetiredKey`: key ids that signed an accepted federation request.
+    seen_keys: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 /// Starts the faulty proxy in front of `upstream`; its base URL.
@@ -48,6 +64,8 @@ async fn start_proxy(upstream: &str, fault: Fault) -> Result<String> {
         http: reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .build()?,
+        claims: Default::default(),
+        seen_keys: Default::default(),
     });
     let app = Router::new()
         .route("/v1/ws", axum::routing::get(socket))
@@ -80,6 +98,21 @@ async fn forward_inner(
     body: Bytes,
 ) -> Result<Response> {
     let path = uri.path_and_query().map(|x| x.as_str()).unwrap_or("/");
+    let claim = p.fault == Fault::HandsOutKeyPackageTwice && uri.path() == "/v1/keys/claim";
+    if claim && let Some(first) = lock(&p.claims).get(body.as_ref()).cloned() {
+        return Ok((
+            StatusCode::OK,
+            [("content-type", "application/json")],
+            first,
+        )
+            .into_response());
+    }
+    let keyid = headers
+        .get("signature-input")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split("keyid=\"").nth(1))
+        .and_then(|v| v.split('"').next())
+        .map(str::to_owned);
     let mut req = p
         .http
         .request(method.clone(), format!("{}{path}", p.upstream));
@@ -88,7 +121,7 @@ async fn forward_inner(
             req = req.header(name, value);
         }
     }
-    let resp = req.body(body).send().await?;
+    let resp = req.body(body.clone()).send().await?;
     let status = resp.status();
     let mut out_headers = HeaderMap::new();
     for (name, value) in resp.headers() {
@@ -126,9 +159,28 @@ async fn forward_inner(
             }
             bytes = serde_json::to_vec(&ack)?;
         }
+        Fault::HandsOutKeyPackageTwice if claim && status == StatusCode::OK => {
+            lock(&p.claims).insert(body.to_vec(), bytes.clone());
+        }
+        Fault::AcceptsRetiredKey if fed => {
+            if let Some(kid) = keyid {
+                let mut seen = lock(&p.seen_keys);
+                if status.is_success() {
+                    seen.insert(kid);
+                } else if code.as_deref() == Some("unknown_key") && seen.contains(&kid) {
+                    status = StatusCode::OK;
+                    bytes = br#"{"user_id":"@retired:accepted","devices":[]}"#.to_vec();
+                    out_headers.remove("accept-signature");
+                }
+            }
+        }
         _ => {}
     }
     Ok((status, out_headers, bytes).into_response())
+}
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 async fn socket(
@@ -170,8 +222,29 @@ async fn pump(
         tokio::spawn(async move {
             while let Some(Ok(msg)) = up_rx.next().await {
                 let out = match msg {
-                    TMessage::Text(t) => AxMessage::Text(t.as_str().into()),
-                    TMessage::Close(_) => break,
+                    TMessage::Text(t) => {
+                        if fault == Fault::DropsTypingStop {
+                            let frame: Value =
+                                serde_json::from_str(t.as_str()).unwrap_or(Value::Null);
+                            if frame["type"] == "typing" && frame["typing"] == false {
+                                continue;
+                            }
+                        }
+                        AxMessage::Text(t.as_str().into())
+                    }
+                    TMessage::Close(frame) => {
+                        let code = frame.as_ref().map(|f| u16::from(f.code));
+                        if fault == Fault::KeepsReplacedSocket && code == Some(4001) {
+                            // The older socket stays open, silent.
+                            return;
+                        }
+                        let close = frame.map(|f| axum::extract::ws::CloseFrame {
+                            code: u16::from(f.code),
+                            reason: f.reason.as_str().into(),
+                        });
+                        let _ = client_tx.lock().await.send(AxMessage::Close(close)).await;
+                        break;
+                    }
                     _ => continue,
                 };
                 if client_tx.lock().await.send(out).await.is_err() {
@@ -210,7 +283,11 @@ async fn pump(
     down.abort();
 }
 
-async fn failures_through(upstream: &str, fault: Fault) -> Result<Vec<&'static str>> {
+/// The ids of the rules that fail through the proxy, and the report's lines.
+async fn failures_through(
+    upstream: &str,
+    fault: Fault,
+) -> Result<(Vec<&'static str>, Vec<String>)> {
     let proxy = start_proxy(upstream, fault).await?;
     let report = conformance::run(&Config::new(vec![proxy]), |_| {})
         .await
@@ -225,24 +302,40 @@ async fn failures_through(upstream: &str, fault: Fault) -> Result<Vec<&'static s
         unexpected_skips.is_empty(),
         "{fault:?}: skipped {unexpected_skips:?}"
     );
-    Ok(report.failed_ids())
+    Ok((report.failed_ids(), report.lines()))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_fault_fails_exactly_its_rule() {
     let server = Server::start(Backend::Sqlite, "127.0.0.4").await.unwrap();
     let cases = [
-        (Fault::AcceptsForgedSignature, vec!["FS3"]),
+        // Accepting a key the origin does not publish also accepts expired and retired
+        // ones.
+        (Fault::AcceptsForgedSignature, vec!["FK3", "FS3", "FK4"]),
         (Fault::AcceptsReplayedNonce, vec!["FS4"]),
         (Fault::SkipsSequenceNumber, vec!["CH2"]),
         (Fault::AcksBeforeStoring, vec!["WS3"]),
+        (Fault::HandsOutKeyPackageTwice, vec!["KP2"]),
+        (Fault::AcceptsRetiredKey, vec!["FK3", "FK4"]),
+        (Fault::DropsTypingStop, vec!["T3"]),
+        (Fault::KeepsReplacedSocket, vec!["WS6"]),
     ];
     let runs = cases
         .iter()
         .map(|(fault, _)| failures_through(&server.base, *fault));
     let results = futures_util::future::join_all(runs).await;
     for ((fault, expected), got) in cases.iter().zip(results) {
-        let got = got.unwrap();
-        assert_eq!(&got, expected, "{fault:?} failed {got:?}");
+        let (got, lines) = got.unwrap();
+        assert_eq!(
+            &got,
+            expected,
+            "{fault:?} failed {got:?}:\n{}",
+            lines
+                .iter()
+                .filter(|l| l.starts_with("FAIL"))
+                .cloned()
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
     }
 }
