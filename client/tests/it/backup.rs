@@ -41,9 +41,8 @@ async fn restore_from_the_recovery_key_on_a_fresh_install(backend: Backend) -> R
     let chat = alice.client.create_chat(bob.user()).await?;
     bob.joined(&chat).await?;
     // Alice's second device (a laptop) survives the wipe of the first.
-    let laptop = server.login("alice").await?;
+    let laptop = server.link("alice", &alice).await?;
     laptop.online().await?;
-    alice.client.refresh_devices().await?;
     laptop.joined(&chat).await?;
     alice.client.send_text(&chat, "before the backup").await?;
     bob.received(&chat, "before the backup").await?;
@@ -108,10 +107,19 @@ async fn restore_from_the_recovery_key_on_a_fresh_install(backend: Backend) -> R
     let third = alice.client.backup_now().await?;
     ensure!(third.export.messages == 3);
 
-    // The restored device is added to the chat like any new device (here by the laptop;
-    // rejoining by external commit is not there yet) and goes on chatting.
+    // The restored device is linked like any new device (approved by the laptop, which
+    // adds it to the chat; rejoining by external commit is not there yet) and goes on
+    // chatting.
     alice.online().await?;
-    laptop.client.refresh_devices().await?;
+    let link = alice.client.start_link().await?;
+    laptop
+        .client
+        .approve_link(&link.code(), parley_client::HistoryRange::Nothing)
+        .await?;
+    alice
+        .client
+        .wait_for_approval(link, crate::harness::WAIT)
+        .await?;
     alice.joined(&chat).await?;
     bob.client.send_text(&chat, "after the restore").await?;
     alice.received(&chat, "after the restore").await?;
