@@ -656,20 +656,33 @@ mod tests {
         let a1 = dev(&alice, "A1", 1);
         let a2 = dev(&alice, "A2", 2);
         let b1 = dev(&bob, "B1", 3);
-        let one = user_safety_number((&alice, &[a1.clone()]), (&bob, &[b1.clone()])).unwrap();
-        let two =
-            user_safety_number((&alice, &[a1.clone(), a2.clone()]), (&bob, &[b1.clone()])).unwrap();
+        let one = user_safety_number(
+            (&alice, std::slice::from_ref(&a1)),
+            (&bob, std::slice::from_ref(&b1)),
+        )
+        .unwrap();
+        let two = user_safety_number(
+            (&alice, &[a1.clone(), a2.clone()]),
+            (&bob, std::slice::from_ref(&b1)),
+        )
+        .unwrap();
         assert_ne!(one, two);
         assert_eq!(
             two,
             user_safety_number(
-                (&bob, &[b1.clone()]),
+                (&bob, std::slice::from_ref(&b1)),
                 (&alice, &[a2.clone(), a1.clone(), a2.clone()])
             )
             .unwrap()
         );
-        assert!(user_safety_number((&alice, &[b1.clone()]), (&bob, &[b1.clone()])).is_none());
-        assert!(user_safety_number((&alice, &[]), (&bob, &[b1.clone()])).is_none());
+        assert!(
+            user_safety_number(
+                (&alice, std::slice::from_ref(&b1)),
+                (&bob, std::slice::from_ref(&b1))
+            )
+            .is_none()
+        );
+        assert!(user_safety_number((&alice, &[]), (&bob, std::slice::from_ref(&b1))).is_none());
         let qr = verify_qr_payload(&bob, &alice, &two);
         assert_eq!(
             qr,
