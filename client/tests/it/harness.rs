@@ -277,7 +277,19 @@ impl Device {
     pub async fn restart(self) -> Result<Device> {
         let Device { client, dir, .. } = self;
         client.shutdown().await;
-        let client = Client::open(config(dir.path())).await?;
+        // A task the old client spawned may still hold its store (and the profile's
+        // lock) for a moment; a new process would find it released at exit.
+        let deadline = tokio::time::Instant::now() + WAIT;
+        let client = loop {
+            match Client::open(config(dir.path())).await {
+                Err(parley_client::Error::ProfileInUse(_))
+                    if tokio::time::Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                other => break other?,
+            }
+        };
         Ok(Device::new(client, dir))
     }
 
