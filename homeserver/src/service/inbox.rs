@@ -239,7 +239,7 @@ pub fn spawn_expiry(store: AnyStore, media: super::media::Media) {
                             );
                         }
                         if !d.orphans.is_empty()
-                            && let Err(e) = media.collect_orphans(&d.orphans).await
+                            && let Err(e) = media.delete_blobs(&d.orphans).await
                         {
                             tracing::warn!(error = %e, "collecting expired media failed");
                         }

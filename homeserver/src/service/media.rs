@@ -582,16 +582,7 @@ impl Media {
     /// returns (blobs, uploads and partial fetches).
     pub async fn collect_garbage(&self, before: i64) -> Result<(usize, usize), ServiceError> {
         let blobs = self.store.unreferenced_blobs(before).await?;
-        for hash in &blobs {
-            match self.objects.delete(&object_path(hash)).await {
-                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
-                Err(e) => {
-                    tracing::warn!(%hash, error = %e, "deleting blob failed");
-                    continue;
-                }
-            }
-            self.store.delete_blob(hash).await?;
-        }
+        self.delete_blobs(&blobs).await?;
         let uploads = self.store.take_stale_uploads(before).await?;
         for (hash, user) in &uploads {
             let _ = tokio::fs::remove_file(self.staging_path(hash, user)).await;
@@ -600,16 +591,16 @@ impl Media {
         Ok((blobs.len(), uploads.len() + fetches))
     }
 
-    /// Deletes blobs no event refers to any more because the events that did expired
-    /// (disappearing messages, MS35); returns how many went.
-    pub async fn collect_orphans(&self, hashes: &[BlobHash]) -> Result<usize, ServiceError> {
+    /// Deletes blobs no event refers to any more — the hourly collection's, and those
+    /// whose last events expired (disappearing messages, MS35); returns how many went. A
+    /// blob the object store cannot delete stays recorded (the next collection retries).
+    pub async fn delete_blobs(&self, hashes: &[BlobHash]) -> Result<usize, ServiceError> {
         let mut n = 0;
         for hash in hashes {
             match self.objects.delete(&object_path(hash)).await {
                 Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
                 Err(e) => {
-                    // The hourly collection takes it later.
-                    tracing::warn!(%hash, error = %e, "deleting an expired blob failed");
+                    tracing::warn!(%hash, error = %e, "deleting a blob failed");
                     continue;
                 }
             }
