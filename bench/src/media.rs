@@ -41,6 +41,10 @@ pub(crate) struct MediaArgs {
     /// Database of the spawned server [default: SQLite in a temporary directory].
     #[arg(long)]
     database_url: Option<String>,
+    /// After the phases, PUT this many more fresh blobs of the size to the same server
+    /// and print its peak RSS during each: flat peaks mean nothing is kept per upload.
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=20))]
+    repeat: u32,
 }
 
 fn parse_size(s: &str) -> Result<u64> {
@@ -98,6 +102,8 @@ pub(crate) async fn measured<T>(
 /// what an earlier, other-sized transfer left in the allocator).
 struct Row {
     size: u64,
+    /// Peak RSS (KiB) during each repeated PUT (`--repeat`).
+    repeats: Vec<u64>,
     /// The server's RSS before the transfer (KiB).
     idle: u64,
     put: Duration,
@@ -122,8 +128,11 @@ pub(crate) async fn run(args: MediaArgs) -> Result<()> {
     };
     let mut rows = Vec::new();
     for &size in &sizes {
-        let server = Server::spawn(&binary, args.database_url.as_deref(), None).await?;
-        let row = bench(&server, size).await;
+        // Room in the user's quota for every upload of the run (the default is 1 GiB).
+        let quota = size.saturating_mul(u64::from(args.repeat) + 3);
+        let config = format!("[limits]\nuser_quota_bytes = {}\n", quota.max(1 << 30));
+        let server = Server::spawn(&binary, args.database_url.as_deref(), Some(&config)).await?;
+        let row = bench(&server, size, args.repeat).await;
         server.stop().await?;
         let row = row?;
         eprintln!("{}", line(&row));
@@ -145,6 +154,19 @@ pub(crate) async fn run(args: MediaArgs) -> Result<()> {
     for r in &rows {
         println!("{}", line(r));
     }
+    for r in rows.iter().filter(|r| !r.repeats.is_empty()) {
+        let peaks: Vec<String> = r
+            .repeats
+            .iter()
+            .map(|k| format!("{:.1}", *k as f64 / 1024.0))
+            .collect();
+        println!(
+            "{:>5.0} MiB  PUT peak RSS (MiB) over {} more uploads to the same server: {}",
+            r.size as f64 / MIB,
+            peaks.len(),
+            peaks.join(" ")
+        );
+    }
     println!(
         "MB/s = 10^6 bytes/s of plaintext (server path: of blob bytes); RSS = peak in MiB of a fresh server (one per size) during the phase (sampled every 20 ms); PUT/GET: raw HTTP in 8 MiB segments; send/dl: SDK end to end (encrypt+upload, fetch+verify+decrypt)"
     );
@@ -152,7 +174,7 @@ pub(crate) async fn run(args: MediaArgs) -> Result<()> {
 }
 
 /// One size on `server`: raw PUT and GET, then an SDK send and download.
-async fn bench(server: &Server, size: u64) -> Result<Row> {
+async fn bench(server: &Server, size: u64, repeat: u32) -> Result<Row> {
     let work = tempfile::tempdir()?;
     let url = server.url.as_str().trim_end_matches('/').to_owned();
     let tag = format!("{:08x}", rand::random::<u32>());
@@ -211,11 +233,19 @@ async fn bench(server: &Server, size: u64) -> Result<Row> {
     })
     .await?;
     ensure!(done.size == size, "decrypted {} of {size} bytes", done.size);
+    let mut repeats = Vec::new();
+    for _ in 0..repeat {
+        let blob = random_file(&raw, size)?;
+        let (_, _, peak) =
+            measured(server.pid, put_blob(&http, &url, &token, &raw, &blob, size)).await?;
+        repeats.push(peak);
+    }
     for p in [&raw, &file, &out] {
         let _ = std::fs::remove_file(p);
     }
     let row = Row {
         size,
+        repeats,
         idle,
         put,
         get,
