@@ -13,7 +13,7 @@ use parley_spec::conformance::{self, Config};
 struct Args {
     /// Base URL of the homeserver under test, and optionally of a second one that
     /// federates with it (for the cross-server rules).
-    #[arg(required = true, num_args = 1..=2)]
+    #[arg(required_unless_present = "list", num_args = 1..=2)]
     urls: Vec<String>,
     /// Loopback address for the suite's federation peer (the server must allow it).
     #[arg(long, default_value = "127.0.0.5")]
@@ -30,7 +30,7 @@ struct Args {
     /// Also write the report as JSON to this file.
     #[arg(long)]
     json: Option<std::path::PathBuf>,
-    /// List the rules and exit.
+    /// List the rules (checked, then not checked with the reason) and exit.
     #[arg(long)]
     list: bool,
 }
@@ -41,6 +41,9 @@ async fn main() -> anyhow::Result<ExitCode> {
     if args.list {
         for r in conformance::rules() {
             println!("{} {}", r.id, r.title);
+        }
+        for (r, why) in conformance::not_checked() {
+            println!("{} {} [not checked by this suite: {why}]", r.id, r.title);
         }
         return Ok(ExitCode::SUCCESS);
     }

@@ -42,6 +42,11 @@ enum Fault {
     /// Keeps a device's older socket open when the server replaces it (swallows the
     /// `4001` close).
     KeepsReplacedSocket,
+    /// Accepts a libp2p request whose connection's PeerId is not the key that signed it:
+    /// a libp2p node with the server's own key (so it is the server to a dialer) that
+    /// passes each `/http/1.1` stream's bytes to the server's HTTP port, where no PeerId
+    /// is compared ([`start_libp2p_proxy`]; the server advertises its address).
+    AcceptsMismatchedPeer,
 }
 
 struct Proxy {
@@ -283,12 +288,86 @@ async fn pump(
     down.abort();
 }
 
+/// The `/http/1.1` stream protocol of libp2p federation.
+const HTTP_STREAM: libp2p::StreamProtocol = libp2p::StreamProtocol::new("/http/1.1");
+
+#[derive(libp2p::swarm::NetworkBehaviour)]
+struct P2pBehaviour {
+    identify: libp2p::identify::Behaviour,
+    ping: libp2p::ping::Behaviour,
+    stream: libp2p_stream::Behaviour,
+}
+
+/// [`Fault::AcceptsMismatchedPeer`]'s libp2p node: identity `key` (the server's), listening
+/// on `listen`, piping every `/http/1.1` stream to `upstream` (the server's HTTP port).
+async fn start_libp2p_proxy(
+    key: &parley_federation::keys::ServerSigningKey,
+    listen: libp2p::Multiaddr,
+    upstream: std::net::SocketAddr,
+) -> Result<()> {
+    use libp2p::futures::StreamExt as _;
+    use tokio_util::compat::FuturesAsyncReadCompatExt as _;
+    let mut seed = *key.to_seed();
+    let keypair = libp2p::identity::Keypair::ed25519_from_bytes(&mut seed)?;
+    let mut swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
+        .with_tokio()
+        .with_tcp(
+            libp2p::tcp::Config::default(),
+            libp2p::noise::Config::new,
+            libp2p::yamux::Config::default,
+        )?
+        .with_behaviour(|key| P2pBehaviour {
+            identify: libp2p::identify::Behaviour::new(libp2p::identify::Config::new(
+                "/parley-fed/1".into(),
+                key.public(),
+            )),
+            ping: libp2p::ping::Behaviour::new(libp2p::ping::Config::new()),
+            stream: libp2p_stream::Behaviour::new(),
+        })?
+        .with_swarm_config(|c| c.with_idle_connection_timeout(std::time::Duration::from_secs(60)))
+        .build();
+    let mut incoming = swarm
+        .behaviour()
+        .stream
+        .new_control()
+        .accept(HTTP_STREAM)
+        .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    swarm.listen_on(listen)?;
+    loop {
+        if let libp2p::swarm::SwarmEvent::NewListenAddr { .. } = swarm.select_next_some().await {
+            break;
+        }
+    }
+    tokio::spawn(async move {
+        loop {
+            swarm.select_next_some().await;
+        }
+    });
+    tokio::spawn(async move {
+        while let Some((_peer, stream)) = incoming.next().await {
+            tokio::spawn(async move {
+                let Ok(mut tcp) = tokio::net::TcpStream::connect(upstream).await else {
+                    return;
+                };
+                let mut stream = stream.compat();
+                let _ = tokio::io::copy_bidirectional(&mut stream, &mut tcp).await;
+            });
+        }
+    });
+    Ok(())
+}
+
 /// The ids of the rules that fail through the proxy, and the report's lines.
 async fn failures_through(
     upstream: &str,
     fault: Fault,
 ) -> Result<(Vec<&'static str>, Vec<String>)> {
-    let proxy = start_proxy(upstream, fault).await?;
+    // The libp2p fault's proxy is already in front of its server's libp2p address.
+    let proxy = if fault == Fault::AcceptsMismatchedPeer {
+        upstream.to_owned()
+    } else {
+        start_proxy(upstream, fault).await?
+    };
     let report = conformance::run(&Config::new(vec![proxy]), |_| {})
         .await
         .with_context(|| format!("{fault:?}"))?;
@@ -308,6 +387,25 @@ async fn failures_through(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_fault_fails_exactly_its_rule() {
     let server = Server::start(Backend::Sqlite, "127.0.0.4").await.unwrap();
+    // A server that advertises a faulty libp2p node's address instead of its own.
+    let p2p_addr = format!(
+        "/ip4/127.0.0.4/tcp/{}",
+        parley_testkit::free_port("127.0.0.4")
+    );
+    let p2p_server = Server::start_advertising(Backend::Sqlite, "127.0.0.4", Some(&p2p_addr))
+        .await
+        .unwrap();
+    start_libp2p_proxy(
+        &p2p_server.signing_key().unwrap(),
+        p2p_addr.parse().unwrap(),
+        p2p_server
+            .base
+            .trim_start_matches("http://")
+            .parse()
+            .unwrap(),
+    )
+    .await
+    .unwrap();
     let cases = [
         // Accepting a key the origin does not publish also accepts expired and retired
         // ones.
@@ -319,10 +417,16 @@ async fn each_fault_fails_exactly_its_rule() {
         (Fault::AcceptsRetiredKey, vec!["FK3", "FK4"]),
         (Fault::DropsTypingStop, vec!["T3"]),
         (Fault::KeepsReplacedSocket, vec!["WS6"]),
+        (Fault::AcceptsMismatchedPeer, vec!["FL2"]),
     ];
-    let runs = cases
-        .iter()
-        .map(|(fault, _)| failures_through(&server.base, *fault));
+    let runs = cases.iter().map(|(fault, _)| {
+        let upstream = if *fault == Fault::AcceptsMismatchedPeer {
+            &p2p_server.base
+        } else {
+            &server.base
+        };
+        failures_through(upstream, *fault)
+    });
     let results = futures_util::future::join_all(runs).await;
     for ((fault, expected), got) in cases.iter().zip(results) {
         let (got, lines) = got.unwrap();

@@ -1,5 +1,6 @@
 //! Real `parley-homeserver` processes (the binary beside the test binary) for the suite to
-//! test, federating in test mode on 127.0.0.x and allowing the suite's peer (127.0.0.5).
+//! test, federating in test mode on 127.0.0.x and allowing the suite's peer (127.0.0.5),
+//! over HTTP and libp2p.
 
 use std::path::{Path, PathBuf};
 
@@ -35,12 +36,23 @@ pub(crate) struct Server {
     _process: ServerProcess,
     pub(crate) base: String,
     _pg: Option<PgDatabase>,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 impl Server {
-    /// A federating server on `ip` (test mode) that allows 127.0.0.1–5, any port.
+    /// A federating server on `ip` (test mode) that allows 127.0.0.1–5, any port, and
+    /// accepts federation over libp2p on `ip` too (advertised in its key directory).
     pub(crate) async fn start(backend: Backend, ip: &str) -> Result<Self> {
+        Self::start_advertising(backend, ip, None).await
+    }
+
+    /// [`Server::start`], advertising `libp2p_addr` instead of its own libp2p listener
+    /// (where a faulty proxy stands in front of it).
+    pub(crate) async fn start_advertising(
+        backend: Backend,
+        ip: &str,
+        libp2p_addr: Option<&str>,
+    ) -> Result<Self> {
         let dir = tempfile::tempdir()?;
         let (database_url, pg) = match backend {
             Backend::Sqlite => (
@@ -57,7 +69,10 @@ impl Server {
         // coalescing windows keep the push rules quick.
         std::fs::write(
             &config,
-            homeserver::peer_config("[push]\nallow_insecure = true\ncoalesce_ms = 1000\n", ""),
+            homeserver::peer_config(
+                "[push]\nallow_insecure = true\ncoalesce_ms = 1000\n",
+                &libp2p_section(ip, libp2p_addr),
+            ),
         )?;
         let (listen, name) = homeserver::peer_identity(ip);
         let mut args = homeserver::base_args(&listen, &name, &database_url, dir.path());
@@ -68,7 +83,23 @@ impl Server {
             base: format!("http://{}", process.addr()),
             _process: process,
             _pg: pg,
-            _dir: dir,
+            dir,
         })
     }
+
+    /// The server's signing key (its libp2p identity), from its data directory.
+    pub(crate) fn signing_key(&self) -> Result<parley_federation::keys::ServerSigningKey> {
+        let pem = std::fs::read_to_string(self.dir.path().join("federation.key"))?;
+        Ok(parley_federation::keys::ServerSigningKey::from_pkcs8_pem(&pem)?)
+    }
+}
+
+/// `[federation.libp2p]`: listening on a free port of `ip`, advertising `external` if set.
+fn libp2p_section(ip: &str, external: Option<&str>) -> String {
+    let port = parley_testkit::free_port(ip);
+    let mut s = format!("[federation.libp2p]\nlisten = [\"/ip4/{ip}/tcp/{port}\"]\n");
+    if let Some(addr) = external {
+        s.push_str(&format!("external = [\"{addr}\"]\n"));
+    }
+    s
 }
