@@ -161,7 +161,10 @@ impl Conn {
         let work = async {
             stream.write_all(request).await?;
             stream.flush().await?;
-            read_answer(&mut stream).await
+            let answer = read_answer(&mut stream).await?;
+            // Done with the stream (the server may close the connection after a 401).
+            let _ = stream.close().await;
+            Ok(answer)
         };
         tokio::time::timeout(STEP, work)
             .await
@@ -209,8 +212,7 @@ impl Answer {
 }
 
 /// Reads one HTTP/1.1 response: the head, then a `Content-Length` body, a chunked body,
-/// or everything until the server closes the stream (the request said
-/// `Connection: close`).
+/// or (with neither) everything until the server closes the stream.
 async fn read_answer(stream: &mut libp2p::Stream) -> Result<Answer> {
     let mut buf = Vec::new();
     let mut chunk = [0u8; 8192];
@@ -249,30 +251,33 @@ async fn read_answer(stream: &mut libp2p::Stream) -> Result<Answer> {
     let chunked = headers
         .iter()
         .any(|(n, v)| n == "transfer-encoding" && v.to_ascii_lowercase().contains("chunked"));
-    match length {
-        Some(len) => {
-            ensure!(len <= MAX_ANSWER, "an answer body of {len} bytes");
-            while body.len() < len {
-                let n = stream.read(&mut chunk).await?;
-                ensure!(n > 0, "the stream ended inside the answer's body");
-                body.extend_from_slice(&chunk[..n]);
+    let body = loop {
+        match (length, chunked) {
+            (Some(len), _) if body.len() >= len => {
+                body.truncate(len);
+                break body;
             }
-            body.truncate(len);
-        }
-        None => {
-            loop {
-                let n = stream.read(&mut chunk).await?;
-                if n == 0 {
-                    break;
+            (None, true) => {
+                if let Some(done) = dechunk(&body)? {
+                    break done;
                 }
-                body.extend_from_slice(&chunk[..n]);
-                ensure!(body.len() <= MAX_ANSWER, "an answer over {MAX_ANSWER} bytes");
             }
-            if chunked {
-                body = dechunk(&body)?;
-            }
+            _ => {}
         }
-    }
+        ensure!(
+            body.len() <= MAX_ANSWER && length.is_none_or(|l| l <= MAX_ANSWER),
+            "an answer over {MAX_ANSWER} bytes"
+        );
+        let n = stream.read(&mut chunk).await?;
+        if n == 0 {
+            ensure!(
+                length.is_none() && !chunked,
+                "the stream ended inside the answer's body"
+            );
+            break body;
+        }
+        body.extend_from_slice(&chunk[..n]);
+    };
     Ok(Answer {
         status,
         headers,
@@ -284,27 +289,31 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
 }
 
-/// The body of a `Transfer-Encoding: chunked` answer read to its end.
-fn dechunk(mut raw: &[u8]) -> Result<Vec<u8>> {
+/// The body of a `Transfer-Encoding: chunked` answer; `None` while it is incomplete.
+fn dechunk(mut raw: &[u8]) -> Result<Option<Vec<u8>>> {
     let mut out = Vec::new();
     loop {
-        let line_end = find(raw, b"\r\n").context("a chunk size line without CRLF")?;
+        let Some(line_end) = find(raw, b"\r\n") else {
+            return Ok(None);
+        };
         let size_text = std::str::from_utf8(&raw[..line_end])?;
         let size = usize::from_str_radix(size_text.split(';').next().unwrap_or("").trim(), 16)
             .with_context(|| format!("a bad chunk size {size_text:?}"))?;
         raw = &raw[line_end + 2..];
         if size == 0 {
-            return Ok(out);
+            return Ok(Some(out));
         }
-        ensure!(raw.len() >= size + 2, "a truncated chunk");
+        if raw.len() < size + 2 {
+            return Ok(None);
+        }
         out.extend_from_slice(&raw[..size]);
         raw = &raw[size + 2..];
     }
 }
 
-/// The bytes of an HTTP/1.1 request to `destination` with the signature fields
-/// `signed` (empty: unsigned) and `body` — the request a peer sends over HTTP, plus
-/// `Connection: close` (one request per stream).
+/// The bytes of an HTTP/1.1 request to `destination` with the extra (signature) header
+/// fields and `body`: the request a peer sends over HTTP. One request per stream: the
+/// suite closes the stream once it has read the answer.
 fn request_bytes(
     method: &str,
     destination: &str,
@@ -319,10 +328,7 @@ fn request_bytes(
     if !body.is_empty() {
         head.push_str("content-type: application/json\r\n");
     }
-    head.push_str(&format!(
-        "content-length: {}\r\nconnection: close\r\n\r\n",
-        body.len()
-    ));
+    head.push_str(&format!("content-length: {}\r\n\r\n", body.len()));
     let mut out = head.into_bytes();
     out.extend_from_slice(body);
     out
