@@ -173,11 +173,15 @@ mod tests {
 
     #[test]
     fn a_rule_is_its_item_with_continuation_lines() {
-        let md = "- CH2. Sends get\n  consecutive numbers.\n\n  Not part of it.\n- PR1. One.\nText.\n";
+        let md =
+            "- CH2. Sends get\n  consecutive numbers.\n\n  Not part of it.\n- PR1. One.\nText.\n";
         assert_eq!(
             super::rules(md),
             [
-                ("CH2".to_owned(), "Sends get consecutive numbers.".to_owned()),
+                (
+                    "CH2".to_owned(),
+                    "Sends get consecutive numbers.".to_owned()
+                ),
                 ("PR1".to_owned(), "One.".to_owned())
             ]
         );

@@ -223,7 +223,10 @@ async fn read_answer(stream: &mut libp2p::Stream) -> Result<Answer> {
         let n = stream.read(&mut chunk).await?;
         ensure!(n > 0, "the stream ended inside the answer's head");
         buf.extend_from_slice(&chunk[..n]);
-        ensure!(buf.len() <= MAX_ANSWER, "an answer head over {MAX_ANSWER} bytes");
+        ensure!(
+            buf.len() <= MAX_ANSWER,
+            "an answer head over {MAX_ANSWER} bytes"
+        );
     };
     let head = std::str::from_utf8(&buf[..head_end]).context("an answer head not in UTF-8")?;
     let mut lines = head.split("\r\n");
@@ -436,7 +439,8 @@ pub(super) async fn accepted(ctx: &Ctx) -> Result<()> {
         b"",
     );
     let a = conn.exchange(&raw).await.context("GET the key directory")?;
-    a.expect(200, None).context("the key directory over libp2p")?;
+    a.expect(200, None)
+        .context("the key directory over libp2p")?;
     let over_p2p = directory::verify_response(
         &ServerName::try_from(dest.as_str())?,
         &a.headers,

@@ -36,7 +36,10 @@ fn every_rule_is_checked_or_listed_as_not_checked() {
     let checked: Vec<&str> = conformance::rules().iter().map(|r| r.id).collect();
     let mut listed: Vec<&str> = Vec::new();
     for (why, group) in conformance::NOT_CHECKED {
-        assert!(!why.trim().is_empty() && !group.is_empty(), "an empty group or reason");
+        assert!(
+            !why.trim().is_empty() && !group.is_empty(),
+            "an empty group or reason"
+        );
         listed.extend(group.iter().copied());
     }
     let forgotten: Vec<&String> = ids
@@ -48,9 +51,15 @@ fn every_rule_is_checked_or_listed_as_not_checked() {
         "rules neither checked nor in conformance::NOT_CHECKED: {forgotten:?}"
     );
     let both: Vec<&&str> = listed.iter().filter(|id| checked.contains(id)).collect();
-    assert!(both.is_empty(), "listed as not checked, but checked: {both:?}");
+    assert!(
+        both.is_empty(),
+        "listed as not checked, but checked: {both:?}"
+    );
     let unknown: Vec<&&str> = listed.iter().filter(|id| !ids.contains(**id)).collect();
-    assert!(unknown.is_empty(), "listed as not checked, not in spec/: {unknown:?}");
+    assert!(
+        unknown.is_empty(),
+        "listed as not checked, not in spec/: {unknown:?}"
+    );
     let mut sorted = listed.clone();
     sorted.sort_unstable();
     let before = sorted.len();
@@ -77,7 +86,12 @@ fn every_document_with_rules_is_read() {
             if path.extension().and_then(|e| e.to_str()) != Some("md") {
                 continue;
             }
-            let rel = path.strip_prefix(&dir).unwrap().to_str().unwrap().to_owned();
+            let rel = path
+                .strip_prefix(&dir)
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .to_owned();
             let text = std::fs::read_to_string(&path).unwrap();
             if !docs::rule_ids(&text).is_empty() {
                 assert!(

@@ -90,7 +90,9 @@ impl Server {
     /// The server's signing key (its libp2p identity), from its data directory.
     pub(crate) fn signing_key(&self) -> Result<parley_federation::keys::ServerSigningKey> {
         let pem = std::fs::read_to_string(self.dir.path().join("federation.key"))?;
-        Ok(parley_federation::keys::ServerSigningKey::from_pkcs8_pem(&pem)?)
+        Ok(parley_federation::keys::ServerSigningKey::from_pkcs8_pem(
+            &pem,
+        )?)
     }
 }
 
