@@ -442,12 +442,19 @@ impl Libp2pNode {
                 // loses its connection.
                 if refused.load(Ordering::Relaxed) {
                     tracing::info!(%peer, "closing a libp2p connection after a refused request");
+                    // The answer (401/403 and its error code) is written to the stream but
+                    // may still sit in the connection's buffers: let it leave first.
+                    tokio::time::sleep(REFUSED_LINGER).await;
                     let _ = node.commands.try_send(Command::Disconnect(peer));
                 }
             });
         }
     }
 }
+
+/// How long a connection whose request was refused stays open after the answer, so the
+/// refusal reaches the peer before the connection closes.
+const REFUSED_LINGER: Duration = Duration::from_millis(250);
 
 /// How long a server's advertised multiaddrs (or their absence) are trusted before its
 /// directory is looked at again.

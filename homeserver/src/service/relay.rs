@@ -410,7 +410,9 @@ impl Destination {
                 );
                 continue;
             }
-            if !acked.is_empty() {
+            // Rows that came in during the flight are read below, and their batch's commit
+            // deletes the acknowledged rows; only an outbox going idle deletes on its own.
+            if !acked.is_empty() && rx.is_empty() {
                 self.delete(&std::mem::take(&mut acked), &mut known).await;
             }
             // Idle or waiting: the next wake-up, the end of the wait, or a reread.

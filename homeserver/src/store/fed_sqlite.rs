@@ -12,7 +12,8 @@ use super::fed::{
     Received, RunContext, SendResultRow, direct_key, op_runs, run_heads, run_inbox,
 };
 use super::sqlite::{
-    SqliteStore, devices_of, event_from_row, json_list, receipt_from_row, upsert_receipts,
+    ROWS_PER_STATEMENT, SqliteStore, devices_of, event_from_row, insert_event_items, json_list,
+    receipt_from_row, upsert_receipts,
 };
 use super::{
     INBOX_SEND_RESULT, Result, blobs_to_json, epoch_i64, id, kind_from_i16, kind_to_i16,
@@ -26,18 +27,22 @@ pub(super) async fn insert_outbox(
     at: i64,
 ) -> Result<Vec<i64>> {
     let mut ids = Vec::with_capacity(rows.len());
-    for row in rows {
-        let id: i64 = sqlx::query_scalar(
-            "INSERT INTO federation_outbox (destination, kind, body, created_at)
-             VALUES (?1, ?2, ?3, ?4) RETURNING id",
-        )
-        .bind(&row.destination)
-        .bind(row.kind.to_i16())
-        .bind(&row.body)
-        .bind(at)
-        .fetch_one(&mut **tx)
-        .await?;
-        ids.push(id);
+    for chunk in rows.chunks(ROWS_PER_STATEMENT) {
+        let mut q = sqlx::QueryBuilder::<Sqlite>::new(
+            "INSERT INTO federation_outbox (destination, kind, body, created_at) ",
+        );
+        q.push_values(chunk, |mut b, row| {
+            b.push_bind(&row.destination)
+                .push_bind(row.kind.to_i16())
+                .push_bind(&row.body)
+                .push_bind(at);
+        });
+        q.push(" RETURNING id");
+        let mut new: Vec<i64> = q.build_query_scalar().fetch_all(&mut **tx).await?;
+        // One statement on the one writer: the ids rise in the order of the rows (and
+        // RETURNING lists them in no set order).
+        new.sort_unstable();
+        ids.extend(new);
     }
     Ok(ids)
 }
@@ -137,34 +142,49 @@ async fn apply_run(
     run: &[(usize, &ChatEvent)],
     at: i64,
 ) -> Result<Vec<(DeviceId, i64, usize)>> {
-    let mut new: Vec<(usize, &ChatEvent)> = Vec::with_capacity(run.len());
-    for (i, e) in run {
-        let inserted = sqlx::query(
+    if run.is_empty() {
+        return Ok(Vec::new());
+    }
+    // One statement per chunk of the run (each statement is a round trip to SQLite's
+    // worker thread): rows of chats we know, RETURNING the ones that were new.
+    let mut inserted: BTreeSet<(String, i64)> = BTreeSet::new();
+    for chunk in run.chunks(ROWS_PER_STATEMENT) {
+        let mut q = sqlx::QueryBuilder::<Sqlite>::new(
             "INSERT INTO events (chat_id, seq, sender, sender_device, client_msg_id, ts, payload,
-                                 mls_kind, mls_epoch, membership, blobs)
-             SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11
-             WHERE EXISTS (SELECT 1 FROM chats WHERE chat_id = ?1)
-             ON CONFLICT DO NOTHING",
-        )
-        .bind(e.chat_id.as_str())
-        .bind(e.seq)
-        .bind(e.sender.as_str())
-        .bind(e.sender_device.as_str())
-        .bind(&e.client_msg_id)
-        .bind(e.ts)
-        .bind(&e.payload.0)
-        .bind(e.mls.map(|m| mls_kind_to_i16(m.kind)))
-        .bind(e.mls.map(|m| epoch_i64(m.epoch)))
-        .bind(membership_to_json(&e.membership))
-        .bind(blobs_to_json(&e.blobs))
-        .execute(&mut **tx)
-        .await?
-        .rows_affected();
-        if inserted == 0 {
-            continue;
-        }
-        // The event's media references, as on the hub: who may download a blob here,
-        // and which server it is fetched from (the sender's).
+                             mls_kind, mls_epoch, membership, blobs)
+         SELECT * FROM (",
+        );
+        q.push_values(chunk.iter(), |mut b, (_, e)| {
+            b.push_bind(e.chat_id.as_str())
+                .push_bind(e.seq)
+                .push_bind(e.sender.as_str())
+                .push_bind(e.sender_device.as_str())
+                .push_bind(&e.client_msg_id)
+                .push_bind(e.ts)
+                .push_bind(&e.payload.0)
+                .push_bind(e.mls.map(|m| mls_kind_to_i16(m.kind)))
+                .push_bind(e.mls.map(|m| epoch_i64(m.epoch)))
+                .push_bind(membership_to_json(&e.membership))
+                .push_bind(blobs_to_json(&e.blobs));
+        });
+        q.push(
+            ") AS v WHERE EXISTS (SELECT 1 FROM chats WHERE chat_id = v.column1)
+         ON CONFLICT DO NOTHING RETURNING chat_id, seq",
+        );
+        inserted.extend(
+            q.build_query_as::<(String, i64)>()
+                .fetch_all(&mut **tx)
+                .await?,
+        );
+    }
+    let new: Vec<(usize, &ChatEvent)> = run
+        .iter()
+        .filter(|(_, e)| inserted.contains(&(e.chat_id.as_str().to_owned(), e.seq)))
+        .copied()
+        .collect();
+    // The events' media references, as on the hub: who may download a blob here, and
+    // which server it is fetched from (the sender's).
+    for (_, e) in &new {
         for blob in &e.blobs {
             sqlx::query(
                 "INSERT INTO blob_refs (chat_id, seq, hash, ts) VALUES (?1, ?2, ?3, ?4)
@@ -177,7 +197,6 @@ async fn apply_run(
             .execute(&mut **tx)
             .await?;
         }
-        new.push((*i, *e));
     }
     if new.is_empty() {
         return Ok(Vec::new());
@@ -239,19 +258,23 @@ async fn apply_run(
             .await?;
         }
     }
-    for (chat, seq, ts, epoch) in &heads {
-        sqlx::query(
-            "UPDATE chats SET last_seq = MAX(last_seq, ?2), last_ts = MAX(last_ts, ?3),
-                              mls_epoch = MAX(mls_epoch, ?4)
-             WHERE chat_id = ?1",
-        )
-        .bind(chat.as_str())
-        .bind(seq)
-        .bind(ts)
-        .bind(epoch)
-        .execute(&mut **tx)
-        .await?;
-    }
+    let heads_json = serde_json::to_string(
+        &heads
+            .iter()
+            .map(|(c, seq, ts, epoch)| (c.as_str(), seq, ts, epoch))
+            .collect::<Vec<_>>(),
+    )
+    .map_err(|e| super::StoreError::Corrupt(e.to_string()))?;
+    sqlx::query(
+        "UPDATE chats SET last_seq = MAX(last_seq, h.seq), last_ts = MAX(last_ts, h.ts),
+                          mls_epoch = MAX(mls_epoch, h.epoch)
+         FROM (SELECT value ->> 0 AS chat_id, value ->> 1 AS seq, value ->> 2 AS ts,
+                      value ->> 3 AS epoch FROM json_each(?1)) AS h
+         WHERE chats.chat_id = h.chat_id",
+    )
+    .bind(&heads_json)
+    .execute(&mut **tx)
+    .await?;
     let senders: BTreeSet<&str> = new.iter().map(|(_, e)| e.sender.as_str()).collect();
     ctx.periods =
         super::blocks::periods_sqlite(tx, &senders.into_iter().collect::<Vec<_>>()).await?;
@@ -269,22 +292,24 @@ async fn apply_run(
     }
     ctx.devices = local_devices(tx, &ctx.users()).await?;
     let events: std::collections::HashMap<usize, &ChatEvent> = new.iter().copied().collect();
-    let mut out = Vec::new();
-    for (i, device) in run_inbox(&new, &ctx) {
-        let e = events[&i];
-        let inbox_id: i64 = sqlx::query_scalar(
-            "INSERT INTO inbox (device_id, chat_id, kind, seq, sender, created_at)
-             VALUES (?1, ?2, 0, ?3, ?4, ?5) RETURNING id",
-        )
-        .bind(device.as_str())
-        .bind(e.chat_id.as_str())
-        .bind(e.seq)
-        .bind(e.sender.as_str())
-        .bind(at)
-        .fetch_one(&mut **tx)
-        .await?;
-        out.push((device, inbox_id, i));
+    let items = run_inbox(&new, &ctx);
+    if items.is_empty() {
+        return Ok(Vec::new());
     }
+    let ids = insert_event_items(
+        tx,
+        items.iter().map(|(i, device)| {
+            let e = events[i];
+            (device, &e.chat_id, e.seq, &e.sender)
+        }),
+        at,
+    )
+    .await?;
+    let out: Vec<(DeviceId, i64, usize)> = items
+        .into_iter()
+        .zip(ids)
+        .map(|((i, device), id)| (device, id, i))
+        .collect();
     Ok(out)
 }
 
@@ -468,21 +493,24 @@ impl FedStore for SqliteStore {
     }
 
     async fn events_by_seq(&self, refs: &[(ChatId, i64)]) -> Result<Vec<ChatEvent>> {
-        let mut out = Vec::with_capacity(refs.len());
-        for (chat, seq) in refs {
-            let row = sqlx::query(
-                "SELECT chat_id, seq, sender, sender_device, client_msg_id, ts, payload, mls_kind,
-                        mls_epoch, membership, blobs, expires_at, read_receipts FROM events WHERE chat_id = ?1 AND seq = ?2",
-            )
-            .bind(chat.as_str())
-            .bind(seq)
-            .fetch_optional(&self.pool)
-            .await?;
-            if let Some(row) = row {
-                out.push(event_from_row(&row)?);
-            }
-        }
-        Ok(out)
+        let refs = serde_json::to_string(
+            &refs
+                .iter()
+                .map(|(c, seq)| (c.as_str(), seq))
+                .collect::<Vec<_>>(),
+        )
+        .map_err(|e| super::StoreError::Corrupt(e.to_string()))?;
+        let rows = sqlx::query(
+            "SELECT e.chat_id, e.seq, e.sender, e.sender_device, e.client_msg_id, e.ts, e.payload,
+                    e.mls_kind, e.mls_epoch, e.membership, e.blobs, e.expires_at, e.read_receipts
+             FROM json_each(?1) AS k
+             JOIN events e ON e.chat_id = k.value ->> 0 AND e.seq = k.value ->> 1
+             ORDER BY k.key",
+        )
+        .bind(&refs)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(event_from_row).collect()
     }
 
     async fn chat_snapshot(&self, chat_id: &ChatId) -> Result<Option<(ChatSnapshotRow, i64)>> {
@@ -638,43 +666,54 @@ impl FedStore for SqliteStore {
     }
 
     async fn inbox_chats(&self, items: &[(DeviceId, i64)]) -> Result<Vec<(DeviceId, ChatId)>> {
-        let mut out = BTreeSet::new();
-        for (device, n) in items {
-            let chat: Option<String> =
-                sqlx::query_scalar("SELECT chat_id FROM inbox WHERE device_id = ?1 AND id = ?2")
-                    .bind(device.as_str())
-                    .bind(n)
-                    .fetch_optional(&self.pool)
-                    .await?;
-            if let Some(chat) = chat {
-                out.insert((device.clone(), id::<ChatId>(chat)?));
-            }
-        }
-        Ok(out.into_iter().collect())
+        let keys = serde_json::to_string(
+            &items
+                .iter()
+                .map(|(d, n)| (d.as_str(), n))
+                .collect::<Vec<_>>(),
+        )
+        .map_err(|e| super::StoreError::Corrupt(e.to_string()))?;
+        let rows: Vec<(String, String)> = sqlx::query_as(
+            "SELECT DISTINCT i.device_id, i.chat_id FROM json_each(?1) AS k
+             JOIN inbox i ON i.device_id = k.value ->> 0 AND i.id = k.value ->> 1
+             ORDER BY i.device_id, i.chat_id",
+        )
+        .bind(&keys)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|(d, c)| Ok((id::<DeviceId>(d)?, id::<ChatId>(c)?)))
+            .collect()
     }
 
     async fn member_receipts(&self, pairs: &[(ChatId, UserId)]) -> Result<Vec<(ChatId, Receipt)>> {
-        let mut out = Vec::new();
-        for (chat, user) in pairs {
-            let row = sqlx::query(
-                "SELECT delivered_seq, read_seq FROM chat_members WHERE chat_id = ?1 AND user_id = ?2",
-            )
-            .bind(chat.as_str())
-            .bind(user.as_str())
-            .fetch_optional(&self.pool)
-            .await?;
-            if let Some(r) = row {
-                out.push((
-                    chat.clone(),
+        let keys = serde_json::to_string(
+            &pairs
+                .iter()
+                .map(|(c, u)| (c.as_str(), u.as_str()))
+                .collect::<Vec<_>>(),
+        )
+        .map_err(|e| super::StoreError::Corrupt(e.to_string()))?;
+        let rows = sqlx::query(
+            "SELECT m.chat_id, m.user_id, m.delivered_seq, m.read_seq FROM json_each(?1) AS k
+             JOIN chat_members m ON m.chat_id = k.value ->> 0 AND m.user_id = k.value ->> 1
+             ORDER BY k.key",
+        )
+        .bind(&keys)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    id::<ChatId>(r.get("chat_id"))?,
                     Receipt {
-                        user_id: user.clone(),
+                        user_id: id(r.get("user_id"))?,
                         delivered_seq: r.get("delivered_seq"),
                         read_seq: r.get("read_seq"),
                     },
-                ));
-            }
-        }
-        Ok(out)
+                ))
+            })
+            .collect()
     }
 
     async fn take_lease(

@@ -137,45 +137,83 @@ pub(super) async fn upsert_receipts(
             r.receipt,
         );
     }
-    let mut notices = Vec::with_capacity(dedup.len());
-    for ((device_id, chat_id, user), receipt) in dedup {
-        let old = sqlx::query(
-            "DELETE FROM inbox WHERE device_id = ?1 AND chat_id = ?2 AND sender = ?3 AND kind = 1
-             RETURNING delivered_seq, read_seq",
+    // Each (device, chat, member) keeps one receipt item: the old one goes, the new one
+    // carries the higher of both. Two statements for the whole set.
+    let keys = serde_json::to_string(
+        &dedup
+            .keys()
+            .map(|(d, c, u)| (d.as_str(), c.as_str(), u.as_str()))
+            .collect::<Vec<_>>(),
+    )
+    .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    let old: HashMap<(String, String, String), (i64, i64)> =
+        sqlx::query_as::<_, (String, String, String, i64, i64)>(
+            "DELETE FROM inbox WHERE kind = 1 AND (device_id, chat_id, sender) IN
+             (SELECT value ->> 0, value ->> 1, value ->> 2 FROM json_each(?1))
+         RETURNING device_id, chat_id, sender, delivered_seq, read_seq",
         )
-        .bind(device_id.as_str())
-        .bind(chat_id.as_str())
-        .bind(user.as_str())
-        .fetch_optional(&mut **tx)
-        .await?;
-        let (old_d, old_r) = old
-            .map(|r| {
-                (
-                    r.get::<i64, _>("delivered_seq"),
-                    r.get::<i64, _>("read_seq"),
-                )
-            })
-            .unwrap_or_default();
-        let receipt = Receipt {
-            user_id: user,
-            delivered_seq: receipt.delivered_seq.max(old_d),
-            read_seq: receipt.read_seq.max(old_r),
-        };
-        let new_id: i64 = sqlx::query_scalar(
-            "INSERT INTO inbox (device_id, chat_id, kind, seq, sender, delivered_seq, read_seq, created_at)
-             VALUES (?1, ?2, 1, 0, ?3, ?4, ?5, ?6) RETURNING id",
-        )
-        .bind(device_id.as_str())
-        .bind(chat_id.as_str())
-        .bind(receipt.user_id.as_str())
-        .bind(receipt.delivered_seq)
-        .bind(receipt.read_seq)
-        .bind(now)
-        .fetch_one(&mut **tx)
-        .await?;
+        .bind(&keys)
+        .fetch_all(&mut **tx)
+        .await?
+        .into_iter()
+        .map(|(d, c, u, ds, rs)| ((d, c, u), (ds, rs)))
+        .collect();
+    let items: Vec<(DeviceId, ChatId, Receipt)> = dedup
+        .into_iter()
+        .map(|((device_id, chat_id, user), receipt)| {
+            let (old_d, old_r) = old
+                .get(&(
+                    device_id.as_str().to_owned(),
+                    chat_id.as_str().to_owned(),
+                    user.as_str().to_owned(),
+                ))
+                .copied()
+                .unwrap_or_default();
+            let receipt = Receipt {
+                user_id: user,
+                delivered_seq: receipt.delivered_seq.max(old_d),
+                read_seq: receipt.read_seq.max(old_r),
+            };
+            (device_id, chat_id, receipt)
+        })
+        .collect();
+    let mut ids: HashMap<(String, String, String), i64> = HashMap::with_capacity(items.len());
+    for chunk in items.chunks(ROWS_PER_STATEMENT) {
+        let mut q = sqlx::QueryBuilder::<Sqlite>::new(
+            "INSERT INTO inbox (device_id, chat_id, kind, seq, sender, delivered_seq, read_seq, created_at) ",
+        );
+        q.push_values(chunk, |mut b, (device, chat, receipt)| {
+            b.push_bind(device.as_str())
+                .push_bind(chat.as_str())
+                .push_bind(1i16)
+                .push_bind(0i64)
+                .push_bind(receipt.user_id.as_str())
+                .push_bind(receipt.delivered_seq)
+                .push_bind(receipt.read_seq)
+                .push_bind(now);
+        });
+        q.push(" RETURNING id, device_id, chat_id, sender");
+        for (id, d, c, u) in q
+            .build_query_as::<(i64, String, String, String)>()
+            .fetch_all(&mut **tx)
+            .await?
+        {
+            ids.insert((d, c, u), id);
+        }
+    }
+    let mut notices = Vec::with_capacity(items.len());
+    for (device_id, chat_id, receipt) in items {
+        let key = (
+            device_id.as_str().to_owned(),
+            chat_id.as_str().to_owned(),
+            receipt.user_id.as_str().to_owned(),
+        );
+        let id = *ids
+            .get(&key)
+            .ok_or_else(|| StoreError::Corrupt("a receipt item was not written".into()))?;
         notices.push(ReceiptNotice {
             device_id,
-            id: new_id,
+            id,
             chat_id,
             receipt,
         });
@@ -192,6 +230,53 @@ pub(super) fn receipt_from_row(r: &SqliteRow) -> Result<(ChatId, Receipt)> {
             read_seq: r.get("read_seq"),
         },
     ))
+}
+
+/// Rows per multi-row statement (each statement is a round trip to SQLite's worker
+/// thread): at 11 parameters a row, far below SQLite's limit of 32,766.
+pub(super) const ROWS_PER_STATEMENT: usize = 500;
+
+/// Writes event items (`kind` 0) into inboxes, a few statements for any number, and
+/// returns their ids in the order given.
+pub(super) async fn insert_event_items<'a>(
+    tx: &mut Transaction<'_, Sqlite>,
+    items: impl Iterator<Item = (&'a DeviceId, &'a ChatId, i64, &'a UserId)>,
+    at: i64,
+) -> Result<Vec<i64>> {
+    let items: Vec<_> = items.collect();
+    let index: HashMap<(&str, &str, i64), usize> = items
+        .iter()
+        .enumerate()
+        .map(|(n, (d, c, s, _))| ((d.as_str(), c.as_str(), *s), n))
+        .collect();
+    let mut ids: Vec<Option<i64>> = vec![None; items.len()];
+    for chunk in items.chunks(ROWS_PER_STATEMENT) {
+        let mut q = sqlx::QueryBuilder::<Sqlite>::new(
+            "INSERT INTO inbox (device_id, chat_id, kind, seq, sender, created_at) ",
+        );
+        q.push_values(chunk, |mut b, (device, chat, seq, sender)| {
+            b.push_bind(device.as_str())
+                .push_bind(chat.as_str())
+                .push_bind(0i16)
+                .push_bind(*seq)
+                .push_bind(sender.as_str())
+                .push_bind(at);
+        });
+        q.push(" RETURNING id, device_id, chat_id, seq");
+        // RETURNING lists rows in no set order: match them back by their key.
+        for (id, device, chat, seq) in q
+            .build_query_as::<(i64, String, String, i64)>()
+            .fetch_all(&mut **tx)
+            .await?
+        {
+            if let Some(n) = index.get(&(device.as_str(), chat.as_str(), seq)) {
+                ids[*n] = Some(id);
+            }
+        }
+    }
+    ids.into_iter()
+        .map(|id| id.ok_or_else(|| StoreError::Corrupt("an inbox row was not written".into())))
+        .collect()
 }
 
 pub(super) fn event_from_row(r: &SqliteRow) -> Result<ChatEvent> {
@@ -501,19 +586,33 @@ impl Store for SqliteStore {
                 }
             }
         }
+        // Sends seen before (a retry): one statement for the batch.
+        let keys = serde_json::to_string(
+            &batch
+                .iter()
+                .map(|r| {
+                    (
+                        r.chat_id.as_str(),
+                        r.sender_device.as_str(),
+                        &r.client_msg_id,
+                    )
+                })
+                .collect::<Vec<_>>(),
+        )
+        .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let rows = sqlx::query(
+            "SELECT DISTINCT k.key AS i, e.seq, e.ts FROM json_each(?1) AS k
+             JOIN events e ON e.chat_id = k.value ->> 0 AND e.sender_device = k.value ->> 1
+                          AND e.client_msg_id = k.value ->> 2",
+        )
+        .bind(&keys)
+        .fetch_all(&mut *tx)
+        .await?;
         let mut existing = HashMap::new();
-        for req in batch {
-            let row = sqlx::query(
-                "SELECT seq, ts FROM events WHERE chat_id = ?1 AND sender_device = ?2 AND client_msg_id = ?3",
-            )
-            .bind(req.chat_id.as_str())
-            .bind(req.sender_device.as_str())
-            .bind(&req.client_msg_id)
-            .fetch_optional(&mut *tx)
-            .await?;
-            if let Some(r) = row {
-                existing.insert(plan::send_key(req), (r.get("seq"), r.get("ts")));
-            }
+        for r in rows {
+            let i = usize::try_from(r.get::<i64, _>("i"))
+                .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            existing.insert(plan::send_key(&batch[i]), (r.get("seq"), r.get("ts")));
         }
 
         let wanted: BTreeSet<&BlobHash> = batch.iter().flat_map(|r| r.blobs.iter()).collect();
@@ -542,17 +641,30 @@ impl Store for SqliteStore {
                 .execute(&mut *tx)
                 .await?;
         }
-        for head in &plan.heads {
-            sqlx::query(
-                "UPDATE chats SET last_seq = ?2, last_ts = ?3, mls_epoch = ?4 WHERE chat_id = ?1",
-            )
-            .bind(head.chat_id.as_str())
-            .bind(head.last_seq)
-            .bind(head.last_ts)
-            .bind(epoch_i64(head.mls_epoch))
-            .execute(&mut *tx)
-            .await?;
-        }
+        let heads = serde_json::to_string(
+            &plan
+                .heads
+                .iter()
+                .map(|h| {
+                    (
+                        h.chat_id.as_str(),
+                        h.last_seq,
+                        h.last_ts,
+                        epoch_i64(h.mls_epoch),
+                    )
+                })
+                .collect::<Vec<_>>(),
+        )
+        .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        sqlx::query(
+            "UPDATE chats SET last_seq = h.seq, last_ts = h.ts, mls_epoch = h.epoch
+             FROM (SELECT value ->> 0 AS chat_id, value ->> 1 AS seq, value ->> 2 AS ts,
+                          value ->> 3 AS epoch FROM json_each(?1)) AS h
+             WHERE chats.chat_id = h.chat_id",
+        )
+        .bind(&heads)
+        .execute(&mut *tx)
+        .await?;
         let now = batch.iter().map(|r| r.ts).max().unwrap_or_default();
         for op in &plan.membership {
             let sql = if op.add {
@@ -569,43 +681,42 @@ impl Store for SqliteStore {
                 .execute(&mut *tx)
                 .await?;
         }
-        for (i, seq) in &plan.events {
-            let r = &batch[*i];
-            sqlx::query(
+        for chunk in plan.events.chunks(ROWS_PER_STATEMENT) {
+            let mut q = sqlx::QueryBuilder::<Sqlite>::new(
                 "INSERT INTO events (chat_id, seq, sender, sender_device, client_msg_id, ts, payload,
-                                     mls_kind, mls_epoch, membership, blobs)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
-            )
-            .bind(r.chat_id.as_str())
-            .bind(seq)
-            .bind(r.sender.as_str())
-            .bind(r.sender_device.as_str())
-            .bind(&r.client_msg_id)
-            .bind(r.ts)
-            .bind(&r.payload)
-            .bind(r.mls.map(|m| mls_kind_to_i16(m.kind)))
-            .bind(r.mls.map(|m| epoch_i64(m.epoch)))
-            .bind(membership_to_json(&r.membership))
-            .bind(blobs_to_json(&r.blobs))
-            .execute(&mut *tx)
-            .await?;
+                                     mls_kind, mls_epoch, membership, blobs) ",
+            );
+            q.push_values(chunk, |mut b, (i, seq)| {
+                let r = &batch[*i];
+                b.push_bind(r.chat_id.as_str())
+                    .push_bind(*seq)
+                    .push_bind(r.sender.as_str())
+                    .push_bind(r.sender_device.as_str())
+                    .push_bind(&r.client_msg_id)
+                    .push_bind(r.ts)
+                    .push_bind(&r.payload)
+                    .push_bind(r.mls.map(|m| mls_kind_to_i16(m.kind)))
+                    .push_bind(r.mls.map(|m| epoch_i64(m.epoch)))
+                    .push_bind(membership_to_json(&r.membership))
+                    .push_bind(blobs_to_json(&r.blobs));
+            });
+            q.build().execute(&mut *tx).await?;
         }
         let now = batch.iter().map(|r| r.ts).max().unwrap_or_default();
-        let mut ids = Vec::with_capacity(plan.inbox.len());
-        for row in &plan.inbox {
-            let new_id: i64 = sqlx::query_scalar(
-                "INSERT INTO inbox (device_id, chat_id, kind, seq, sender, created_at)
-                 VALUES (?1, ?2, 0, ?3, ?4, ?5) RETURNING id",
-            )
-            .bind(row.device_id.as_str())
-            .bind(row.chat_id.as_str())
-            .bind(row.seq)
-            .bind(row.sender.as_str())
-            .bind(now)
-            .fetch_one(&mut *tx)
-            .await?;
-            ids.push((new_id, row.device_id.clone(), row.chat_id.clone(), row.seq));
-        }
+        let written = insert_event_items(
+            &mut tx,
+            plan.inbox
+                .iter()
+                .map(|row| (&row.device_id, &row.chat_id, row.seq, &row.sender)),
+            now,
+        )
+        .await?;
+        let ids = plan
+            .inbox
+            .iter()
+            .zip(written)
+            .map(|(row, id)| (id, row.device_id.clone(), row.chat_id.clone(), row.seq))
+            .collect::<Vec<_>>();
         let stamps: Vec<_> = plan
             .events
             .iter()
@@ -710,44 +821,64 @@ impl Store for SqliteStore {
 
     async fn commit_acks(&self, batch: &[AckRequest], at: i64) -> Result<Vec<ReceiptNotice>> {
         let mut tx = self.write_tx().await?;
-        let mut rows = Vec::new();
-        for ack in batch {
-            for item in &ack.ids {
-                let deleted = sqlx::query(
-                    "DELETE FROM inbox WHERE device_id = ?1 AND id = ?2 RETURNING chat_id, kind, seq, sender",
-                )
-                .bind(ack.device_id.as_str())
-                .bind(item)
-                .fetch_optional(&mut *tx)
-                .await?;
-                if let Some(r) = deleted {
-                    rows.push(AckedRow {
-                        user_id: ack.user_id.clone(),
-                        chat_id: id(r.get("chat_id"))?,
-                        kind: r.get("kind"),
-                        seq: r.get("seq"),
-                        sender: id(r.get("sender"))?,
-                    });
-                }
-            }
+        // The acknowledged items, gone in one statement (an id already gone was acked
+        // before: nothing to do).
+        let owners: HashMap<&str, &UserId> = batch
+            .iter()
+            .map(|a| (a.device_id.as_str(), &a.user_id))
+            .collect();
+        let items = serde_json::to_string(
+            &batch
+                .iter()
+                .flat_map(|a| a.ids.iter().map(move |n| (a.device_id.as_str(), n)))
+                .collect::<Vec<_>>(),
+        )
+        .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let deleted = sqlx::query(
+            "DELETE FROM inbox WHERE id IN (SELECT value ->> 1 FROM json_each(?1))
+                AND EXISTS (SELECT 1 FROM json_each(?1) AS k
+                            WHERE k.value ->> 0 = inbox.device_id AND k.value ->> 1 = inbox.id)
+             RETURNING device_id, chat_id, kind, seq, sender",
+        )
+        .bind(&items)
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut rows = Vec::with_capacity(deleted.len());
+        for r in deleted {
+            let device: String = r.get("device_id");
+            let Some(user) = owners.get(device.as_str()) else {
+                continue;
+            };
+            rows.push(AckedRow {
+                user_id: (*user).clone(),
+                chat_id: id(r.get("chat_id"))?,
+                kind: r.get("kind"),
+                seq: r.get("seq"),
+                sender: id(r.get("sender"))?,
+            });
         }
         let plan = plan::plan_acks(&rows);
-        let mut changed = Vec::new();
-        for ((chat, user), seq) in &plan.delivered {
-            let row = sqlx::query(
-                "UPDATE chat_members SET delivered_seq = ?3
-                 WHERE chat_id = ?1 AND user_id = ?2 AND delivered_seq < ?3
-                 RETURNING chat_id, user_id, delivered_seq, read_seq",
-            )
-            .bind(chat.as_str())
-            .bind(user.as_str())
-            .bind(seq)
-            .fetch_optional(&mut *tx)
-            .await?;
-            if let Some(r) = row {
-                changed.push(receipt_from_row(&r)?);
-            }
-        }
+        let raised = serde_json::to_string(
+            &plan
+                .delivered
+                .iter()
+                .map(|((chat, user), seq)| (chat.as_str(), user.as_str(), seq))
+                .collect::<Vec<_>>(),
+        )
+        .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let changed = sqlx::query(
+            "UPDATE chat_members SET delivered_seq = h.s
+             FROM (SELECT value ->> 0 AS c, value ->> 1 AS u, value ->> 2 AS s
+                   FROM json_each(?1)) AS h
+             WHERE chat_id = h.c AND user_id = h.u AND delivered_seq < h.s
+             RETURNING chat_id, user_id, delivered_seq, read_seq",
+        )
+        .bind(&raised)
+        .fetch_all(&mut *tx)
+        .await?
+        .iter()
+        .map(receipt_from_row)
+        .collect::<Result<Vec<_>>>()?;
         let users: BTreeSet<UserId> = plan.notify.values().flatten().cloned().collect();
         let devices = devices_of(&mut tx, &users).await?;
         let notices = upsert_receipts(
