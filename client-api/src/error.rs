@@ -69,6 +69,11 @@ pub enum ErrorCode {
     LinkExpired,
     /// The device link was approved already (a link is used once), or its id is taken.
     LinkUsed,
+    /// The chat's hub holds no GroupInfo of the chat's current epoch (no accepted commit
+    /// published one since): a device cannot join by external commit now; another
+    /// device of the user can add it, or a later commit publishes one
+    /// (spec/backup.md BK19).
+    NoGroupInfo,
 }
 
 impl ErrorCode {
@@ -98,6 +103,7 @@ impl ErrorCode {
             ErrorCode::UnknownLink => 404,
             ErrorCode::LinkExpired => 410,
             ErrorCode::LinkUsed => 409,
+            ErrorCode::NoGroupInfo => 404,
         }
     }
 
@@ -130,6 +136,7 @@ impl ErrorCode {
             ErrorCode::UnknownLink => "unknown_link",
             ErrorCode::LinkExpired => "link_expired",
             ErrorCode::LinkUsed => "link_used",
+            ErrorCode::NoGroupInfo => "no_group_info",
         }
     }
 }
@@ -188,6 +195,7 @@ mod tests {
             ErrorCode::UnknownLink,
             ErrorCode::LinkExpired,
             ErrorCode::LinkUsed,
+            ErrorCode::NoGroupInfo,
         ] {
             assert_eq!(
                 serde_json::to_value(code).unwrap(),

@@ -65,6 +65,9 @@ pub enum ClientFrame {
         expires_in: Option<u32>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         read_receipts: Option<bool>,
+        /// With a commit: the GroupInfo of the epoch it creates (see the HTTP send).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        group_info: Option<Payload>,
     },
     /// Acknowledge inbox items: they are removed, and delivered receipts go out.
     Ack { ids: Vec<i64> },
@@ -173,6 +176,7 @@ impl ClientFrame {
             blobs: Vec::new(),
             expires_in: None,
             read_receipts: None,
+            group_info: None,
         }
     }
 }
@@ -211,6 +215,7 @@ mod tests {
                 blobs: vec![],
                 expires_in: None,
                 read_receipts: None,
+                group_info: None,
             }
         );
         assert!(serde_json::from_str::<ClientFrame>(r#"{"type":"nope"}"#).is_err());

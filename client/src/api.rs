@@ -324,6 +324,13 @@ impl Api {
             .await
     }
 
+    /// The chat's current GroupInfo (for joining by external commit).
+    pub(crate) async fn group_info(&self, chat: &ChatId) -> Result<chats::group_info::Response> {
+        let path = fill(chats::group_info::PATH, &[("chat_id", chat.as_str())]);
+        self.call::<(), _>(chats::group_info::METHOD, &path, None)
+            .await
+    }
+
     /// Sends one event over HTTP (the server deduplicates by `client_msg_id`, so the
     /// same send may also travel over the socket).
     pub(crate) async fn send_event(

@@ -11,7 +11,8 @@
 //! - [`Client::backup_status`] says what the server holds.
 //! - [`Client::restore`] on a new device: reads the typed recovery key (a typo is
 //!   refused by its checksum before anything is downloaded) or passphrase, downloads
-//!   the archive and imports it (all or nothing), and keeps the key for later backups.
+//!   the archive and imports it (all or nothing), keeps the key for later backups, and
+//!   rejoins the user's chats by external commit ([`crate::rejoin`]).
 //!
 //! The server learns the archive's size and when it was made; never the key or a byte
 //! of plaintext. MLS group state is never in a backup.
@@ -28,6 +29,7 @@ use zeroize::Zeroizing;
 use crate::client::{Client, Inner};
 use crate::error::{Error, Result};
 use crate::history::{self, ExportSummary, ImportSummary};
+use crate::rejoin::RejoinSummary;
 use crate::store;
 
 const KEY_STATE: &str = "backup_key";
@@ -60,10 +62,13 @@ pub struct BackupDone {
 }
 
 /// What [`Client::restore`] did.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Restored {
     pub import: ImportSummary,
     pub backup: Backup,
+    /// The chats rejoined by external commit after the import ([`Client::rejoin_chats`]);
+    /// `Err` when the server could not list the chats (call `rejoin_chats` again later).
+    pub rejoin: Result<RejoinSummary>,
 }
 
 /// Writes to a file and hashes what it wrote (the blob address).
@@ -224,7 +229,8 @@ impl Client {
     /// made with a passphrase, the passphrase. A key that does not open the backup is
     /// [`Error::WrongKey`]; a damaged backup [`Error::CorruptArchive`]; in both cases
     /// nothing on the device changed. On success this device keeps the key and makes
-    /// the next backups.
+    /// the next backups, and rejoins the user's chats by external commit
+    /// ([`Client::rejoin_chats`]; MLS group state is never in a backup).
     pub async fn restore(&self, secret: &str) -> Result<Restored> {
         let inner = &self.inner;
         let Some(found) = self.backup_status().await? else {
@@ -255,14 +261,16 @@ impl Client {
                 .import_history(&key, std::io::BufReader::new(file))
                 .await?;
             inner.keep_backup_key(&key, &found.key).await?;
-            Ok(Restored {
-                import,
-                backup: found.clone(),
-            })
+            Ok(import)
         }
         .await;
         let _ = tokio::fs::remove_file(&part).await;
-        result
+        let import = result?;
+        Ok(Restored {
+            import,
+            backup: found,
+            rejoin: self.rejoin_chats().await,
+        })
     }
 }
 

@@ -642,6 +642,7 @@ impl Client {
                     welcome: pc.welcome,
                 },
                 pc.epoch,
+                pc.group_info,
             )
         };
         store::ensure_chat(&mut tx, &chat, now_ms()).await?;
@@ -653,13 +654,13 @@ impl Client {
             0,
         )
         .await?;
-        store::outbox_push(
+        store::outbox_push_commit(
             &mut tx,
             &chat,
             &commit_msg_id(),
-            store::OUTBOX_COMMIT,
-            None,
-            Some((&payload.0.to_bytes(), payload.1)),
+            &payload.0.to_bytes(),
+            payload.1,
+            payload.2.as_deref(),
         )
         .await?;
         tx.commit().await?;
@@ -1036,15 +1037,16 @@ impl Inner {
                     welcome: pc.welcome,
                 },
                 pc.epoch,
+                pc.group_info,
             )
         };
-        store::outbox_push(
+        store::outbox_push_commit(
             &mut tx,
             chat,
             &commit_msg_id(),
-            store::OUTBOX_COMMIT,
-            None,
-            Some((&payload.0.to_bytes(), payload.1)),
+            &payload.0.to_bytes(),
+            payload.1,
+            payload.2.as_deref(),
         )
         .await?;
         tx.commit().await?;

@@ -178,13 +178,13 @@ impl Inner {
             commit: pc.commit,
             welcome: pc.welcome,
         };
-        store::outbox_push(
+        store::outbox_push_commit(
             tx,
             chat,
             &crate::client::commit_msg_id(),
-            store::OUTBOX_COMMIT,
-            None,
-            Some((&payload.to_bytes(), pc.epoch)),
+            &payload.to_bytes(),
+            pc.epoch,
+            pc.group_info.as_deref(),
         )
         .await?;
         tracing::info!(%chat, leaves = stale.len(), "committing the departure of members");

@@ -293,13 +293,13 @@ impl Inner {
                 commit: pc.commit,
                 welcome: pc.welcome,
             };
-            store::outbox_push(
+            store::outbox_push_commit(
                 &mut tx,
                 chat,
                 &id,
-                store::OUTBOX_COMMIT,
-                None,
-                Some((&payload.to_bytes(), pc.epoch)),
+                &payload.to_bytes(),
+                pc.epoch,
+                pc.group_info.as_deref(),
             )
             .await?;
             let json = serde_json::to_string(&membership).map_err(Error::store)?;
@@ -374,6 +374,7 @@ impl Inner {
             "payload": Payload(payload),
             "mls": MlsMeta { kind: MlsKind::Commit, epoch: u64::try_from(epoch).unwrap_or(0) },
             "membership": membership,
+            "group_info": row.group_info.map(Payload),
         }))?;
         self.api.send_event(chat, &body).await
     }
@@ -440,13 +441,13 @@ impl Client {
             store::set_chat_meta(&mut tx, &chat, true, Some(name)).await?;
             store::set_joined(&mut tx, &chat, true, &users, 0).await?;
             let id = commit_msg_id();
-            store::outbox_push(
+            store::outbox_push_commit(
                 &mut tx,
                 &chat,
                 &id,
-                store::OUTBOX_COMMIT,
-                None,
-                Some((&payload.to_bytes(), pc.epoch)),
+                &payload.to_bytes(),
+                pc.epoch,
+                pc.group_info.as_deref(),
             )
             .await?;
             inner.set_direct(&id, true);

@@ -34,7 +34,9 @@
 //!   [`ArchiveKey`], to and from any file (backups, transfers to a linked device).
 //! - Encrypted backups ([`Client::enable_backup`], [`Client::backup_now`],
 //!   [`Client::restore`]): the history archive under a random key shown once as a
-//!   recovery key (or an Argon2id passphrase), stored on the homeserver.
+//!   recovery key (or an Argon2id passphrase), stored on the homeserver; a restored
+//!   device rejoins its chats by MLS external commit ([`Client::rejoin_chats`]) from the
+//!   GroupInfo each chat's hub keeps.
 //! - Other devices of the user are added to the user's chats by an existing device
 //!   ([`Client::refresh_devices`], also automatic while connected).
 //!
@@ -54,6 +56,7 @@ pub mod history;
 mod media;
 mod messaging;
 pub mod payload;
+mod rejoin;
 pub mod rules;
 mod socket;
 pub mod store;
@@ -69,6 +72,7 @@ pub use history::{ExportSummary, ImportSummary};
 pub use media::{Attachment, Downloaded, FileOptions, SentFile, guess_mime, human_size};
 pub use parley_crypto::ArchiveKey;
 pub use payload::ChatPayload;
+pub use rejoin::{RejoinFailure, RejoinSummary};
 pub use store::{
     ChatInfo, MemberReceipt, Message, MessageState, Reaction, Reader, ReceiptSummary, Version,
 };

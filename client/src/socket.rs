@@ -516,6 +516,7 @@ impl Conn {
                 "blobs": blobs,
                 "expires_in": expires_in,
                 "read_receipts": read_receipts,
+                "group_info": row.group_info.clone().filter(|_| is_commit).map(Payload),
             }))?;
             self.send(&frame).await?;
             self.in_flight.insert(row.client_msg_id.clone());

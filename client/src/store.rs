@@ -858,6 +858,8 @@ pub(crate) struct OutboxRow {
     pub(crate) blobs: Option<String>,
     /// While set: the encrypted file still to upload before the message can go.
     pub(crate) upload: Option<String>,
+    /// With a commit: the GroupInfo of the epoch it creates, sent with it.
+    pub(crate) group_info: Option<Vec<u8>>,
 }
 
 pub(crate) const OUTBOX_MESSAGE: &str = "message";
@@ -886,9 +888,34 @@ pub(crate) async fn outbox_push(
     Ok(())
 }
 
+/// Queues an own Commit (made in `epoch`) with the GroupInfo of the epoch it creates,
+/// which goes to the hub with it (spec/backup.md BK18).
+pub(crate) async fn outbox_push_commit(
+    conn: &mut SqliteConnection,
+    chat: &ChatId,
+    client_msg_id: &str,
+    payload: &[u8],
+    epoch: u64,
+    group_info: Option<&[u8]>,
+) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO parley_outbox (chat_id, client_msg_id, kind, payload, epoch, group_info)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )
+    .bind(chat.as_str())
+    .bind(client_msg_id)
+    .bind(OUTBOX_COMMIT)
+    .bind(payload)
+    .bind(i64::try_from(epoch).unwrap_or(i64::MAX))
+    .bind(group_info)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
 pub(crate) async fn outbox_all(conn: &mut SqliteConnection) -> Result<Vec<OutboxRow>> {
     Ok(sqlx::query_as(
-        "SELECT id, chat_id, client_msg_id, kind, plaintext, payload, epoch, membership, blobs, upload FROM parley_outbox ORDER BY id",
+        "SELECT id, chat_id, client_msg_id, kind, plaintext, payload, epoch, membership, blobs, upload, group_info FROM parley_outbox ORDER BY id",
     )
     .fetch_all(conn)
     .await?)
@@ -900,7 +927,7 @@ pub(crate) async fn outbox_get(
     client_msg_id: &str,
 ) -> Result<Option<OutboxRow>> {
     Ok(sqlx::query_as(
-        "SELECT id, chat_id, client_msg_id, kind, plaintext, payload, epoch, membership, blobs, upload FROM parley_outbox
+        "SELECT id, chat_id, client_msg_id, kind, plaintext, payload, epoch, membership, blobs, upload, group_info FROM parley_outbox
          WHERE chat_id = ?1 AND client_msg_id = ?2",
     )
     .bind(chat.as_str())

@@ -61,6 +61,10 @@ pub fn schemas() -> Vec<(&'static str, Value)> {
             "fed-user-devices-response",
             schema::<fed::keys::user_devices::Response>(),
         ),
+        (
+            "fed-chats-group-info-response",
+            schema::<fed::chats::group_info::Response>(),
+        ),
         ("fed-version-response", schema::<fed::version::Response>()),
         ("fed-error", schema::<parley_federation::ErrorBody>()),
         (
@@ -168,6 +172,11 @@ fn shapes(g: &mut SchemaGenerator) -> BTreeMap<&'static str, Shape> {
         "chats::mark_read",
         t!(chats::mark_read::Request),
         [(204, None)]
+    );
+    s!(
+        "chats::group_info",
+        None,
+        [(200, t!(chats::group_info::Response))]
     );
     s!(
         "keys::upload",

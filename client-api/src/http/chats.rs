@@ -130,9 +130,39 @@ pub mod send {
         /// the chat) from this event on. In a group only admins may change it.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         pub read_receipts: Option<bool>,
+        /// With an MLS commit only (else `400 invalid_param`): the signed GroupInfo of
+        /// the epoch the commit creates (a TLS-encoded `MLSMessage` with the ratchet tree
+        /// and the external public key), at most `max_commit_bytes`. When the hub
+        /// accepts the commit it keeps this as the chat's GroupInfo, from which a member
+        /// user's device rejoins by external commit ([`super::group_info`],
+        /// spec/backup.md BK18).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub group_info: Option<Payload>,
     }
 
     pub type Response = super::SendAck;
+}
+
+/// The chat's current MLS GroupInfo, as the last accepted commit published it: what a
+/// device of a member user needs to join the group by external commit (a restored
+/// device rejoining its chats, spec/backup.md BK19). Any device of a member user may
+/// read it; anyone else gets `403 not_member` (`404 unknown_chat` for a chat the server
+/// does not know). `404 no_group_info` when the hub holds none for the chat's current
+/// epoch. For a chat hosted on another server, the user's server asks the hub.
+pub mod group_info {
+    use super::*;
+    pub const METHOD: crate::http::Method = crate::http::Method::Get;
+    pub const PATH: &str = "/v1/chats/{chat_id}/group_info";
+
+    #[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
+    #[schemars(rename = "ChatsGroupInfoResponse")]
+    pub struct Response {
+        pub chat_id: ChatId,
+        /// The epoch the GroupInfo is of: the chat's current MLS epoch.
+        pub epoch: u64,
+        /// The signed GroupInfo (TLS-encoded `MLSMessage`), base64 like every payload.
+        pub group_info: Payload,
+    }
 }
 
 /// Read a chat's stored events after a sequence number (the server keeps events for its

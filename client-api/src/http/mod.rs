@@ -85,6 +85,7 @@ endpoints![
     chats::history,
     chats::receipts,
     chats::mark_read,
+    chats::group_info,
     contacts::list,
     contacts::add,
     contacts::remove,

@@ -218,8 +218,12 @@ enum Command {
         action: BackupAction,
     },
     /// Restore your backup into this (freshly logged-in) device: asks for the recovery
-    /// key (or the passphrase) unless `PARLEY_RECOVERY_KEY` holds it.
+    /// key (or the passphrase) unless `PARLEY_RECOVERY_KEY` holds it, then rejoins your
+    /// chats (as `parley rejoin` does).
     Restore,
+    /// Rejoin, by MLS external commit, every chat of yours this device has no group
+    /// state for (after a restore; MLS state is never in a backup).
+    Rejoin,
     /// Open a chat interactively (the most recent one if none is named).
     Interactive { chat: Option<String> },
 }
@@ -1113,7 +1117,25 @@ async fn run(cli: Cli) -> Result<()> {
                 restored.import.messages_added,
                 restored.import.chats_added
             );
+            let failed = match &restored.rejoin {
+                Ok(r) => print_rejoin(r),
+                Err(e) => {
+                    println!("could not rejoin the chats now ({e}); run `parley rejoin` later");
+                    true
+                }
+            };
             client.shutdown().await;
+            if failed {
+                std::process::exit(3);
+            }
+        }
+        Command::Rejoin => {
+            let client = Client::open(config()).await?;
+            let r = client.rejoin_chats().await;
+            client.shutdown().await;
+            if print_rejoin(&r?) {
+                std::process::exit(3);
+            }
         }
         Command::Block { user } => {
             let client = Client::open(config()).await?;
@@ -1803,4 +1825,21 @@ async fn render(
     stdout.write_all(out.as_bytes())?;
     stdout.flush()?;
     Ok(())
+}
+
+/// Prints what a rejoin did; true if a chat failed.
+fn print_rejoin(r: &parley_client::RejoinSummary) -> bool {
+    for chat in &r.rejoined {
+        println!("rejoined {chat}");
+    }
+    for f in &r.failed {
+        println!("could not rejoin {}: {}", f.chat_id, f.error);
+    }
+    println!(
+        "{} chats rejoined, {} joined already, {} failed",
+        r.rejoined.len(),
+        r.already_joined.len(),
+        r.failed.len()
+    );
+    !r.failed.is_empty()
 }

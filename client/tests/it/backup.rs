@@ -1,7 +1,8 @@
 //! Encrypted backups (`spec/backup.md`): a user turns backups on, loses the device,
 //! installs afresh, types the recovery key and has the history back; a mistyped key is
 //! refused by its checksum, another key or a damaged backup is refused with nothing on
-//! the device changed; a passphrase works the same.
+//! the device changed; a passphrase works the same. The restored device rejoins its
+//! chats by external commit (`rejoin.rs` tests that across servers).
 
 use anyhow::{Context, Result, ensure};
 use parley_client::{BackupKeyMode, BackupSecret, ChatId, Client, Error};
@@ -107,24 +108,20 @@ async fn restore_from_the_recovery_key_on_a_fresh_install(backend: Backend) -> R
     let third = alice.client.backup_now().await?;
     ensure!(third.export.messages == 3);
 
-    // The restored device is linked like any new device (approved by the laptop, which
-    // adds it to the chat; rejoining by external commit is not there yet) and goes on
-    // chatting.
+    // The restored device rejoined the chat by itself (an external commit from the
+    // hub's GroupInfo; spec/backup.md BK22), which bob and alice's laptop accepted, and
+    // goes on chatting.
+    let rejoin = restored.rejoin.map_err(|e| anyhow::anyhow!("{e}"))?;
+    ensure!(rejoin.rejoined == [chat.clone()], "{rejoin:?}");
     alice.online().await?;
-    let link = alice.client.start_link().await?;
-    laptop
-        .client
-        .approve_link(&link.code(), parley_client::HistoryRange::Nothing)
-        .await?;
-    alice
-        .client
-        .wait_for_approval(link, crate::harness::WAIT)
-        .await?;
     alice.joined(&chat).await?;
+    crate::harness::same_epoch(&chat, &[&alice, &bob, &laptop]).await?;
     bob.client.send_text(&chat, "after the restore").await?;
     alice.received(&chat, "after the restore").await?;
+    laptop.received(&chat, "after the restore").await?;
     alice.client.send_text(&chat, "back again").await?;
     bob.received(&chat, "back again").await?;
+    laptop.received(&chat, "back again").await?;
     let got = texts(&alice, &chat).await?;
     ensure!(got[..3] == want[..], "{got:?}");
     Ok(())

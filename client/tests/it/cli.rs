@@ -300,3 +300,125 @@ async fn timer_receipts_and_report_commands() -> Result<()> {
     );
     Ok(())
 }
+
+fn parley_env(profile: &Path, args: &[&str], env: &[(&str, &str)]) -> Result<Output> {
+    Command::new(PARLEY)
+        .arg("--profile")
+        .arg(profile)
+        .args(args)
+        .env("PARLEY_PASSWORD", PASSWORD)
+        .envs(env.iter().copied())
+        .env_remove("PARLEY_LOG")
+        .output()
+        .context("running parley")
+}
+
+/// What a device's `listen` prints within `secs` seconds.
+fn listen(profile: &Path, secs: &str) -> Result<String> {
+    let out = Command::new("timeout")
+        .args([secs, PARLEY, "--profile"])
+        .arg(profile)
+        .arg("listen")
+        .env_remove("PARLEY_LOG")
+        .output()?;
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// `parley backup enable|status`, `restore` on a fresh install (a wrong or mistyped
+/// recovery key refused with a clear message, nothing restored), the restored device
+/// rejoining the chat by itself and chatting on, `parley rejoin` (spec/backup.md).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backup_restore_and_rejoin_commands() -> Result<()> {
+    let server = Server::start(Backend::Sqlite).await?;
+    let url = server.url();
+    let dirs = tempfile::tempdir()?;
+    let [a, b, fresh] = ["a", "b", "fresh"].map(|d| dirs.path().join(d));
+    for (dir, name) in [(&a, "alice"), (&b, "bob")] {
+        stdout(&parley(
+            dir,
+            &["register", name, "--server", &url],
+            PASSWORD,
+        )?)?;
+    }
+    let chat = stdout(&parley(&a, &["chat", "new", "@bob:parley.test"], PASSWORD)?)?;
+    let chat = chat.trim();
+    // Bob joins from the Welcome; alice's next command gets his message.
+    stdout(&parley(&b, &["send", chat, "hi alice"], PASSWORD)?)?;
+    stdout(&parley(&a, &["send", chat, "hello bob"], PASSWORD)?)?;
+    let history = stdout(&parley(&a, &["history", chat], PASSWORD)?)?;
+    ensure!(history.contains("@bob:parley.test: hi alice"), "{history}");
+
+    let status = stdout(&parley(&a, &["backup", "status"], PASSWORD)?)?;
+    ensure!(
+        status.contains("no backup on the server; not enabled on this device"),
+        "{status}"
+    );
+    let enabled = stdout(&parley(&a, &["backup", "enable"], PASSWORD)?)?;
+    ensure!(
+        enabled.contains("Your recovery key") && enabled.contains("backed up 2 messages in 1 chats"),
+        "{enabled}"
+    );
+    let key = enabled
+        .lines()
+        .map(str::trim)
+        .find(|l| l.len() == 79 && l.split(' ').count() == 16)
+        .context("the recovery key line")?
+        .to_owned();
+    let status = stdout(&parley(&a, &["backup", "status"], PASSWORD)?)?;
+    ensure!(
+        status.contains("recovery key; enabled on this device"),
+        "{status}"
+    );
+
+    // The phone is lost: a fresh install logs in.
+    stdout(&parley(
+        &fresh,
+        &["login", "alice", "--server", &url],
+        PASSWORD,
+    )?)?;
+    let mut typo: Vec<char> = key.chars().collect();
+    typo[5] = if typo[5] == 'A' { 'B' } else { 'A' };
+    let typo: String = typo.into_iter().collect();
+    fails_with(
+        &parley_env(&fresh, &["restore"], &[("PARLEY_RECOVERY_KEY", &typo)])?,
+        "invalid recovery key",
+    )?;
+    let other = parley_crypto::RecoveryKey::generate().display();
+    fails_with(
+        &parley_env(&fresh, &["restore"], &[("PARLEY_RECOVERY_KEY", &other)])?,
+        "the key does not open this history archive",
+    )?;
+    let chats = stdout(&parley(&fresh, &["chats"], PASSWORD)?)?;
+    ensure!(!chats.contains("hello bob"), "nothing restored yet: {chats}");
+
+    let restored = stdout(&parley_env(
+        &fresh,
+        &["restore"],
+        &[("PARLEY_RECOVERY_KEY", &key.to_lowercase())],
+    )?)?;
+    ensure!(
+        restored.contains("restored 2 messages in 1 chats")
+            && restored.contains(&format!("rejoined {chat}"))
+            && restored.contains("1 chats rejoined, 0 joined already, 0 failed"),
+        "{restored}"
+    );
+    let history = stdout(&parley(&fresh, &["history", chat], PASSWORD)?)?;
+    ensure!(
+        history.contains("@bob:parley.test: hi alice") && history.contains("me: hello bob"),
+        "{history}"
+    );
+    // Chatting on, both ways.
+    let sent = stdout(&parley(&fresh, &["send", chat, "back again"], PASSWORD)?)?;
+    ensure!(sent.starts_with('✓'), "{sent}");
+    let out = listen(&b, "4")?;
+    ensure!(out.contains("@alice:parley.test: back again"), "{out}");
+    stdout(&parley(&b, &["send", chat, "welcome back"], PASSWORD)?)?;
+    let out = listen(&fresh, "4")?;
+    ensure!(out.contains("@bob:parley.test: welcome back"), "{out}");
+    let again = stdout(&parley(&fresh, &["rejoin"], PASSWORD)?)?;
+    ensure!(
+        again.contains("0 chats rejoined, 1 joined already, 0 failed"),
+        "{again}"
+    );
+    Ok(())
+}

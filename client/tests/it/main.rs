@@ -19,4 +19,5 @@ mod messaging;
 mod offline;
 mod presence;
 mod races;
+mod rejoin;
 mod tmux;

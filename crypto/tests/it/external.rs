@@ -32,6 +32,9 @@ fn a_members_new_device_joins_from_the_group_info_and_others_are_refused() {
     )
     .unwrap();
     assert!(pc.welcome.is_none());
+    // It publishes the new epoch's GroupInfo (spec/backup.md BK18), from which the next
+    // restored device joins.
+    assert!(pc.group_info.is_some());
     restored.group = Some(group);
     restored.cursor = hub.log.len();
     hub.submit_commit("alice-restored", &pc).unwrap();

@@ -135,6 +135,10 @@ pub struct HubSend {
     pub expires_in: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub read_receipts: Option<bool>,
+    /// With a commit: the GroupInfo of the epoch it creates, which the hub keeps as the
+    /// chat's GroupInfo once it accepts the commit ([`crate::api::chats::group_info`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group_info: Option<Payload>,
 }
 
 /// A local user leaving a chat, forwarded by a follower to the chat's hub (follower →

@@ -4,6 +4,7 @@
 //!
 //! Paths use axum's `{param}` syntax; [`fill`] substitutes parameters for senders.
 
+pub mod chats;
 pub mod events;
 pub mod keys;
 pub mod media;

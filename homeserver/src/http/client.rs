@@ -174,6 +174,21 @@ pub async fn receipts(
     }))
 }
 
+/// `GET /v1/chats/{chat_id}/group_info`: the chat's current GroupInfo, for a device of a
+/// member user that joins by external commit (spec/backup.md BK19).
+pub async fn group_info(
+    State(st): State<AppState>,
+    Auth(me): Auth,
+    ApiPath(chat_id): ApiPath<ChatId>,
+) -> ApiResult<Json<chats::group_info::Response>> {
+    let (epoch, data) = st.services.chats.group_info(&chat_id, &me.user_id).await?;
+    Ok(Json(chats::group_info::Response {
+        chat_id,
+        epoch,
+        group_info: parley_client_api::Payload(data),
+    }))
+}
+
 pub async fn mark_read(
     State(st): State<AppState>,
     Auth(me): Auth,

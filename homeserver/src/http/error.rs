@@ -55,6 +55,7 @@ impl From<ServiceError> for ApiError {
             ServiceError::LinkExpired => ErrorCode::LinkExpired,
             ServiceError::LinkUsed => ErrorCode::LinkUsed,
             ServiceError::NotFound(_) => ErrorCode::NotFound,
+            ServiceError::NoGroupInfo(_) => ErrorCode::NoGroupInfo,
             ServiceError::TooLarge { .. } => ErrorCode::TooLarge,
             ServiceError::Forbidden(_) | ServiceError::FederationDenied(_) => ErrorCode::Forbidden,
             ServiceError::Remote(_) => {
@@ -98,7 +99,7 @@ pub fn fed_error(e: ServiceError) -> parley_federation::ProtocolError {
         ServiceError::UnknownChat => C::UnknownChat,
         ServiceError::UnknownBlob(_) => C::NotFound,
         ServiceError::NotMember => C::NotMember,
-        ServiceError::NotFound(_) => C::NotFound,
+        ServiceError::NotFound(_) | ServiceError::NoGroupInfo(_) => C::NotFound,
         ServiceError::FederationDenied(_) | ServiceError::Forbidden(_) => C::FederationDenied,
         ServiceError::TooLarge { .. } => C::TooLarge,
         ServiceError::WrongEpoch { .. } => C::WrongEpoch,

@@ -9,7 +9,7 @@ use axum::Router;
 use axum::extract::{FromRef, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use parley_federation::api::{keys, media, send, version};
+use parley_federation::api::{chats, keys, media, send, version};
 use parley_federation::directory;
 use parley_federation::transport::http::VerifiedRequest;
 use parley_federation::transport::http::{InboundVerifier, directory_response};
@@ -44,7 +44,8 @@ pub fn router<S: Clone + Send + Sync + 'static>(
         .route(keys::user_devices::PATH, get(user_devices))
         .route(keys::claim::PATH, axum::routing::post(claim))
         .route(send::PATH, axum::routing::put(transaction))
-        .route(media::PATH, get(media_blob));
+        .route(media::PATH, get(media_blob))
+        .route(chats::group_info::PATH, get(group_info));
     let router = match services.config.federation.dump_dir.clone() {
         Some(dir) => router.route_layer(axum::middleware::from_fn_with_state(
             Arc::new(Dumper {
@@ -297,4 +298,42 @@ async fn media_blob(
         .await
         .map_err(fed_error)?;
     Ok(super::media::blob_response(d, partial).into_response())
+}
+
+/// `GET /_parley/fed/v1/chats/{chat_id}/group_info/{user_id}` (signed): a hosted chat's
+/// current GroupInfo for a device of `user_id`, a user of the origin and a current
+/// member (spec/backup.md BK20).
+async fn group_info(
+    State(st): State<FedState>,
+    axum::extract::Path((chat_id, user_id)): axum::extract::Path<(String, String)>,
+    req: VerifiedRequest,
+) -> Result<Json<chats::group_info::Response>, ProtocolError> {
+    use parley_federation::FedErrorCode as C;
+    let bad = |e: parley_client_api::IdError| ProtocolError::new(C::InvalidParam, e.to_string());
+    let chat = parley_client_api::ChatId::try_from(chat_id.as_str()).map_err(bad)?;
+    let user = parley_client_api::UserId::try_from(user_id.as_str()).map_err(bad)?;
+    if chat.hub() != st.services.config.server_name.as_str() {
+        return Err(ProtocolError::new(
+            C::UnknownChat,
+            format!("{chat} is not hosted here"),
+        ));
+    }
+    if user.server_name() != req.origin().as_str() {
+        return Err(ProtocolError::new(
+            C::Forbidden,
+            format!("{} cannot ask for {user}", req.origin()),
+        ));
+    }
+    let (epoch, data) = st
+        .services
+        .chats
+        .group_info_as_hub(&chat, &user)
+        .await
+        .map_err(fed_error)?;
+    Ok(Json(chats::group_info::Response {
+        chat_id: parley_federation::ChatId::try_from(chat.as_str())
+            .map_err(|e| ProtocolError::new(C::Internal, e.to_string()))?,
+        epoch,
+        group_info: data.into(),
+    }))
 }

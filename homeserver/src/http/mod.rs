@@ -64,6 +64,7 @@ pub fn app(state: AppState) -> Router {
         .route(chats::leave::PATH, post(client::leave_chat))
         .route(chats::send::PATH, post(client::send).get(client::history))
         .route(chats::receipts::PATH, get(client::receipts))
+        .route(chats::group_info::PATH, get(client::group_info))
         .route(chats::members::PATH, get(client::members))
         .route(chats::rename::PATH, post(client::rename))
         .route(chats::set_admin::PATH, post(client::set_admin))

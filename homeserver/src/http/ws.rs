@@ -343,6 +343,7 @@ impl Conn {
                 blobs,
                 expires_in,
                 read_receipts,
+                group_info,
             } => {
                 let chats = self.st.services.chats.clone();
                 let me = self.me.clone();
@@ -354,6 +355,7 @@ impl Conn {
                     blobs,
                     expires_in,
                     read_receipts,
+                    group_info,
                 };
                 return Ok(Some(Box::pin(async move {
                     let r = chats.send(&me, chat_id, body).await;

@@ -276,8 +276,12 @@ impl Chats {
             blobs,
             expires_in,
             read_receipts,
+            group_info,
         } = body;
         check_timer(expires_in, mls).map_err(ServiceError::InvalidTimer)?;
+        let group_info = group_info.map(|p| p.0);
+        check_group_info(group_info.as_deref(), mls, self.config.limits.max_commit_bytes)
+            .map_err(ServiceError::InvalidParam)?;
         if blobs.len() > MAX_BLOBS_PER_EVENT {
             return Err(ServiceError::InvalidParam(format!(
                 "blobs: at most {MAX_BLOBS_PER_EVENT} per event"
@@ -325,6 +329,7 @@ impl Chats {
             let extra = Extra {
                 expires_in,
                 read_receipts,
+                group_info,
             };
             return self
                 .forward(
@@ -351,6 +356,7 @@ impl Chats {
             blobs,
             expires_in,
             read_receipts,
+            group_info,
         };
         let ack = |seq, ts, duplicate| SendAck {
             chat_id: chat_id.clone(),
@@ -421,6 +427,7 @@ impl Chats {
             blobs: blobs.iter().map(|b| b.to_string()).collect(),
             expires_in: extra.expires_in,
             read_receipts: extra.read_receipts,
+            group_info: extra.group_info.map(parley_federation::api::Payload),
         };
         let body =
             serde_json::to_string(&send).map_err(|e| ServiceError::Internal(e.to_string()))?;
@@ -452,6 +459,65 @@ impl Chats {
             None => Ok(ack(0, now_ms(), false, true)),
             Some(SendResult::Accepted { seq, ts, duplicate }) => Ok(ack(seq, ts, duplicate, false)),
             Some(SendResult::Rejected(e)) => Err(super::federation::entry_error(e)),
+        }
+    }
+
+    /// The chat's current GroupInfo for a device of `me` (spec/backup.md BK19): as its
+    /// hub, if `me` is a member and the stored GroupInfo is of the current epoch; for a
+    /// chat hosted elsewhere, asked of the hub (signed) once this server's copy lists
+    /// `me` as a member — the hub applies the same rule.
+    pub async fn group_info(
+        &self,
+        chat_id: &ChatId,
+        me: &UserId,
+    ) -> Result<(u64, Vec<u8>), ServiceError> {
+        if chat_id.hub() == self.config.server_name.as_str() {
+            return self.group_info_as_hub(chat_id, me).await;
+        }
+        let Some(remote) = &self.remote else {
+            return Err(ServiceError::UnknownChat);
+        };
+        self.members_as_member(chat_id, me).await?;
+        let hub = parley_federation::ServerName::try_from(chat_id.hub())
+            .map_err(|e| ServiceError::Internal(e.to_string()))?;
+        remote.federation.check_allowed(&hub)?;
+        use parley_federation::api::chats::group_info as fed;
+        let path = parley_federation::api::fill(
+            fed::PATH,
+            &[("chat_id", chat_id.as_str()), ("user_id", me.as_str())],
+        );
+        let resp: fed::Response = remote
+            .federation
+            .client()
+            .send_json::<(), _>(&hub, fed::METHOD, &path, None)
+            .await
+            .map_err(|e| group_info_error(&hub, e))?;
+        if resp.chat_id.as_str() != chat_id.as_str() || resp.group_info.0.is_empty() {
+            return Err(ServiceError::Remote(format!(
+                "{hub} answered with another chat's or an empty GroupInfo"
+            )));
+        }
+        Ok((resp.epoch, resp.group_info.0))
+    }
+
+    /// As the chat's hub: its GroupInfo for a device of `user`, a current member.
+    pub async fn group_info_as_hub(
+        &self,
+        chat_id: &ChatId,
+        user: &UserId,
+    ) -> Result<(u64, Vec<u8>), ServiceError> {
+        use crate::store::group_info::GroupInfoStore as _;
+        self.members_as_member(chat_id, user).await?;
+        match self.store.group_info(chat_id).await? {
+            Some(row) if row.epoch == row.chat_epoch => Ok((row.epoch, row.data)),
+            Some(row) => Err(ServiceError::NoGroupInfo(format!(
+                "the chat is at epoch {} and its last GroupInfo is of epoch {}: the commits \
+                 since published none",
+                row.chat_epoch, row.epoch
+            ))),
+            None => Err(ServiceError::NoGroupInfo(
+                "no commit of the chat published a GroupInfo".into(),
+            )),
         }
     }
 
@@ -605,6 +671,26 @@ impl Chats {
 struct Extra {
     expires_in: Option<u32>,
     read_receipts: Option<bool>,
+    group_info: Option<Vec<u8>>,
+}
+
+/// A send's GroupInfo (spec/backup.md BK18): only with an MLS commit, not empty, at most
+/// `limit` bytes. The bytes are never read.
+pub(crate) fn check_group_info(
+    group_info: Option<&[u8]>,
+    mls: Option<parley_client_api::http::chats::MlsMeta>,
+    limit: usize,
+) -> Result<(), String> {
+    let Some(info) = group_info else {
+        return Ok(());
+    };
+    if !mls.is_some_and(|m| m.kind == MlsKind::Commit) {
+        return Err("group_info: only with an MLS commit".into());
+    }
+    if info.is_empty() || info.len() > limit {
+        return Err(format!("group_info: 1 to {limit} bytes"));
+    }
+    Ok(())
 }
 
 /// A disappearing timer must be within the spec's bounds (MS32), and only application
@@ -629,4 +715,28 @@ pub(crate) fn check_timer(
         return Err("expires_in: only application messages expire".into());
     }
     Ok(())
+}
+
+/// A hub's refusal of a GroupInfo request, as this server's error.
+fn group_info_error(
+    hub: &parley_federation::ServerName,
+    e: parley_federation::transport::http::ClientError,
+) -> ServiceError {
+    use parley_federation::FedErrorCode as C;
+    use parley_federation::transport::http::ClientError;
+    match e {
+        ClientError::Status {
+            body: Some(body), ..
+        } => match body.error {
+            C::NotMember => ServiceError::NotMember,
+            C::UnknownChat => ServiceError::UnknownChat,
+            C::NotFound => ServiceError::NoGroupInfo(format!("{hub}: {}", body.message)),
+            C::FederationDenied => {
+                ServiceError::FederationDenied(format!("{hub} refuses us: {}", body.message))
+            }
+            C::Forbidden => ServiceError::Forbidden(format!("{hub}: {}", body.message)),
+            _ => ServiceError::Remote(format!("{hub}: {}", body.message)),
+        },
+        e => ServiceError::Remote(format!("{hub}: {e}")),
+    }
 }

@@ -171,6 +171,13 @@ fn to_send_request(
     let mls: Option<parley_client_api::http::chats::MlsMeta> =
         send.mls.map(|m| convert(&m)).transpose().map_err(bad)?;
     super::chats::check_timer(send.expires_in, mls).map_err(bad)?;
+    let group_info = send.group_info.as_ref().map(|p| p.0.clone());
+    super::chats::check_group_info(
+        group_info.as_deref(),
+        mls,
+        services.config.limits.max_commit_bytes,
+    )
+    .map_err(bad)?;
     Ok(SendRequest {
         chat_id,
         sender,
@@ -188,6 +195,7 @@ fn to_send_request(
         blobs,
         expires_in: send.expires_in,
         read_receipts: send.read_receipts,
+        group_info,
     })
 }
 

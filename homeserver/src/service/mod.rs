@@ -74,6 +74,9 @@ pub enum ServiceError {
     TooLarge { size: usize, limit: usize },
     #[error("{0}")]
     Forbidden(String),
+    /// The chat's hub holds no GroupInfo of its current epoch (spec/backup.md BK19).
+    #[error("no current GroupInfo for this chat: {0}")]
+    NoGroupInfo(String),
     #[error("the chat is at MLS epoch {current}; process its events and retry")]
     WrongEpoch { current: u64 },
     /// The policy refuses federating with that server (ours, or theirs answering 403).

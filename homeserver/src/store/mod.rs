@@ -14,6 +14,7 @@ pub mod disappearing;
 pub mod fed;
 mod fed_pg;
 mod fed_sqlite;
+pub mod group_info;
 pub mod links;
 pub mod pg;
 pub mod plan;
@@ -129,6 +130,9 @@ pub struct SendRequest {
     pub expires_in: Option<u32>,
     /// The chat's read-receipt policy this event sets.
     pub read_receipts: Option<bool>,
+    /// With a commit: the GroupInfo of the epoch it creates, kept as the chat's
+    /// GroupInfo if the commit is accepted (`store::group_info`).
+    pub group_info: Option<Vec<u8>>,
 }
 
 /// One item of a device's inbox, as replayed on reconnect.

@@ -444,6 +444,7 @@ impl PgStore {
             })
             .collect();
         super::disappearing::stamp_pg(&mut tx, &stamps).await?;
+        super::group_info::keep_pg(&mut tx, &plan, batch, now).await?;
         super::fed_pg::insert_outbox(&mut tx, &plan.outbox_rows(), now).await?;
         tx.commit().await?;
         let ids = rows

@@ -109,6 +109,10 @@ pub struct SendPlan {
     pub blob_refs: Vec<(ChatId, i64, BlobHash)>,
     /// Federation: (follower server, chat, seq) for each event a follower must receive.
     pub outbox: Vec<(String, ChatId, i64)>,
+    /// The chat's GroupInfo to keep, per accepted commit that carries one: (index into
+    /// the batch, chat, the epoch the commit created), in the order accepted (a later
+    /// one of the same chat replaces an earlier one).
+    pub group_infos: Vec<(usize, ChatId, u64)>,
 }
 
 /// Decides every send of a batch, in order, as the hub: duplicates, membership, MLS
@@ -162,6 +166,10 @@ pub fn plan_sends(
         let seq = chat.last_seq;
         if req.mls.is_some_and(|m| m.kind == MlsKind::Commit) {
             chat.mls_epoch += 1;
+            if req.group_info.is_some() {
+                plan.group_infos
+                    .push((i, req.chat_id.clone(), chat.mls_epoch));
+            }
         }
         plan.events.push((i, seq));
         in_batch.insert(key, (seq, req.ts));
@@ -528,6 +536,7 @@ mod tests {
             blobs: Vec::new(),
             expires_in: None,
             read_receipts: None,
+            group_info: None,
         }
     }
     fn chat(last: i64, members: &[(&str, &[&str])]) -> ChatState {
@@ -679,6 +688,42 @@ mod tests {
             ]
         );
         assert_eq!(p.heads[0].mls_epoch, 7);
+    }
+
+    #[test]
+    fn the_group_info_of_accepted_commits_only_and_external_commits_of_members_only() {
+        let mut group = chat(0, &[("alice", &["A1"]), ("bob", &["B1", "B2"])]);
+        group.mls_epoch = 2;
+        let chats = HashMap::from([(c("g"), group)]);
+        let commit = |user, dev, id, epoch, info: Option<&[u8]>| SendRequest {
+            mls: mls(MlsKind::Commit, epoch),
+            group_info: info.map(<[u8]>::to_vec),
+            ..req("g", user, dev, id, 1)
+        };
+        let batch = [
+            // Bob's new device (no leaf yet) joins by external commit: a member's.
+            commit("bob", "B2", "ext", 2, Some(b"gi3")),
+            // A commit that lost epoch 2: its GroupInfo is not kept.
+            commit("alice", "A1", "lost", 2, Some(b"stale")),
+            // Mallory is no member: her (external) commit is refused.
+            commit("mallory", "M1", "evil", 3, Some(b"evil")),
+            commit("alice", "A1", "next", 3, Some(b"gi4")),
+            commit("alice", "A1", "bare", 4, None),
+        ];
+        let p = plan(&batch, &chats);
+        assert_eq!(p.events, vec![(0, 1), (3, 2), (4, 3)]);
+        assert!(matches!(p.outcomes[1], SendOutcome::WrongEpoch { current: 3 }));
+        assert_eq!(p.outcomes[2], SendOutcome::NotMember);
+        assert_eq!(p.group_infos, vec![(0, c("g"), 3), (3, c("g"), 4)]);
+        assert_eq!(p.heads[0].mls_epoch, 5);
+        // The external commit reaches every other device, the committer's own user's too.
+        let first: Vec<_> = p
+            .inbox
+            .iter()
+            .filter(|r| r.seq == 1)
+            .map(|r| r.device_id.as_str())
+            .collect();
+        assert_eq!(first, ["A1", "B1"]);
     }
 
     #[test]

@@ -729,6 +729,7 @@ impl Store for SqliteStore {
             })
             .collect();
         super::disappearing::stamp_sqlite(&mut tx, &stamps).await?;
+        super::group_info::keep_sqlite(&mut tx, &plan, batch, now).await?;
         super::fed_sqlite::insert_outbox(&mut tx, &plan.outbox_rows(), now).await?;
         tx.commit().await?;
         Ok(plan.finish(batch, ids))

@@ -480,6 +480,7 @@ async fn a_pending_send_concludes_on_the_sending_device(backend: Backend) -> Res
             blobs: Vec::new(),
             expires_in: None,
             read_receipts: None,
+            group_info: None,
         })
         .await?;
     for _ in 0..2 {

@@ -16,6 +16,7 @@ mod fed_store;
 mod federation;
 mod federation_chats;
 mod federation_libp2p;
+mod group_info;
 mod groups;
 mod keys;
 mod media;

@@ -291,6 +291,7 @@ async fn unreferenced_blobs_are_collected_and_referenced_ones_kept() -> Result<(
         blobs: vec![hashes[0].clone()],
         expires_in: None,
         read_receipts: None,
+        group_info: None,
     };
     store.commit_sends(&[refer], 10).await?;
     // A partial fetch from another server that was never resumed goes too.

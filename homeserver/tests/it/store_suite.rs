@@ -110,6 +110,7 @@ fn send(chat: &ChatId, user: &str, dev: &str, id: &str) -> SendRequest {
         blobs: Vec::new(),
         expires_in: None,
         read_receipts: None,
+        group_info: None,
     }
 }
 
