@@ -253,7 +253,7 @@ impl Client {
         };
         let dir = inner.backup_dir()?;
         let part = dir.join(format!("{}.restore", found.blob));
-        let result = async {
+        let result: Result<ImportSummary> = async {
             inner.fetch_blob(&found.blob, &part, found.size).await?;
             let file = std::fs::File::open(&part)
                 .map_err(|e| Error::Store(format!("{}: {e}", part.display())))?;

@@ -366,7 +366,7 @@ async fn backup_restore_and_rejoin_commands() -> Result<()> {
         .to_owned();
     let status = stdout(&parley(&a, &["backup", "status"], PASSWORD)?)?;
     ensure!(
-        status.contains("recovery key; enabled on this device"),
+        status.contains("(recovery key); enabled on this device"),
         "{status}"
     );
 
