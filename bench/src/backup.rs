@@ -107,11 +107,12 @@ async fn bench(server: &Server, args: &BackupArgs) -> Result<()> {
     let (restored, restore_time, restore_rss) =
         measured(me, async { Ok(fresh.restore(&key).await?) }).await?;
     ensure!(restored.import.messages_added == args.messages);
-    let rejoined = restored
-        .rejoin
-        .as_ref()
-        .map_or(0, |r| r.rejoined.len());
-    ensure!(rejoined == 1, "the restored device did not rejoin the chat: {:?}", restored.rejoin);
+    let rejoined = restored.rejoin.as_ref().map_or(0, |r| r.rejoined.len());
+    ensure!(
+        rejoined == 1,
+        "the restored device did not rejoin the chat: {:?}",
+        restored.rejoin
+    );
     fresh.shutdown().await;
 
     let size = enabled.backup.backup.size as f64 / 1e6;

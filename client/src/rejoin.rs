@@ -79,8 +79,8 @@ impl Inner {
                     Some(
                         Group::join_external(&p, &self.identity, info.group_info.as_bytes(), gid)
                             .map_err(|e| {
-                                Error::Crypto(format!("cannot join from the GroupInfo: {e}"))
-                            })?,
+                            Error::Crypto(format!("cannot join from the GroupInfo: {e}"))
+                        })?,
                     )
                 }
             };

@@ -355,7 +355,8 @@ async fn backup_restore_and_rejoin_commands() -> Result<()> {
     );
     let enabled = stdout(&parley(&a, &["backup", "enable"], PASSWORD)?)?;
     ensure!(
-        enabled.contains("Your recovery key") && enabled.contains("backed up 2 messages in 1 chats"),
+        enabled.contains("Your recovery key")
+            && enabled.contains("backed up 2 messages in 1 chats"),
         "{enabled}"
     );
     let key = enabled
@@ -389,7 +390,10 @@ async fn backup_restore_and_rejoin_commands() -> Result<()> {
         "the key does not open this history archive",
     )?;
     let chats = stdout(&parley(&fresh, &["chats"], PASSWORD)?)?;
-    ensure!(!chats.contains("hello bob"), "nothing restored yet: {chats}");
+    ensure!(
+        !chats.contains("hello bob"),
+        "nothing restored yet: {chats}"
+    );
 
     let restored = stdout(&parley_env(
         &fresh,

@@ -37,10 +37,7 @@ async fn a_restored_device_rejoins_its_chats_across_servers(backend: Backend) ->
     let direct = alice.client.create_chat(bob.user()).await?;
     ensure!(direct.hub() == a.name(), "{direct}");
     bob.joined(&direct).await?;
-    let group = bob
-        .client
-        .create_group("Across", &users(&[&alice]))
-        .await?;
+    let group = bob.client.create_group("Across", &users(&[&alice])).await?;
     ensure!(group.hub() == b.name(), "{group}");
     alice.joined(&group).await?;
     alice.client.send_text(&direct, "hello bob").await?;
@@ -79,7 +76,10 @@ async fn a_restored_device_rejoins_its_chats_across_servers(backend: Backend) ->
     let mut events = alice.client.subscribe();
     let restored = alice.client.restore(&key).await?;
     ensure!(restored.import.messages_added == 4, "{:?}", restored.import);
-    let rejoin = restored.rejoin.as_ref().map_err(|e| anyhow::anyhow!("{e}"))?;
+    let rejoin = restored
+        .rejoin
+        .as_ref()
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     ensure!(rejoin.failed.is_empty(), "{:?}", rejoin.failed);
     let mut rejoined = rejoin.rejoined.clone();
     rejoined.sort();
@@ -112,7 +112,10 @@ async fn a_restored_device_rejoins_its_chats_across_servers(backend: Backend) ->
     // They keep chatting, both ways, in the same chats.
     bob.client.send_text(&direct, "welcome back").await?;
     alice.received(&direct, "welcome back").await?;
-    alice.client.send_text(&direct, "back on a new phone").await?;
+    alice
+        .client
+        .send_text(&direct, "back on a new phone")
+        .await?;
     bob.received(&direct, "back on a new phone").await?;
     alice.client.send_text(&group, "back in the group").await?;
     bob.received(&group, "back in the group").await?;
@@ -157,8 +160,10 @@ async fn a_chat_without_a_group_info_fails_alone(backend: Backend) -> Result<()>
     let r = reqwest::Client::new()
         .post(format!("{}/v1/chats/{with_carol}/events", server.url()))
         .bearer_auth(&token)
-        .json(&serde_json::json!({"client_msg_id": "bare", "payload": "aGk=",
-                                  "mls": {"kind": "commit", "epoch": epoch}}))
+        .json(
+            &serde_json::json!({"client_msg_id": "bare", "payload": "aGk=",
+                                  "mls": {"kind": "commit", "epoch": epoch}}),
+        )
         .send()
         .await?;
     ensure!(r.status() == 201, "{}", r.status());

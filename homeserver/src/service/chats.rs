@@ -280,8 +280,12 @@ impl Chats {
         } = body;
         check_timer(expires_in, mls).map_err(ServiceError::InvalidTimer)?;
         let group_info = group_info.map(|p| p.0);
-        check_group_info(group_info.as_deref(), mls, self.config.limits.max_commit_bytes)
-            .map_err(ServiceError::InvalidParam)?;
+        check_group_info(
+            group_info.as_deref(),
+            mls,
+            self.config.limits.max_commit_bytes,
+        )
+        .map_err(ServiceError::InvalidParam)?;
         if blobs.len() > MAX_BLOBS_PER_EVENT {
             return Err(ServiceError::InvalidParam(format!(
                 "blobs: at most {MAX_BLOBS_PER_EVENT} per event"

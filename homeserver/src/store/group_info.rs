@@ -26,8 +26,10 @@ pub struct GroupInfoRow {
 
 pub trait GroupInfoStore: Send + Sync + 'static {
     /// The chat's stored GroupInfo, if it has one.
-    fn group_info(&self, chat: &ChatId)
-    -> impl Future<Output = Result<Option<GroupInfoRow>>> + Send;
+    fn group_info(
+        &self,
+        chat: &ChatId,
+    ) -> impl Future<Output = Result<Option<GroupInfoRow>>> + Send;
 }
 
 fn epoch_i64(e: u64) -> i64 {

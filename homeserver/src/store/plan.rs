@@ -712,7 +712,10 @@ mod tests {
         ];
         let p = plan(&batch, &chats);
         assert_eq!(p.events, vec![(0, 1), (3, 2), (4, 3)]);
-        assert!(matches!(p.outcomes[1], SendOutcome::WrongEpoch { current: 3 }));
+        assert!(matches!(
+            p.outcomes[1],
+            SendOutcome::WrongEpoch { current: 3 }
+        ));
         assert_eq!(p.outcomes[2], SendOutcome::NotMember);
         assert_eq!(p.group_infos, vec![(0, c("g"), 3), (3, c("g"), 4)]);
         assert_eq!(p.heads[0].mls_epoch, 5);

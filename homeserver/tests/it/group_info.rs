@@ -52,7 +52,12 @@ async fn got(server: &Server, me: &User, chat: &ChatId) -> Result<(u64, Vec<u8>)
 }
 
 fn refused(r: &(StatusCode, Value), status: StatusCode, code: &str) -> Result<()> {
-    ensure!(r.0 == status && r.1["error"] == code, "want {status} {code}: {} {}", r.0, r.1);
+    ensure!(
+        r.0 == status && r.1["error"] == code,
+        "want {status} {code}: {} {}",
+        r.0,
+        r.1
+    );
     Ok(())
 }
 
@@ -132,7 +137,11 @@ async fn only_members_get_the_group_info_and_only_members_commit(backend: Backen
         .await?;
     let ids: Vec<&str> = history["events"]
         .as_array()
-        .map(|a| a.iter().filter_map(|e| e["client_msg_id"].as_str()).collect())
+        .map(|a| {
+            a.iter()
+                .filter_map(|e| e["client_msg_id"].as_str())
+                .collect()
+        })
         .unwrap_or_default();
     ensure!(ids == ["c0", "ext", "bare"], "{history}");
     Ok(())
@@ -167,7 +176,10 @@ async fn the_group_info_across_servers(backend: Backend) -> Result<()> {
     let ask = |user: &User| {
         parley_federation::api::fill(
             parley_federation::api::chats::group_info::PATH,
-            &[("chat_id", chat.as_str()), ("user_id", user.user_id.as_str())],
+            &[
+                ("chat_id", chat.as_str()),
+                ("user_id", user.user_id.as_str()),
+            ],
         )
     };
     for (user, status, code) in [(&mallory, 403, "not_member"), (&bob, 403, "forbidden")] {
@@ -194,7 +206,10 @@ async fn the_group_info_across_servers(backend: Backend) -> Result<()> {
             "group_info": "aGk="}]}),
     )
     .await?;
-    ensure!(status == 200 && answer["sends"][0]["error"] == "not_member", "{answer}");
+    ensure!(
+        status == 200 && answer["sends"][0]["error"] == "not_member",
+        "{answer}"
+    );
     ensure!(got(&a, &alice, &chat).await? == (1, b"info 1".to_vec()));
 
     // Bob's new device joins by external commit through his server: the hub keeps its
