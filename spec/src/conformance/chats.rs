@@ -619,3 +619,98 @@ pub(super) async fn one_socket(ctx: &Ctx) -> Result<()> {
     second.close().await;
     Ok(())
 }
+
+fn group_info_path(chat: &str) -> String {
+    fill("/v1/chats/{c}/group_info", &[("c", chat)])
+}
+
+/// A commit in `epoch` publishing `info` as the GroupInfo of the epoch it creates.
+fn commit_with_info(epoch: u64, info: &[u8]) -> Value {
+    let mut extra = mls("commit", epoch);
+    extra["group_info"] = json!(STANDARD.encode(info));
+    extra
+}
+
+/// BK19: the GroupInfo the accepted commit published is served to any device of a
+/// member user, and to no one else.
+pub(super) async fn group_info(ctx: &Ctx) -> Result<()> {
+    let (a, b, c) = (
+        ctx.register().await?,
+        ctx.register().await?,
+        ctx.register().await?,
+    );
+    let chat = create(ctx, &a, &[&b], None).await?;
+    let path = group_info_path(&chat);
+    ctx.as_user(&b, Method::GET, &path, None)
+        .await?
+        .expect(404, Some("no_group_info"))?;
+    send(ctx, &a, &chat, "c0", b"commit 0", commit_with_info(0, b"info 1"))
+        .await?
+        .expect(201, None)?;
+    let b2 = ctx.login(&b).await?;
+    for u in [&a, &b, &b2] {
+        let r = ctx.as_user(u, Method::GET, &path, None).await?;
+        r.expect(200, None)?;
+        ensure!(
+            r.body["chat_id"] == chat.as_str()
+                && r.body["epoch"] == 1
+                && r.body["group_info"] == STANDARD.encode(b"info 1"),
+            "not the published GroupInfo of epoch 1: {}",
+            r.body
+        );
+    }
+    ctx.as_user(&c, Method::GET, &path, None)
+        .await?
+        .expect(403, Some("not_member"))?;
+    // A commit without one leaves no current GroupInfo.
+    send(ctx, &a, &chat, "c1", b"commit 1", mls("commit", 1))
+        .await?
+        .expect(201, None)?;
+    ctx.as_user(&b, Method::GET, &path, None)
+        .await?
+        .expect(404, Some("no_group_info"))?;
+    Ok(())
+}
+
+/// BK21: a member user's new device (no leaf yet) gets its external commit sequenced
+/// like any commit, publishing the next GroupInfo; a non-member's commit is refused.
+pub(super) async fn external_commit(ctx: &Ctx) -> Result<()> {
+    let (a, b, c) = (
+        ctx.register().await?,
+        ctx.register().await?,
+        ctx.register().await?,
+    );
+    let chat = create(ctx, &a, &[&b], None).await?;
+    send(ctx, &a, &chat, "c0", b"commit 0", commit_with_info(0, b"info 1"))
+        .await?
+        .expect(201, None)?;
+    send(ctx, &c, &chat, "evil", b"evil", commit_with_info(1, b"evil"))
+        .await?
+        .expect(403, Some("not_member"))?;
+    let b2 = ctx.login(&b).await?;
+    send(ctx, &b2, &chat, "ext", b"external", commit_with_info(1, b"info 2"))
+        .await?
+        .expect(201, None)?;
+    let m = members(ctx, &a, &chat).await?;
+    ensure!(
+        m["mls_epoch"] == 2,
+        "after the external commit the epoch is {}",
+        m["mls_epoch"]
+    );
+    let r = ctx
+        .as_user(&a, Method::GET, &group_info_path(&chat), None)
+        .await?;
+    r.expect(200, None)?;
+    ensure!(
+        r.body["epoch"] == 2 && r.body["group_info"] == STANDARD.encode(b"info 2"),
+        "not the external commit's GroupInfo: {}",
+        r.body
+    );
+    let events = read_history(ctx, &a, &chat, 0).await?;
+    ensure!(
+        events.len() == 2,
+        "expected the two commits, got {} events",
+        events.len()
+    );
+    Ok(())
+}

@@ -220,6 +220,16 @@ fn checks() -> Vec<(Rule, CheckFn)> {
         ),
         check!("GR4", "only admins change membership", chats::admin_only),
         check!(
+            "BK19",
+            "a chat's GroupInfo is served to its member users' devices only",
+            chats::group_info
+        ),
+        check!(
+            "BK21",
+            "a member user's new device commits by external commit; a non-member cannot",
+            chats::external_commit
+        ),
+        check!(
             "WS1",
             "an offline device's inbox is replayed in order, then synced",
             chats::inbox_replay
@@ -471,7 +481,7 @@ pub const NOT_CHECKED: &[(&str, &[&str])] = &[
             "E1", "E2", "E3", "E4", "E5", "E6", "E7", "E8", "E9", "E10", "E11", "MS1", "MS2",
             "MS3", "MS4", "MS5", "MS6", "MS7", "MS8", "MS9", "MS10", "MS11", "MS30", "MS33", "DL1",
             "DL6", "DL7", "DL9", "DV1", "DV2", "DV3", "DV4", "BK1", "BK2", "BK3", "BK4", "BK5",
-            "BK6", "BK7", "BK8", "BK9", "BK10", "BK17",
+            "BK6", "BK7", "BK8", "BK9", "BK10", "BK17", "BK22", "BK23",
         ],
     ),
     (
@@ -526,9 +536,14 @@ pub const NOT_CHECKED: &[(&str, &[&str])] = &[
         &["FT2", "FT3"],
     ),
     (
+        "exercised by BK19 and BK21 (a commit publishing its GroupInfo), not checked rule by \
+         rule",
+        &["BK18"],
+    ),
+    (
         "no check written yet (federation with the suite's peer: ephemeral events, a denied \
-         server's user in a chat, federated receipts, reports)",
-        &["PR9", "PR10", "FP2", "MS43", "MS45", "MS54"],
+         server's user in a chat, federated receipts, reports, a follower's user's GroupInfo)",
+        &["PR9", "PR10", "FP2", "MS43", "MS45", "MS54", "BK20"],
     ),
     (
         "no check written yet (checkable through the client API)",
