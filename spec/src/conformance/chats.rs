@@ -644,9 +644,16 @@ pub(super) async fn group_info(ctx: &Ctx) -> Result<()> {
     ctx.as_user(&b, Method::GET, &path, None)
         .await?
         .expect(404, Some("no_group_info"))?;
-    send(ctx, &a, &chat, "c0", b"commit 0", commit_with_info(0, b"info 1"))
-        .await?
-        .expect(201, None)?;
+    send(
+        ctx,
+        &a,
+        &chat,
+        "c0",
+        b"commit 0",
+        commit_with_info(0, b"info 1"),
+    )
+    .await?
+    .expect(201, None)?;
     let b2 = ctx.login(&b).await?;
     for u in [&a, &b, &b2] {
         let r = ctx.as_user(u, Method::GET, &path, None).await?;
@@ -681,16 +688,37 @@ pub(super) async fn external_commit(ctx: &Ctx) -> Result<()> {
         ctx.register().await?,
     );
     let chat = create(ctx, &a, &[&b], None).await?;
-    send(ctx, &a, &chat, "c0", b"commit 0", commit_with_info(0, b"info 1"))
-        .await?
-        .expect(201, None)?;
-    send(ctx, &c, &chat, "evil", b"evil", commit_with_info(1, b"evil"))
-        .await?
-        .expect(403, Some("not_member"))?;
+    send(
+        ctx,
+        &a,
+        &chat,
+        "c0",
+        b"commit 0",
+        commit_with_info(0, b"info 1"),
+    )
+    .await?
+    .expect(201, None)?;
+    send(
+        ctx,
+        &c,
+        &chat,
+        "evil",
+        b"evil",
+        commit_with_info(1, b"evil"),
+    )
+    .await?
+    .expect(403, Some("not_member"))?;
     let b2 = ctx.login(&b).await?;
-    send(ctx, &b2, &chat, "ext", b"external", commit_with_info(1, b"info 2"))
-        .await?
-        .expect(201, None)?;
+    send(
+        ctx,
+        &b2,
+        &chat,
+        "ext",
+        b"external",
+        commit_with_info(1, b"info 2"),
+    )
+    .await?
+    .expect(201, None)?;
     let m = members(ctx, &a, &chat).await?;
     ensure!(
         m["mls_epoch"] == 2,
