@@ -19,6 +19,18 @@ async fn texts(d: &Device, chat: &ChatId) -> Result<Vec<String>> {
     Ok(d.history(chat).await?.into_iter().map(|m| m.body).collect())
 }
 
+/// Waits until the device's own message `text` has its hub `seq` (only ordered
+/// messages are backed up, spec/backup.md BK4).
+async fn ordered(d: &Device, chat: &ChatId, text: &str) -> Result<()> {
+    eventually(&format!("{text:?} has its seq"), || async {
+        Ok(d.history(chat)
+            .await?
+            .iter()
+            .any(|m| m.body == text && m.seq.is_some()))
+    })
+    .await
+}
+
 /// The user wipes the device: the client stops and the profile directory is deleted.
 async fn wipe(d: Device) {
     let Device { client, dir, .. } = d;
@@ -49,6 +61,8 @@ async fn a_restored_device_rejoins_its_chats_across_servers(backend: Backend) ->
     alice.client.send_text(&group, "alice in the group").await?;
     bob.received(&group, "alice in the group").await?;
 
+    ordered(&alice, &direct, "hello bob").await?;
+    ordered(&alice, &group, "alice in the group").await?;
     let enabled = alice
         .client
         .enable_backup(BackupSecret::RecoveryKey)
@@ -154,6 +168,7 @@ async fn a_chat_without_a_group_info_fails_alone(backend: Backend) -> Result<()>
     carol.joined(&with_carol).await?;
     alice.client.send_text(&with_carol, "hi carol").await?;
     carol.received(&with_carol, "hi carol").await?;
+    ordered(&alice, &with_carol, "hi carol").await?;
     // A bare commit (no GroupInfo) on carol's chat: the hub's GroupInfo is now stale.
     let token = carol.token().await?;
     let epoch = carol.client.epoch(&with_carol).await?.context("epoch")?;
