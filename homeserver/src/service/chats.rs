@@ -304,14 +304,7 @@ impl Chats {
                 "client_msg_id: 1 to 128 printable ASCII characters".into(),
             ));
         }
-        // Handshakes may be larger: a Commit carries the Welcome (with the ratchet tree)
-        // for the devices it adds.
-        let handshake = mls.is_some_and(|m| m.kind != MlsKind::Application);
-        let limit = if handshake {
-            self.config.limits.max_commit_bytes
-        } else {
-            self.config.limits.max_payload_bytes
-        };
+        let limit = payload_limit(mls, &self.config.limits);
         if payload.len() > limit {
             return Err(ServiceError::TooLarge {
                 size: payload.len(),
@@ -742,5 +735,19 @@ fn group_info_error(
             _ => ServiceError::Remote(format!("{hub}: {}", body.message)),
         },
         e => ServiceError::Remote(format!("{hub}: {e}")),
+    }
+}
+
+/// The largest payload a send may carry. Handshakes may be larger than messages: a
+/// Commit carries the Welcome (with the ratchet tree) for the devices it adds. The same
+/// limit holds for a user's own send and for one a follower forwards.
+pub(super) fn payload_limit(
+    mls: Option<parley_client_api::http::chats::MlsMeta>,
+    limits: &crate::config::Limits,
+) -> usize {
+    if mls.is_some_and(|m| m.kind != MlsKind::Application) {
+        limits.max_commit_bytes
+    } else {
+        limits.max_payload_bytes
     }
 }

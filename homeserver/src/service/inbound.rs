@@ -151,7 +151,9 @@ fn to_send_request(
             format!("{origin} cannot send for {sender}"),
         ));
     }
-    let limit = services.config.limits.max_payload_bytes;
+    let mls: Option<parley_client_api::http::chats::MlsMeta> =
+        send.mls.map(|m| convert(&m)).transpose().map_err(bad)?;
+    let limit = super::chats::payload_limit(mls, &services.config.limits);
     if send.payload.0.is_empty() || send.payload.0.len() > limit {
         return Err(reject(
             FedErrorCode::TooLarge,
@@ -168,8 +170,6 @@ fn to_send_request(
         .iter()
         .map(|b| BlobHash::try_from(b.as_str()).map_err(|e| bad(e.to_string())))
         .collect::<Result<Vec<_>, _>>()?;
-    let mls: Option<parley_client_api::http::chats::MlsMeta> =
-        send.mls.map(|m| convert(&m)).transpose().map_err(bad)?;
     super::chats::check_timer(send.expires_in, mls).map_err(bad)?;
     let group_info = send.group_info.as_ref().map(|p| p.0.clone());
     super::chats::check_group_info(
