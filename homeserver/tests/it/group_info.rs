@@ -219,5 +219,19 @@ async fn the_group_info_across_servers(backend: Backend) -> Result<()> {
     ensure!(r.0 == StatusCode::CREATED && r.1["seq"] == 2, "{r:?}");
     ensure!(got(&a, &alice, &chat).await? == (2, b"info 2".to_vec()));
     ensure!(got(&b, &bob2, &chat).await? == (2, b"info 2".to_vec()));
+
+    // A commit larger than a message may be (it carries a Welcome for the devices it
+    // adds) is held to the commit limit at the hub too, as when sent there directly.
+    let big = vec![7u8; 100 * 1024];
+    let r = b
+        .post(
+            &format!("/v1/chats/{chat}/events"),
+            Some(&bob2.token),
+            json!({"client_msg_id": "big", "payload": Payload(big),
+                   "mls": {"kind": "commit", "epoch": 2}, "group_info": Payload(b"info 3".to_vec())}),
+        )
+        .await?;
+    ensure!(r.0 == StatusCode::CREATED && r.1["seq"] == 3, "{r:?}");
+    ensure!(got(&a, &alice, &chat).await? == (3, b"info 3".to_vec()));
     Ok(())
 }
