@@ -40,6 +40,24 @@ pub(crate) async fn presence_of(ws: &mut Ws, who: &User, d: Duration) -> Result<
     }
 }
 
+/// The next presence of `who` that is not `online == was` (a state re-sent unchanged,
+/// as after a contact change, is skipped): the change a user would notice.
+pub(crate) async fn presence_change(
+    ws: &mut Ws,
+    who: &User,
+    was: bool,
+    d: Duration,
+) -> Result<Presence> {
+    let deadline = tokio::time::Instant::now() + d;
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let p = presence_of(ws, who, left).await?;
+        if p.online != Some(was) {
+            return Ok(p);
+        }
+    }
+}
+
 /// No presence frame within `d`.
 pub(crate) async fn no_presence(ws: &mut Ws, d: Duration) -> Result<()> {
     let deadline = tokio::time::Instant::now() + d;
