@@ -393,7 +393,9 @@ pub trait FedStore: Send + Sync + 'static {
         rows: &[SendResultRow],
         at: i64,
     ) -> impl Future<Output = Result<Vec<(usize, i64)>>> + Send;
-    /// The chats of these inbox items (read before they are acknowledged).
+    /// The chats of those of these inbox items that are events (read before they are
+    /// acknowledged): only an event's ack can raise its member's receipt, so only these
+    /// chats have a receipt worth telling other servers about.
     fn inbox_chats(
         &self,
         items: &[(DeviceId, i64)],

@@ -693,10 +693,11 @@ impl FedStore for PgStore {
         let rows = sqlx::query(
             "SELECT DISTINCT i.device_id, i.chat_id
              FROM UNNEST($1::text[], $2::bigint[]) AS k(d, n)
-             JOIN inbox i ON i.device_id = k.d AND i.id = k.n",
+             JOIN inbox i ON i.device_id = k.d AND i.id = k.n AND i.kind = $3",
         )
         .bind(items.iter().map(|(d, _)| d.to_string()).collect::<Vec<_>>())
         .bind(items.iter().map(|(_, n)| *n).collect::<Vec<_>>())
+        .bind(super::INBOX_EVENT)
         .fetch_all(self.pool())
         .await?;
         rows.into_iter()

@@ -676,9 +676,11 @@ impl FedStore for SqliteStore {
         let rows: Vec<(String, String)> = sqlx::query_as(
             "SELECT DISTINCT i.device_id, i.chat_id FROM json_each(?1) AS k
              JOIN inbox i ON i.device_id = k.value ->> 0 AND i.id = k.value ->> 1
+                          AND i.kind = ?2
              ORDER BY i.device_id, i.chat_id",
         )
         .bind(&keys)
+        .bind(super::INBOX_EVENT)
         .fetch_all(&self.pool)
         .await?;
         rows.into_iter()
