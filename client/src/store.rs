@@ -873,19 +873,7 @@ pub(crate) async fn outbox_push(
     plaintext: Option<&[u8]>,
     payload: Option<(&[u8], u64)>,
 ) -> Result<()> {
-    sqlx::query(
-        "INSERT INTO parley_outbox (chat_id, client_msg_id, kind, plaintext, payload, epoch)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-    )
-    .bind(chat.as_str())
-    .bind(client_msg_id)
-    .bind(kind)
-    .bind(plaintext)
-    .bind(payload.map(|(p, _)| p))
-    .bind(payload.map(|(_, e)| i64::try_from(e).unwrap_or(i64::MAX)))
-    .execute(conn)
-    .await?;
-    Ok(())
+    outbox_insert(conn, chat, client_msg_id, kind, plaintext, payload, None).await
 }
 
 /// Queues an own Commit (made in `epoch`) with the GroupInfo of the epoch it creates,
@@ -898,15 +886,38 @@ pub(crate) async fn outbox_push_commit(
     epoch: u64,
     group_info: Option<&[u8]>,
 ) -> Result<()> {
+    outbox_insert(
+        conn,
+        chat,
+        client_msg_id,
+        OUTBOX_COMMIT,
+        None,
+        Some((payload, epoch)),
+        group_info,
+    )
+    .await
+}
+
+async fn outbox_insert(
+    conn: &mut SqliteConnection,
+    chat: &ChatId,
+    client_msg_id: &str,
+    kind: &str,
+    plaintext: Option<&[u8]>,
+    payload: Option<(&[u8], u64)>,
+    group_info: Option<&[u8]>,
+) -> Result<()> {
     sqlx::query(
-        "INSERT INTO parley_outbox (chat_id, client_msg_id, kind, payload, epoch, group_info)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        "INSERT INTO parley_outbox (chat_id, client_msg_id, kind, plaintext, payload, epoch,
+                                    group_info)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
     )
     .bind(chat.as_str())
     .bind(client_msg_id)
-    .bind(OUTBOX_COMMIT)
-    .bind(payload)
-    .bind(i64::try_from(epoch).unwrap_or(i64::MAX))
+    .bind(kind)
+    .bind(plaintext)
+    .bind(payload.map(|(p, _)| p))
+    .bind(payload.map(|(_, e)| i64::try_from(e).unwrap_or(i64::MAX)))
     .bind(group_info)
     .execute(conn)
     .await?;

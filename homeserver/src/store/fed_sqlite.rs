@@ -13,7 +13,7 @@ use super::fed::{
 };
 use super::sqlite::{
     ROWS_PER_STATEMENT, SqliteStore, devices_of, event_from_row, insert_event_items, json_list,
-    receipt_from_row, upsert_receipts,
+    json_rows, receipt_from_row, upsert_receipts,
 };
 use super::{
     INBOX_SEND_RESULT, Result, blobs_to_json, epoch_i64, id, kind_from_i16, kind_to_i16,
@@ -258,13 +258,11 @@ async fn apply_run(
             .await?;
         }
     }
-    let heads_json = serde_json::to_string(
-        &heads
+    let heads_json = json_rows(
+        heads
             .iter()
-            .map(|(c, seq, ts, epoch)| (c.as_str(), seq, ts, epoch))
-            .collect::<Vec<_>>(),
-    )
-    .map_err(|e| super::StoreError::Corrupt(e.to_string()))?;
+            .map(|(c, seq, ts, epoch)| (c.as_str(), seq, ts, epoch)),
+    )?;
     sqlx::query(
         "UPDATE chats SET last_seq = MAX(last_seq, h.seq), last_ts = MAX(last_ts, h.ts),
                           mls_epoch = MAX(mls_epoch, h.epoch)
@@ -493,13 +491,7 @@ impl FedStore for SqliteStore {
     }
 
     async fn events_by_seq(&self, refs: &[(ChatId, i64)]) -> Result<Vec<ChatEvent>> {
-        let refs = serde_json::to_string(
-            &refs
-                .iter()
-                .map(|(c, seq)| (c.as_str(), seq))
-                .collect::<Vec<_>>(),
-        )
-        .map_err(|e| super::StoreError::Corrupt(e.to_string()))?;
+        let refs = json_rows(refs.iter().map(|(c, seq)| (c.as_str(), seq)))?;
         let rows = sqlx::query(
             "SELECT e.chat_id, e.seq, e.sender, e.sender_device, e.client_msg_id, e.ts, e.payload,
                     e.mls_kind, e.mls_epoch, e.membership, e.blobs, e.expires_at, e.read_receipts
@@ -666,13 +658,7 @@ impl FedStore for SqliteStore {
     }
 
     async fn inbox_chats(&self, items: &[(DeviceId, i64)]) -> Result<Vec<(DeviceId, ChatId)>> {
-        let keys = serde_json::to_string(
-            &items
-                .iter()
-                .map(|(d, n)| (d.as_str(), n))
-                .collect::<Vec<_>>(),
-        )
-        .map_err(|e| super::StoreError::Corrupt(e.to_string()))?;
+        let keys = json_rows(items.iter().map(|(d, n)| (d.as_str(), n)))?;
         let rows: Vec<(String, String)> = sqlx::query_as(
             "SELECT DISTINCT i.device_id, i.chat_id FROM json_each(?1) AS k
              JOIN inbox i ON i.device_id = k.value ->> 0 AND i.id = k.value ->> 1
@@ -689,13 +675,7 @@ impl FedStore for SqliteStore {
     }
 
     async fn member_receipts(&self, pairs: &[(ChatId, UserId)]) -> Result<Vec<(ChatId, Receipt)>> {
-        let keys = serde_json::to_string(
-            &pairs
-                .iter()
-                .map(|(c, u)| (c.as_str(), u.as_str()))
-                .collect::<Vec<_>>(),
-        )
-        .map_err(|e| super::StoreError::Corrupt(e.to_string()))?;
+        let keys = json_rows(pairs.iter().map(|(c, u)| (c.as_str(), u.as_str())))?;
         let rows = sqlx::query(
             "SELECT m.chat_id, m.user_id, m.delivered_seq, m.read_seq FROM json_each(?1) AS k
              JOIN chat_members m ON m.chat_id = k.value ->> 0 AND m.user_id = k.value ->> 1

@@ -90,6 +90,13 @@ pub(super) fn json_list<T: AsRef<str>>(v: impl IntoIterator<Item = T>) -> String
     .to_string()
 }
 
+/// A list of rows (tuples) as a JSON array of arrays, for a statement to read with
+/// `json_each` and `value ->> N`: one statement for a whole set.
+pub(super) fn json_rows<T: serde::Serialize>(rows: impl IntoIterator<Item = T>) -> Result<String> {
+    serde_json::to_string(&rows.into_iter().collect::<Vec<T>>())
+        .map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
 fn is_unique_violation(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Database(db) if db.is_unique_violation())
 }
@@ -139,13 +146,11 @@ pub(super) async fn upsert_receipts(
     }
     // Each (device, chat, member) keeps one receipt item: the old one goes, the new one
     // carries the higher of both. Two statements for the whole set.
-    let keys = serde_json::to_string(
-        &dedup
+    let keys = json_rows(
+        dedup
             .keys()
-            .map(|(d, c, u)| (d.as_str(), c.as_str(), u.as_str()))
-            .collect::<Vec<_>>(),
-    )
-    .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            .map(|(d, c, u)| (d.as_str(), c.as_str(), u.as_str())),
+    )?;
     let old: HashMap<(String, String, String), (i64, i64)> =
         sqlx::query_as::<_, (String, String, String, i64, i64)>(
             "DELETE FROM inbox WHERE kind = 1 AND (device_id, chat_id, sender) IN
@@ -587,19 +592,13 @@ impl Store for SqliteStore {
             }
         }
         // Sends seen before (a retry): one statement for the batch.
-        let keys = serde_json::to_string(
-            &batch
-                .iter()
-                .map(|r| {
-                    (
-                        r.chat_id.as_str(),
-                        r.sender_device.as_str(),
-                        &r.client_msg_id,
-                    )
-                })
-                .collect::<Vec<_>>(),
-        )
-        .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let keys = json_rows(batch.iter().map(|r| {
+            (
+                r.chat_id.as_str(),
+                r.sender_device.as_str(),
+                &r.client_msg_id,
+            )
+        }))?;
         let rows = sqlx::query(
             "SELECT DISTINCT k.key AS i, e.seq, e.ts FROM json_each(?1) AS k
              JOIN events e ON e.chat_id = k.value ->> 0 AND e.sender_device = k.value ->> 1
@@ -641,21 +640,14 @@ impl Store for SqliteStore {
                 .execute(&mut *tx)
                 .await?;
         }
-        let heads = serde_json::to_string(
-            &plan
-                .heads
-                .iter()
-                .map(|h| {
-                    (
-                        h.chat_id.as_str(),
-                        h.last_seq,
-                        h.last_ts,
-                        epoch_i64(h.mls_epoch),
-                    )
-                })
-                .collect::<Vec<_>>(),
-        )
-        .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let heads = json_rows(plan.heads.iter().map(|h| {
+            (
+                h.chat_id.as_str(),
+                h.last_seq,
+                h.last_ts,
+                epoch_i64(h.mls_epoch),
+            )
+        }))?;
         sqlx::query(
             "UPDATE chats SET last_seq = h.seq, last_ts = h.ts, mls_epoch = h.epoch
              FROM (SELECT value ->> 0 AS chat_id, value ->> 1 AS seq, value ->> 2 AS ts,
@@ -828,13 +820,11 @@ impl Store for SqliteStore {
             .iter()
             .map(|a| (a.device_id.as_str(), &a.user_id))
             .collect();
-        let items = serde_json::to_string(
-            &batch
+        let items = json_rows(
+            batch
                 .iter()
-                .flat_map(|a| a.ids.iter().map(move |n| (a.device_id.as_str(), n)))
-                .collect::<Vec<_>>(),
-        )
-        .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                .flat_map(|a| a.ids.iter().map(move |n| (a.device_id.as_str(), n))),
+        )?;
         let deleted = sqlx::query(
             "DELETE FROM inbox WHERE id IN (SELECT value ->> 1 FROM json_each(?1))
                 AND EXISTS (SELECT 1 FROM json_each(?1) AS k
@@ -859,14 +849,11 @@ impl Store for SqliteStore {
             });
         }
         let plan = plan::plan_acks(&rows);
-        let raised = serde_json::to_string(
-            &plan
-                .delivered
+        let raised = json_rows(
+            plan.delivered
                 .iter()
-                .map(|((chat, user), seq)| (chat.as_str(), user.as_str(), seq))
-                .collect::<Vec<_>>(),
-        )
-        .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                .map(|((chat, user), seq)| (chat.as_str(), user.as_str(), seq)),
+        )?;
         let changed = sqlx::query(
             "UPDATE chat_members SET delivered_seq = h.s
              FROM (SELECT value ->> 0 AS c, value ->> 1 AS u, value ->> 2 AS s

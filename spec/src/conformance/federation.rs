@@ -15,7 +15,7 @@ use reqwest::Method;
 use serde_json::{Value, json};
 
 use super::chats::{create, send_ok};
-use super::net::{Ctx, Peer, Resp, now_ms, server_of};
+use super::net::{Ctx, Peer, Resp, now_ms, server_of, verify_directory};
 use super::peer::{PeerKey, Received};
 use super::socket::Socket;
 
@@ -49,13 +49,8 @@ pub(super) async fn directory(ctx: &Ctx) -> Result<()> {
     let r = require_federation(ctx).await?;
     r.expect(200, None)?;
     let name = ServerName::try_from(ctx.server_name().await?)?;
-    let headers: Vec<(String, String)> = r
-        .headers
-        .iter()
-        .map(|(n, v)| (n.as_str().to_owned(), v.to_str().unwrap_or("").to_owned()))
-        .collect();
-    let verified = directory::verify_response(&name, &headers, &r.bytes, now_ms())
-        .context("the directory does not verify")?;
+    let verified =
+        verify_directory(&name, &r.headers, &r.bytes).context("the directory does not verify")?;
     ensure!(
         !verified.keys.is_empty(),
         "the directory has no verifiable current key"

@@ -381,3 +381,22 @@ pub(crate) fn now_ms() -> i64 {
         .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
         .unwrap_or(0)
 }
+
+/// Verifies a key directory answer of `server` (its signature headers and body) as a
+/// peer must before trusting its keys.
+pub(crate) fn verify_directory(
+    server: &parley_federation::ServerName,
+    headers: &reqwest::header::HeaderMap,
+    body: &[u8],
+) -> Result<parley_federation::directory::VerifiedDirectory> {
+    let headers: Vec<(String, String)> = headers
+        .iter()
+        .map(|(n, v)| (n.as_str().to_owned(), v.to_str().unwrap_or("").to_owned()))
+        .collect();
+    Ok(parley_federation::directory::verify_response(
+        server,
+        &headers,
+        body,
+        now_ms(),
+    )?)
+}

@@ -22,7 +22,7 @@ use reqwest::Method;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
-use super::net::{Ctx, Peer, now_ms};
+use super::net::{Ctx, Peer, now_ms, verify_directory};
 
 /// The stream protocol federation requests travel on (libp2p/specs `http`).
 const HTTP: StreamProtocol = StreamProtocol::new("/http/1.1");
@@ -356,12 +356,7 @@ async fn advertised(ctx: &Ctx) -> Result<(VerifiedDirectory, Multiaddr)> {
     }
     r.expect(200, None)?;
     let name = ServerName::try_from(ctx.server_name().await?)?;
-    let headers: Vec<(String, String)> = r
-        .headers
-        .iter()
-        .map(|(n, v)| (n.as_str().to_owned(), v.to_str().unwrap_or("").to_owned()))
-        .collect();
-    let dir = directory::verify_response(&name, &headers, &r.bytes, now_ms())
+    let dir = verify_directory(&name, &r.headers, &r.bytes)
         .context("the key directory does not verify")?;
     if dir.multiaddrs.is_empty() {
         return super::skip(

@@ -466,16 +466,7 @@ async fn fetch_keys(s: &State, origin: &ServerName) -> Result<directory::Verifie
         .send()
         .await
         .context("fetching the origin's key directory")?;
-    let headers: Vec<(String, String)> = r
-        .headers()
-        .iter()
-        .map(|(n, v)| (n.as_str().to_owned(), v.to_str().unwrap_or("").to_owned()))
-        .collect();
+    let headers = r.headers().clone();
     let bytes = r.bytes().await?;
-    Ok(directory::verify_response(
-        origin,
-        &headers,
-        &bytes,
-        now_ms(),
-    )?)
+    super::net::verify_directory(origin, &headers, &bytes)
 }
