@@ -4,9 +4,10 @@
 //! - Durable events form a FIFO (the homeserver persists the rows; it feeds them in with
 //!   their row ids). At most one batch exists at a time (≤ 50 events, ≤ 1 MiB), and at
 //!   most one request for it is outstanding.
-//! - The batch's `txn_id` is fixed when the batch is formed (`"<first id>-<last id>"`,
-//!   so a batch re-formed after a restart gets the same id only if it holds the same
-//!   events) and reused on every retry; receivers dedup on `(origin, txn_id)`.
+//! - The batch's `txn_id` is fixed when the batch is formed (`"<first id>-<last id>"`;
+//!   the homeserver prefixes its start time) and reused on every retry; receivers dedup
+//!   on `(origin, txn_id)`. After a restart the rows form new batches, and receivers
+//!   apply their entries idempotently (spec FO1).
 //! - Outcomes: 2xx acks the batch; 403 parks the destination (until [`Input::Unpark`]);
 //!   400/413/422 dead-letter the batch; anything else (401, 429, 5xx, timeouts, network
 //!   errors) retries.
@@ -107,8 +108,10 @@ pub struct DestinationBackoff {
 /// What happened to the outbox.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Input<T> {
-    /// A durable event (already committed by the homeserver).
-    Enqueue(Queued<T>),
+    /// Durable events (already committed by the homeserver), in order. Rows read
+    /// together go in one input, so an idle destination sends them as one batch (one
+    /// per input would send the first alone and queue the rest behind its round trip).
+    Enqueue(Vec<Queued<T>>),
     /// An ephemeral event; replaces a pending one with the same key.
     Ephemeral { key: String, item: T, bytes: usize },
     /// The request for `txn_id` ended.
@@ -192,21 +195,15 @@ impl<T: Clone> Outbox<T> {
         }
     }
 
-    /// Resumes after a restart: the persisted in-flight batch (if the homeserver kept
-    /// one), the rest of the queue in order, and the persisted backoff.
+    /// Resumes after a restart: the queue in order and the persisted backoff. A batch
+    /// that was in flight is formed again (under a new txn id, so its entries may reach
+    /// the destination twice: receivers apply entries idempotently, FO1).
     pub fn restore(
         config: OutboxConfig,
-        in_flight: Option<(TxnId, Vec<Queued<T>>)>,
         queue: Vec<Queued<T>>,
         backoff: DestinationBackoff,
     ) -> Self {
         let mut outbox = Self::new(config);
-        outbox.batch = in_flight.map(|(txn_id, events)| Batch {
-            txn_id,
-            events,
-            ephemeral: Vec::new(),
-            attempts: 0,
-        });
         outbox.queue = queue.into();
         outbox.backoff = backoff;
         outbox
@@ -215,13 +212,6 @@ impl<T: Clone> Outbox<T> {
     /// Durable events waiting (not counting the current batch).
     pub fn queued(&self) -> usize {
         self.queue.len()
-    }
-
-    /// The current batch's id and event ids (to persist with the outbox rows).
-    pub fn in_flight(&self) -> Option<(&TxnId, Vec<u64>)> {
-        self.batch
-            .as_ref()
-            .map(|b| (&b.txn_id, b.events.iter().map(|e| e.id).collect()))
     }
 
     pub fn backoff(&self) -> DestinationBackoff {
@@ -243,7 +233,7 @@ impl<T: Clone> Outbox<T> {
     pub fn step(&mut self, input: Input<T>, now_ms: i64, rand: f64) -> Vec<Action<T>> {
         let mut actions = Vec::new();
         match input {
-            Input::Enqueue(event) => self.queue.push_back(event),
+            Input::Enqueue(events) => self.queue.extend(events),
             Input::Ephemeral { key, item, bytes } => {
                 if !self.ephemeral.contains_key(&key)
                     && self.ephemeral.len() >= self.config.max_ephemeral
@@ -458,11 +448,11 @@ mod tests {
     use super::*;
 
     fn ev(id: u64, bytes: usize) -> Input<u64> {
-        Input::Enqueue(Queued {
+        Input::Enqueue(vec![Queued {
             id,
             bytes,
             item: id,
-        })
+        }])
     }
 
     fn sent(txn: &str, outcome: Outcome) -> Input<u64> {
@@ -508,6 +498,27 @@ mod tests {
                 events: vec![2, 3],
                 ephemeral: vec![]
             }
+        );
+    }
+
+    #[test]
+    fn rows_read_together_leave_together() {
+        let mut o = Outbox::new(OutboxConfig::default());
+        let rows = (1..=4)
+            .map(|id| Queued {
+                id,
+                bytes: 10,
+                item: id,
+            })
+            .collect();
+        let a = o.step(Input::Enqueue(rows), 0, 0.5);
+        assert_eq!(
+            a,
+            vec![Action::SendBatch {
+                txn_id: TxnId::new("1-4"),
+                events: vec![1, 2, 3, 4],
+                ephemeral: vec![]
+            }]
         );
     }
 

@@ -1,8 +1,8 @@
 //! Outbox properties: FIFO order, one batch in flight, txn id reuse, bounded backoff.
 
 use parley_federation::outbox::{
-    Action, Input, Outbox, OutboxConfig, Outcome, Queued, TxnId, destination_delay_ms,
-    request_delay_ms,
+    Action, DestinationBackoff, Input, Outbox, OutboxConfig, Outcome, Queued, TxnId,
+    destination_delay_ms, request_delay_ms,
 };
 use proptest::prelude::*;
 
@@ -61,7 +61,7 @@ proptest! {
                     let id = next_id;
                     next_id += 1;
                     enqueued.push(id);
-                    Input::Enqueue(Queued { id, bytes, item: (id, bytes) })
+                    Input::Enqueue(vec![Queued { id, bytes, item: (id, bytes) }])
                 }
                 Op::Ephemeral(k) => Input::Ephemeral { key: format!("k{k}"), item: (0, 10), bytes: 10 },
                 Op::Respond(outcome) => match outstanding.take() {
@@ -127,33 +127,33 @@ proptest! {
     }
 }
 
-/// A restart with the persisted in-flight batch sends the same txn again.
+/// A restart sends the queue in order, once the persisted backoff has passed.
 #[test]
-fn restore_resends_the_persisted_batch() {
+fn restore_resumes_the_queue_after_its_backoff() {
     let queued = |id| Queued {
         id,
         bytes: 1,
         item: id,
     };
+    let backoff = DestinationBackoff {
+        failures: 1,
+        retry_at_ms: Some(5_000),
+    };
     let mut outbox = Outbox::restore(
         OutboxConfig::default(),
-        Some((TxnId::new("4-5"), vec![queued(4), queued(5)])),
-        vec![queued(6)],
-        Default::default(),
+        vec![queued(4), queued(5), queued(6)],
+        backoff,
     );
-    let a = outbox.step(Input::Tick, 0, 0.5);
     assert_eq!(
-        a,
+        outbox.step(Input::Tick, 0, 0.5),
+        vec![Action::Wait { until_ms: 5_000 }]
+    );
+    assert_eq!(
+        outbox.step(Input::Tick, 5_000, 0.5),
         vec![Action::SendBatch {
-            txn_id: TxnId::new("4-5"),
-            events: vec![4, 5],
+            txn_id: TxnId::new("4-6"),
+            events: vec![4, 5, 6],
             ephemeral: vec![]
         }]
-    );
-    assert_eq!(
-        outbox
-            .in_flight()
-            .map(|(t, ids)| (t.as_str().to_owned(), ids)),
-        Some(("4-5".to_owned(), vec![4, 5]))
     );
 }

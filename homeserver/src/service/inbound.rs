@@ -73,11 +73,12 @@ pub async fn receive(
     // transaction finds them done); receipts are passed on to the other followers before
     // anything is recorded. The rest — the hub's chat states and events, receipts, and
     // the record of this answer — commits in one store transaction.
+    let started = std::time::Instant::now();
     let sends = hub_sends(services, origin, request.sends).await;
     leaves(services, origin, request.leaves).await?;
     let receipts = accepted_receipts(services, origin, request.receipts);
     pass_on_receipts(services, origin, &receipts).await?;
-    follower_apply(
+    let response = follower_apply(
         services,
         origin,
         txn_id,
@@ -86,7 +87,9 @@ pub async fn receive(
         request.events,
         receipts,
     )
-    .await
+    .await;
+    tracing::debug!(%origin, ms = started.elapsed().as_secs_f64() * 1e3, "transaction applied");
+    response
 }
 
 /// As the hub: sequences the origin's users' sends. A chat's sends go one after the

@@ -20,6 +20,12 @@ use super::ServiceError;
 /// low rate a message does not cost the database one commit per acknowledgement.
 /// ✓✓ delivered reaches the sender at most this much later.
 const ACK_TICK: Duration = Duration::from_millis(10);
+/// How often the receipts that acks raise leave for other servers. Receipts are
+/// cumulative, so a member's receipts of one tick travel as one: fewer, fuller
+/// transactions, and fewer commits on both servers.
+const FEDERATE_TICK: Duration = Duration::from_millis(50);
+/// Ack batches whose receipts wait for the next federation tick.
+const FEDERATE_QUEUE: usize = 256;
 /// Waits before each new try of a batch of acks whose commit failed.
 const ACK_RETRY_MS: [u64; 3] = [5, 25, 100];
 
@@ -70,6 +76,11 @@ impl Inbox {
         federated: Option<(super::relay::Relay, String)>,
     ) -> Self {
         let (acks, rx) = mpsc::channel(max_batch * 4);
+        let federated = federated.map(|(relay, local)| {
+            let (tx, rx) = mpsc::channel(FEDERATE_QUEUE);
+            tokio::spawn(run_receipt_federator(store.clone(), relay, local, rx));
+            tx
+        });
         tokio::spawn(run_ack_writer(
             store.clone(),
             gateway,
@@ -125,7 +136,7 @@ async fn run_ack_writer(
     mut rx: mpsc::Receiver<AckJob>,
     max_batch: usize,
     metrics: Arc<Metrics>,
-    federated: Option<(super::relay::Relay, String)>,
+    federated: Option<mpsc::Sender<Vec<(ChatId, UserId)>>>,
 ) {
     let mut jobs = Vec::with_capacity(max_batch);
     let mut next_commit = tokio::time::Instant::now();
@@ -152,18 +163,10 @@ async fn run_ack_writer(
                     .acks
                     .inc_by(batch.iter().map(|a| a.ids.len() as u64).sum());
                 push_receipts(&gateway, notices).await;
-                if let Some((relay, local)) = &federated
+                if let Some(federator) = &federated
                     && !pairs.is_empty()
                 {
-                    let (store, relay, local) = (store.clone(), relay.clone(), local.clone());
-                    tokio::spawn(async move {
-                        if let Err(e) =
-                            super::relay::federate_receipts(&store, &relay, &local, pairs, None)
-                                .await
-                        {
-                            tracing::warn!(error = %e, "cannot queue receipts for federation");
-                        }
-                    });
+                    let _ = federator.send(pairs).await;
                 }
             }
             // Unacknowledged items stay in the inbox and are sent again on reconnect:
@@ -172,6 +175,27 @@ async fn run_ack_writer(
         }
         for job in jobs.drain(..) {
             let _ = job.done.send(());
+        }
+    }
+}
+
+/// Queues the receipts of the (chat, member) pairs that acks raised for the servers that
+/// must hear of them, once per [`FEDERATE_TICK`].
+async fn run_receipt_federator(
+    store: AnyStore,
+    relay: super::relay::Relay,
+    local: String,
+    mut rx: mpsc::Receiver<Vec<(ChatId, UserId)>>,
+) {
+    let mut next = tokio::time::Instant::now();
+    while let Some(mut pairs) = rx.recv().await {
+        tokio::time::sleep_until(next).await;
+        while let Ok(more) = rx.try_recv() {
+            pairs.extend(more);
+        }
+        next = tokio::time::Instant::now() + FEDERATE_TICK;
+        if let Err(e) = super::relay::federate_receipts(&store, &relay, &local, pairs, None).await {
+            tracing::warn!(error = %e, "cannot queue receipts for federation");
         }
     }
 }

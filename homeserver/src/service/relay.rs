@@ -5,10 +5,11 @@
 //!   them calls [`Relay::wake`] after the commit. A woken task rereads its destination's
 //!   rows and feeds the new ones to the state machine, so a lost wake-up costs only
 //!   latency (every task also rereads on a timer).
-//! - One batch in flight per destination; its `txn_id` is persisted on the rows before
-//!   the request leaves (in the commit that deletes the previous batch's acknowledged
-//!   rows), so a restarted server resends the same transaction, which the receiver
-//!   answers from its dedup table.
+//! - One batch in flight per destination, retried under its `txn_id` (this process's
+//!   start time and the batch's first and last row ids). Nothing is written before the
+//!   request leaves: after a restart the rows form new batches under new ids, and the
+//!   receiver applies entries idempotently (FO1). Acknowledged rows are deleted while
+//!   the next request is in flight.
 //! - A forwarded send (follower → hub) is answered by the hub's `seq`: the task hands
 //!   each [`SendResult`] to the client request waiting for that outbox row. When nobody
 //!   waits any more (the client was answered `pending`, or this server restarted), the
@@ -18,14 +19,14 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use parley_federation::api::send::{self, SendResult};
 use parley_federation::api::{
     ChatSnapshot, FedEvent, FedReceipt, HubLeave, HubSend, SnapshotMember,
 };
 use parley_federation::outbox::{
-    Action, DestinationBackoff, Input, Outbox, OutboxConfig, Outcome, Queued, TxnId,
+    Action, DestinationBackoff, Input, Outbox, OutboxConfig, Outcome, Queued,
 };
 use parley_federation::transport::http::outcome_of;
 use parley_federation::{ServerName, api};
@@ -50,6 +51,12 @@ const WAKE_QUEUE: usize = 1024;
 const SCAN: Duration = Duration::from_secs(10);
 /// Most results kept for senders that have not started waiting yet.
 const MAX_EARLY: usize = 4096;
+/// Acknowledged rows are deleted in sets of this many, or once the oldest has waited
+/// [`DELETE_AFTER`]: a commit per batch would take the writer from the sends (on
+/// SQLite every write queues on one connection). Until then a crash resends them,
+/// which receivers take idempotently (FO1).
+const DELETE_BATCH: usize = 256;
+const DELETE_AFTER: Duration = Duration::from_millis(200);
 
 /// The handle: wakes destination tasks and matches forwarded sends with the hub's answer.
 #[derive(Clone)]
@@ -331,7 +338,7 @@ impl Destination {
         rx: &mut mpsc::Receiver<Wake>,
         lease_until: &mut i64,
     ) -> bool {
-        let (mut outbox, mut known, restored) = match self.restore().await {
+        let (mut outbox, mut known) = match self.restore().await {
             Ok(restored) => restored,
             Err(e) => {
                 tracing::error!(destination = %self.name, error = %e, "cannot restore the outbox");
@@ -342,9 +349,9 @@ impl Destination {
         let mut actions = outbox.step(Input::Tick, now_ms(), rand::rng().random());
         // Failed requests in a row, for `/metrics`.
         let mut failures = 0u32;
-        // Rows of the batch just acknowledged: deleted with the next batch's txn id in
-        // one commit (or on their own when no batch follows).
-        let mut acked: Vec<i64> = Vec::new();
+        // Rows of the batches acknowledged: deleted in sets, while a request is in flight
+        // or when the outbox is idle.
+        let mut acked = AckedRows::default();
         loop {
             let mut wait_until = None;
             let mut send = None;
@@ -355,9 +362,10 @@ impl Destination {
                         events,
                         ephemeral,
                     } => send = Some((txn_id, events, ephemeral)),
-                    Action::Acked { event_ids, .. } => {
-                        acked.extend(event_ids.iter().filter_map(|i| i64::try_from(*i).ok()));
-                    }
+                    Action::Acked { event_ids, .. } => acked.add(
+                        event_ids.iter().filter_map(|i| i64::try_from(*i).ok()),
+                        Instant::now(),
+                    ),
                     Action::DeadLetter {
                         event_ids, reason, ..
                     } => {
@@ -387,18 +395,10 @@ impl Destination {
                     tracing::info!(destination = %self.name, "outbox lease lost to another node");
                     return false;
                 }
-                let wire = if restored.as_ref() == Some(&txn_id) {
-                    txn_id.as_str().to_owned()
-                } else {
-                    format!("{}.{txn_id}", self.boot)
-                };
-                let started = std::time::Instant::now();
+                let wire = format!("{}.{txn_id}", self.boot);
                 let outcome = self
                     .send_batch(server, &wire, &events, &ephemeral, &mut acked, &mut known)
                     .await;
-                tracing::debug!(destination = %self.name, events = events.len(),
-                    ephemeral = ephemeral.len(), ?outcome, ms = started.elapsed().as_secs_f64() * 1e3,
-                    "transaction sent");
                 failures = match outcome {
                     Outcome::Status(200..=299) => 0,
                     _ => failures.saturating_add(1),
@@ -410,16 +410,16 @@ impl Destination {
                 );
                 continue;
             }
-            // Rows that came in during the flight are read below, and their batch's commit
-            // deletes the acknowledged rows; only an outbox going idle deletes on its own.
-            if !acked.is_empty() && rx.is_empty() {
-                self.delete(&std::mem::take(&mut acked), &mut known).await;
+            if let Some(ids) = acked.take_due(Instant::now()) {
+                self.delete(&ids, &mut known).await;
             }
-            // Idle or waiting: the next wake-up, the end of the wait, or a reread.
+            // Idle or waiting: the next wake-up, the end of the wait, the acknowledged
+            // rows' deletion, or a reread.
             let sleep = match wait_until {
                 Some(at) => Duration::from_millis(u64::try_from(at - now_ms()).unwrap_or(0)),
                 None => REREAD,
             };
+            let sleep = acked.due_in(Instant::now()).map_or(sleep, |d| d.min(sleep));
             let now = |o: &mut Outbox<Entry>, i| o.step(i, now_ms(), rand::rng().random());
             match tokio::time::timeout(sleep, rx.recv()).await {
                 Ok(None) => return true,
@@ -446,11 +446,10 @@ impl Destination {
                         actions.extend(now(&mut outbox, Input::Unpark));
                     }
                     match self.new_rows(&mut known).await {
-                        Ok(rows) => {
-                            for row in rows {
-                                actions.extend(now(&mut outbox, Input::Enqueue(row)));
-                            }
+                        Ok(rows) if !rows.is_empty() => {
+                            actions.extend(now(&mut outbox, Input::Enqueue(rows)));
                         }
+                        Ok(_) => {}
                         Err(e) => {
                             tracing::warn!(destination = %self.name, error = %e, "cannot read the outbox")
                         }
@@ -461,9 +460,8 @@ impl Destination {
         }
     }
 
-    /// The state machine as the rows left it, the row ids it holds, and the id of the
-    /// batch that was in flight (resent under the same id).
-    async fn restore(&self) -> Result<(Outbox<Entry>, HashSet<i64>, Option<TxnId>), StoreError> {
+    /// The state machine as the rows left it, and the row ids it holds.
+    async fn restore(&self) -> Result<(Outbox<Entry>, HashSet<i64>), StoreError> {
         let rows = self.store.outbox_rows(Some(&self.name)).await?;
         let backoff = self
             .store
@@ -477,24 +475,10 @@ impl Destination {
             })
             .unwrap_or_default();
         let known: HashSet<i64> = rows.iter().map(|r| r.id).collect();
-        // The batch in flight when we stopped: the rows carrying the first txn id.
-        let in_flight_id = rows.iter().find_map(|r| r.txn_id.clone());
-        let (in_flight, queue): (Vec<OutboxRow>, Vec<OutboxRow>) = rows
-            .into_iter()
-            .partition(|r| r.txn_id.is_some() && r.txn_id == in_flight_id);
-        let restored = in_flight_id.map(TxnId::new);
-        let in_flight = restored
-            .clone()
-            .map(|id| (id, in_flight.into_iter().map(queued).collect()));
+        let queue = rows.into_iter().map(queued).collect();
         Ok((
-            Outbox::restore(
-                OutboxConfig::default(),
-                in_flight,
-                queue.into_iter().map(queued).collect(),
-                backoff,
-            ),
+            Outbox::restore(OutboxConfig::default(), queue, backoff),
             known,
-            restored,
         ))
     }
 
@@ -532,16 +516,15 @@ impl Destination {
         }
     }
 
-    /// Builds the transaction from the rows, persists its id on them (deleting the
-    /// `acked` rows of the previous batch in the same commit), sends it, and hands
-    /// forwarded sends their answers.
+    /// Builds the transaction from the rows, sends it (deleting the `acked` rows of the
+    /// previous batches meanwhile), and hands forwarded sends their answers.
     async fn send_batch(
         &self,
         server: &ServerName,
         txn_id: &str,
         entries: &[Entry],
         ephemeral: &[Entry],
-        acked: &mut Vec<i64>,
+        acked: &mut AckedRows,
         known: &mut HashSet<i64>,
     ) -> parley_federation::outbox::Outcome {
         use parley_federation::outbox::Outcome;
@@ -549,22 +532,7 @@ impl Destination {
             // Nothing goes to a server the policy refuses: park until it allows again.
             return Outcome::Status(403);
         }
-        let ids: Vec<i64> = entries
-            .iter()
-            .filter_map(|e| match e {
-                Entry::Row { id, .. } => Some(*id),
-                Entry::Ephemeral(_) => None,
-            })
-            .collect();
-        if !ids.is_empty() || !acked.is_empty() {
-            if let Err(e) = self.store.outbox_next_batch(acked, &ids, txn_id).await {
-                tracing::warn!(destination = %self.name, error = %e, "cannot persist the txn id");
-                return Outcome::Network;
-            }
-            for id in acked.drain(..) {
-                known.remove(&id);
-            }
-        }
+        let started = std::time::Instant::now();
         let (mut request, send_ids) = match self.build(entries).await {
             Ok(built) => built,
             Err(e) => {
@@ -584,11 +552,13 @@ impl Destination {
             Ok(b) => b,
             Err(_) => return Outcome::Status(400),
         };
-        let result = self
-            .federation
-            .client()
-            .send(server, send::METHOD, &path, Some(body))
-            .await;
+        let formed = started.elapsed();
+        let deleting = acked.take_due(Instant::now()).unwrap_or_default();
+        let client = self.federation.client();
+        let (result, ()) = tokio::join!(
+            client.send(server, send::METHOD, &path, Some(body)),
+            self.delete(&deleting, known),
+        );
         let mut outcome = outcome_of(&result);
         match &result {
             Ok(resp) if (200..300).contains(&resp.status) => {
@@ -627,6 +597,9 @@ impl Destination {
             }
             Err(e) => tracing::info!(destination = %self.name, error = %e, "transaction failed"),
         }
+        tracing::debug!(destination = %self.name, entries = entries.len(),
+            ephemeral = ephemeral.len(), ?outcome, build_ms = formed.as_secs_f64() * 1e3,
+            request_ms = (started.elapsed() - formed).as_secs_f64() * 1e3, "transaction sent");
         outcome
     }
 
@@ -729,6 +702,43 @@ impl Destination {
             }
         }
         Ok((request, send_ids))
+    }
+}
+
+/// Acknowledged outbox rows waiting to be deleted in one set ([`DELETE_BATCH`],
+/// [`DELETE_AFTER`]).
+#[derive(Debug, Default)]
+struct AckedRows {
+    ids: Vec<i64>,
+    /// When the oldest of `ids` was acknowledged.
+    since: Option<Instant>,
+}
+
+impl AckedRows {
+    fn add(&mut self, ids: impl IntoIterator<Item = i64>, now: Instant) {
+        let before = self.ids.len();
+        self.ids.extend(ids);
+        if before == 0 && !self.ids.is_empty() {
+            self.since = Some(now);
+        }
+    }
+
+    /// How long until the rows are due (zero: now); `None` without rows.
+    fn due_in(&self, now: Instant) -> Option<Duration> {
+        let since = self.since.filter(|_| !self.ids.is_empty())?;
+        if self.ids.len() >= DELETE_BATCH {
+            return Some(Duration::ZERO);
+        }
+        Some(DELETE_AFTER.saturating_sub(now.saturating_duration_since(since)))
+    }
+
+    /// The rows, if they are due.
+    fn take_due(&mut self, now: Instant) -> Option<Vec<i64>> {
+        if self.due_in(now)? > Duration::ZERO {
+            return None;
+        }
+        self.since = None;
+        Some(std::mem::take(&mut self.ids))
     }
 }
 
@@ -935,4 +945,30 @@ pub async fn queue_receipts(
     let destinations: HashSet<String> = rows.into_iter().map(|r| r.destination).collect();
     relay.wake(&destinations);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn acknowledged_rows_are_deleted_in_sets() {
+        let t0 = Instant::now();
+        let mut acked = AckedRows::default();
+        assert_eq!(acked.due_in(t0), None);
+        assert_eq!(acked.take_due(t0), None);
+        acked.add([1, 2], t0);
+        // Young and few: they wait, and say how long.
+        assert_eq!(acked.due_in(t0), Some(DELETE_AFTER));
+        assert_eq!(acked.take_due(t0 + DELETE_AFTER / 2), None);
+        acked.add([3], t0 + DELETE_AFTER / 2);
+        // The oldest decides.
+        assert_eq!(acked.take_due(t0 + DELETE_AFTER), Some(vec![1, 2, 3]));
+        assert_eq!(acked.due_in(t0 + DELETE_AFTER), None);
+        // A full set goes at once.
+        let t1 = t0 + DELETE_AFTER * 3;
+        acked.add(0..DELETE_BATCH as i64, t1);
+        assert_eq!(acked.due_in(t1), Some(Duration::ZERO));
+        assert_eq!(acked.take_due(t1).map(|ids| ids.len()), Some(DELETE_BATCH));
+    }
 }

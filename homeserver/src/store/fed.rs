@@ -95,8 +95,6 @@ pub struct OutboxRow {
     pub destination: String,
     pub kind: OutboxKind,
     pub body: String,
-    /// Set while the row is in the batch in flight (reused after a restart).
-    pub txn_id: Option<String>,
 }
 
 /// A destination's persisted backoff.
@@ -333,14 +331,6 @@ pub trait FedStore: Send + Sync + 'static {
     fn outbox_destinations(&self) -> impl Future<Output = Result<Vec<String>>> + Send;
     /// Rows queued per destination (destinations with rows only).
     fn outbox_depths(&self) -> impl Future<Output = Result<Vec<(String, i64)>>> + Send;
-    /// Deletes the rows of the batch just acknowledged (`acked`) and marks the next
-    /// batch's rows with its `txn_id`, in one commit (before the batch is sent).
-    fn outbox_next_batch(
-        &self,
-        acked: &[i64],
-        batch: &[i64],
-        txn_id: &str,
-    ) -> impl Future<Output = Result<()>> + Send;
     fn outbox_delete(&self, ids: &[i64]) -> impl Future<Output = Result<()>> + Send;
     fn destinations(&self) -> impl Future<Output = Result<Vec<DestinationRow>>> + Send;
     fn save_destination(&self, row: &DestinationRow) -> impl Future<Output = Result<()>> + Send;
@@ -442,9 +432,6 @@ impl FedStore for AnyStore {
     }
     async fn outbox_depths(&self) -> Result<Vec<(String, i64)>> {
         dispatch!(self, s => s.outbox_depths().await)
-    }
-    async fn outbox_next_batch(&self, acked: &[i64], batch: &[i64], txn_id: &str) -> Result<()> {
-        dispatch!(self, s => s.outbox_next_batch(acked, batch, txn_id).await)
     }
     async fn outbox_delete(&self, ids: &[i64]) -> Result<()> {
         dispatch!(self, s => s.outbox_delete(ids).await)

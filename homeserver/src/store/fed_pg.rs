@@ -426,23 +426,22 @@ impl FedStore for PgStore {
     }
 
     async fn outbox_rows(&self, destination: Option<&str>) -> Result<Vec<OutboxRow>> {
-        let rows =
-            match destination {
-                Some(d) => {
-                    sqlx::query(
-                        "SELECT id, destination, kind, body, txn_id FROM federation_outbox
+        let rows = match destination {
+            Some(d) => {
+                sqlx::query(
+                    "SELECT id, destination, kind, body FROM federation_outbox
                      WHERE destination = $1 ORDER BY destination, id",
-                    )
-                    .bind(d)
+                )
+                .bind(d)
+                .fetch_all(self.pool())
+                .await?
+            }
+            None => {
+                sqlx::query("SELECT id, destination, kind, body FROM federation_outbox ORDER BY id")
                     .fetch_all(self.pool())
                     .await?
-                }
-                None => sqlx::query(
-                    "SELECT id, destination, kind, body, txn_id FROM federation_outbox ORDER BY id",
-                )
-                .fetch_all(self.pool())
-                .await?,
-            };
+            }
+        };
         rows.into_iter()
             .map(|r| {
                 Ok(OutboxRow {
@@ -450,7 +449,6 @@ impl FedStore for PgStore {
                     destination: r.get("destination"),
                     kind: OutboxKind::from_i16(r.get("kind"))?,
                     body: r.get("body"),
-                    txn_id: r.get("txn_id"),
                 })
             })
             .collect()
@@ -470,19 +468,6 @@ impl FedStore for PgStore {
         )
         .fetch_all(self.pool())
         .await?)
-    }
-
-    async fn outbox_next_batch(&self, acked: &[i64], batch: &[i64], txn_id: &str) -> Result<()> {
-        sqlx::query(
-            "WITH acked AS (DELETE FROM federation_outbox WHERE id = ANY($1))
-             UPDATE federation_outbox SET txn_id = $3 WHERE id = ANY($2)",
-        )
-        .bind(acked)
-        .bind(batch)
-        .bind(txn_id)
-        .execute(self.pool())
-        .await?;
-        Ok(())
     }
 
     async fn outbox_delete(&self, ids: &[i64]) -> Result<()> {

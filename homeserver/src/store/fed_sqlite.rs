@@ -388,7 +388,7 @@ impl FedStore for SqliteStore {
 
     async fn outbox_rows(&self, destination: Option<&str>) -> Result<Vec<OutboxRow>> {
         let rows = sqlx::query(
-            "SELECT id, destination, kind, body, txn_id FROM federation_outbox
+            "SELECT id, destination, kind, body FROM federation_outbox
              WHERE ?1 IS NULL OR destination = ?1 ORDER BY id",
         )
         .bind(destination)
@@ -401,7 +401,6 @@ impl FedStore for SqliteStore {
                     destination: r.get("destination"),
                     kind: OutboxKind::from_i16(r.get("kind"))?,
                     body: r.get("body"),
-                    txn_id: r.get("txn_id"),
                 })
             })
             .collect()
@@ -421,27 +420,6 @@ impl FedStore for SqliteStore {
         )
         .fetch_all(&self.pool)
         .await?)
-    }
-
-    async fn outbox_next_batch(&self, acked: &[i64], ids: &[i64], txn_id: &str) -> Result<()> {
-        let mut tx = self.write_tx().await?;
-        if !acked.is_empty() {
-            sqlx::query(
-                "DELETE FROM federation_outbox WHERE id IN (SELECT value FROM json_each(?1))",
-            )
-            .bind(serde_json::to_string(acked).unwrap_or_default())
-            .execute(&mut *tx)
-            .await?;
-        }
-        sqlx::query(
-            "UPDATE federation_outbox SET txn_id = ?2 WHERE id IN (SELECT value FROM json_each(?1))",
-        )
-        .bind(serde_json::to_string(ids).unwrap_or_default())
-        .bind(txn_id)
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok(())
     }
 
     async fn outbox_delete(&self, ids: &[i64]) -> Result<()> {
