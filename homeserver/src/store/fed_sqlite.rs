@@ -322,24 +322,29 @@ async fn raise_remote_receipts(
     if receipts.is_empty() {
         return Ok(Vec::new());
     }
-    let mut changed = Vec::new();
-    for (chat, r) in &receipts {
-        let raised = sqlx::query(
-            "UPDATE chat_members
-                SET delivered_seq = MAX(delivered_seq, ?3), read_seq = MAX(read_seq, ?4)
-             WHERE chat_id = ?1 AND user_id = ?2 AND (delivered_seq < ?3 OR read_seq < ?4)
-             RETURNING chat_id, user_id, delivered_seq, read_seq",
+    // One statement for the set (a statement is a round trip to SQLite's worker thread).
+    let raised = json_rows(receipts.iter().map(|(chat, r)| {
+        (
+            chat.as_str(),
+            r.user_id.as_str(),
+            r.delivered_seq,
+            r.read_seq,
         )
-        .bind(chat.as_str())
-        .bind(r.user_id.as_str())
-        .bind(r.delivered_seq)
-        .bind(r.read_seq)
-        .fetch_optional(&mut **tx)
-        .await?;
-        if let Some(row) = raised {
-            changed.push(receipt_from_row(&row)?);
-        }
-    }
+    }))?;
+    let changed = sqlx::query(
+        "UPDATE chat_members
+            SET delivered_seq = MAX(delivered_seq, h.d), read_seq = MAX(read_seq, h.r)
+           FROM (SELECT value ->> 0 AS c, value ->> 1 AS u, value ->> 2 AS d, value ->> 3 AS r
+                   FROM json_each(?1)) AS h
+          WHERE chat_id = h.c AND user_id = h.u AND (delivered_seq < h.d OR read_seq < h.r)
+          RETURNING chat_id, user_id, delivered_seq, read_seq",
+    )
+    .bind(&raised)
+    .fetch_all(&mut **tx)
+    .await?
+    .iter()
+    .map(receipt_from_row)
+    .collect::<Result<Vec<_>>>()?;
     let members: Vec<(String, String)> = sqlx::query_as(
         "SELECT chat_id, user_id FROM chat_members
          WHERE chat_id IN (SELECT value FROM json_each(?1)) AND left_at IS NULL",
