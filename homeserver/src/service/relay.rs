@@ -352,6 +352,8 @@ impl Destination {
         // Rows of the batches acknowledged: deleted in sets, while a request is in flight
         // or when the outbox is idle.
         let mut acked = AckedRows::default();
+        // The newest row id read: rereads ask for rows after it.
+        let mut newest = known.iter().copied().max().unwrap_or(0);
         loop {
             let mut wait_until = None;
             let mut send = None;
@@ -445,8 +447,12 @@ impl Destination {
                     if outbox.is_parked() && self.federation.decide(server).allowed {
                         actions.extend(now(&mut outbox, Input::Unpark));
                     }
-                    match self.new_rows(&mut known).await {
+                    // Only rows committed after the newest seen (the store knows what
+                    // that means for its ids).
+                    match self.new_rows(&mut known, newest).await {
                         Ok(rows) if !rows.is_empty() => {
+                            let ids = rows.iter().filter_map(|r| i64::try_from(r.id).ok());
+                            newest = ids.fold(newest, i64::max);
                             actions.extend(now(&mut outbox, Input::Enqueue(rows)));
                         }
                         Ok(_) => {}
@@ -462,7 +468,7 @@ impl Destination {
 
     /// The state machine as the rows left it, and the row ids it holds.
     async fn restore(&self) -> Result<(Outbox<Entry>, HashSet<i64>), StoreError> {
-        let rows = self.store.outbox_rows(Some(&self.name)).await?;
+        let rows = self.store.outbox_rows(&self.name, 0).await?;
         let backoff = self
             .store
             .destinations()
@@ -482,8 +488,12 @@ impl Destination {
         ))
     }
 
-    async fn new_rows(&self, known: &mut HashSet<i64>) -> Result<Vec<Queued<Entry>>, StoreError> {
-        let rows = self.store.outbox_rows(Some(&self.name)).await?;
+    async fn new_rows(
+        &self,
+        known: &mut HashSet<i64>,
+        after: i64,
+    ) -> Result<Vec<Queued<Entry>>, StoreError> {
+        let rows = self.store.outbox_rows(&self.name, after).await?;
         Ok(rows
             .into_iter()
             .filter(|r| known.insert(r.id))

@@ -322,10 +322,14 @@ pub trait FedStore: Send + Sync + 'static {
         rows: &[NewOutboxRow],
         at: i64,
     ) -> impl Future<Output = Result<Vec<i64>>> + Send;
-    /// Pending rows, oldest first: one destination's, or every destination's.
+    /// A destination's pending rows committed after row `after` (0: all), oldest first.
+    /// Where ids are not assigned in commit order (Postgres: a sequence value is taken
+    /// before the transaction commits, so a lower id can commit later), every pending
+    /// row; the caller skips the ones it holds.
     fn outbox_rows(
         &self,
-        destination: Option<&str>,
+        destination: &str,
+        after: i64,
     ) -> impl Future<Output = Result<Vec<OutboxRow>>> + Send;
     /// The destinations that have rows.
     fn outbox_destinations(&self) -> impl Future<Output = Result<Vec<String>>> + Send;
@@ -424,8 +428,8 @@ impl FedStore for AnyStore {
     async fn enqueue_outbox(&self, rows: &[NewOutboxRow], at: i64) -> Result<Vec<i64>> {
         dispatch!(self, s => s.enqueue_outbox(rows, at).await)
     }
-    async fn outbox_rows(&self, destination: Option<&str>) -> Result<Vec<OutboxRow>> {
-        dispatch!(self, s => s.outbox_rows(destination).await)
+    async fn outbox_rows(&self, destination: &str, after: i64) -> Result<Vec<OutboxRow>> {
+        dispatch!(self, s => s.outbox_rows(destination, after).await)
     }
     async fn outbox_destinations(&self) -> Result<Vec<String>> {
         dispatch!(self, s => s.outbox_destinations().await)

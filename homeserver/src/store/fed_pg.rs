@@ -425,23 +425,15 @@ impl FedStore for PgStore {
         Ok(ids)
     }
 
-    async fn outbox_rows(&self, destination: Option<&str>) -> Result<Vec<OutboxRow>> {
-        let rows = match destination {
-            Some(d) => {
-                sqlx::query(
-                    "SELECT id, destination, kind, body FROM federation_outbox
-                     WHERE destination = $1 ORDER BY destination, id",
-                )
-                .bind(d)
-                .fetch_all(self.pool())
-                .await?
-            }
-            None => {
-                sqlx::query("SELECT id, destination, kind, body FROM federation_outbox ORDER BY id")
-                    .fetch_all(self.pool())
-                    .await?
-            }
-        };
+    async fn outbox_rows(&self, destination: &str, _after: i64) -> Result<Vec<OutboxRow>> {
+        // Every pending row: ids here are not in commit order (see the trait).
+        let rows = sqlx::query(
+            "SELECT id, destination, kind, body FROM federation_outbox
+             WHERE destination = $1 ORDER BY destination, id",
+        )
+        .bind(destination)
+        .fetch_all(self.pool())
+        .await?;
         rows.into_iter()
             .map(|r| {
                 Ok(OutboxRow {

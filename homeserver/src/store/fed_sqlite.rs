@@ -391,12 +391,14 @@ impl FedStore for SqliteStore {
         Ok(ids)
     }
 
-    async fn outbox_rows(&self, destination: Option<&str>) -> Result<Vec<OutboxRow>> {
+    async fn outbox_rows(&self, destination: &str, after: i64) -> Result<Vec<OutboxRow>> {
+        // One writer at a time takes ids inside its write lock: ids are in commit order.
         let rows = sqlx::query(
             "SELECT id, destination, kind, body FROM federation_outbox
-             WHERE ?1 IS NULL OR destination = ?1 ORDER BY id",
+             WHERE destination = ?1 AND id > ?2 ORDER BY id",
         )
         .bind(destination)
+        .bind(after)
         .fetch_all(&self.pool)
         .await?;
         rows.into_iter()
