@@ -163,11 +163,7 @@ pub(super) async fn idempotent(ctx: &Ctx) -> Result<()> {
 }
 
 pub(super) async fn non_member(ctx: &Ctx) -> Result<()> {
-    let (a, b, c) = (
-        ctx.register().await?,
-        ctx.register().await?,
-        ctx.register().await?,
-    );
+    let [a, b, c] = ctx.register_many().await?;
     let chat = create(ctx, &a, &[&b], None).await?;
     send(ctx, &c, &chat, "x", b"x", json!({}))
         .await?
@@ -262,11 +258,7 @@ fn mls(kind: &str, epoch: u64) -> Value {
 }
 
 pub(super) async fn group_admin(ctx: &Ctx) -> Result<()> {
-    let (a, b, c) = (
-        ctx.register().await?,
-        ctx.register().await?,
-        ctx.register().await?,
-    );
+    let [a, b, c] = ctx.register_many().await?;
     let r = ctx
         .as_user(
             &a,
@@ -296,11 +288,7 @@ pub(super) async fn group_admin(ctx: &Ctx) -> Result<()> {
 }
 
 pub(super) async fn one_commit_per_epoch(ctx: &Ctx) -> Result<()> {
-    let (a, b, c) = (
-        ctx.register().await?,
-        ctx.register().await?,
-        ctx.register().await?,
-    );
+    let [a, b, c] = ctx.register_many().await?;
     let chat = create(ctx, &a, &[&b, &c], Some("epochs")).await?;
     send(ctx, &a, &chat, "c0", b"commit 0", mls("commit", 0))
         .await?
@@ -361,11 +349,7 @@ pub(super) async fn past_epochs(ctx: &Ctx) -> Result<()> {
 }
 
 pub(super) async fn admin_only(ctx: &Ctx) -> Result<()> {
-    let (a, b, c) = (
-        ctx.register().await?,
-        ctx.register().await?,
-        ctx.register().await?,
-    );
+    let [a, b, c] = ctx.register_many().await?;
     let chat = create(ctx, &a, &[&b], Some("admins")).await?;
     let mut extra = mls("commit", 0);
     extra["membership"] = json!({"add": [c.user_id]});
@@ -634,11 +618,7 @@ fn commit_with_info(epoch: u64, info: &[u8]) -> Value {
 /// BK19: the GroupInfo the accepted commit published is served to any device of a
 /// member user, and to no one else.
 pub(super) async fn group_info(ctx: &Ctx) -> Result<()> {
-    let (a, b, c) = (
-        ctx.register().await?,
-        ctx.register().await?,
-        ctx.register().await?,
-    );
+    let [a, b, c] = ctx.register_many().await?;
     let chat = create(ctx, &a, &[&b], None).await?;
     let path = group_info_path(&chat);
     ctx.as_user(&b, Method::GET, &path, None)
@@ -682,11 +662,7 @@ pub(super) async fn group_info(ctx: &Ctx) -> Result<()> {
 /// BK21: a member user's new device (no leaf yet) gets its external commit sequenced
 /// like any commit, publishing the next GroupInfo; a non-member's commit is refused.
 pub(super) async fn external_commit(ctx: &Ctx) -> Result<()> {
-    let (a, b, c) = (
-        ctx.register().await?,
-        ctx.register().await?,
-        ctx.register().await?,
-    );
+    let [a, b, c] = ctx.register_many().await?;
     let chat = create(ctx, &a, &[&b], None).await?;
     send(
         ctx,

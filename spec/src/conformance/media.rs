@@ -122,11 +122,7 @@ pub(super) async fn dedup(ctx: &Ctx) -> Result<()> {
 }
 
 pub(super) async fn access(ctx: &Ctx) -> Result<()> {
-    let (a, b, c) = (
-        ctx.register().await?,
-        ctx.register().await?,
-        ctx.register().await?,
-    );
+    let [a, b, c] = ctx.register_many().await?;
     let (bytes, hash) = blob("access");
     upload_all(ctx, &a, &hash, &bytes)
         .await?

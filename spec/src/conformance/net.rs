@@ -130,6 +130,17 @@ impl Ctx {
         self.register_on(&self.base).await
     }
 
+    /// Registers `N` fresh accounts on the first server, one after the other.
+    pub(crate) async fn register_many<const N: usize>(&self) -> Result<[User; N]> {
+        let mut users = Vec::with_capacity(N);
+        for _ in 0..N {
+            users.push(self.register().await?);
+        }
+        users
+            .try_into()
+            .map_err(|_| anyhow::anyhow!("registered a number of users other than {N}"))
+    }
+
     /// Registers a fresh account on the server at `base`.
     pub(crate) async fn register_on(&self, base: &str) -> Result<User> {
         let username = self.username();
