@@ -542,7 +542,7 @@ impl Destination {
             // Nothing goes to a server the policy refuses: park until it allows again.
             return Outcome::Status(403);
         }
-        let started = std::time::Instant::now();
+        let started = Instant::now();
         let (mut request, send_ids) = match self.build(entries).await {
             Ok(built) => built,
             Err(e) => {
