@@ -329,6 +329,39 @@ impl Typing {
     }
 }
 
+/// Last seen values waiting to be stored, per user (newest wins).
+///
+/// A value stays here until the store has it: [`Self::stored`] removes it only after
+/// the write, and only if no newer value arrived meanwhile. A reader that looks here
+/// first and in the store second therefore never misses a value that is being written.
+#[derive(Debug, Default)]
+pub struct LastSeenWrites(HashMap<UserId, i64>);
+
+impl LastSeenWrites {
+    pub fn record(&mut self, user: UserId, at: i64) {
+        let e = self.0.entry(user).or_insert(at);
+        *e = (*e).max(at);
+    }
+
+    pub fn get(&self, user: &UserId) -> Option<i64> {
+        self.0.get(user).copied()
+    }
+
+    /// What to write now; it stays pending until [`Self::stored`].
+    pub fn snapshot(&self) -> Vec<(UserId, i64)> {
+        self.0.iter().map(|(u, at)| (u.clone(), *at)).collect()
+    }
+
+    /// `written` (a snapshot) is in the store: forget what has not changed since.
+    pub fn stored(&mut self, written: Vec<(UserId, i64)>) {
+        for (u, at) in written {
+            if self.0.get(&u) == Some(&at) {
+                self.0.remove(&u);
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -394,6 +427,26 @@ mod tests {
         assert_eq!(changes(&acts), vec![(false, 13_000)]);
         assert_eq!(writes(&acts), vec![13_000]);
         assert_eq!(t.connected_users(), 0);
+    }
+
+    #[test]
+    fn last_seen_stays_pending_until_stored() {
+        let (a, b) = (u("a"), u("b"));
+        let mut w = LastSeenWrites::default();
+        w.record(a.clone(), 5);
+        w.record(a.clone(), 3);
+        w.record(b.clone(), 7);
+        let mut batch = w.snapshot();
+        batch.sort();
+        assert_eq!(batch, vec![(a.clone(), 5), (b.clone(), 7)]);
+        // While the batch is being written, a reader still finds it here.
+        assert_eq!(w.get(&a), Some(5));
+        // A newer value arrives during the write: it survives the write's completion.
+        w.record(b.clone(), 9);
+        w.stored(batch);
+        assert_eq!(w.get(&a), None);
+        assert_eq!(w.get(&b), Some(9));
+        assert_eq!(w.snapshot(), vec![(b, 9)]);
     }
 
     #[test]

@@ -36,7 +36,7 @@ use parley_federation::ServerName;
 use parley_federation::api::Ephemeral;
 use tokio::sync::mpsc;
 
-use self::core::{Action, Timings, Tracker, Typing, TypingRelay, visible};
+use self::core::{Action, LastSeenWrites, Timings, Tracker, Typing, TypingRelay, visible};
 use super::ServiceError;
 use super::blocking::Blocking;
 use super::relay::{Relay, convert};
@@ -73,7 +73,7 @@ struct Inner {
     tracker: Mutex<Tracker>,
     typing: Mutex<Typing>,
     /// Last seen waiting to be written, per user.
-    pending_writes: Mutex<HashMap<UserId, i64>>,
+    pending_writes: Mutex<LastSeenWrites>,
     /// Remote users' last presence, as their servers sent it.
     remote: Mutex<HashMap<UserId, RemotePresence>>,
     /// One queue per fan-out worker; a user's changes always take the same one, so they
@@ -137,7 +137,7 @@ impl Presence {
                 i64::try_from(config.typing_debounce_ms).unwrap_or(i64::MAX),
                 MAX_TYPING,
             )),
-            pending_writes: Mutex::new(HashMap::new()),
+            pending_writes: Mutex::new(LastSeenWrites::default()),
             remote: Mutex::new(HashMap::new()),
             changes,
         });
@@ -352,11 +352,7 @@ impl Inner {
                     last_seen,
                     refresh: false,
                 }),
-                Action::WriteLastSeen { user, at } => {
-                    let mut w = lock(&self.pending_writes);
-                    let e = w.entry(user).or_insert(at);
-                    *e = (*e).max(at);
-                }
+                Action::WriteLastSeen { user, at } => lock(&self.pending_writes).record(user, at),
             }
         }
     }
@@ -383,17 +379,14 @@ impl Inner {
                 Err(e) => tracing::warn!(error = %e, "cannot read members for a typing stop"),
             }
         }
-        let writes: Vec<(UserId, i64)> = std::mem::take(&mut *lock(&self.pending_writes))
-            .into_iter()
-            .collect();
-        if let Err(e) = self.store.save_last_seen(&writes).await {
-            tracing::warn!(error = %e, users = writes.len(), "cannot store last seen");
-            // Keep them for the next tick (newer values win).
-            let mut w = lock(&self.pending_writes);
-            for (u, at) in writes {
-                let e = w.entry(u).or_insert(at);
-                *e = (*e).max(at);
-            }
+        let writes = lock(&self.pending_writes).snapshot();
+        if writes.is_empty() {
+            return;
+        }
+        match self.store.save_last_seen(&writes).await {
+            Ok(()) => lock(&self.pending_writes).stored(writes),
+            // They stay pending for the next tick.
+            Err(e) => tracing::warn!(error = %e, users = writes.len(), "cannot store last seen"),
         }
     }
 
@@ -417,8 +410,9 @@ impl Inner {
     /// A local user's own presence (they are allowed to see it).
     async fn local_presence(&self, user: &UserId) -> Result<WirePresence, ServiceError> {
         let online = lock(&self.tracker).is_online(user) || self.online_elsewhere(user).await?;
+        // Pending before stored: `tick` removes a pending value only once it is stored.
+        let pending = lock(&self.pending_writes).get(user);
         let stored = self.store.presence_row(user).await?.1;
-        let pending = lock(&self.pending_writes).get(user).copied();
         let last_seen = if online {
             Some(now_ms())
         } else {
