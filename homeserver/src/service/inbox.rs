@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use parley_client_api::ws::ServerFrame;
 use parley_client_api::{ChatId, DeviceId, UserId};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Notify, mpsc, oneshot};
 
 use crate::clock::now_ms;
 use crate::gateway::{Gateway, Outbound};
@@ -24,8 +24,10 @@ const ACK_TICK: Duration = Duration::from_millis(10);
 /// cumulative, so a member's receipts of one tick travel as one: fewer, fuller
 /// transactions, and fewer commits on both servers.
 const FEDERATE_TICK: Duration = Duration::from_millis(50);
-/// Ack batches whose receipts wait for the next federation tick.
-const FEDERATE_QUEUE: usize = 256;
+/// Fanout records taken at a time.
+const FANOUT_BATCH: i64 = 1024;
+/// Records left behind by a failure are tried again after this long without an ack.
+const FANOUT_RETRY: Duration = Duration::from_secs(5);
 /// Waits before each new try of a batch of acks whose commit failed.
 const ACK_RETRY_MS: [u64; 3] = [5, 25, 100];
 
@@ -66,8 +68,9 @@ impl AckPermit<'_> {
 }
 
 impl Inbox {
-    /// `federated`: the relay and this server's name, when federation is on (receipts of
-    /// chats shared with other servers are queued for them after each commit).
+    /// `federated`: the relay and this server's name, when federation is on (each ack
+    /// commit records the receipts it raised; a federator queues them for the servers
+    /// that share the chats, and at start queues what a crash left recorded).
     pub fn spawn(
         store: AnyStore,
         gateway: Gateway,
@@ -77,9 +80,14 @@ impl Inbox {
     ) -> Self {
         let (acks, rx) = mpsc::channel(max_batch * 4);
         let federated = federated.map(|(relay, local)| {
-            let (tx, rx) = mpsc::channel(FEDERATE_QUEUE);
-            tokio::spawn(run_receipt_federator(store.clone(), relay, local, rx));
-            tx
+            let wake = Arc::new(Notify::new());
+            tokio::spawn(run_receipt_federator(
+                store.clone(),
+                relay,
+                local,
+                wake.clone(),
+            ));
+            wake
         });
         tokio::spawn(run_ack_writer(
             store.clone(),
@@ -136,7 +144,7 @@ async fn run_ack_writer(
     mut rx: mpsc::Receiver<AckJob>,
     max_batch: usize,
     metrics: Arc<Metrics>,
-    federated: Option<mpsc::Sender<Vec<(ChatId, UserId)>>>,
+    federator: Option<Arc<Notify>>,
 ) {
     let mut jobs = Vec::with_capacity(max_batch);
     let mut next_commit = tokio::time::Instant::now();
@@ -151,22 +159,14 @@ async fn run_ack_writer(
         }
         next_commit = tokio::time::Instant::now() + ACK_TICK;
         let batch: Vec<AckRequest> = jobs.iter().map(|j| j.ack.clone()).collect();
-        // Federation: which (chat, member) receipts these acks may raise (read before the
-        // items are gone).
-        let pairs = match &federated {
-            Some(_) => receipt_pairs(&store, &batch).await,
-            None => Vec::new(),
-        };
-        match commit_acks(&store, &batch).await {
+        match commit_acks(&store, &batch, federator.is_some()).await {
             Ok(notices) => {
                 metrics
                     .acks
                     .inc_by(batch.iter().map(|a| a.ids.len() as u64).sum());
                 push_receipts(&gateway, notices).await;
-                if let Some(federator) = &federated
-                    && !pairs.is_empty()
-                {
-                    let _ = federator.send(pairs).await;
+                if let Some(federator) = &federator {
+                    federator.notify_one();
                 }
             }
             // Unacknowledged items stay in the inbox and are sent again on reconnect:
@@ -179,23 +179,51 @@ async fn run_ack_writer(
     }
 }
 
-/// Queues the receipts of the (chat, member) pairs that acks raised for the servers that
-/// must hear of them, once per [`FEDERATE_TICK`].
+/// Queues the receipts that ack commits recorded for the servers that must hear of
+/// them, at most once per [`FEDERATE_TICK`], then forgets the records. Runs once at
+/// start for what a crash left behind.
 async fn run_receipt_federator(
     store: AnyStore,
     relay: super::relay::Relay,
     local: String,
-    mut rx: mpsc::Receiver<Vec<(ChatId, UserId)>>,
+    wake: Arc<Notify>,
 ) {
-    let mut next = tokio::time::Instant::now();
-    while let Some(mut pairs) = rx.recv().await {
-        tokio::time::sleep_until(next).await;
-        while let Ok(more) = rx.try_recv() {
-            pairs.extend(more);
-        }
-        next = tokio::time::Instant::now() + FEDERATE_TICK;
-        if let Err(e) = super::relay::federate_receipts(&store, &relay, &local, pairs, None).await {
+    loop {
+        federate_recorded_receipts(&store, &relay, &local).await;
+        tokio::time::sleep(FEDERATE_TICK).await;
+        // A failure leaves records behind: try them again after a while even if no
+        // ack comes.
+        let _ = tokio::time::timeout(FANOUT_RETRY, wake.notified()).await;
+    }
+}
+
+/// Queues every recorded receipt (one per member and chat), a batch at a time. Stops at
+/// the first failure; the records stay for the next try.
+async fn federate_recorded_receipts(store: &AnyStore, relay: &super::relay::Relay, local: &str) {
+    use crate::store::fed::FedStore as _;
+    loop {
+        let records = match store.receipt_fanout(FANOUT_BATCH).await {
+            Ok(r) if r.is_empty() => return,
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the receipts to federate");
+                return;
+            }
+        };
+        let full = records.len() as i64 == FANOUT_BATCH;
+        let (ids, pairs): (Vec<i64>, Vec<(ChatId, UserId)>) =
+            records.into_iter().map(|(n, c, u)| (n, (c, u))).unzip();
+        if let Err(e) = super::relay::federate_receipts(store, relay, local, pairs, None).await {
             tracing::warn!(error = %e, "cannot queue receipts for federation");
+            return;
+        }
+        if let Err(e) = store.receipt_fanout_done(&ids).await {
+            // Queued again next time: receipts only rise, so a repeat changes nothing.
+            tracing::warn!(error = %e, "cannot forget federated receipts");
+            return;
+        }
+        if !full {
+            return;
         }
     }
 }
@@ -207,36 +235,16 @@ async fn run_receipt_federator(
 async fn commit_acks(
     store: &AnyStore,
     batch: &[AckRequest],
+    fanout: bool,
 ) -> Result<Vec<ReceiptNotice>, crate::store::StoreError> {
-    let mut result = store.commit_acks(batch, now_ms()).await;
+    let mut result = store.commit_acks(batch, now_ms(), fanout).await;
     for backoff_ms in ACK_RETRY_MS {
         let Err(e) = &result else { break };
         tracing::warn!(error = %e, "committing acknowledgements failed; retrying");
         tokio::time::sleep(Duration::from_millis(backoff_ms)).await;
-        result = store.commit_acks(batch, now_ms()).await;
+        result = store.commit_acks(batch, now_ms(), fanout).await;
     }
     result
-}
-
-/// The `(chat, member)` pairs of the items a batch of acks names.
-async fn receipt_pairs(store: &AnyStore, batch: &[AckRequest]) -> Vec<(ChatId, UserId)> {
-    use crate::store::fed::FedStore as _;
-    let items: Vec<(DeviceId, i64)> = batch
-        .iter()
-        .flat_map(|a| a.ids.iter().map(|n| (a.device_id.clone(), *n)))
-        .collect();
-    let owner: std::collections::HashMap<&DeviceId, &UserId> =
-        batch.iter().map(|a| (&a.device_id, &a.user_id)).collect();
-    match store.inbox_chats(&items).await {
-        Ok(chats) => chats
-            .into_iter()
-            .filter_map(|(device, chat)| Some((chat, owner.get(&device)?.to_owned().clone())))
-            .collect(),
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot read the chats of acknowledged items");
-            Vec::new()
-        }
-    }
 }
 
 /// How often expired disappearing messages are dropped (MS34: within a few seconds of

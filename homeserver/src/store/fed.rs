@@ -387,13 +387,14 @@ pub trait FedStore: Send + Sync + 'static {
         rows: &[SendResultRow],
         at: i64,
     ) -> impl Future<Output = Result<Vec<(usize, i64)>>> + Send;
-    /// The chats of those of these inbox items that are events (read before they are
-    /// acknowledged): only an event's ack can raise its member's receipt, so only these
-    /// chats have a receipt worth telling other servers about.
-    fn inbox_chats(
+    /// The oldest `limit` records of receipts that acks raised (`Store::commit_acks`
+    /// with `fanout`), as `(record id, chat, member)`; a pair may come more than once.
+    fn receipt_fanout(
         &self,
-        items: &[(DeviceId, i64)],
-    ) -> impl Future<Output = Result<Vec<(DeviceId, ChatId)>>> + Send;
+        limit: i64,
+    ) -> impl Future<Output = Result<Vec<(i64, ChatId, UserId)>>> + Send;
+    /// Forgets these fanout records (their receipts are in the outbox).
+    fn receipt_fanout_done(&self, ids: &[i64]) -> impl Future<Output = Result<()>> + Send;
     /// Members' current receipts (one per `(chat, user)` that is a member).
     fn member_receipts(
         &self,
@@ -483,8 +484,11 @@ impl FedStore for AnyStore {
     ) -> Result<Vec<(usize, i64)>> {
         dispatch!(self, s => s.record_send_results(rows, at).await)
     }
-    async fn inbox_chats(&self, items: &[(DeviceId, i64)]) -> Result<Vec<(DeviceId, ChatId)>> {
-        dispatch!(self, s => s.inbox_chats(items).await)
+    async fn receipt_fanout(&self, limit: i64) -> Result<Vec<(i64, ChatId, UserId)>> {
+        dispatch!(self, s => s.receipt_fanout(limit).await)
+    }
+    async fn receipt_fanout_done(&self, ids: &[i64]) -> Result<()> {
+        dispatch!(self, s => s.receipt_fanout_done(ids).await)
     }
     async fn member_receipts(&self, pairs: &[(ChatId, UserId)]) -> Result<Vec<(ChatId, Receipt)>> {
         dispatch!(self, s => s.member_receipts(pairs).await)

@@ -666,20 +666,23 @@ impl FedStore for PgStore {
         Ok(out)
     }
 
-    async fn inbox_chats(&self, items: &[(DeviceId, i64)]) -> Result<Vec<(DeviceId, ChatId)>> {
-        let rows = sqlx::query(
-            "SELECT DISTINCT i.device_id, i.chat_id
-             FROM UNNEST($1::text[], $2::bigint[]) AS k(d, n)
-             JOIN inbox i ON i.device_id = k.d AND i.id = k.n AND i.kind = $3",
-        )
-        .bind(items.iter().map(|(d, _)| d.to_string()).collect::<Vec<_>>())
-        .bind(items.iter().map(|(_, n)| *n).collect::<Vec<_>>())
-        .bind(super::INBOX_EVENT)
-        .fetch_all(self.pool())
-        .await?;
+    async fn receipt_fanout(&self, limit: i64) -> Result<Vec<(i64, ChatId, UserId)>> {
+        let rows: Vec<(i64, String, String)> =
+            sqlx::query_as("SELECT id, chat_id, user_id FROM receipt_fanout ORDER BY id LIMIT $1")
+                .bind(limit)
+                .fetch_all(self.pool())
+                .await?;
         rows.into_iter()
-            .map(|r| Ok((id(r.get("device_id"))?, id(r.get("chat_id"))?)))
+            .map(|(n, c, u)| Ok((n, id(c)?, id(u)?)))
             .collect()
+    }
+
+    async fn receipt_fanout_done(&self, ids: &[i64]) -> Result<()> {
+        sqlx::query("DELETE FROM receipt_fanout WHERE id = ANY($1)")
+            .bind(ids)
+            .execute(self.pool())
+            .await?;
+        Ok(())
     }
 
     async fn member_receipts(&self, pairs: &[(ChatId, UserId)]) -> Result<Vec<(ChatId, Receipt)>> {

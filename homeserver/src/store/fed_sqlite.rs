@@ -642,21 +642,25 @@ impl FedStore for SqliteStore {
         Ok(out)
     }
 
-    async fn inbox_chats(&self, items: &[(DeviceId, i64)]) -> Result<Vec<(DeviceId, ChatId)>> {
-        let keys = json_rows(items.iter().map(|(d, n)| (d.as_str(), n)))?;
-        let rows: Vec<(String, String)> = sqlx::query_as(
-            "SELECT DISTINCT i.device_id, i.chat_id FROM json_each(?1) AS k
-             JOIN inbox i ON i.device_id = k.value ->> 0 AND i.id = k.value ->> 1
-                          AND i.kind = ?2
-             ORDER BY i.device_id, i.chat_id",
-        )
-        .bind(&keys)
-        .bind(super::INBOX_EVENT)
-        .fetch_all(&self.pool)
-        .await?;
+    async fn receipt_fanout(&self, limit: i64) -> Result<Vec<(i64, ChatId, UserId)>> {
+        let rows: Vec<(i64, String, String)> =
+            sqlx::query_as("SELECT id, chat_id, user_id FROM receipt_fanout ORDER BY id LIMIT ?1")
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await?;
         rows.into_iter()
-            .map(|(d, c)| Ok((id::<DeviceId>(d)?, id::<ChatId>(c)?)))
+            .map(|(n, c, u)| Ok((n, id(c)?, id(u)?)))
             .collect()
+    }
+
+    async fn receipt_fanout_done(&self, ids: &[i64]) -> Result<()> {
+        let mut tx = self.write_tx().await?;
+        sqlx::query("DELETE FROM receipt_fanout WHERE id IN (SELECT value FROM json_each(?1))")
+            .bind(serde_json::to_string(ids).unwrap_or_default())
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
     }
 
     async fn member_receipts(&self, pairs: &[(ChatId, UserId)]) -> Result<Vec<(ChatId, Receipt)>> {

@@ -317,11 +317,14 @@ pub trait Store: Send + Sync + 'static {
         limit: u32,
     ) -> impl Future<Output = Result<Vec<InboxItem>>> + Send;
     /// Removes acknowledged items, raises delivered receipts and writes the receipt
-    /// changes into the senders' inboxes, all in one transaction.
+    /// changes into the senders' inboxes, all in one transaction. With `fanout` (when
+    /// federation is on) the raised receipts are also recorded for other servers, in
+    /// the same transaction (`FedStore::receipt_fanout`).
     fn commit_acks(
         &self,
         batch: &[AckRequest],
         at: i64,
+        fanout: bool,
     ) -> impl Future<Output = Result<Vec<ReceiptNotice>>> + Send;
     /// Raises a member's read (and delivered) receipt to `seq` (capped at the chat's
     /// last seq) and notifies the senders of newly read events and the member's other
@@ -571,8 +574,13 @@ impl Store for AnyStore {
     ) -> Result<Vec<InboxItem>> {
         dispatch!(self, s => s.inbox_page(device_id, after, limit).await)
     }
-    async fn commit_acks(&self, batch: &[AckRequest], at: i64) -> Result<Vec<ReceiptNotice>> {
-        dispatch!(self, s => s.commit_acks(batch, at).await)
+    async fn commit_acks(
+        &self,
+        batch: &[AckRequest],
+        at: i64,
+        fanout: bool,
+    ) -> Result<Vec<ReceiptNotice>> {
+        dispatch!(self, s => s.commit_acks(batch, at, fanout).await)
     }
     async fn mark_read(
         &self,

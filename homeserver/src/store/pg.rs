@@ -787,7 +787,12 @@ impl Store for PgStore {
         Ok(items)
     }
 
-    async fn commit_acks(&self, batch: &[AckRequest], at: i64) -> Result<Vec<ReceiptNotice>> {
+    async fn commit_acks(
+        &self,
+        batch: &[AckRequest],
+        at: i64,
+        fanout: bool,
+    ) -> Result<Vec<ReceiptNotice>> {
         // One statement per device: `device_id = $1 AND id = ANY($2)` is an index probe
         // per id, whatever the planner knows about the table, and stays within one
         // device's key.
@@ -848,6 +853,26 @@ impl Store for PgStore {
         .fetch_all(&mut *tx)
         .await?;
         let changed = receipts_from_rows(changed)?;
+        if fanout && !changed.is_empty() {
+            sqlx::query(
+                "INSERT INTO receipt_fanout (chat_id, user_id)
+                 SELECT * FROM UNNEST($1::text[], $2::text[])",
+            )
+            .bind(
+                changed
+                    .iter()
+                    .map(|(c, _)| c.to_string())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                changed
+                    .iter()
+                    .map(|(_, r)| r.user_id.to_string())
+                    .collect::<Vec<_>>(),
+            )
+            .execute(&mut *tx)
+            .await?;
+        }
         let users: BTreeSet<UserId> = plan.notify.values().flatten().cloned().collect();
         let devices = devices_of(&mut tx, &users).await?;
         let notices = upsert_receipts(

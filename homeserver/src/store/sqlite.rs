@@ -812,7 +812,12 @@ impl Store for SqliteStore {
         Ok(items)
     }
 
-    async fn commit_acks(&self, batch: &[AckRequest], at: i64) -> Result<Vec<ReceiptNotice>> {
+    async fn commit_acks(
+        &self,
+        batch: &[AckRequest],
+        at: i64,
+        fanout: bool,
+    ) -> Result<Vec<ReceiptNotice>> {
         let mut tx = self.write_tx().await?;
         // The acknowledged items, gone in one statement (an id already gone was acked
         // before: nothing to do).
@@ -867,6 +872,19 @@ impl Store for SqliteStore {
         .iter()
         .map(receipt_from_row)
         .collect::<Result<Vec<_>>>()?;
+        if fanout && !changed.is_empty() {
+            sqlx::query(
+                "INSERT INTO receipt_fanout (chat_id, user_id)
+                 SELECT value ->> 0, value ->> 1 FROM json_each(?1)",
+            )
+            .bind(json_rows(
+                changed
+                    .iter()
+                    .map(|(c, r)| (c.as_str(), r.user_id.as_str())),
+            )?)
+            .execute(&mut *tx)
+            .await?;
+        }
         let users: BTreeSet<UserId> = plan.notify.values().flatten().cloned().collect();
         let devices = devices_of(&mut tx, &users).await?;
         let notices = upsert_receipts(

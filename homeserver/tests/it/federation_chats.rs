@@ -11,7 +11,7 @@ use parley_client_api::ws::ServerFrame;
 use reqwest::StatusCode;
 use serde_json::json;
 
-use crate::harness::{Backend, Server, User, Ws};
+use crate::harness::{Backend, Server, User, WAIT, Ws};
 
 crate::on_both_backends!(
     a_group_spans_three_servers_in_hub_order,
@@ -19,6 +19,7 @@ crate::on_both_backends!(
     sends_wait_in_the_outbox_while_the_hub_is_down,
     peers_cannot_act_for_chats_or_users_they_do_not_own,
     receipts_cross_servers,
+    a_receipt_an_ack_raised_before_a_crash_still_leaves,
     a_pending_send_concludes_on_the_sending_device,
     leaving_on_a_follower_reaches_the_hub,
 );
@@ -429,6 +430,51 @@ async fn receipts_cross_servers(backend: Backend) -> Result<()> {
         bob_row["delivered_seq"] == 1 && bob_row["read_seq"] == 1,
         "{bob_row}"
     );
+    Ok(())
+}
+
+/// A crash right after an ack commit, before the receipt it raised reached the outbox:
+/// the restarted server still sends it (the commit recorded it, spec FO1).
+async fn a_receipt_an_ack_raised_before_a_crash_still_leaves(backend: Backend) -> Result<()> {
+    use parley_homeserver::store::{AckRequest, AnyStore, Store as _};
+    let a = Server::start_peer(backend, "127.0.0.1", "").await?;
+    let mut b = Server::start_peer(backend, "127.0.0.2", "").await?;
+    let alice = a.register("alice").await?;
+    let bob = b.register("bob").await?;
+    let chat = a.create_chat(&alice, &[&bob]).await?;
+    let mut alice_ws = a.connect(&alice).await?;
+    alice_ws.until_synced().await?;
+    assert_eq!(send_ok(&a, &alice, &chat, "hello").await?, 1);
+    // Bob's device gets the event and does not ack it yet.
+    let device = parley_client_api::DeviceId::try_from(bob.device_id.as_str())?;
+    let mut bob_ws = b.connect(&bob).await?;
+    let item = loop {
+        match bob_ws.next_within(WAIT).await? {
+            Some(ServerFrame::Event { id, .. }) => break id,
+            Some(_) => {}
+            None => bail!("the event never reached bob"),
+        }
+    };
+    drop(bob_ws);
+    // The crash: the server dies; its ack commit is made (as its ack writer makes it)
+    // while no federator runs.
+    b.stop_hard().await?;
+    let store = AnyStore::connect(b.database_url(), 2).await?;
+    store
+        .commit_acks(
+            &[AckRequest {
+                user_id: bob.user_id.clone(),
+                device_id: device,
+                ids: vec![item],
+            }],
+            now_ms(),
+            true,
+        )
+        .await?;
+    drop(store);
+    b.restart().await?;
+    // ✓✓ delivered reaches the hub's member.
+    receipt(&mut alice_ws, &bob, 1, 0).await?;
     Ok(())
 }
 

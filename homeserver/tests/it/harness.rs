@@ -132,6 +132,11 @@ impl Server {
         Ok(server)
     }
 
+    /// The database the server runs on (to reach its store while it is stopped).
+    pub fn database_url(&self) -> &str {
+        &self.database_url
+    }
+
     pub fn data_dir(&self) -> &std::path::Path {
         self.data_dir.path()
     }

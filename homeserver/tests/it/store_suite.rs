@@ -5,6 +5,7 @@ use std::collections::BTreeSet;
 use anyhow::{Result, ensure};
 use parley_client_api::http::chats::ChatKind;
 use parley_client_api::{BlobHash, ChatId, DeviceId, UserId};
+use parley_homeserver::store::fed::FedStore;
 use parley_homeserver::store::pg::PgStore;
 use parley_homeserver::store::sqlite::SqliteStore;
 use parley_homeserver::store::{
@@ -242,7 +243,7 @@ async fn concurrent_batches_stay_gap_free<S: Store + Clone>(s: S) -> Result<()> 
     Ok(())
 }
 
-async fn acks_raise_receipts_once_and_notify_senders<S: Store>(s: S) -> Result<()> {
+async fn acks_raise_receipts_once_and_notify_senders<S: Store + FedStore>(s: S) -> Result<()> {
     setup(&s, &[("alice", &["A1", "A2"]), ("bob", &["B1"])]).await?;
     let c = chat(&s, "c1", &["alice", "bob"]).await?;
     s.commit_sends(
@@ -264,6 +265,7 @@ async fn acks_raise_receipts_once_and_notify_senders<S: Store>(s: S) -> Result<(
                 ids: ids.clone(),
             }],
             200,
+            true,
         )
         .await?;
     let to: BTreeSet<&str> = notices.iter().map(|n| n.device_id.as_str()).collect();
@@ -274,7 +276,13 @@ async fn acks_raise_receipts_once_and_notify_senders<S: Store>(s: S) -> Result<(
                 .all(|n| n.receipt.delivered_seq == 2 && n.receipt.user_id == u("bob"))
     );
     ensure!(s.inbox_page(&d("B1"), 0, 10).await?.is_empty());
-    // Acking again changes nothing.
+    // The raise is recorded for other servers, in the same commit.
+    let recorded = s.receipt_fanout(100).await?;
+    ensure!(
+        recorded.iter().map(|(_, c, u)| (c, u)).collect::<Vec<_>>() == vec![(&c, &u("bob"))],
+        "{recorded:?}"
+    );
+    // Acking again changes nothing, and records nothing.
     ensure!(
         s.commit_acks(
             &[AckRequest {
@@ -282,12 +290,13 @@ async fn acks_raise_receipts_once_and_notify_senders<S: Store>(s: S) -> Result<(
                 device_id: d("B1"),
                 ids
             }],
-            201
+            201,
+            true,
         )
         .await?
         .is_empty()
     );
-
+    ensure!(s.receipt_fanout(100).await? == recorded);
     // Read: receipts for alice's devices replace the unacked delivered one (new id).
     let before = s.inbox_page(&d("A1"), 0, 10).await?;
     let read = s
@@ -316,6 +325,34 @@ async fn acks_raise_receipts_once_and_notify_senders<S: Store>(s: S) -> Result<(
             .await?
             .is_none()
     );
+    // A raise recorded after the records were read survives their removal.
+    s.commit_sends(&[send(&c, "alice", "A1", "m3")], 1024)
+        .await?;
+    let ids: Vec<i64> = s
+        .inbox_page(&d("B1"), 0, 10)
+        .await?
+        .iter()
+        .map(InboxItem::id)
+        .collect();
+    s.commit_acks(
+        &[AckRequest {
+            user_id: u("bob"),
+            device_id: d("B1"),
+            ids,
+        }],
+        202,
+        true,
+    )
+    .await?;
+    s.receipt_fanout_done(&recorded.iter().map(|r| r.0).collect::<Vec<_>>())
+        .await?;
+    let left = s.receipt_fanout(100).await?;
+    ensure!(
+        left.len() == 1 && left[0].1 == c && left[0].2 == u("bob") && left[0].0 > recorded[0].0,
+        "{left:?}"
+    );
+    s.receipt_fanout_done(&[left[0].0]).await?;
+    ensure!(s.receipt_fanout(100).await?.is_empty());
     Ok(())
 }
 
@@ -411,6 +448,7 @@ async fn one_ack_batch_of_several_devices_deletes_only_their_own_items<S: Store>
                 ack("carol", "C1", vec![bobs]),
             ],
             200,
+            false,
         )
         .await?;
     ensure!(notices.is_empty(), "{notices:?}");
@@ -424,6 +462,7 @@ async fn one_ack_batch_of_several_devices_deletes_only_their_own_items<S: Store>
                 ack("carol", "C1", vec![carols]),
             ],
             201,
+            false,
         )
         .await?;
     let raised: BTreeSet<(String, String, i64)> = notices
