@@ -463,11 +463,7 @@ impl FedStore for PgStore {
     }
 
     async fn outbox_delete(&self, ids: &[i64]) -> Result<()> {
-        sqlx::query("DELETE FROM federation_outbox WHERE id = ANY($1)")
-            .bind(ids)
-            .execute(self.pool())
-            .await?;
-        Ok(())
+        delete_ids(self, "federation_outbox", ids).await
     }
 
     async fn destinations(&self) -> Result<Vec<DestinationRow>> {
@@ -678,11 +674,7 @@ impl FedStore for PgStore {
     }
 
     async fn receipt_fanout_done(&self, ids: &[i64]) -> Result<()> {
-        sqlx::query("DELETE FROM receipt_fanout WHERE id = ANY($1)")
-            .bind(ids)
-            .execute(self.pool())
-            .await?;
-        Ok(())
+        delete_ids(self, "receipt_fanout", ids).await
     }
 
     async fn member_receipts(&self, pairs: &[(ChatId, UserId)]) -> Result<Vec<(ChatId, Receipt)>> {
@@ -758,4 +750,13 @@ impl FedStore for PgStore {
             .map(|(c, s)| (c, s.into_iter().collect()))
             .collect())
     }
+}
+
+/// Deletes the rows of `table` (a fixed name, never input) with these ids.
+async fn delete_ids(store: &PgStore, table: &'static str, ids: &[i64]) -> Result<()> {
+    sqlx::query(&format!("DELETE FROM {table} WHERE id = ANY($1)"))
+        .bind(ids)
+        .execute(store.pool())
+        .await?;
+    Ok(())
 }

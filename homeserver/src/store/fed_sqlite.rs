@@ -430,13 +430,7 @@ impl FedStore for SqliteStore {
     }
 
     async fn outbox_delete(&self, ids: &[i64]) -> Result<()> {
-        let mut tx = self.write_tx().await?;
-        sqlx::query("DELETE FROM federation_outbox WHERE id IN (SELECT value FROM json_each(?1))")
-            .bind(serde_json::to_string(ids).unwrap_or_default())
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        Ok(())
+        delete_ids(self, "federation_outbox", ids).await
     }
 
     async fn destinations(&self) -> Result<Vec<DestinationRow>> {
@@ -654,13 +648,7 @@ impl FedStore for SqliteStore {
     }
 
     async fn receipt_fanout_done(&self, ids: &[i64]) -> Result<()> {
-        let mut tx = self.write_tx().await?;
-        sqlx::query("DELETE FROM receipt_fanout WHERE id IN (SELECT value FROM json_each(?1))")
-            .bind(serde_json::to_string(ids).unwrap_or_default())
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        Ok(())
+        delete_ids(self, "receipt_fanout", ids).await
     }
 
     async fn member_receipts(&self, pairs: &[(ChatId, UserId)]) -> Result<Vec<(ChatId, Receipt)>> {
@@ -733,4 +721,17 @@ impl FedStore for SqliteStore {
             .map(|(c, s)| (c, s.into_iter().collect()))
             .collect())
     }
+}
+
+/// Deletes the rows of `table` (a fixed name, never input) with these ids.
+async fn delete_ids(store: &SqliteStore, table: &'static str, ids: &[i64]) -> Result<()> {
+    let mut tx = store.write_tx().await?;
+    sqlx::query(&format!(
+        "DELETE FROM {table} WHERE id IN (SELECT value FROM json_each(?1))"
+    ))
+    .bind(serde_json::to_string(ids).unwrap_or_default())
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(())
 }

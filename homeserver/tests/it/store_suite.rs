@@ -251,12 +251,7 @@ async fn acks_raise_receipts_once_and_notify_senders<S: Store + FedStore>(s: S) 
         1024,
     )
     .await?;
-    let ids: Vec<i64> = s
-        .inbox_page(&d("B1"), 0, 10)
-        .await?
-        .iter()
-        .map(InboxItem::id)
-        .collect();
+    let ids = inbox_ids(&s, "B1").await?;
     let notices = s
         .commit_acks(
             &[AckRequest {
@@ -328,12 +323,7 @@ async fn acks_raise_receipts_once_and_notify_senders<S: Store + FedStore>(s: S) 
     // A raise recorded after the records were read survives their removal.
     s.commit_sends(&[send(&c, "alice", "A1", "m3")], 1024)
         .await?;
-    let ids: Vec<i64> = s
-        .inbox_page(&d("B1"), 0, 10)
-        .await?
-        .iter()
-        .map(InboxItem::id)
-        .collect();
+    let ids = inbox_ids(&s, "B1").await?;
     s.commit_acks(
         &[AckRequest {
             user_id: u("bob"),
@@ -368,6 +358,15 @@ async fn retention_purges_old_rows<S: Store>(s: S) -> Result<()> {
     ensure!(purged.events == 1 && purged.inbox_rows == 1, "{purged:?}");
     ensure!(s.inbox_page(&d("B1"), 0, 10).await?.len() == 1);
     Ok(())
+}
+
+/// The ids of the first items of a device's inbox.
+async fn inbox_ids<S: Store>(s: &S, device: &str) -> Result<Vec<i64>> {
+    Ok(s.inbox_page(&d(device), 0, 10)
+        .await?
+        .iter()
+        .map(InboxItem::id)
+        .collect())
 }
 
 fn event_seqs(items: &[InboxItem]) -> Vec<i64> {
