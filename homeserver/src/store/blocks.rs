@@ -2,7 +2,8 @@
 //! blocked someone. A separate trait from [`super::Store`] so the table stays in one
 //! place; both backends are here. The pure rule of what a block withholds is
 //! [`withheld`]; the send and federation transactions read the periods with
-//! [`periods_pg`] / [`periods_sqlite`] and ask it.
+//! [`periods_pg`] / [`periods_sqlite`] (Postgres sends: within the heads' statement,
+//! [`periods_from_json`]) and ask it.
 
 use std::future::Future;
 
@@ -15,7 +16,7 @@ use sqlx::{PgConnection, SqliteConnection};
 use super::pg::PgStore;
 use super::plan::{ChatState, SendPlan};
 use super::sqlite::SqliteStore;
-use super::{AnyStore, Result, SendRequest, id};
+use super::{AnyStore, Result, SendRequest, StoreError, id};
 
 /// A period during which `blocker` (a local user) blocked `blocked`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -198,6 +199,17 @@ pub(crate) async fn periods_pg(
     .bind(senders)
     .fetch_all(conn)
     .await?;
+    rows.into_iter().map(period).collect()
+}
+
+/// The periods a Postgres statement returned as one JSON array of
+/// `[blocker, blocked, since, until]` (`json_agg`; NULL when there are none).
+pub(crate) fn periods_from_json(json: Option<String>) -> Result<Vec<BlockPeriod>> {
+    let Some(json) = json else {
+        return Ok(Vec::new());
+    };
+    let rows: Vec<PeriodTuple> =
+        serde_json::from_str(&json).map_err(|e| StoreError::Corrupt(e.to_string()))?;
     rows.into_iter().map(period).collect()
 }
 

@@ -175,17 +175,27 @@ impl PgStore {
             .collect::<BTreeSet<_>>()
             .into_iter()
             .collect();
-        // Lock the heads in a fixed order, then read members, then their devices: three
-        // single-table reads on leading key columns. (One join of the three let a planner
-        // without statistics loop over `devices` once per member: ~1,000 scans per send
-        // in a 1,024-member group.)
+        // Lock the heads in a fixed order, then read members with their devices, each
+        // through an index on a leading key column. (A plain join of the three let a
+        // planner without statistics loop over `devices` once per member: ~1,000 scans
+        // per send in a 1,024-member group.)
+        // The senders' blocks ride along (an uncorrelated subquery, run once): they
+        // decide whose inboxes the events skip.
+        let senders: BTreeSet<&str> = batch.iter().map(|r| r.sender.as_str()).collect();
         let heads = sqlx::query(
-            "SELECT chat_id, kind, last_seq, mls_epoch FROM chats
-             WHERE chat_id = ANY($1) ORDER BY chat_id FOR UPDATE",
+            "SELECT chat_id, kind, last_seq, mls_epoch,
+                    (SELECT json_agg(json_build_array(blocker, blocked, since, until))::text
+                     FROM user_blocks WHERE blocked = ANY($2)) AS blocks
+             FROM chats WHERE chat_id = ANY($1) ORDER BY chat_id FOR UPDATE OF chats",
         )
         .bind(&chat_ids)
+        .bind(senders.into_iter().collect::<Vec<_>>())
         .fetch_all(&mut *tx)
         .await?;
+        let periods = match heads.first() {
+            Some(r) => super::blocks::periods_from_json(r.get("blocks"))?,
+            None => Vec::new(),
+        };
         let mut chats: HashMap<ChatId, ChatState> = HashMap::new();
         for r in heads {
             chats.insert(
@@ -198,42 +208,28 @@ impl PgStore {
                 },
             );
         }
+        // Members with their devices: a per-member probe of `devices_by_user` (LATERAL
+        // with OFFSET 0 keeps it a probe: the planner cannot turn it into a join that
+        // scans `devices`).
         let members = sqlx::query(
-            "SELECT chat_id, user_id, admin FROM chat_members
-             WHERE chat_id = ANY($1) AND left_at IS NULL",
+            "SELECT m.chat_id, m.user_id, m.admin, d.device_id FROM chat_members m
+             LEFT JOIN LATERAL (
+                 SELECT device_id FROM devices WHERE user_id = m.user_id
+                 ORDER BY device_id OFFSET 0
+             ) d ON TRUE
+             WHERE m.chat_id = ANY($1) AND m.left_at IS NULL",
         )
         .bind(&chat_ids)
         .fetch_all(&mut *tx)
         .await?;
-        let mut member_users: BTreeSet<String> = BTreeSet::new();
         for r in members {
             let Some(state) = chats.get_mut(&id::<ChatId>(r.get("chat_id"))?) else {
                 continue;
             };
-            let user: String = r.get("user_id");
-            state.members.entry(id(user.clone())?).or_default().admin = r.get("admin");
-            member_users.insert(user);
-        }
-        if !member_users.is_empty() {
-            let devices = sqlx::query(
-                "SELECT user_id, device_id FROM devices WHERE user_id = ANY($1) ORDER BY device_id",
-            )
-            .bind(member_users.into_iter().collect::<Vec<_>>())
-            .fetch_all(&mut *tx)
-            .await?;
-            let mut by_user: HashMap<UserId, Vec<DeviceId>> = HashMap::new();
-            for r in devices {
-                by_user
-                    .entry(id(r.get("user_id"))?)
-                    .or_default()
-                    .push(id(r.get("device_id"))?);
-            }
-            for state in chats.values_mut() {
-                for (user, member) in state.members.iter_mut() {
-                    if let Some(devices) = by_user.get(user) {
-                        member.devices.extend(devices.iter().cloned());
-                    }
-                }
+            let member = state.members.entry(id(r.get("user_id"))?).or_default();
+            member.admin = r.get("admin");
+            if let Some(d) = r.get::<Option<String>, _>("device_id") {
+                member.devices.push(id(d)?);
             }
         }
         // Users that membership changes add: they must exist; their devices get the commit.
@@ -300,9 +296,6 @@ impl PgStore {
             present = rows.into_iter().map(id).collect::<Result<_>>()?;
         }
         let mut plan = plan::plan_sends(batch, &existing, &chats, &users, &present, max_members);
-        let senders: BTreeSet<&str> = batch.iter().map(|r| r.sender.as_str()).collect();
-        let senders: Vec<&str> = senders.into_iter().collect();
-        let periods = super::blocks::periods_pg(&mut tx, &senders).await?;
         super::blocks::withhold_inbox(&mut plan, batch, &chats, &users, &periods);
         let now_ts = batch.iter().map(|r| r.ts).max().unwrap_or_default();
         for (chat, seq, blob) in &plan.blob_refs {
@@ -337,7 +330,8 @@ impl PgStore {
         let ev = |f: fn(&SendRequest) -> String| -> Vec<String> {
             plan.events.iter().map(|(i, _)| f(&batch[*i])).collect()
         };
-        // One round trip writes the heads, the events and the inbox rows.
+        // One round trip writes the heads, the events, the inbox rows and the outbox rows.
+        let outbox = plan.outbox_rows();
         let rows = sqlx::query(
             "WITH heads AS (
                  UPDATE chats SET last_seq = v.s, last_ts = v.t, mls_epoch = v.e
@@ -356,6 +350,11 @@ impl PgStore {
                  SELECT d, c, 0, s, u, $20
                  FROM UNNEST($16::text[], $17::text[], $18::bigint[], $19::text[]) AS w(d, c, s, u)
                  RETURNING id, device_id, chat_id, seq
+             ), new_outbox AS (
+                 INSERT INTO federation_outbox (destination, kind, body, created_at)
+                 SELECT d, k, b, $20 FROM UNNEST($21::text[], $22::smallint[], $23::text[])
+                      WITH ORDINALITY AS o(d, k, b, n)
+                 ORDER BY n
              )
              SELECT n.events, i.id, i.device_id, i.chat_id, i.seq
              FROM (SELECT count(*) AS events FROM new_events) n LEFT JOIN new_inbox i ON TRUE",
@@ -425,6 +424,14 @@ impl PgStore {
                 .collect::<Vec<_>>(),
         )
         .bind(now)
+        .bind(
+            outbox
+                .iter()
+                .map(|r| r.destination.clone())
+                .collect::<Vec<_>>(),
+        )
+        .bind(outbox.iter().map(|r| r.kind.to_i16()).collect::<Vec<_>>())
+        .bind(outbox.iter().map(|r| r.body.clone()).collect::<Vec<_>>())
         .fetch_all(&mut *tx)
         .await?;
         let stored = rows.first().map_or(0, |r| r.get::<i64, _>("events"));
@@ -445,7 +452,6 @@ impl PgStore {
             .collect();
         super::disappearing::stamp_pg(&mut tx, &stamps).await?;
         super::group_info::keep_pg(&mut tx, &plan, batch, now).await?;
-        super::fed_pg::insert_outbox(&mut tx, &plan.outbox_rows(), now).await?;
         tx.commit().await?;
         let ids = rows
             .into_iter()
@@ -793,9 +799,10 @@ impl Store for PgStore {
         at: i64,
         fanout: bool,
     ) -> Result<Vec<ReceiptNotice>> {
-        // One statement per device: `device_id = $1 AND id = ANY($2)` is an index probe
-        // per id, whatever the planner knows about the table, and stays within one
-        // device's key.
+        // A few devices per statement: `device_id = ANY($1) AND id = ANY($2)` probes the
+        // primary key once per (device, id) combination whatever the planner knows about
+        // the table, so a statement takes devices while the combinations stay within
+        // ACK_PROBES; the exact pairs filter what the probes find.
         let mut by_device: BTreeMap<&DeviceId, (&UserId, BTreeSet<i64>)> = BTreeMap::new();
         for ack in batch {
             by_device
@@ -804,20 +811,36 @@ impl Store for PgStore {
                 .1
                 .extend(ack.ids.iter().copied());
         }
+        let owners: HashMap<&str, &UserId> = by_device
+            .iter()
+            .map(|(d, (u, _))| (d.as_str(), *u))
+            .collect();
         let mut tx = self.pool.begin().await?;
         let mut rows = Vec::new();
-        for (device, (user, ids)) in by_device {
+        for chunk in ack_chunks(by_device.iter().map(|(d, (_, ids))| (*d, ids))) {
+            let devices: Vec<&str> = chunk.iter().map(|(d, _)| d.as_str()).collect();
+            let pairs: Vec<(&str, i64)> = chunk
+                .iter()
+                .flat_map(|(d, ids)| ids.iter().map(move |n| (d.as_str(), *n)))
+                .collect();
             let deleted = sqlx::query(
-                "DELETE FROM inbox WHERE device_id = $1 AND id = ANY($2)
-                 RETURNING chat_id, kind, seq, sender",
+                "DELETE FROM inbox
+                 WHERE device_id = ANY($1) AND id = ANY($2)
+                   AND (device_id, id) IN (SELECT * FROM UNNEST($3::text[], $2::bigint[]))
+                 RETURNING device_id, chat_id, kind, seq, sender",
             )
-            .bind(device.as_str())
-            .bind(ids.into_iter().collect::<Vec<_>>())
+            .bind(&devices)
+            .bind(pairs.iter().map(|p| p.1).collect::<Vec<_>>())
+            .bind(pairs.iter().map(|p| p.0).collect::<Vec<_>>())
             .fetch_all(&mut *tx)
             .await?;
             for r in deleted {
+                let device: String = r.get("device_id");
+                let Some(user) = owners.get(device.as_str()) else {
+                    continue;
+                };
                 rows.push(AckedRow {
-                    user_id: user.clone(),
+                    user_id: (*user).clone(),
                     chat_id: id(r.get("chat_id"))?,
                     kind: r.get("kind"),
                     seq: r.get("seq"),
@@ -1515,6 +1538,31 @@ async fn key_package_count(
     })
 }
 
+/// At most this many (device, id) combinations per ack delete (see `commit_acks`).
+const ACK_PROBES: usize = 1024;
+
+/// Splits devices with their acked ids into runs whose devices × ids stay within
+/// [`ACK_PROBES`] (a device with more ids than that is a run of its own).
+fn ack_chunks<'a>(
+    devices: impl Iterator<Item = (&'a DeviceId, &'a BTreeSet<i64>)>,
+) -> Vec<Vec<(&'a DeviceId, &'a BTreeSet<i64>)>> {
+    let mut chunks: Vec<Vec<(&DeviceId, &BTreeSet<i64>)>> = Vec::new();
+    let mut ids = 0;
+    for (device, these) in devices {
+        match chunks.last_mut() {
+            Some(chunk) if (chunk.len() + 1) * (ids + these.len()) <= ACK_PROBES => {
+                chunk.push((device, these));
+                ids += these.len();
+            }
+            _ => {
+                chunks.push(vec![(device, these)]);
+                ids = these.len();
+            }
+        }
+    }
+    chunks
+}
+
 pub(super) fn receipts_from_rows(
     rows: Vec<sqlx::postgres::PgRow>,
 ) -> Result<Vec<(ChatId, Receipt)>> {
@@ -1547,4 +1595,30 @@ pub(super) fn event_from_row(r: sqlx::postgres::PgRow) -> Result<ChatEvent> {
         expires_in: super::expires_in(r.get("ts"), r.get("expires_at")),
         read_receipts: r.get("read_receipts"),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ack_deletes_stay_within_their_probe_budget() {
+        let devices: Vec<DeviceId> = (0..40)
+            .map(|i| DeviceId::try_from(format!("D{i:02}").as_str()).unwrap())
+            .collect();
+        // Device i acked i + 1 ids; device 39 alone has more than the budget.
+        let mut ids: Vec<BTreeSet<i64>> = (0..40).map(|i| (0..=i).collect()).collect();
+        ids[39] = (0..ACK_PROBES as i64 + 5).collect();
+        let chunks = ack_chunks(devices.iter().zip(&ids));
+        let mut seen = Vec::new();
+        for chunk in &chunks {
+            let probes = chunk.len() * chunk.iter().map(|(_, i)| i.len()).sum::<usize>();
+            assert!(probes <= ACK_PROBES || chunk.len() == 1, "{probes}");
+            seen.extend(chunk.iter().map(|(d, _)| (*d).clone()));
+        }
+        // Every device once, in order; small acks share statements.
+        assert_eq!(seen, devices);
+        assert!(chunks.len() < 20, "{} statements", chunks.len());
+        assert_eq!(chunks.last().map(Vec::len), Some(1));
+    }
 }
