@@ -468,7 +468,7 @@ impl Destination {
 
     /// The state machine as the rows left it, and the row ids it holds.
     async fn restore(&self) -> Result<(Outbox<Entry>, HashSet<i64>), StoreError> {
-        let rows = self.store.outbox_rows(&self.name, 0).await?;
+        let rows = self.store.outbox_rows(&self.name, 0, &[]).await?;
         let backoff = self
             .store
             .destinations()
@@ -493,7 +493,8 @@ impl Destination {
         known: &mut HashSet<i64>,
         after: i64,
     ) -> Result<Vec<Queued<Entry>>, StoreError> {
-        let rows = self.store.outbox_rows(&self.name, after).await?;
+        let held: Vec<i64> = known.iter().copied().collect();
+        let rows = self.store.outbox_rows(&self.name, after, &held).await?;
         Ok(rows
             .into_iter()
             .filter(|r| known.insert(r.id))

@@ -324,12 +324,14 @@ pub trait FedStore: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Vec<i64>>> + Send;
     /// A destination's pending rows committed after row `after` (0: all), oldest first.
     /// Where ids are not assigned in commit order (Postgres: a sequence value is taken
-    /// before the transaction commits, so a lower id can commit later), every pending
-    /// row; the caller skips the ones it holds.
+    /// before the transaction commits, so a lower id can commit later), `after` cannot
+    /// say that: every pending row but those in `held` (the caller's, which it skips
+    /// anyway).
     fn outbox_rows(
         &self,
         destination: &str,
         after: i64,
+        held: &[i64],
     ) -> impl Future<Output = Result<Vec<OutboxRow>>> + Send;
     /// The destinations that have rows.
     fn outbox_destinations(&self) -> impl Future<Output = Result<Vec<String>>> + Send;
@@ -429,8 +431,13 @@ impl FedStore for AnyStore {
     async fn enqueue_outbox(&self, rows: &[NewOutboxRow], at: i64) -> Result<Vec<i64>> {
         dispatch!(self, s => s.enqueue_outbox(rows, at).await)
     }
-    async fn outbox_rows(&self, destination: &str, after: i64) -> Result<Vec<OutboxRow>> {
-        dispatch!(self, s => s.outbox_rows(destination, after).await)
+    async fn outbox_rows(
+        &self,
+        destination: &str,
+        after: i64,
+        held: &[i64],
+    ) -> Result<Vec<OutboxRow>> {
+        dispatch!(self, s => s.outbox_rows(destination, after, held).await)
     }
     async fn outbox_destinations(&self) -> Result<Vec<String>> {
         dispatch!(self, s => s.outbox_destinations().await)

@@ -425,13 +425,20 @@ impl FedStore for PgStore {
         Ok(ids)
     }
 
-    async fn outbox_rows(&self, destination: &str, _after: i64) -> Result<Vec<OutboxRow>> {
-        // Every pending row: ids here are not in commit order (see the trait).
+    async fn outbox_rows(
+        &self,
+        destination: &str,
+        _after: i64,
+        held: &[i64],
+    ) -> Result<Vec<OutboxRow>> {
+        // Every pending row the caller does not hold: ids here are not in commit order
+        // (see the trait).
         let rows = sqlx::query(
             "SELECT id, destination, kind, body FROM federation_outbox
-             WHERE destination = $1 ORDER BY destination, id",
+             WHERE destination = $1 AND id <> ALL($2) ORDER BY destination, id",
         )
         .bind(destination)
+        .bind(held)
         .fetch_all(self.pool())
         .await?;
         rows.into_iter()

@@ -391,7 +391,12 @@ impl FedStore for SqliteStore {
         Ok(ids)
     }
 
-    async fn outbox_rows(&self, destination: &str, after: i64) -> Result<Vec<OutboxRow>> {
+    async fn outbox_rows(
+        &self,
+        destination: &str,
+        after: i64,
+        _held: &[i64],
+    ) -> Result<Vec<OutboxRow>> {
         // One writer at a time takes ids inside its write lock: ids are in commit order.
         let rows = sqlx::query(
             "SELECT id, destination, kind, body FROM federation_outbox
