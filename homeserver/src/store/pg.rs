@@ -178,9 +178,8 @@ impl PgStore {
         // Lock the heads in a fixed order, then read members with their devices, each
         // through an index on a leading key column. (A plain join of the three let a
         // planner without statistics loop over `devices` once per member: ~1,000 scans
-        // per send in a 1,024-member group.)
-        // The senders' blocks ride along (an uncorrelated subquery, run once): they
-        // decide whose inboxes the events skip.
+        // per send in a 1,024-member group.) The senders' blocks ride on the heads' read
+        // (an uncorrelated subquery, run once): they decide whose inboxes events skip.
         let senders: BTreeSet<&str> = batch.iter().map(|r| r.sender.as_str()).collect();
         let heads = sqlx::query(
             "SELECT chat_id, kind, last_seq, mls_epoch,
