@@ -72,6 +72,10 @@ struct Args {
     /// directory].
     #[arg(long, requires = "federated")]
     peer_database_url: Option<String>,
+    /// With --federated: the spawned servers' `[limits] writers`, their concurrent send
+    /// writers on Postgres [default: the server's default].
+    #[arg(long, requires = "federated")]
+    writers: Option<usize>,
     /// With --nodes: the NATS server the nodes route through.
     #[arg(long, default_value = "nats://127.0.0.1:4222")]
     bus_url: String,
@@ -305,6 +309,7 @@ async fn main() -> Result<()> {
                     &binary,
                     args.database_url.as_deref(),
                     args.peer_database_url.as_deref(),
+                    args.writers,
                 )
                 .await?
             } else if args.nodes == 1 {

@@ -39,17 +39,18 @@ impl Nodes {
     }
 
     /// Spawns two federating homeservers, on 127.0.0.2 (senders, hubs) and 127.0.0.3
-    /// (recipients), each on its own database.
+    /// (recipients), each on its own database (with `writers` send writers, if given).
     pub(crate) async fn federated(
         binary: &std::path::Path,
         database_url: Option<&str>,
         peer_database_url: Option<&str>,
+        writers: Option<usize>,
     ) -> Result<Self> {
         if database_url.is_some() && database_url == peer_database_url {
             bail!("--federated: the two servers need two databases (--peer-database-url)");
         }
-        let a = Server::spawn_peer(binary, "127.0.0.2", database_url).await?;
-        let b = Server::spawn_peer(binary, "127.0.0.3", peer_database_url).await?;
+        let a = Server::spawn_peer(binary, "127.0.0.2", database_url, writers).await?;
+        let b = Server::spawn_peer(binary, "127.0.0.3", peer_database_url, writers).await?;
         Ok(Self {
             nodes: vec![a, b],
             federated: true,

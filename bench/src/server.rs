@@ -56,11 +56,17 @@ impl Server {
         binary: &Path,
         ip: &str,
         database_url: Option<&str>,
+        writers: Option<usize>,
     ) -> Result<Self> {
-        let config = "[federation]\n[federation.policy]\nrules = [\
-                      {pattern = \"127.0.0.2:*\", action = \"allow\"}, \
-                      {pattern = \"127.0.0.3:*\", action = \"allow\"}]\n";
-        Self::spawn_at(binary, ip, true, database_url, Some(config), &[]).await
+        let limits = writers
+            .map(|n| format!("[limits]\nwriters = {n}\n"))
+            .unwrap_or_default();
+        let config = format!(
+            "{limits}[federation]\n[federation.policy]\nrules = [\
+             {{pattern = \"127.0.0.2:*\", action = \"allow\"}}, \
+             {{pattern = \"127.0.0.3:*\", action = \"allow\"}}]\n"
+        );
+        Self::spawn_at(binary, ip, true, database_url, Some(&config), &[]).await
     }
 
     async fn spawn_at(
