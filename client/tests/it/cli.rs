@@ -2,6 +2,7 @@
 
 use std::path::Path;
 use std::process::{Command, Output};
+use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
 
@@ -138,13 +139,9 @@ async fn commands_and_clear_errors() -> Result<()> {
     ensure!(sent.starts_with('✓'), "{sent}");
     let history = stdout(&parley(&a, &["history", "@bob:parley.test"], PASSWORD)?)?;
     ensure!(history.contains("me: later  ✓"), "{history}");
-    let listen = Command::new("timeout")
-        .args(["3", PARLEY, "--profile"])
-        .arg(&b)
-        .arg("listen")
-        .output()?;
-    let out = String::from_utf8_lossy(&listen.stdout);
-    for text in ["hello bob", "later", "now"] {
+    let texts = ["hello bob", "later", "now"];
+    let out = listen_until(&b, |out| texts.iter().all(|t| out.contains(t)))?;
+    for text in texts {
         let n = out
             .matches(&format!("@alice:parley.test: {text}\n"))
             .count();
@@ -249,18 +246,13 @@ async fn timer_receipts_and_report_commands() -> Result<()> {
     let sent = stdout(&parley(&a, &["send", chat, "gone soon"], PASSWORD)?)?;
     ensure!(sent.starts_with('✓'), "{sent}");
     // Bob's listen shows the timer event, the message, and its disappearance.
-    let listen = Command::new("timeout")
-        .args(["9", PARLEY, "--profile"])
-        .arg(&b)
-        .arg("listen")
-        .output()?;
-    let out = String::from_utf8_lossy(&listen.stdout);
-    ensure!(
+    let seen = |out: &str| {
         out.contains("[disappearing messages: 5s]")
             && out.contains("@alice:parley.test: gone soon")
-            && out.contains("disappeared"),
-        "{out}"
-    );
+            && out.contains("disappeared")
+    };
+    let out = listen_until(&b, seen)?;
+    ensure!(seen(&out), "{out}");
     let history = stdout(&parley(&b, &["history", chat], PASSWORD)?)?;
     ensure!(!history.contains("gone soon"), "{history}");
     ensure!(
@@ -313,16 +305,53 @@ fn parley_env(profile: &Path, args: &[&str], env: &[(&str, &str)]) -> Result<Out
         .context("running parley")
 }
 
-/// What a device's `listen` prints within `secs` seconds.
-fn listen(profile: &Path, secs: &str) -> Result<String> {
-    let out = Command::new("timeout")
-        .args([secs, PARLEY, "--profile"])
+/// What a device's `parley listen` prints until `done` holds for it (at most
+/// [`LISTEN_WAIT`]), and for [`LISTEN_GRACE`] after, to catch what must not come (a
+/// repeat). A deadline for the outcome, not a timing: slow machines only take longer.
+fn listen_until(profile: &Path, done: impl Fn(&str) -> bool) -> Result<String> {
+    use std::io::BufRead as _;
+    use std::time::Instant;
+    let mut child = Command::new(PARLEY)
+        .arg("--profile")
         .arg(profile)
         .arg("listen")
         .env_remove("PARLEY_LOG")
-        .output()?;
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .context("running parley listen")?;
+    let stdout = child.stdout.take().context("listen's stdout")?;
+    let (tx, rx) = std::sync::mpsc::sync_channel(256);
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut out = String::new();
+    let mut end = Instant::now() + LISTEN_WAIT;
+    let mut seen = false;
+    // Until the deadline passes or `listen` ends.
+    while let Ok(line) = rx.recv_timeout(end.saturating_duration_since(Instant::now())) {
+        out.push_str(&line);
+        out.push('\n');
+        if !seen && done(&out) {
+            seen = true;
+            end = Instant::now() + LISTEN_GRACE;
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    Ok(out)
 }
+
+/// How long [`listen_until`] waits for what it expects.
+const LISTEN_WAIT: Duration = Duration::from_secs(60);
+/// How long [`listen_until`] keeps listening after it came.
+const LISTEN_GRACE: Duration = Duration::from_secs(1);
 
 /// `parley backup enable|status`, `restore` on a fresh install (a wrong or mistyped
 /// recovery key refused with a clear message, nothing restored), the restored device
@@ -414,11 +443,13 @@ async fn backup_restore_and_rejoin_commands() -> Result<()> {
     // Chatting on, both ways.
     let sent = stdout(&parley(&fresh, &["send", chat, "back again"], PASSWORD)?)?;
     ensure!(sent.starts_with('✓'), "{sent}");
-    let out = listen(&b, "4")?;
-    ensure!(out.contains("@alice:parley.test: back again"), "{out}");
+    let back = |out: &str| out.contains("@alice:parley.test: back again");
+    let out = listen_until(&b, back)?;
+    ensure!(back(&out), "{out}");
     stdout(&parley(&b, &["send", chat, "welcome back"], PASSWORD)?)?;
-    let out = listen(&fresh, "4")?;
-    ensure!(out.contains("@bob:parley.test: welcome back"), "{out}");
+    let welcome = |out: &str| out.contains("@bob:parley.test: welcome back");
+    let out = listen_until(&fresh, welcome)?;
+    ensure!(welcome(&out), "{out}");
     let again = stdout(&parley(&fresh, &["rejoin"], PASSWORD)?)?;
     ensure!(
         again.contains("0 chats rejoined, 1 joined already, 0 failed"),
