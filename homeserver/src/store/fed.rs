@@ -97,6 +97,20 @@ pub struct OutboxRow {
     pub body: String,
 }
 
+/// An outbox row as both backends select it: `id, destination, kind, body`.
+pub(super) type OutboxTuple = (i64, String, i16, String);
+
+impl OutboxRow {
+    pub(super) fn from_tuple((id, destination, kind, body): OutboxTuple) -> Result<Self> {
+        Ok(Self {
+            id,
+            destination,
+            kind: OutboxKind::from_i16(kind)?,
+            body,
+        })
+    }
+}
+
 /// A destination's persisted backoff.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DestinationRow {

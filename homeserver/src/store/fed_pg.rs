@@ -9,8 +9,8 @@ use sqlx::{Postgres, Row, Transaction};
 
 use super::ReceiptNotice;
 use super::fed::{
-    Applied, ChatSnapshotRow, DestinationRow, FedStore, NewOutboxRow, OpRun, OutboxKind, OutboxRow,
-    Received, RunContext, SendResultRow, direct_key, op_runs, run_heads, run_inbox,
+    Applied, ChatSnapshotRow, DestinationRow, FedStore, NewOutboxRow, OpRun, OutboxRow,
+    OutboxTuple, Received, RunContext, SendResultRow, direct_key, op_runs, run_heads, run_inbox,
 };
 use super::pg::{PgStore, devices_of, event_from_row, receipts_from_rows, upsert_receipts};
 use super::{
@@ -433,7 +433,7 @@ impl FedStore for PgStore {
     ) -> Result<Vec<OutboxRow>> {
         // Every pending row the caller does not hold: ids here are not in commit order
         // (see the trait).
-        let rows = sqlx::query(
+        let rows: Vec<OutboxTuple> = sqlx::query_as(
             "SELECT id, destination, kind, body FROM federation_outbox
              WHERE destination = $1 AND id <> ALL($2) ORDER BY destination, id",
         )
@@ -441,16 +441,7 @@ impl FedStore for PgStore {
         .bind(held)
         .fetch_all(self.pool())
         .await?;
-        rows.into_iter()
-            .map(|r| {
-                Ok(OutboxRow {
-                    id: r.get("id"),
-                    destination: r.get("destination"),
-                    kind: OutboxKind::from_i16(r.get("kind"))?,
-                    body: r.get("body"),
-                })
-            })
-            .collect()
+        rows.into_iter().map(OutboxRow::from_tuple).collect()
     }
 
     async fn outbox_destinations(&self) -> Result<Vec<String>> {

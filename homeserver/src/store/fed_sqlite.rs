@@ -8,8 +8,8 @@ use sqlx::{Row, Sqlite, Transaction};
 
 use super::ReceiptNotice;
 use super::fed::{
-    Applied, ChatSnapshotRow, DestinationRow, FedStore, NewOutboxRow, OpRun, OutboxKind, OutboxRow,
-    Received, RunContext, SendResultRow, direct_key, op_runs, run_heads, run_inbox,
+    Applied, ChatSnapshotRow, DestinationRow, FedStore, NewOutboxRow, OpRun, OutboxRow,
+    OutboxTuple, Received, RunContext, SendResultRow, direct_key, op_runs, run_heads, run_inbox,
 };
 use super::sqlite::{
     ROWS_PER_STATEMENT, SqliteStore, devices_of, event_from_row, insert_event_items, json_list,
@@ -398,7 +398,7 @@ impl FedStore for SqliteStore {
         _held: &[i64],
     ) -> Result<Vec<OutboxRow>> {
         // One writer at a time takes ids inside its write lock: ids are in commit order.
-        let rows = sqlx::query(
+        let rows: Vec<OutboxTuple> = sqlx::query_as(
             "SELECT id, destination, kind, body FROM federation_outbox
              WHERE destination = ?1 AND id > ?2 ORDER BY id",
         )
@@ -406,16 +406,7 @@ impl FedStore for SqliteStore {
         .bind(after)
         .fetch_all(&self.pool)
         .await?;
-        rows.into_iter()
-            .map(|r| {
-                Ok(OutboxRow {
-                    id: r.get("id"),
-                    destination: r.get("destination"),
-                    kind: OutboxKind::from_i16(r.get("kind"))?,
-                    body: r.get("body"),
-                })
-            })
-            .collect()
+        rows.into_iter().map(OutboxRow::from_tuple).collect()
     }
 
     async fn outbox_destinations(&self) -> Result<Vec<String>> {
