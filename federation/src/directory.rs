@@ -14,7 +14,8 @@
 //!
 //! [`KeyCache`] is the verifier's per-origin cache, pure with `now` passed in: entries
 //! live as `Cache-Control: max-age` says, at most 24 h; an unknown `kid` triggers a
-//! refetch at most once a minute per origin.
+//! refetch at most once a minute per origin, or sooner after failed fetches (1 s, then
+//! doubling).
 
 use std::collections::HashMap;
 
@@ -40,6 +41,10 @@ pub const MAX_CACHE_SECS: i64 = 24 * 3600;
 pub const DEFAULT_CACHE_SECS: i64 = 3600;
 /// Least time between two fetches of one origin's directory, in ms.
 pub const MIN_REFETCH_MS: i64 = 60_000;
+/// Least time before fetching again after one failed fetch, in ms; it doubles with each
+/// failure in a row, up to [`MIN_REFETCH_MS`]. Shorter than the minute so that a server
+/// that was down while a peer fetched its keys is heard soon after it is back.
+pub const FAILED_REFETCH_MS: i64 = 1_000;
 /// Most multiaddrs kept from one directory.
 pub const MAX_MULTIADDRS: usize = 16;
 /// Largest directory body a client reads.
@@ -367,15 +372,26 @@ pub fn cache_secs(cache_control: Option<&str>) -> i64 {
 // ------------------------------------------------------------------------------------
 // The cache
 
+/// Least time since the last fetch before the next, after `failures` failed in a row.
+fn refetch_wait(failures: u32) -> i64 {
+    match failures {
+        0 => MIN_REFETCH_MS,
+        n => FAILED_REFETCH_MS
+            .saturating_mul(1 << (n - 1).min(16))
+            .min(MIN_REFETCH_MS),
+    }
+}
+
 /// What [`KeyCache::lookup`] decided.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Lookup {
     /// A current key of the origin with that kid, valid now.
     Found(ServerPublicKey),
-    /// Fetch the origin's directory (call [`KeyCache::fetch_started`] first), then look
-    /// up again.
+    /// Fetch the origin's directory ([`KeyCache::insert`] it, or
+    /// [`KeyCache::fetch_failed`]), then look up again.
     Fetch,
-    /// No such key, and the origin was fetched less than a minute ago.
+    /// No such key, and the origin was fetched too recently to fetch again (a minute
+    /// after a fetch that succeeded, less after failed ones).
     Unknown,
 }
 
@@ -386,6 +402,8 @@ struct Entry {
     fresh_until: i64,
     /// Last fetch attempt, successful or not (ms).
     last_attempt: Option<i64>,
+    /// Fetches that failed since the last one that succeeded.
+    failures: u32,
 }
 
 /// Per-origin cache of verified directories, bounded by `capacity` origins.
@@ -412,9 +430,10 @@ impl KeyCache {
     }
 
     fn may_fetch(entry: Option<&Entry>, now_ms: i64) -> bool {
-        entry
-            .and_then(|e| e.last_attempt)
-            .is_none_or(|t| now_ms - t >= MIN_REFETCH_MS)
+        entry.is_none_or(|e| {
+            e.last_attempt
+                .is_none_or(|t| now_ms - t >= refetch_wait(e.failures))
+        })
     }
 
     /// The key `kid` of `origin` for a request checked at `now_ms`.
@@ -443,8 +462,11 @@ impl KeyCache {
         }
     }
 
-    /// Records a fetch attempt of `origin` (before the fetch, so failures count too).
-    pub fn fetch_started(&mut self, origin: &ServerName, now_ms: i64) {
+    /// Records a failed fetch of `origin` that started at `started_ms` (the origin was
+    /// unreachable or its answer did not verify). A fetch that never ended (the request
+    /// it was for went away midway) is not recorded, so it does not stop the next request
+    /// from fetching.
+    pub fn fetch_failed(&mut self, origin: &ServerName, started_ms: i64) {
         if !self.entries.contains_key(origin) {
             self.make_room();
             self.entries.insert(
@@ -453,11 +475,13 @@ impl KeyCache {
                     directory: VerifiedDirectory::default(),
                     fresh_until: i64::MIN,
                     last_attempt: None,
+                    failures: 0,
                 },
             );
         }
         if let Some(e) = self.entries.get_mut(origin) {
-            e.last_attempt = Some(now_ms);
+            e.last_attempt = Some(started_ms);
+            e.failures = e.failures.saturating_add(1);
         }
     }
 
@@ -473,17 +497,13 @@ impl KeyCache {
             self.make_room();
         }
         let fresh_until = now_ms + cache_secs.clamp(0, MAX_CACHE_SECS) * 1000;
-        let last_attempt = self
-            .entries
-            .get(origin)
-            .and_then(|e| e.last_attempt)
-            .or(Some(now_ms));
         self.entries.insert(
             origin.clone(),
             Entry {
                 directory,
                 fresh_until,
-                last_attempt,
+                last_attempt: Some(now_ms),
+                failures: 0,
             },
         );
     }
@@ -561,24 +581,41 @@ mod tests {
         let mut c = KeyCache::new(10);
         let t = 1_000_000_000_000;
         assert_eq!(c.lookup(&a, &kid(1), t), Lookup::Fetch);
-        c.fetch_started(&a, t);
-        // The fetch failed: no second fetch within the minute.
-        assert_eq!(c.lookup(&a, &kid(1), t + 59_999), Lookup::Unknown);
-        assert_eq!(c.lookup(&a, &kid(1), t + 60_000), Lookup::Fetch);
-        c.fetch_started(&a, t + 60_000);
-        c.insert(&a, dir(&[(1, None, None)]), 3600, t + 60_000);
+        c.insert(&a, dir(&[(1, None, None)]), 3600, t);
         let key = ServerSigningKey::from_seed(&[1; 32]).public();
-        assert_eq!(c.lookup(&a, &kid(1), t + 61_000), Lookup::Found(key));
+        assert_eq!(c.lookup(&a, &kid(1), t + 1_000), Lookup::Found(key));
         // A kid it doesn't know (the origin rotated): refetch, but not twice a minute.
-        assert_eq!(c.lookup(&a, &kid(2), t + 61_000), Lookup::Unknown);
-        assert_eq!(c.lookup(&a, &kid(2), t + 120_000), Lookup::Fetch);
+        assert_eq!(c.lookup(&a, &kid(2), t + 1_000), Lookup::Unknown);
+        assert_eq!(c.lookup(&a, &kid(2), t + 59_999), Lookup::Unknown);
+        assert_eq!(c.lookup(&a, &kid(2), t + 60_000), Lookup::Fetch);
         // Another origin is independent.
-        assert_eq!(c.lookup(&b, &kid(2), t + 61_000), Lookup::Fetch);
-        // Stale after max-age: refetch, still serving the old key until a minute passes
-        // since the last attempt.
-        c.fetch_started(&a, t + 3_700_000);
-        assert_eq!(c.lookup(&a, &kid(1), t + 3_700_001), Lookup::Found(key));
-        assert_eq!(c.lookup(&a, &kid(1), t + 3_760_000), Lookup::Fetch);
+        assert_eq!(c.lookup(&b, &kid(2), t + 1_000), Lookup::Fetch);
+        // Stale after max-age: refetch; while that fails, the old key still serves.
+        assert_eq!(c.lookup(&a, &kid(1), t + 3_600_000), Lookup::Fetch);
+        c.fetch_failed(&a, t + 3_600_000);
+        assert_eq!(c.lookup(&a, &kid(1), t + 3_600_001), Lookup::Found(key));
+        assert_eq!(c.lookup(&a, &kid(1), t + 3_601_000), Lookup::Fetch);
+    }
+
+    #[test]
+    fn refetch_backs_off_from_a_second_after_failures() {
+        let a = ServerName::try_from("a.org").unwrap();
+        let mut c = KeyCache::new(10);
+        let mut t = 1_000_000_000_000;
+        // Each failure in a row doubles the wait: 1 s, 2 s, 4 s, … up to the minute.
+        for wait in [1_000, 2_000, 4_000, 8_000, 16_000, 32_000, 60_000, 60_000] {
+            assert_eq!(c.lookup(&a, &kid(1), t), Lookup::Fetch);
+            c.fetch_failed(&a, t);
+            assert_eq!(c.lookup(&a, &kid(1), t + wait - 1), Lookup::Unknown);
+            t += wait;
+        }
+        // A success resets it: the next refetch waits the full minute.
+        c.insert(&a, dir(&[(1, None, None)]), 3600, t);
+        assert_eq!(c.lookup(&a, &kid(2), t + 59_999), Lookup::Unknown);
+        assert_eq!(c.lookup(&a, &kid(2), t + 60_000), Lookup::Fetch);
+        c.fetch_failed(&a, t + 60_000);
+        assert_eq!(c.lookup(&a, &kid(2), t + 60_999), Lookup::Unknown);
+        assert_eq!(c.lookup(&a, &kid(2), t + 61_000), Lookup::Fetch);
     }
 
     #[test]
@@ -586,18 +623,17 @@ mod tests {
         let a = ServerName::try_from("a.org").unwrap();
         let mut c = KeyCache::new(10);
         let t = 1_000_000_000_000;
-        c.fetch_started(&a, t + 50_000);
         c.insert(
             &a,
-            dir(&[(1, Some(1_000_000_000), Some(1_000_000_100))]),
+            dir(&[(1, Some(1_000_000_000), Some(1_000_000_030))]),
             86_400,
             t,
         );
         assert_eq!(c.lookup(&a, &kid(1), t - 1_000), Lookup::Unknown);
         assert!(matches!(c.lookup(&a, &kid(1), t), Lookup::Found(_)));
         // Expired (exp is in seconds): not found, and no refetch within the minute.
-        assert_eq!(c.lookup(&a, &kid(1), t + 101_000), Lookup::Unknown);
-        assert_eq!(c.lookup(&a, &kid(1), t + 110_000), Lookup::Fetch);
+        assert_eq!(c.lookup(&a, &kid(1), t + 31_000), Lookup::Unknown);
+        assert_eq!(c.lookup(&a, &kid(1), t + 60_000), Lookup::Fetch);
     }
 
     #[test]
@@ -605,7 +641,6 @@ mod tests {
         let mut c = KeyCache::new(2);
         for (i, n) in ["a.org", "b.org", "c.org"].iter().enumerate() {
             let n = ServerName::try_from(*n).unwrap();
-            c.fetch_started(&n, i as i64);
             c.insert(&n, dir(&[(1, None, None)]), 60, i as i64);
         }
         assert_eq!(c.len(), 2);

@@ -797,21 +797,22 @@ impl InboundVerifier {
                 Lookup::Found(key) => Some(key),
                 Lookup::Unknown => None,
                 Lookup::Fetch => {
-                    lock(&self.keys).fetch_started(origin, now);
-                    match self.ctx.fetch_directory(origin).await {
-                        Ok((dir, secs)) => {
-                            let now = self.ctx.now_ms();
-                            let mut keys = lock(&self.keys);
-                            keys.insert(origin, dir, secs, now);
-                            match keys.lookup(origin, key_id, now) {
-                                Lookup::Found(key) => Some(key),
-                                _ => None,
-                            }
-                        }
+                    // The attempt is recorded once the fetch ends: if this request goes
+                    // away midway (its sender crashed), the next one fetches instead of
+                    // finding an attempt that never finished and being refused.
+                    let fetched = self.ctx.fetch_directory(origin).await;
+                    let mut keys = lock(&self.keys);
+                    match fetched {
+                        Ok((dir, secs)) => keys.insert(origin, dir, secs, self.ctx.now_ms()),
                         Err(e) => {
                             tracing::warn!(%origin, "cannot fetch the key directory: {e}");
-                            None
+                            keys.fetch_failed(origin, now);
                         }
+                    }
+                    // After a failure, a key of the stale directory still serves.
+                    match keys.lookup(origin, key_id, self.ctx.now_ms()) {
+                        Lookup::Found(key) => Some(key),
+                        _ => None,
                     }
                 }
             }

@@ -1,10 +1,12 @@
 //! The HTTP transport end to end: a real axum receiver and a real key directory server on
 //! 127.0.0.1:0, a real reqwest client signing as the origin.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use axum::extract::Path;
+use axum::response::IntoResponse;
 use axum::routing::{get, put};
 use axum::{Extension, Json, Router};
 use parley_federation::api::{Method, fill, send, version};
@@ -91,6 +93,8 @@ struct Env {
     /// The origin ("B"), whose directory is served.
     b: ServerName,
     b_key: ServerSigningKey,
+    /// How B answers its next directory request ([`ANSWER`], [`STALL`], [`FAIL`]).
+    b_next_directory: Arc<AtomicU8>,
     raw: reqwest::Client,
 }
 
@@ -123,14 +127,20 @@ fn loopback_policy() -> Policy {
     }
 }
 
+const ANSWER: u8 = 0;
+const STALL: u8 = 1;
+const FAIL: u8 = 2;
+
 async fn setup() -> Env {
     // B: serves its key directory.
     let (b_listener, b) = listen().await;
     let b_key = ServerSigningKey::generate().unwrap();
-    let (key, b_name) = (b_key.clone(), b.clone());
+    let b_next_directory = Arc::new(AtomicU8::new(ANSWER));
+    let (key, b_name, next) = (b_key.clone(), b.clone(), b_next_directory.clone());
     let b_app = Router::new().route(
         directory::PATH,
         get(move || {
+            let how = next.swap(ANSWER, Ordering::SeqCst);
             let now = system_now_ms();
             let built = directory::build_response(
                 &b_name,
@@ -144,7 +154,13 @@ async fn setup() -> Env {
                 600,
             )
             .unwrap();
-            async move { directory_response(built) }
+            async move {
+                match how {
+                    STALL => std::future::pending().await,
+                    FAIL => http::StatusCode::SERVICE_UNAVAILABLE.into_response(),
+                    _ => directory_response(built).into_response(),
+                }
+            }
         }),
     );
     tokio::spawn(async move { axum::serve(b_listener, b_app).await });
@@ -178,6 +194,7 @@ async fn setup() -> Env {
         ctx,
         b,
         b_key,
+        b_next_directory,
         raw: reqwest::Client::new(),
     }
 }
@@ -306,6 +323,70 @@ async fn replayed_tampered_and_unsigned_requests_get_401() {
         (401, FedErrorCode::UnknownKey)
     );
     assert_eq!(env.fetches(), 1);
+}
+
+/// The sender crashed while its request waited for the receiver to fetch its keys: the
+/// fetch went away with the request, and the sender's next request (after its restart)
+/// fetches again instead of being refused as signed with an unknown key.
+#[tokio::test]
+async fn a_request_that_goes_away_mid_fetch_does_not_block_the_next() {
+    let env = setup().await;
+    let client = env.b_client();
+    env.b_next_directory.store(STALL, Ordering::SeqCst);
+    let path = env.send_path("1-1");
+    let first = client.send(&env.a, Method::Put, &path, Some(txn_body(&env.b)));
+    let gone = tokio::time::timeout(Duration::from_secs(30), async {
+        tokio::select! {
+            r = first => panic!("answered while B's directory stalls: {r:?}"),
+            () = async {
+                while env.fetches() == 0 {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            } => {}
+        }
+    });
+    gone.await.expect("A never fetched B's keys");
+    // The first request is gone (dropped mid-fetch). The next one is verified.
+    let resp = tokio::time::timeout(
+        Duration::from_secs(30),
+        client.send(
+            &env.a,
+            Method::Put,
+            &env.send_path("2-2"),
+            Some(txn_body(&env.b)),
+        ),
+    )
+    .await
+    .expect("the second request waited for the first one's fetch")
+    .unwrap();
+    assert_eq!(resp.status, 200, "{}", String::from_utf8_lossy(&resp.body));
+    assert_eq!(env.fetches(), 2);
+}
+
+/// A server that could not be reached when its keys were fetched (it was restarting) is
+/// heard again a second later, not a minute later.
+#[tokio::test]
+async fn after_a_failed_key_fetch_the_next_comes_a_second_later() {
+    let env = setup().await;
+    let client = env.b_client();
+    env.b_next_directory.store(FAIL, Ordering::SeqCst);
+    let put = |txn: &'static str| {
+        let path = env.send_path(txn);
+        let client = &client;
+        let env = &env;
+        async move {
+            client
+                .send(&env.a, Method::Put, &path, Some(txn_body(&env.b)))
+                .await
+                .unwrap()
+                .status
+        }
+    };
+    assert_eq!(put("1-1").await, 401);
+    assert_eq!(env.fetches(), 1);
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    assert_eq!(put("2-2").await, 200);
+    assert_eq!(env.fetches(), 2);
 }
 
 #[tokio::test]
