@@ -815,7 +815,7 @@ fn client_code(e: parley_federation::FedErrorCode) -> parley_client_api::ErrorCo
 fn queued(row: OutboxRow) -> Queued<Entry> {
     Queued {
         id: u64::try_from(row.id).unwrap_or_default(),
-        bytes: row.body.len() + 64,
+        bytes: row.wire_bytes(),
         item: Entry::Row {
             id: row.id,
             kind: row.kind,

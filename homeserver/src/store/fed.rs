@@ -95,19 +95,42 @@ pub struct OutboxRow {
     pub destination: String,
     pub kind: OutboxKind,
     pub body: String,
+    /// A row that refers to stored data (an event, a chat's state) carries that data
+    /// only once the transaction is formed. Its size, read with the row: the bytes that
+    /// travel base64-encoded (an event's payload) ...
+    pub ref_binary: i64,
+    /// ... and those of JSON text (an event's membership change and blob list; a chat's
+    /// name and members). 0 and 0 for rows that hold everything in `body`.
+    pub ref_text: i64,
 }
 
-/// An outbox row as both backends select it: `id, destination, kind, body`.
-pub(super) type OutboxTuple = (i64, String, i16, String);
+/// An outbox row as both backends select it: `id, destination, kind, body, ref_binary,
+/// ref_text`.
+pub(super) type OutboxTuple = (i64, String, i16, String, i64, i64);
 
 impl OutboxRow {
-    pub(super) fn from_tuple((id, destination, kind, body): OutboxTuple) -> Result<Self> {
+    pub(super) fn from_tuple(
+        (id, destination, kind, body, ref_binary, ref_text): OutboxTuple,
+    ) -> Result<Self> {
         Ok(Self {
             id,
             destination,
             kind: OutboxKind::from_i16(kind)?,
             body,
+            ref_binary,
+            ref_text,
         })
+    }
+
+    /// At most how many bytes this row adds to a transaction's body, so that batches
+    /// are cut before the 1 MiB a peer accepts: what it carries once formed (binary as
+    /// base64), plus room for the entry's ids, names and JSON punctuation.
+    pub fn wire_bytes(&self) -> usize {
+        /// Room for an entry's fields beside what the row measures.
+        const ENTRY: usize = 1024;
+        let binary = usize::try_from(self.ref_binary).unwrap_or(0);
+        let text = usize::try_from(self.ref_text).unwrap_or(0);
+        self.body.len() + ENTRY + binary.div_ceil(3) * 4 + text
     }
 }
 
@@ -340,7 +363,8 @@ pub trait FedStore: Send + Sync + 'static {
     /// Where ids are not assigned in commit order (Postgres: a sequence value is taken
     /// before the transaction commits, so a lower id can commit later), `after` cannot
     /// say that: every pending row but those in `held` (the caller's, which it skips
-    /// anyway).
+    /// anyway). Each row comes with the size of what it refers to
+    /// ([`OutboxRow::wire_bytes`]).
     fn outbox_rows(
         &self,
         destination: &str,

@@ -8,7 +8,7 @@ use sqlx::{Row, Sqlite, Transaction};
 
 use super::ReceiptNotice;
 use super::fed::{
-    Applied, ChatSnapshotRow, DestinationRow, FedStore, NewOutboxRow, OpRun, OutboxRow,
+    Applied, ChatSnapshotRow, DestinationRow, FedStore, NewOutboxRow, OpRun, OutboxKind, OutboxRow,
     OutboxTuple, Received, RunContext, SendResultRow, direct_key, op_runs, run_heads, run_inbox,
 };
 use super::sqlite::{
@@ -398,12 +398,29 @@ impl FedStore for SqliteStore {
         _held: &[i64],
     ) -> Result<Vec<OutboxRow>> {
         // One writer at a time takes ids inside its write lock: ids are in commit order.
+        // An event row's size is its stored event's; a snapshot row's, its chat's name
+        // and members' (an id and the admin flag each).
         let rows: Vec<OutboxTuple> = sqlx::query_as(
-            "SELECT id, destination, kind, body FROM federation_outbox
-             WHERE destination = ?1 AND id > ?2 ORDER BY id",
+            "SELECT o.id, o.destination, o.kind, o.body,
+                    COALESCE(length(e.payload), 0),
+                    COALESCE(length(e.membership), 0) + COALESCE(length(e.blobs), 0)
+                      + CASE WHEN o.kind = ?4 THEN
+                          (SELECT COALESCE(length(c.name), 0) FROM chats c
+                           WHERE c.chat_id = json_extract(o.body, '$.chat_id'))
+                          + (SELECT COALESCE(sum(length(m.user_id) + 32), 0)
+                             FROM chat_members m
+                             WHERE m.chat_id = json_extract(o.body, '$.chat_id'))
+                        ELSE 0 END
+             FROM federation_outbox o
+             LEFT JOIN events e ON o.kind = ?3
+                  AND e.chat_id = json_extract(o.body, '$.chat_id')
+                  AND e.seq = json_extract(o.body, '$.seq')
+             WHERE o.destination = ?1 AND o.id > ?2 ORDER BY o.id",
         )
         .bind(destination)
         .bind(after)
+        .bind(OutboxKind::Event.to_i16())
+        .bind(OutboxKind::Snapshot.to_i16())
         .fetch_all(&self.pool)
         .await?;
         rows.into_iter().map(OutboxRow::from_tuple).collect()

@@ -16,6 +16,7 @@ use crate::harness::{Backend, Server, User, WAIT, Ws};
 crate::on_both_backends!(
     a_group_spans_three_servers_in_hub_order,
     nothing_is_lost_while_a_follower_is_down,
+    large_messages_queued_for_a_follower_all_arrive,
     sends_wait_in_the_outbox_while_the_hub_is_down,
     peers_cannot_act_for_chats_or_users_they_do_not_own,
     receipts_cross_servers,
@@ -189,6 +190,37 @@ async fn nothing_is_lost_while_a_follower_is_down(backend: Backend) -> Result<()
     assert_eq!(send(&a, &alice, &chat, "m7").await?, (7, false));
     assert_eq!(texts(&events(&mut bob_ws, 1).await?), [(7, "m7".into())]);
     no_more_events(&mut bob_ws, Duration::from_millis(500)).await?;
+    Ok(())
+}
+
+/// Messages near the payload limit, queued while the follower is down, together far
+/// larger than one transaction may be (1 MiB): they leave in several transactions, and
+/// every one arrives, in order.
+async fn large_messages_queued_for_a_follower_all_arrive(backend: Backend) -> Result<()> {
+    const N: i64 = 24;
+    let a = Server::start_peer(backend, "127.0.0.1", "").await?;
+    let mut b = Server::start_peer(backend, "127.0.0.2", "").await?;
+    let alice = a.register("alice").await?;
+    let bob = b.register("bob").await?;
+    let chat = a.create_chat(&alice, &[&bob]).await?;
+    wait_listed(&b, &bob, &chat).await?;
+    b.stop_hard().await?;
+    let big = |i: i64| format!("m{i}:{}", "x".repeat(60 * 1024));
+    for i in 1..=N {
+        let (status, body) = a
+            .send(&alice, &chat, &format!("m{i}"), big(i).as_bytes())
+            .await?;
+        ensure!(status == StatusCode::CREATED, "m{i}: {status} {body}");
+    }
+    b.restart().await?;
+    let mut bob_ws = b.connect(&bob).await?;
+    let got = events(&mut bob_ws, N as usize).await?;
+    let got: Vec<(i64, bool)> = texts(&got)
+        .into_iter()
+        .map(|(seq, text)| (seq, text == big(seq)))
+        .collect();
+    let want: Vec<(i64, bool)> = (1..=N).map(|i| (i, true)).collect();
+    assert_eq!(got, want);
     Ok(())
 }
 
