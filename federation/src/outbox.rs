@@ -45,7 +45,7 @@ impl Default for OutboxConfig {
     fn default() -> Self {
         Self {
             max_batch_events: 50,
-            max_batch_bytes: 1024 * 1024,
+            max_batch_bytes: crate::api::send::MAX_BATCH_BYTES,
             request_backoff_base_ms: 1_000,
             request_backoff_max_ms: 60_000,
             request_attempts: 5,

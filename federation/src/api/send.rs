@@ -17,8 +17,10 @@ pub const PATH: &str = "/_parley/fed/v1/send/{txn_id}";
 pub const MAX_ENTRIES: usize = 50;
 /// Most ephemeral events in one transaction.
 pub const MAX_EPHEMERAL: usize = 50;
-/// Largest body a receiver accepts (1 MiB of events plus JSON overhead).
-pub const MAX_BODY_BYTES: usize = 1024 * 1024 + 64 * 1024;
+/// Most bytes of entries a sender puts in one transaction (the outbox cuts batches there).
+pub const MAX_BATCH_BYTES: usize = 1024 * 1024;
+/// Largest body a receiver accepts ([`MAX_BATCH_BYTES`] of entries plus JSON overhead).
+pub const MAX_BODY_BYTES: usize = MAX_BATCH_BYTES + 64 * 1024;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]

@@ -56,7 +56,9 @@ impl From<ServiceError> for ApiError {
             ServiceError::LinkUsed => ErrorCode::LinkUsed,
             ServiceError::NotFound(_) => ErrorCode::NotFound,
             ServiceError::NoGroupInfo(_) => ErrorCode::NoGroupInfo,
-            ServiceError::TooLarge { .. } => ErrorCode::TooLarge,
+            ServiceError::TooLarge { .. } | ServiceError::TooLargeToFederate { .. } => {
+                ErrorCode::TooLarge
+            }
             ServiceError::Forbidden(_) | ServiceError::FederationDenied(_) => ErrorCode::Forbidden,
             ServiceError::Remote(_) => {
                 tracing::warn!(error = %e, "a federation request failed");
@@ -101,7 +103,7 @@ pub fn fed_error(e: ServiceError) -> parley_federation::ProtocolError {
         ServiceError::NotMember => C::NotMember,
         ServiceError::NotFound(_) | ServiceError::NoGroupInfo(_) => C::NotFound,
         ServiceError::FederationDenied(_) | ServiceError::Forbidden(_) => C::FederationDenied,
-        ServiceError::TooLarge { .. } => C::TooLarge,
+        ServiceError::TooLarge { .. } | ServiceError::TooLargeToFederate { .. } => C::TooLarge,
         ServiceError::WrongEpoch { .. } => C::WrongEpoch,
         ServiceError::Unavailable => C::RateLimited,
         _ => {

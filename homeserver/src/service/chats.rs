@@ -378,11 +378,52 @@ impl Chats {
     /// Sequences a send as this chat's hub (a local client's, or one a follower
     /// forwarded), and wakes the relay for the followers the event was queued for.
     pub async fn submit(&self, req: SendRequest) -> Result<SendOutcome, ServiceError> {
+        self.check_fits_a_transaction(&req).await?;
         let outcome = self.sequencer.submit(req).await?;
         if let (SendOutcome::Committed { followers, .. }, Some(remote)) = (&outcome, &self.remote) {
             remote.relay.wake(followers);
         }
         Ok(outcome)
+    }
+
+    /// As the hub: refuses a send whose event could not travel to the chat's other
+    /// servers in one federation transaction (followers would never get it). Only large
+    /// sends cost a read of the chat's servers.
+    async fn check_fits_a_transaction(&self, req: &SendRequest) -> Result<(), ServiceError> {
+        use parley_federation::api::send::MAX_BATCH_BYTES;
+        if self.remote.is_none() {
+            return Ok(());
+        }
+        let membership = req
+            .membership
+            .as_ref()
+            .map_or(0, |m| serde_json::to_string(m).map_or(0, |s| s.len()));
+        let blobs: usize = req.blobs.iter().map(|b| b.to_string().len() + 3).sum();
+        let size = crate::store::fed::entry_wire_bytes(
+            req.payload.len(),
+            membership + blobs + req.client_msg_id.len(),
+        );
+        if size <= MAX_BATCH_BYTES {
+            return Ok(());
+        }
+        let local = self.config.server_name.as_str();
+        let joining_elsewhere = req
+            .membership
+            .iter()
+            .flat_map(|m| &m.add)
+            .any(|u| u.server_name() != local);
+        let followers = crate::store::fed::FedStore::chat_followers(
+            &self.store,
+            std::slice::from_ref(&req.chat_id),
+        )
+        .await?;
+        if joining_elsewhere || followers.iter().any(|(_, servers)| !servers.is_empty()) {
+            return Err(ServiceError::TooLargeToFederate {
+                size,
+                limit: MAX_BATCH_BYTES,
+            });
+        }
+        Ok(())
     }
 
     /// A local user's send to a chat hosted elsewhere: queued durably for the hub, then
@@ -428,6 +469,14 @@ impl Chats {
         };
         let body =
             serde_json::to_string(&send).map_err(|e| ServiceError::Internal(e.to_string()))?;
+        // Checked before anything is stored: a send that cannot leave would wait forever.
+        let size = crate::store::fed::entry_wire_bytes(0, body.len());
+        if size > parley_federation::api::send::MAX_BATCH_BYTES {
+            return Err(ServiceError::TooLargeToFederate {
+                size,
+                limit: parley_federation::api::send::MAX_BATCH_BYTES,
+            });
+        }
         let row = crate::store::fed::NewOutboxRow {
             destination: hub.to_string(),
             kind: crate::store::fed::OutboxKind::Send,

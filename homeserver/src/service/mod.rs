@@ -72,6 +72,13 @@ pub enum ServiceError {
     NotFound(String),
     #[error("payload is {size} bytes; the limit is {limit}")]
     TooLarge { size: usize, limit: usize },
+    /// A send to a chat that spans servers must fit one federation transaction.
+    #[error(
+        "this chat spans servers, and a send to it travels in one federation transaction of \
+         at most {limit} bytes; this one takes {size} (payload and GroupInfo base64-encoded): \
+         send less at once (e.g. add fewer members per commit)"
+    )]
+    TooLargeToFederate { size: usize, limit: usize },
     #[error("{0}")]
     Forbidden(String),
     /// The chat's hub holds no GroupInfo of its current epoch (spec/backup.md BK19).

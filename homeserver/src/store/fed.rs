@@ -123,15 +123,21 @@ impl OutboxRow {
     }
 
     /// At most how many bytes this row adds to a transaction's body, so that batches
-    /// are cut before the 1 MiB a peer accepts: what it carries once formed (binary as
-    /// base64), plus room for the entry's ids, names and JSON punctuation.
+    /// are cut before the 1 MiB a peer accepts.
     pub fn wire_bytes(&self) -> usize {
-        /// Room for an entry's fields beside what the row measures.
-        const ENTRY: usize = 1024;
         let binary = usize::try_from(self.ref_binary).unwrap_or(0);
         let text = usize::try_from(self.ref_text).unwrap_or(0);
-        self.body.len() + ENTRY + binary.div_ceil(3) * 4 + text
+        entry_wire_bytes(binary, self.body.len() + text)
     }
+}
+
+/// At most how many bytes an entry adds to a transaction's body: `binary` bytes sent
+/// base64-encoded (payloads, GroupInfo), `text` bytes of JSON text, and room for the
+/// entry's ids, names and punctuation.
+pub fn entry_wire_bytes(binary: usize, text: usize) -> usize {
+    /// Room for an entry's fields beside what is measured.
+    const ENTRY: usize = 1024;
+    ENTRY + binary.div_ceil(3) * 4 + text
 }
 
 /// A destination's persisted backoff.

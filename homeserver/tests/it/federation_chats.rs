@@ -17,6 +17,7 @@ crate::on_both_backends!(
     a_group_spans_three_servers_in_hub_order,
     nothing_is_lost_while_a_follower_is_down,
     large_messages_queued_for_a_follower_all_arrive,
+    a_send_too_large_to_federate_is_refused_up_front,
     sends_wait_in_the_outbox_while_the_hub_is_down,
     peers_cannot_act_for_chats_or_users_they_do_not_own,
     receipts_cross_servers,
@@ -221,6 +222,68 @@ async fn large_messages_queued_for_a_follower_all_arrive(backend: Backend) -> Re
         .collect();
     let want: Vec<(i64, bool)> = (1..=N).map(|i| (i, true)).collect();
     assert_eq!(got, want);
+    Ok(())
+}
+
+/// A commit within the server's own limit (4 MiB) but too large for one federation
+/// transaction (1 MiB, base64-encoded) is refused when the chat spans servers — on the
+/// hub and on a follower alike — and changes nothing; a chat on one server takes it.
+async fn a_send_too_large_to_federate_is_refused_up_front(backend: Backend) -> Result<()> {
+    async fn commit(
+        server: &Server,
+        me: &User,
+        chat: &ChatId,
+        id: &str,
+        epoch: u64,
+        payload: &parley_client_api::Payload,
+    ) -> Result<(StatusCode, serde_json::Value)> {
+        let body = json!({"client_msg_id": id, "payload": payload,
+                          "mls": {"kind": "commit", "epoch": epoch}});
+        let path = format!("/v1/chats/{chat}/events");
+        server.post(&path, Some(&me.token), body).await
+    }
+    use parley_client_api::Payload;
+    let a = Server::start_peer(backend, "127.0.0.1", "").await?;
+    let b = Server::start_peer(backend, "127.0.0.2", "").await?;
+    let alice = a.register("alice").await?;
+    let carol = a.register("carol").await?;
+    let bob = b.register("bob").await?;
+    let across = create_group(&a, &alice, &[&bob]).await?;
+    let local = a.create_chat(&alice, &[&carol]).await?;
+    wait_listed(&b, &bob, &across).await?;
+    let big = Payload(vec![7u8; 900 * 1024]);
+    let (status, body) = commit(&a, &alice, &local, "big", 0, &big).await?;
+    ensure!(
+        status == StatusCode::CREATED,
+        "on one server: {status} {body}"
+    );
+
+    let before = send_ok(&a, &alice, &across, "before").await?;
+    for (server, me) in [(&a, &alice), (&b, &bob)] {
+        let (status, body) = commit(server, me, &across, "big", 0, &big).await?;
+        ensure!(
+            status == StatusCode::PAYLOAD_TOO_LARGE
+                && body["error"] == "too_large"
+                && body["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains("spans servers")),
+            "{}: {status} {body}",
+            me.user_id
+        );
+    }
+    // Nothing changed: the epoch is still 0, and the next event follows `before`.
+    let small = Payload(b"commit".to_vec());
+    let (status, body) = commit(&a, &alice, &across, "small", 0, &small).await?;
+    ensure!(
+        status == StatusCode::CREATED,
+        "small commit: {status} {body}"
+    );
+    ensure!(body["seq"] == before + 1, "{body}");
+    let mut bob_ws = b.connect(&bob).await?;
+    let got = events(&mut bob_ws, 2).await?;
+    let seqs: Vec<i64> = got.iter().map(|e| e.seq).collect();
+    ensure!(seqs == [before, before + 1], "bob got {seqs:?}");
+    no_more_events(&mut bob_ws, Duration::from_millis(500)).await?;
     Ok(())
 }
 
