@@ -144,10 +144,12 @@ pub enum Action<T> {
     },
     /// The destination committed these events: delete their rows.
     Acked { txn_id: TxnId, event_ids: Vec<u64> },
-    /// Give up on these events: move them to the dead-letter table, log.
+    /// Give up on these events (`items`, with their ids): delete them, log, and tell
+    /// whoever waits for them.
     DeadLetter {
         txn_id: Option<TxnId>,
         event_ids: Vec<u64>,
+        items: Vec<T>,
         reason: DeadReason,
     },
     /// The destination refuses us (403): stop until unparked.
@@ -300,6 +302,7 @@ impl<T: Clone> Outbox<T> {
             }
             Outcome::Status(status @ (400 | 413 | 422)) => actions.push(Action::DeadLetter {
                 event_ids: ids(&batch),
+                items: batch.events.into_iter().map(|e| e.item).collect(),
                 txn_id: Some(batch.txn_id),
                 reason: DeadReason::Refused(status),
             }),
@@ -377,6 +380,7 @@ impl<T: Clone> Outbox<T> {
                     actions.push(Action::DeadLetter {
                         txn_id: None,
                         event_ids: vec![dead.id],
+                        items: vec![dead.item],
                         reason: DeadReason::TooLarge,
                     });
                     continue;
@@ -534,6 +538,7 @@ mod tests {
             vec![Action::DeadLetter {
                 txn_id: None,
                 event_ids: vec![1],
+                items: vec![1],
                 reason: DeadReason::TooLarge
             }]
         );
@@ -556,6 +561,7 @@ mod tests {
             Action::DeadLetter {
                 txn_id: Some(TxnId::new("1-1")),
                 event_ids: vec![1],
+                items: vec![1],
                 reason: DeadReason::Refused(422)
             }
         );

@@ -26,7 +26,7 @@ use parley_federation::api::{
     ChatSnapshot, FedEvent, FedReceipt, HubLeave, HubSend, SnapshotMember,
 };
 use parley_federation::outbox::{
-    Action, DestinationBackoff, Input, Outbox, OutboxConfig, Outcome, Queued,
+    Action, DeadReason, DestinationBackoff, Input, Outbox, OutboxConfig, Outcome, Queued,
 };
 use parley_federation::transport::http::outcome_of;
 use parley_federation::{ServerName, api};
@@ -369,10 +369,14 @@ impl Destination {
                         Instant::now(),
                     ),
                     Action::DeadLetter {
-                        event_ids, reason, ..
+                        event_ids,
+                        items,
+                        reason,
+                        ..
                     } => {
                         tracing::warn!(destination = %self.name, ?reason, rows = event_ids.len(),
                             "federation events dead-lettered");
+                        self.conclude_dead_sends(&items, reason).await;
                         let ids: Vec<i64> = event_ids
                             .iter()
                             .filter_map(|i| i64::try_from(*i).ok())
@@ -612,6 +616,49 @@ impl Destination {
             ephemeral = ephemeral.len(), ?outcome, build_ms = formed.as_secs_f64() * 1e3,
             request_ms = (started.elapsed() - formed).as_secs_f64() * 1e3, "transaction sent");
         outcome
+    }
+
+    /// Forwarded sends given up on: their sender devices hear that they failed
+    /// (`send_failed`, to the waiting request or the device's inbox) instead of seeing
+    /// them pending forever.
+    async fn conclude_dead_sends(&self, items: &[Entry], reason: DeadReason) {
+        use parley_federation::FedErrorCode;
+        let (error, message) = match reason {
+            DeadReason::TooLarge | DeadReason::Refused(413) => (
+                FedErrorCode::TooLarge,
+                "too large for a federation transaction to the chat's hub".to_owned(),
+            ),
+            DeadReason::Refused(status) => (
+                FedErrorCode::InvalidParam,
+                format!("the chat's hub refused the transaction that carried it ({status})"),
+            ),
+        };
+        let late: Vec<(HubSend, SendResult)> = {
+            let mut w = self.waiters.lock().unwrap_or_else(|p| p.into_inner());
+            items
+                .iter()
+                .filter_map(|item| match item {
+                    Entry::Row {
+                        id,
+                        kind: OutboxKind::Send,
+                        body,
+                    } => Some((*id, serde_json::from_str::<HubSend>(body).ok()?)),
+                    _ => None,
+                })
+                .filter_map(|(id, send)| {
+                    let failed = SendResult::Rejected(send::EntryError {
+                        error,
+                        message: message.clone(),
+                        current_epoch: None,
+                    });
+                    Some((send, w.deliver(id, failed)?))
+                })
+                .collect()
+        };
+        if let Err(e) = self.record_late(late).await {
+            tracing::warn!(destination = %self.name, error = %e,
+                "cannot tell the senders of dead-lettered sends");
+        }
     }
 
     /// Writes the hub's answers that no client request took into the sender devices'

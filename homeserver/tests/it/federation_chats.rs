@@ -23,6 +23,7 @@ crate::on_both_backends!(
     receipts_cross_servers,
     a_receipt_an_ack_raised_before_a_crash_still_leaves,
     a_pending_send_concludes_on_the_sending_device,
+    a_send_the_hub_refuses_with_its_transaction_concludes_failed,
     leaving_on_a_follower_reaches_the_hub,
 );
 
@@ -587,6 +588,69 @@ async fn late_result(ws: &mut Ws) -> Result<ServerFrame> {
             None => bail!("no late send result"),
         }
     }
+}
+
+/// The hub refuses the whole transaction that carries a forwarded send (422: another
+/// implementation found it invalid): the follower gives the batch up, and the sending
+/// device hears `send_failed` instead of seeing the send pending forever.
+async fn a_send_the_hub_refuses_with_its_transaction_concludes_failed(
+    backend: Backend,
+) -> Result<()> {
+    use std::sync::{Arc, Mutex};
+    let mut c = Server::start_peer(backend, "127.0.0.3", "").await?;
+    let b = Server::start_peer(backend, "127.0.0.2", "forward_wait_ms = 300").await?;
+    let carol = c.register("carol").await?;
+    let bob = b.register("bob").await?;
+    let chat = c.create_chat(&carol, &[&bob]).await?;
+    wait_listed(&b, &bob, &chat).await?;
+    let mut bob_ws = b.connect(&bob).await?;
+    bob_ws.until_synced().await?;
+
+    // The hub's address now answers every transaction 422, after a while; it notes the
+    // sends it was given.
+    c.stop_hard().await?;
+    let refused: Arc<Mutex<Vec<String>>> = Arc::default();
+    let seen = refused.clone();
+    let hub = axum::Router::new().route(
+        "/_parley/fed/v1/send/{txn_id}",
+        axum::routing::put(move |body: axum::body::Bytes| {
+            let seen = seen.clone();
+            async move {
+                tokio::time::sleep(Duration::from_millis(600)).await;
+                let txn: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+                for s in txn["sends"].as_array().into_iter().flatten() {
+                    let id = s["client_msg_id"].as_str().unwrap_or_default().to_owned();
+                    seen.lock().unwrap_or_else(|p| p.into_inner()).push(id);
+                }
+                (
+                    axum::http::StatusCode::UNPROCESSABLE_ENTITY,
+                    axum::Json(json!({"error": "invalid_param", "message": "not for us"})),
+                )
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind(c.name()).await?;
+    let serving = tokio::spawn(async move { axum::serve(listener, hub).await });
+
+    let (seq, pending) = send(&b, &bob, &chat, "doomed").await?;
+    ensure!(pending && seq == 0, "seq {seq}, pending {pending}");
+    let late = late_result(&mut bob_ws).await?;
+    let ServerFrame::SendFailed {
+        client_msg_id,
+        code,
+        ..
+    } = &late
+    else {
+        bail!("expected send_failed: {late:?}")
+    };
+    ensure!(client_msg_id == "doomed", "{late:?}");
+    assert_eq!(*code, parley_client_api::ErrorCode::InvalidParam);
+    // Given up on, not sent again.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let sends = refused.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    ensure!(sends == ["doomed"], "the hub got the sends {sends:?}");
+    serving.abort();
+    Ok(())
 }
 
 async fn a_pending_send_concludes_on_the_sending_device(backend: Backend) -> Result<()> {
