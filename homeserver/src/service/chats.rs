@@ -394,15 +394,7 @@ impl Chats {
         if self.remote.is_none() {
             return Ok(());
         }
-        let membership = req
-            .membership
-            .as_ref()
-            .map_or(0, |m| serde_json::to_string(m).map_or(0, |s| s.len()));
-        let blobs: usize = req.blobs.iter().map(|b| b.to_string().len() + 3).sum();
-        let size = crate::store::fed::entry_wire_bytes(
-            req.payload.len(),
-            membership + blobs + req.client_msg_id.len(),
-        );
+        let size = req.event_wire_bytes();
         if size <= MAX_BATCH_BYTES {
             return Ok(());
         }

@@ -62,13 +62,20 @@ pub struct ChatRef {
     pub chat_id: ChatId,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seq: Option<i64>,
+    /// An event's size in a transaction ([`SendRequest::event_wire_bytes`]), written
+    /// with the row so that batches are cut without reading the events.
+    ///
+    /// [`SendRequest::event_wire_bytes`]: super::SendRequest::event_wire_bytes
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes: Option<usize>,
 }
 
 impl ChatRef {
-    pub fn event(chat_id: &ChatId, seq: i64) -> String {
+    pub fn event(chat_id: &ChatId, seq: i64, bytes: usize) -> String {
         serde_json::to_string(&ChatRef {
             chat_id: chat_id.clone(),
             seq: Some(seq),
+            bytes: Some(bytes),
         })
         .unwrap_or_default()
     }
@@ -77,6 +84,7 @@ impl ChatRef {
         serde_json::to_string(&ChatRef {
             chat_id: chat_id.clone(),
             seq: None,
+            bytes: None,
         })
         .unwrap_or_default()
     }
@@ -95,39 +103,43 @@ pub struct OutboxRow {
     pub destination: String,
     pub kind: OutboxKind,
     pub body: String,
-    /// A row that refers to stored data (an event, a chat's state) carries that data
-    /// only once the transaction is formed. Its size, read with the row: the bytes that
-    /// travel base64-encoded (an event's payload) ...
-    pub ref_binary: i64,
-    /// ... and those of JSON text (an event's membership change and blob list; a chat's
-    /// name and members). 0 and 0 for rows that hold everything in `body`.
-    pub ref_text: i64,
+    /// A snapshot row carries its chat's state only once the transaction is formed:
+    /// the size of the chat's name and members, read with the row (0 for other rows;
+    /// an event row's size is in its body, [`ChatRef::bytes`]).
+    pub snapshot_bytes: i64,
 }
 
-/// An outbox row as both backends select it: `id, destination, kind, body, ref_binary,
-/// ref_text`.
-pub(super) type OutboxTuple = (i64, String, i16, String, i64, i64);
+/// An outbox row as both backends select it: `id, destination, kind, body,
+/// snapshot_bytes`.
+pub(super) type OutboxTuple = (i64, String, i16, String, i64);
 
 impl OutboxRow {
     pub(super) fn from_tuple(
-        (id, destination, kind, body, ref_binary, ref_text): OutboxTuple,
+        (id, destination, kind, body, snapshot_bytes): OutboxTuple,
     ) -> Result<Self> {
         Ok(Self {
             id,
             destination,
             kind: OutboxKind::from_i16(kind)?,
             body,
-            ref_binary,
-            ref_text,
+            snapshot_bytes,
         })
     }
 
     /// At most how many bytes this row adds to a transaction's body, so that batches
     /// are cut before the 1 MiB a peer accepts.
     pub fn wire_bytes(&self) -> usize {
-        let binary = usize::try_from(self.ref_binary).unwrap_or(0);
-        let text = usize::try_from(self.ref_text).unwrap_or(0);
-        entry_wire_bytes(binary, self.body.len() + text)
+        match self.kind {
+            OutboxKind::Event => serde_json::from_str::<ChatRef>(&self.body)
+                .ok()
+                .and_then(|r| r.bytes)
+                .unwrap_or_else(|| entry_wire_bytes(0, self.body.len())),
+            OutboxKind::Snapshot => entry_wire_bytes(
+                0,
+                self.body.len() + usize::try_from(self.snapshot_bytes).unwrap_or(0),
+            ),
+            _ => entry_wire_bytes(0, self.body.len()),
+        }
     }
 }
 

@@ -433,29 +433,22 @@ impl FedStore for PgStore {
     ) -> Result<Vec<OutboxRow>> {
         // Every pending row the caller does not hold: ids here are not in commit order
         // (see the trait).
-        // An event row's size is its stored event's; a snapshot row's, its chat's name
-        // and members' (an id and the admin flag each).
+        // A snapshot row's size: its chat's name and members' (an id and the admin flag
+        // each), read only for snapshot rows.
         let rows: Vec<OutboxTuple> = sqlx::query_as(
             "SELECT o.id, o.destination, o.kind, o.body,
-                    COALESCE(octet_length(e.payload), 0)::bigint,
-                    (COALESCE(octet_length(e.membership), 0)
-                      + COALESCE(octet_length(e.blobs), 0)
-                      + CASE WHEN o.kind = $4 THEN
-                          COALESCE((SELECT octet_length(c.name) FROM chats c
-                                    WHERE c.chat_id = o.body::jsonb ->> 'chat_id'), 0)
-                          + (SELECT COALESCE(sum(octet_length(m.user_id) + 32), 0)
-                             FROM chat_members m
-                             WHERE m.chat_id = o.body::jsonb ->> 'chat_id')
-                        ELSE 0 END)::bigint
+                    CASE WHEN o.kind = $3 THEN
+                      COALESCE((SELECT octet_length(c.name) FROM chats c
+                                WHERE c.chat_id = o.body::jsonb ->> 'chat_id'), 0)
+                      + (SELECT COALESCE(sum(octet_length(m.user_id) + 32), 0)
+                         FROM chat_members m
+                         WHERE m.chat_id = o.body::jsonb ->> 'chat_id')
+                    ELSE 0 END::bigint
              FROM federation_outbox o
-             LEFT JOIN events e ON o.kind = $3
-                  AND e.chat_id = o.body::jsonb ->> 'chat_id'
-                  AND e.seq = (o.body::jsonb ->> 'seq')::bigint
              WHERE o.destination = $1 AND o.id <> ALL($2) ORDER BY o.destination, o.id",
         )
         .bind(destination)
         .bind(held)
-        .bind(OutboxKind::Event.to_i16())
         .bind(OutboxKind::Snapshot.to_i16())
         .fetch_all(self.pool())
         .await?;

@@ -398,28 +398,22 @@ impl FedStore for SqliteStore {
         _held: &[i64],
     ) -> Result<Vec<OutboxRow>> {
         // One writer at a time takes ids inside its write lock: ids are in commit order.
-        // An event row's size is its stored event's; a snapshot row's, its chat's name
-        // and members' (an id and the admin flag each).
+        // A snapshot row's size: its chat's name and members' (an id and the admin flag
+        // each), read only for snapshot rows.
         let rows: Vec<OutboxTuple> = sqlx::query_as(
             "SELECT o.id, o.destination, o.kind, o.body,
-                    COALESCE(length(e.payload), 0),
-                    COALESCE(length(e.membership), 0) + COALESCE(length(e.blobs), 0)
-                      + CASE WHEN o.kind = ?4 THEN
-                          (SELECT COALESCE(length(c.name), 0) FROM chats c
-                           WHERE c.chat_id = json_extract(o.body, '$.chat_id'))
-                          + (SELECT COALESCE(sum(length(m.user_id) + 32), 0)
-                             FROM chat_members m
-                             WHERE m.chat_id = json_extract(o.body, '$.chat_id'))
-                        ELSE 0 END
+                    CASE WHEN o.kind = ?3 THEN
+                      (SELECT COALESCE(length(c.name), 0) FROM chats c
+                       WHERE c.chat_id = json_extract(o.body, '$.chat_id'))
+                      + (SELECT COALESCE(sum(length(m.user_id) + 32), 0)
+                         FROM chat_members m
+                         WHERE m.chat_id = json_extract(o.body, '$.chat_id'))
+                    ELSE 0 END
              FROM federation_outbox o
-             LEFT JOIN events e ON o.kind = ?3
-                  AND e.chat_id = json_extract(o.body, '$.chat_id')
-                  AND e.seq = json_extract(o.body, '$.seq')
              WHERE o.destination = ?1 AND o.id > ?2 ORDER BY o.id",
         )
         .bind(destination)
         .bind(after)
-        .bind(OutboxKind::Event.to_i16())
         .bind(OutboxKind::Snapshot.to_i16())
         .fetch_all(&self.pool)
         .await?;

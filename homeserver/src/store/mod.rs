@@ -135,6 +135,22 @@ pub struct SendRequest {
     pub group_info: Option<Vec<u8>>,
 }
 
+impl SendRequest {
+    /// At most how many bytes the event of this send takes in a federation transaction
+    /// (`FedEvent`; the GroupInfo stays with the hub).
+    pub fn event_wire_bytes(&self) -> usize {
+        let membership = self
+            .membership
+            .as_ref()
+            .map_or(0, |m| serde_json::to_string(m).map_or(0, |s| s.len()));
+        let blobs: usize = self.blobs.iter().map(|b| b.to_string().len() + 3).sum();
+        fed::entry_wire_bytes(
+            self.payload.len(),
+            membership + blobs + self.client_msg_id.len(),
+        )
+    }
+}
+
 /// One item of a device's inbox, as replayed on reconnect.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum InboxItem {

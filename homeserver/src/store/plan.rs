@@ -107,8 +107,9 @@ pub struct SendPlan {
     pub membership: Vec<MembershipOp>,
     /// (chat, seq, blob): which events refer to which blobs.
     pub blob_refs: Vec<(ChatId, i64, BlobHash)>,
-    /// Federation: (follower server, chat, seq) for each event a follower must receive.
-    pub outbox: Vec<(String, ChatId, i64)>,
+    /// Federation: (follower server, chat, seq, the event's size in a transaction) for
+    /// each event a follower must receive.
+    pub outbox: Vec<(String, ChatId, i64, usize)>,
     /// The chat's GroupInfo to keep, per accepted commit that carries one: (index into
     /// the batch, chat, the epoch the commit created), in the order accepted (a later
     /// one of the same chat replaces an earlier one).
@@ -202,10 +203,15 @@ pub fn plan_sends(
             .map(UserId::server_name)
             .filter(|s| *s != hub)
             .collect();
+        let bytes = if followers.is_empty() {
+            0
+        } else {
+            req.event_wire_bytes()
+        };
         plan.outbox.extend(
             followers
                 .into_iter()
-                .map(|s| (s.to_owned(), req.chat_id.clone(), seq)),
+                .map(|s| (s.to_owned(), req.chat_id.clone(), seq, bytes)),
         );
         for device in recipients {
             if device != req.sender_device {
@@ -246,8 +252,8 @@ pub fn plan_sends(
             followers: plan
                 .outbox
                 .iter()
-                .filter(|(_, c, s)| *s == seq && *c == req.chat_id)
-                .map(|(d, _, _)| d.clone())
+                .filter(|(_, c, s, _)| *s == seq && *c == req.chat_id)
+                .map(|(d, _, _, _)| d.clone())
                 .collect(),
         });
     }
@@ -352,10 +358,10 @@ impl SendPlan {
     pub fn outbox_rows(&self) -> Vec<super::fed::NewOutboxRow> {
         self.outbox
             .iter()
-            .map(|(destination, chat, seq)| super::fed::NewOutboxRow {
+            .map(|(destination, chat, seq, bytes)| super::fed::NewOutboxRow {
                 destination: destination.clone(),
                 kind: super::fed::OutboxKind::Event,
-                body: super::fed::ChatRef::event(chat, *seq),
+                body: super::fed::ChatRef::event(chat, *seq, *bytes),
             })
             .collect()
     }
