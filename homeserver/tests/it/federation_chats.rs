@@ -230,20 +230,6 @@ async fn large_messages_queued_for_a_follower_all_arrive(backend: Backend) -> Re
 /// transaction (1 MiB, base64-encoded) is refused when the chat spans servers — on the
 /// hub and on a follower alike — and changes nothing; a chat on one server takes it.
 async fn a_send_too_large_to_federate_is_refused_up_front(backend: Backend) -> Result<()> {
-    async fn commit(
-        server: &Server,
-        me: &User,
-        chat: &ChatId,
-        id: &str,
-        epoch: u64,
-        payload: &parley_client_api::Payload,
-    ) -> Result<(StatusCode, serde_json::Value)> {
-        let body = json!({"client_msg_id": id, "payload": payload,
-                          "mls": {"kind": "commit", "epoch": epoch}});
-        let path = format!("/v1/chats/{chat}/events");
-        server.post(&path, Some(&me.token), body).await
-    }
-    use parley_client_api::Payload;
     let a = Server::start_peer(backend, "127.0.0.1", "").await?;
     let b = Server::start_peer(backend, "127.0.0.2", "").await?;
     let alice = a.register("alice").await?;
@@ -252,8 +238,8 @@ async fn a_send_too_large_to_federate_is_refused_up_front(backend: Backend) -> R
     let across = create_group(&a, &alice, &[&bob]).await?;
     let local = a.create_chat(&alice, &[&carol]).await?;
     wait_listed(&b, &bob, &across).await?;
-    let big = Payload(vec![7u8; 900 * 1024]);
-    let (status, body) = commit(&a, &alice, &local, "big", 0, &big).await?;
+    let big = vec![7u8; 900 * 1024];
+    let (status, body) = a.commit(&alice, &local, "big", 0, &big, None).await?;
     ensure!(
         status == StatusCode::CREATED,
         "on one server: {status} {body}"
@@ -261,7 +247,7 @@ async fn a_send_too_large_to_federate_is_refused_up_front(backend: Backend) -> R
 
     let before = send_ok(&a, &alice, &across, "before").await?;
     for (server, me) in [(&a, &alice), (&b, &bob)] {
-        let (status, body) = commit(server, me, &across, "big", 0, &big).await?;
+        let (status, body) = server.commit(me, &across, "big", 0, &big, None).await?;
         ensure!(
             status == StatusCode::PAYLOAD_TOO_LARGE
                 && body["error"] == "too_large"
@@ -273,8 +259,9 @@ async fn a_send_too_large_to_federate_is_refused_up_front(backend: Backend) -> R
         );
     }
     // Nothing changed: the epoch is still 0, and the next event follows `before`.
-    let small = Payload(b"commit".to_vec());
-    let (status, body) = commit(&a, &alice, &across, "small", 0, &small).await?;
+    let (status, body) = a
+        .commit(&alice, &across, "small", 0, b"commit", None)
+        .await?;
     ensure!(
         status == StatusCode::CREATED,
         "small commit: {status} {body}"

@@ -17,7 +17,7 @@ crate::on_both_backends!(
     the_group_info_across_servers,
 );
 
-/// Sends a commit for `epoch`, with `group_info` if given.
+/// Sends a commit for `epoch` (its payload: its id), with `group_info` if given.
 async fn commit(
     server: &Server,
     me: &User,
@@ -26,13 +26,8 @@ async fn commit(
     epoch: u64,
     group_info: Option<&[u8]>,
 ) -> Result<(StatusCode, Value)> {
-    let mut body = json!({"client_msg_id": id, "payload": Payload(id.as_bytes().to_vec()),
-                          "mls": {"kind": "commit", "epoch": epoch}});
-    if let Some(gi) = group_info {
-        body["group_info"] = json!(Payload(gi.to_vec()));
-    }
     server
-        .post(&format!("/v1/chats/{chat}/events"), Some(&me.token), body)
+        .commit(me, chat, id, epoch, id.as_bytes(), group_info)
         .await
 }
 

@@ -386,6 +386,26 @@ impl Server {
         .await
     }
 
+    /// Sends an MLS commit for `epoch` over HTTP (with `group_info` if given); returns
+    /// `(status, body)`.
+    pub async fn commit(
+        &self,
+        me: &User,
+        chat: &ChatId,
+        msg_id: &str,
+        epoch: u64,
+        payload: &[u8],
+        group_info: Option<&[u8]>,
+    ) -> Result<(StatusCode, Value)> {
+        let mut body = json!({"client_msg_id": msg_id, "payload": Payload(payload.to_vec()),
+                              "mls": {"kind": "commit", "epoch": epoch}});
+        if let Some(gi) = group_info {
+            body["group_info"] = json!(Payload(gi.to_vec()));
+        }
+        self.post(&format!("/v1/chats/{chat}/events"), Some(&me.token), body)
+            .await
+    }
+
     pub async fn chats(&self, me: &User) -> Result<Vec<ChatSummary>> {
         let (status, body) = self.get("/v1/chats", &me.token).await?;
         if status != StatusCode::OK {
