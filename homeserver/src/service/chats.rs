@@ -372,50 +372,21 @@ impl Chats {
             SendOutcome::UnknownUser(u) => Err(ServiceError::UnknownUser(u.to_string())),
             SendOutcome::UnknownBlob(b) => Err(ServiceError::UnknownBlob(b.to_string())),
             SendOutcome::Refused(why) => Err(ServiceError::Forbidden(why)),
+            SendOutcome::TooLargeToFederate { size } => Err(ServiceError::TooLargeToFederate {
+                size,
+                limit: parley_federation::api::send::MAX_BATCH_BYTES,
+            }),
         }
     }
 
     /// Sequences a send as this chat's hub (a local client's, or one a follower
     /// forwarded), and wakes the relay for the followers the event was queued for.
     pub async fn submit(&self, req: SendRequest) -> Result<SendOutcome, ServiceError> {
-        self.check_fits_a_transaction(&req).await?;
         let outcome = self.sequencer.submit(req).await?;
         if let (SendOutcome::Committed { followers, .. }, Some(remote)) = (&outcome, &self.remote) {
             remote.relay.wake(followers);
         }
         Ok(outcome)
-    }
-
-    /// As the hub: refuses a send whose event could not travel to the chat's other
-    /// servers in one federation transaction (followers would never get it). Only large
-    /// sends cost a read of the chat's servers.
-    async fn check_fits_a_transaction(&self, req: &SendRequest) -> Result<(), ServiceError> {
-        use parley_federation::api::send::MAX_BATCH_BYTES;
-        if self.remote.is_none() {
-            return Ok(());
-        }
-        let size = req.event_wire_bytes();
-        if size <= MAX_BATCH_BYTES {
-            return Ok(());
-        }
-        let local = self.config.server_name.as_str();
-        let joining_elsewhere = req
-            .membership
-            .iter()
-            .flat_map(|m| &m.add)
-            .any(|u| u.server_name() != local);
-        let followers = crate::store::fed::FedStore::chat_followers(
-            &self.store,
-            std::slice::from_ref(&req.chat_id),
-        )
-        .await?;
-        if joining_elsewhere || followers.iter().any(|(_, servers)| !servers.is_empty()) {
-            return Err(ServiceError::TooLargeToFederate {
-                size,
-                limit: MAX_BATCH_BYTES,
-            });
-        }
-        Ok(())
     }
 
     /// A local user's send to a chat hosted elsewhere: queued durably for the hub, then

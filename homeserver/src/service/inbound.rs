@@ -236,6 +236,14 @@ pub fn outcome_to_result(outcome: SendOutcome) -> SendResult {
             format!("no such media blob: {b}"),
         )),
         SendOutcome::Refused(why) => SendResult::Rejected(reject(FedErrorCode::Forbidden, why)),
+        SendOutcome::TooLargeToFederate { size } => SendResult::Rejected(reject(
+            FedErrorCode::TooLarge,
+            super::ServiceError::TooLargeToFederate {
+                size,
+                limit: parley_federation::api::send::MAX_BATCH_BYTES,
+            }
+            .to_string(),
+        )),
     }
 }
 

@@ -579,17 +579,12 @@ impl Destination {
             Ok(resp) if (200..300).contains(&resp.status) => {
                 match serde_json::from_slice::<send::Response>(&resp.body) {
                     Ok(answer) => {
-                        let late: Vec<(HubSend, SendResult)> = {
-                            let mut w = self.waiters.lock().unwrap_or_else(|p| p.into_inner());
-                            send_ids
-                                .into_iter()
-                                .zip(answer.sends)
-                                .filter_map(|((id, send), result)| {
-                                    Some((send, w.deliver(id, result)?))
-                                })
-                                .collect()
-                        };
-                        if let Err(e) = self.record_late(late).await {
+                        let results = send_ids
+                            .into_iter()
+                            .zip(answer.sends)
+                            .map(|((id, send), result)| (id, send, result))
+                            .collect();
+                        if let Err(e) = self.conclude(results).await {
                             // The rows stay; the resent transaction is answered the same.
                             tracing::warn!(destination = %self.name, error = %e,
                                 "cannot record the results of forwarded sends");
@@ -633,32 +628,43 @@ impl Destination {
                 format!("the chat's hub refused the transaction that carried it ({status})"),
             ),
         };
-        let late: Vec<(HubSend, SendResult)> = {
-            let mut w = self.waiters.lock().unwrap_or_else(|p| p.into_inner());
-            items
-                .iter()
-                .filter_map(|item| match item {
-                    Entry::Row {
-                        id,
-                        kind: OutboxKind::Send,
-                        body,
-                    } => Some((*id, serde_json::from_str::<HubSend>(body).ok()?)),
-                    _ => None,
-                })
-                .filter_map(|(id, send)| {
-                    let failed = SendResult::Rejected(send::EntryError {
-                        error,
-                        message: message.clone(),
-                        current_epoch: None,
-                    });
-                    Some((send, w.deliver(id, failed)?))
-                })
-                .collect()
-        };
-        if let Err(e) = self.record_late(late).await {
+        let results = items
+            .iter()
+            .filter_map(|item| match item {
+                Entry::Row {
+                    id,
+                    kind: OutboxKind::Send,
+                    body,
+                } => Some((*id, serde_json::from_str::<HubSend>(body).ok()?)),
+                _ => None,
+            })
+            .map(|(id, send)| {
+                let failed = SendResult::Rejected(send::EntryError {
+                    error,
+                    message: message.clone(),
+                    current_epoch: None,
+                });
+                (id, send, failed)
+            })
+            .collect();
+        if let Err(e) = self.conclude(results).await {
             tracing::warn!(destination = %self.name, error = %e,
                 "cannot tell the senders of dead-lettered sends");
         }
+    }
+
+    /// Hands each forwarded send's result (by outbox row id) to the request waiting for
+    /// it, and writes the ones no request is sure to see into the sender devices'
+    /// inboxes.
+    async fn conclude(&self, results: Vec<(i64, HubSend, SendResult)>) -> Result<(), StoreError> {
+        let late: Vec<(HubSend, SendResult)> = {
+            let mut w = self.waiters.lock().unwrap_or_else(|p| p.into_inner());
+            results
+                .into_iter()
+                .filter_map(|(id, send, result)| Some((send, w.deliver(id, result)?)))
+                .collect()
+        };
+        self.record_late(late).await
     }
 
     /// Writes the hub's answers that no client request took into the sender devices'

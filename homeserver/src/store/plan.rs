@@ -41,6 +41,11 @@ pub enum SendOutcome {
     UnknownBlob(BlobHash),
     /// Not allowed (the reason is shown to the client).
     Refused(String),
+    /// The chat spans servers and the event would not fit one federation transaction
+    /// (`size` bytes as it travels): followers could never get it.
+    TooLargeToFederate {
+        size: usize,
+    },
 }
 
 /// A member as read inside the transaction.
@@ -162,6 +167,29 @@ pub fn plan_sends(
             plan.outcomes.push(refusal);
             continue;
         }
+        // Followers: every other server with a member before the change or one it adds
+        // (a removed member's server learns of the removal). The event must fit one
+        // transaction to reach them.
+        let change = req.membership.clone().unwrap_or_default();
+        let hub = req.chat_id.hub();
+        let followers: BTreeSet<String> = chat
+            .members
+            .keys()
+            .chain(change.add.iter())
+            .map(UserId::server_name)
+            .filter(|s| *s != hub)
+            .map(str::to_owned)
+            .collect();
+        let bytes = if followers.is_empty() {
+            0
+        } else {
+            req.event_wire_bytes()
+        };
+        if bytes > parley_federation::api::send::MAX_BATCH_BYTES {
+            plan.outcomes
+                .push(SendOutcome::TooLargeToFederate { size: bytes });
+            continue;
+        }
         chat.last_seq += 1;
         *last_ts = req.ts;
         let seq = chat.last_seq;
@@ -182,7 +210,6 @@ pub fn plan_sends(
         );
         // Fan out to the members before the change and to those it adds (they need the
         // commit's Welcome); then apply the change.
-        let change = req.membership.clone().unwrap_or_default();
         let added = change
             .add
             .iter()
@@ -193,25 +220,10 @@ pub fn plan_sends(
             .flat_map(|m| m.devices.iter().cloned())
             .chain(added.clone().flat_map(|(_, devices)| devices))
             .collect();
-        // Followers: every other server with a member before the change or one it adds
-        // (a removed member's server learns of the removal).
-        let hub = req.chat_id.hub();
-        let followers: BTreeSet<&str> = chat
-            .members
-            .keys()
-            .chain(change.add.iter())
-            .map(UserId::server_name)
-            .filter(|s| *s != hub)
-            .collect();
-        let bytes = if followers.is_empty() {
-            0
-        } else {
-            req.event_wire_bytes()
-        };
         plan.outbox.extend(
             followers
                 .into_iter()
-                .map(|s| (s.to_owned(), req.chat_id.clone(), seq, bytes)),
+                .map(|s| (s, req.chat_id.clone(), seq, bytes)),
         );
         for device in recipients {
             if device != req.sender_device {
@@ -605,6 +617,41 @@ mod tests {
             targets,
             vec![("A2", 6), ("B1", 6), ("C1", 1), ("A1", 7), ("A2", 7)]
         );
+    }
+
+    #[test]
+    fn an_event_too_large_to_federate_is_refused_only_where_the_chat_spans_servers() {
+        let remote = UserId::try_from("@bob:y.org").unwrap();
+        let mut across = chat(3, &[("alice", &["A1"])]);
+        across.members.insert(remote, Member::default());
+        let chats = HashMap::from([
+            (c("across"), across),
+            (
+                c("local"),
+                chat(3, &[("alice", &["A1"]), ("carol", &["C1"])]),
+            ),
+        ]);
+        let big = |chat: &str, id: &str| SendRequest {
+            payload: vec![7; 900 * 1024],
+            ..req(chat, "alice", "A1", id, 10)
+        };
+        let batch = [
+            big("across", "big"),
+            req("across", "alice", "A1", "small", 11),
+            big("local", "big"),
+        ];
+        let plan = plan(&batch, &chats);
+        let size = batch[0].event_wire_bytes();
+        assert!(size > parley_federation::api::send::MAX_BATCH_BYTES);
+        assert_eq!(plan.outcomes[0], SendOutcome::TooLargeToFederate { size });
+        // No seq was taken: the next send of that chat is 4; the one-server chat takes it.
+        assert_eq!(plan.events, vec![(1, 4), (2, 4)]);
+        let queued: Vec<_> = plan
+            .outbox
+            .iter()
+            .map(|(d, _, s, _)| (d.as_str(), *s))
+            .collect();
+        assert_eq!(queued, vec![("y.org", 4)]);
     }
 
     #[test]
